@@ -1,0 +1,250 @@
+"""Configuration: an INI file (CONTRACT section 1) plus ``AGI_APP_<SECTION>_<KEY>``
+environment overrides.
+
+Every key has a default, so an empty file is a valid configuration.  Each
+section is one small frozen dataclass; :func:`load` reads, overrides and
+validates, and every validation error names the offending ``[section] key``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+__all__ = [
+    "AMIConfig",
+    "AGIConfig",
+    "Config",
+    "ConfigError",
+    "DialingConfig",
+    "HTTPConfig",
+    "StoreConfig",
+    "WebSocketConfig",
+    "load",
+    "is_loopback_endpoint",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AMIConfig:
+    """``[ami]``: where the Asterisk Manager Interface is and how to log in."""
+
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "agi_app"
+    secret: str = "change-me"
+    #: seconds between keep-alive pings
+    ping_interval: float = 20.0
+    #: seconds an action may wait for its response
+    action_timeout: float = 10.0
+    #: reconnect backoff cap in seconds
+    max_backoff: float = 30.0
+
+
+@dataclass(frozen=True)
+class AGIConfig:
+    """``[agi]``: the FastAGI listener."""
+
+    listen: str = "tcp:4573:interface=127.0.0.1"
+    #: seconds one AGI command may wait for its reply
+    command_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """``[http]``: the CRM API and static files."""
+
+    listen: str = "tcp:8080:interface=127.0.0.1"
+    public_url: str = "http://127.0.0.1:8080"
+    api_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    """``[websocket]``: the browser widget feed."""
+
+    listen: str = "tcp:10150:interface=127.0.0.1"
+    client_ids: tuple[str, ...] = ("password",)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: the call log database."""
+
+    path: str = "var/agi_app.sqlite3"
+
+
+@dataclass(frozen=True)
+class DialingConfig:
+    """``[dialing]``: how operators and clients are dialled and where recordings go."""
+
+    operator_channel: str = "PJSIP/{sip}"
+    client_channel: str = "PJSIP/{phone}@{trunk}"
+    default_trunk: str = "pstn"
+    call_time_to_ext: int = 30
+    recordings_dir: str = "/var/spool/asterisk/monitor"
+    pbx_recordings_dir: str = ""
+    #: dialplan context the operator leg is originated into (dialplan/extensions.conf)
+    context: str = "agi-app-operator"
+
+    @property
+    def pbx_recordings(self) -> str:
+        """The recordings folder as Asterisk sees it."""
+        return self.pbx_recordings_dir or self.recordings_dir
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one attribute per INI section."""
+
+    ami: AMIConfig = field(default_factory=AMIConfig)
+    agi: AGIConfig = field(default_factory=AGIConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    dialing: DialingConfig = field(default_factory=DialingConfig)
+    #: the file this was read from, if any (relative paths are taken from the cwd)
+    source: str | None = None
+
+
+_SECTIONS = {
+    "ami": AMIConfig,
+    "agi": AGIConfig,
+    "http": HTTPConfig,
+    "websocket": WebSocketConfig,
+    "store": StoreConfig,
+    "dialing": DialingConfig,
+}
+
+_SAFE_TEXT = re.compile(r"^[^\r\n\x00]*$")
+_TRUNK = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _convert(section: str, key: str, raw: str, default: object) -> object:
+    where = f"[{section}] {key}"
+    if not _SAFE_TEXT.match(raw):
+        raise ConfigError(f"{where}: control characters are not allowed")
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in ("1", "yes", "true", "on"):
+            return True
+        if low in ("0", "no", "false", "off"):
+            return False
+        raise ConfigError(f"{where}: expected yes/no, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a whole number, got {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative")
+        return value
+    if isinstance(default, float):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{where}: must be positive")
+        return value
+    if isinstance(default, tuple):
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    return raw.strip()
+
+
+def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (may be ``None``: defaults only), apply environment overrides,
+    validate, and return a :class:`Config`.  Raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    parser = configparser.ConfigParser(
+        inline_comment_prefixes=(";", "#"), interpolation=None, strict=True
+    )
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"configuration file not found: {p}")
+        try:
+            parser.read(p, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: {e}") from None
+    for section in parser.sections():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section [{section}] (known: {', '.join(_SECTIONS)})")
+    built = {}
+    for name, cls in _SECTIONS.items():
+        values = {}
+        known = {f.name: f for f in fields(cls)}
+        if parser.has_section(name):
+            for key in parser[name]:
+                if key not in known:
+                    raise ConfigError(f"[{name}] {key}: unknown key")
+        for key, f in known.items():
+            default = f.default if f.default is not f.default_factory else f.default_factory()
+            raw = None
+            if parser.has_option(name, key):
+                raw = parser.get(name, key)
+            env_name = f"AGI_APP_{name.upper()}_{key.upper()}"
+            if env_name in environ:
+                raw = environ[env_name]
+            if raw is not None:
+                values[key] = _convert(name, key, raw, default)
+        built[name] = cls(**values)
+    cfg = Config(**built, source=str(path) if path is not None else None)
+    _validate(cfg)
+    return cfg
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """True when a Twisted server endpoint string listens on loopback only
+    (``interface=`` names a loopback address, or it is a UNIX socket)."""
+    kind = description.split(":", 1)[0].lower()
+    if kind == "unix":
+        return True
+    m = re.search(r"(?:^|:)interface=([^:]+)", description)
+    if not m:
+        return False
+    addr = m.group(1).replace("\\", "").strip("[]")
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate(cfg: Config) -> None:
+    if not 0 < cfg.ami.port < 65536:
+        raise ConfigError("[ami] port: must be 1..65535")
+    if not cfg.ami.username:
+        raise ConfigError("[ami] username: must not be empty")
+    for sec, key in (("agi", "listen"), ("http", "listen"), ("websocket", "listen")):
+        value = getattr(getattr(cfg, sec), key)
+        if not re.match(r"^(tcp|tcp6|unix|ssl):", value):
+            raise ConfigError(f"[{sec}] {key}: not a Twisted endpoint string: {value!r}")
+    if not cfg.http.api_keys and not is_loopback_endpoint(cfg.http.listen):
+        raise ConfigError(
+            "[http] api_keys: empty while [http] listen is not loopback "
+            f"({cfg.http.listen!r}); set api_keys or listen on 127.0.0.1"
+        )
+    if not cfg.http.public_url.startswith(("http://", "https://")):
+        raise ConfigError("[http] public_url: must start with http:// or https://")
+    if "{sip}" not in cfg.dialing.operator_channel:
+        raise ConfigError("[dialing] operator_channel: must contain {sip}")
+    if "{phone}" not in cfg.dialing.client_channel:
+        raise ConfigError("[dialing] client_channel: must contain {phone}")
+    if not _TRUNK.match(cfg.dialing.default_trunk):
+        raise ConfigError("[dialing] default_trunk: must match [A-Za-z0-9_-]{1,32}")
+    if not 1 <= cfg.dialing.call_time_to_ext <= 600:
+        raise ConfigError("[dialing] call_time_to_ext: must be 1..600 seconds")
+    for key in ("client_ids",):
+        if not getattr(cfg.websocket, key):
+            raise ConfigError(f"[websocket] {key}: at least one is needed")
