@@ -27,9 +27,14 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _install_sounds(args: argparse.Namespace) -> int:
-    from agi_app.sounds import install
+    from agi_app.sounds import SoundsError, install
 
-    for path in install(args.target):
+    try:
+        paths = install(args.target)
+    except SoundsError as e:
+        print(f"agi-app: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

@@ -55,7 +55,7 @@ def _text(field: str, value: object) -> str:
 def phone(value: object, field: str = "phone") -> str:
     """A phone number: ``^\\+?[0-9]{3,15}$``."""
     v = _text(field, value)
-    if not _PHONE.match(v):
+    if not _PHONE.fullmatch(v):
         raise InvalidInput(field, f"{field} must be 3 to 15 digits, optionally after '+'")
     return v
 
@@ -63,7 +63,7 @@ def phone(value: object, field: str = "phone") -> str:
 def extension(value: object, field: str = "sip") -> str:
     """An extension / PJSIP endpoint name: ``^[A-Za-z0-9_-]{1,32}$``."""
     v = _text(field, value)
-    if not _EXTENSION.match(v):
+    if not _EXTENSION.fullmatch(v):
         raise InvalidInput(field, f"{field} must be 1 to 32 of A-Z a-z 0-9 _ -")
     return v
 
@@ -71,7 +71,7 @@ def extension(value: object, field: str = "sip") -> str:
 def identifier(value: object, field: str) -> str:
     """An order_id / external_key / call id: ``^[A-Za-z0-9_.:-]{1,64}$``."""
     v = _text(field, value)
-    if not _IDENTIFIER.match(v):
+    if not _IDENTIFIER.fullmatch(v):
         raise InvalidInput(field, f"{field} must be 1 to 64 of A-Z a-z 0-9 _ . : -")
     return v
 
