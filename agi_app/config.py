@@ -91,6 +91,7 @@ class DialingConfig:
     client_channel: str = "PJSIP/{phone}@{trunk}"
     default_trunk: str = "pstn"
     call_time_to_ext: int = 30
+    call_time_to_client: int = 40
     recordings_dir: str = "/var/spool/asterisk/monitor"
     pbx_recordings_dir: str = ""
     #: dialplan context the operator leg is originated into (dialplan/extensions.conf)
@@ -131,7 +132,7 @@ _TRUNK = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 def _convert(section: str, key: str, raw: str, default: object) -> object:
     where = f"[{section}] {key}"
-    if not _SAFE_TEXT.match(raw):
+    if not _SAFE_TEXT.fullmatch(raw):
         raise ConfigError(f"{where}: control characters are not allowed")
     if isinstance(default, bool):
         low = raw.strip().lower()
@@ -241,8 +242,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[dialing] operator_channel: must contain {sip}")
     if "{phone}" not in cfg.dialing.client_channel:
         raise ConfigError("[dialing] client_channel: must contain {phone}")
-    if not _TRUNK.match(cfg.dialing.default_trunk):
+    if not _TRUNK.fullmatch(cfg.dialing.default_trunk):
         raise ConfigError("[dialing] default_trunk: must match [A-Za-z0-9_-]{1,32}")
+    if not 1 <= cfg.dialing.call_time_to_client <= 600:
+        raise ConfigError("[dialing] call_time_to_client: must be 1..600 seconds")
     if not 1 <= cfg.dialing.call_time_to_ext <= 600:
         raise ConfigError("[dialing] call_time_to_ext: must be 1..600 seconds")
     for key in ("client_ids",):
