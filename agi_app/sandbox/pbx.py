@@ -1,0 +1,575 @@
+"""One sandbox Asterisk instance inside the shared chroot.
+
+Several instances may share one tree: each has a name and a
+:class:`Profile` of ports, and keeps its configuration, logs, run files,
+spool and recordings under ``/srv/agi_app/<name>/`` inside the chroot.
+The configuration is rendered from ``templates/`` the way an admin would
+set up a PBX for agi_app (CONTRACT 1.2): the project's
+``dialplan/extensions.conf`` is ``#include``d, ``AGI_APP_URL`` is set in
+``[globals]`` after it, an AMI user is added with
+``channelvars = AGI_APP_CALL_ID`` and the prompts are copied in.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from agi_app.sandbox import _util
+from agi_app.sandbox.provision import ensure_language_links
+
+__all__ = ["OPERATORS", "PBX", "PBXError", "PROFILES", "Profile", "TRUNK", "project_dir"]
+
+#: the operator extensions every sandbox has (PJSIP endpoints that REGISTER)
+OPERATORS = tuple(str(n) for n in range(1000, 1010))
+#: the PJSIP endpoint of the simulated public network
+TRUNK = "pstn"
+#: module name prefixes never loaded: they bind fixed ports, reach outside
+#: services or only slow the boot down
+_NOLOAD_PREFIXES = (
+    "app_adsiprog", "app_alarmreceiver", "app_audiosocket", "app_directory", "app_festival",
+    "app_followme", "app_getcpeid", "app_jack", "app_minivm", "app_mp3", "app_sms",
+    "app_stasis", "app_voicemail", "cdr_", "cel_", "chan_audiosocket", "chan_console",
+    "chan_dahdi", "chan_iax2", "chan_mobile", "chan_motif", "chan_ooh323", "chan_rtp",
+    "chan_unistim", "chan_websocket", "func_curl", "func_odbc", "func_realtime", "pbx_ael",
+    "pbx_dundi", "pbx_lua", "pbx_realtime", "res_adsi", "res_aeap", "res_ari",
+    "res_audiosocket", "res_calendar", "res_clialiases", "res_config_", "res_corosync",
+    "res_curl", "res_fax", "res_geolocation", "res_hep", "res_http_media_cache",
+    "res_http_post", "res_http_websocket", "res_odbc", "res_pgsql", "res_phoneprov",
+    "res_pjsip_geolocation", "res_pjsip_phoneprov", "res_pjsip_send_to_voicemail",
+    "res_pjsip_stir_shaken", "res_pjsip_transport_websocket", "res_prometheus", "res_realtime",
+    "res_resolver_unbound", "res_rtp_multicast", "res_security_log", "res_smdi", "res_snmp",
+    "res_sorcery_realtime", "res_speech_aeap", "res_stasis", "res_statsd", "res_stir_shaken",
+    "res_stun_monitor", "res_websocket_client", "res_xmpp",
+)  # fmt: skip
+#: Debian's own files, used as they are (tones, answering machine detection...)
+_STOCK_CONFIGS = ("indications.conf", "amd.conf", "pjsip_notify.conf")
+_CHANNEL_FIELDS = (
+    "channel", "context", "exten", "priority", "state", "application", "data",
+    "caller_id", "accountcode", "peeraccount", "amaflags", "duration", "bridge_id",
+    "uniqueid",
+)  # fmt: skip
+
+
+class PBXError(RuntimeError):
+    """The sandbox Asterisk could not be configured, started or reached."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The ports of one sandbox instance.
+
+    Operator ``1000+i`` listens for SIP on ``phone_port + i``; its SIPp
+    process gets media ports from ``media_port + 10*i``; the PSTN SIPp uses
+    ``pstn_port`` and the media block after the operators'.
+    """
+
+    name: str
+    ami_port: int
+    sip_port: int
+    agi_port: int
+    phone_port: int
+    pstn_port: int
+    rtp_start: int
+    rtp_end: int
+    media_port: int
+
+    def operator_port(self, number: str) -> int:
+        """SIP port of an operator phone's SIPp (UAS) process."""
+        return self.phone_port + OPERATORS.index(number)
+
+    def register_port(self, number: str) -> int:
+        """SIP port the operator's REGISTER is sent from."""
+        return self.phone_port + 100 + OPERATORS.index(number)
+
+    def operator_media_port(self, number: str) -> int:
+        """First of the media ports reserved for an operator phone."""
+        return self.media_port + 10 * OPERATORS.index(number)
+
+    @property
+    def pstn_media_port(self) -> int:
+        """First of the media ports reserved for the PSTN SIPp."""
+        return self.media_port + 10 * len(OPERATORS)
+
+
+#: ``run`` is what ``make run`` uses (the application's default ports);
+#: ``test`` is a distinct range so a test session never collides with it.
+PROFILES = {
+    "run": Profile("run", 5038, 5060, 4573, 5071, 5090, 10000, 10999, 16000),
+    "test": Profile("test", 25038, 25060, 24573, 25071, 25090, 30000, 30999, 26000),
+}
+
+
+def project_dir() -> Path:
+    """The project checkout (holds ``dialplan/`` and ``sounds/``): the folder
+    above the ``agi_app`` package when it has them, else the cwd."""
+    here = Path(__file__).resolve().parent.parent.parent
+    if (here / "dialplan").is_dir() or (here / "sounds").is_dir():
+        return here
+    return Path.cwd()
+
+
+def _print(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class PBX:
+    """A named Asterisk instance in the chroot ``root``.
+
+    ``recordings_dir`` is the recordings folder as the host sees it,
+    ``pbx_recordings_dir`` the same folder as Asterisk sees it (they map to
+    ``[dialing] recordings_dir`` and ``pbx_recordings_dir``).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        profile: Profile,
+        *,
+        name: str | None = None,
+        project: Path | None = None,
+        ami_username: str = "agi_app",
+        ami_secret: str | None = None,
+        log: Callable[[str], None] = _print,
+    ) -> None:
+        self.root = Path(root)
+        self.profile = profile
+        self.name = name or profile.name
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", self.name):
+            raise PBXError(f"bad instance name {self.name!r}")
+        self.project = Path(project) if project else project_dir()
+        self.ami_username = ami_username
+        self.ami_secret = ami_secret or os.environ.get("AGI_APP_SANDBOX_AMI_SECRET", "sandbox")
+        self._log = log
+        self.pbx_dir = f"/srv/agi_app/{self.name}"
+        self.host_dir = self.root / self.pbx_dir.lstrip("/")
+        self.etc_dir = self.host_dir / "etc"
+        self.log_dir = self.host_dir / "log"
+        self.run_dir = self.host_dir / "run"
+        self.phones_dir = self.host_dir / "phones"
+        self.recordings_dir = self.host_dir / "monitor"
+        self.pbx_recordings_dir = f"{self.pbx_dir}/monitor"
+        self.conf_path = f"{self.pbx_dir}/etc/asterisk.conf"
+        self.pid_file = self.host_dir / "asterisk.pid"
+        self.messages_log = self.log_dir / "messages.log"
+        self.boot_seconds: float | None = None
+        self._proc: subprocess.Popen | None = None
+        self._atexit: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------ ports
+
+    @property
+    def ami_port(self) -> int:
+        return self.profile.ami_port
+
+    @property
+    def sip_port(self) -> int:
+        return self.profile.sip_port
+
+    @property
+    def agi_port(self) -> int:
+        return self.profile.agi_port
+
+    # ------------------------------------------------------------ config
+
+    def _module_dir(self) -> str:
+        for inner in ("/usr/lib/x86_64-linux-gnu/asterisk/modules", "/usr/lib/asterisk/modules"):
+            if (self.root / inner.lstrip("/")).is_dir():
+                return inner
+        found = sorted(self.root.glob("usr/lib/*/asterisk/modules"))
+        if not found:
+            raise PBXError(f"no Asterisk module folder in {self.root}")
+        return "/" + str(found[0].relative_to(self.root))
+
+    def _noload(self, module_dir: str) -> str:
+        names = sorted(p.name for p in (self.root / module_dir.lstrip("/")).glob("*.so"))
+        return "\n".join(f"noload => {n}" for n in names if n.startswith(_NOLOAD_PREFIXES))
+
+    def _values(self) -> dict[str, Any]:
+        p = self.profile
+        module_dir = self._module_dir()
+        operators = "\n".join(
+            f"[{n}](operator)\naors = {n}\ncallerid = Operator {n} <{n}>\n\n[{n}](operator-aor)\n"
+            for n in OPERATORS
+        )
+        return {
+            "name": self.name,
+            "pbx_dir": self.pbx_dir,
+            "module_dir": module_dir,
+            "noload": self._noload(module_dir),
+            "ami_port": p.ami_port,
+            "ami_username": self.ami_username,
+            "ami_secret": self.ami_secret,
+            "sip_port": p.sip_port,
+            "agi_port": p.agi_port,
+            "pstn_port": p.pstn_port,
+            "rtp_start": p.rtp_start,
+            "rtp_end": p.rtp_end,
+            "operators": operators,
+        }
+
+    def render(self) -> None:
+        """Write the instance's whole configuration and folders, copy the
+        project's dialplan and prompts in.  Safe to call again."""
+        for d in (
+            self.etc_dir, self.log_dir, self.run_dir, self.phones_dir, self.recordings_dir,
+            self.host_dir / "spool", self.host_dir / "lib" / "keys", self.host_dir / "cache",
+        ):  # fmt: skip
+            d.mkdir(parents=True, exist_ok=True)
+        # MixMonitor with a relative file name writes to <spool>/monitor.
+        spool_monitor = self.host_dir / "spool" / "monitor"
+        if not spool_monitor.is_symlink():
+            if spool_monitor.is_dir():
+                shutil.rmtree(spool_monitor)
+            spool_monitor.symlink_to("../monitor")
+        for old in self.etc_dir.iterdir():
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        values = self._values()
+        templates = resources.files("agi_app.sandbox") / "templates"
+        for item in templates.iterdir():
+            if item.name.endswith(".conf"):
+                text = _util.render(item.read_text(encoding="utf-8"), values)
+                (self.etc_dir / item.name).write_text(text, encoding="utf-8")
+        for name in _STOCK_CONFIGS:
+            stock = self.root / "etc/asterisk" / name
+            if stock.is_file():
+                shutil.copyfile(stock, self.etc_dir / name)
+        self._copy_dialplan()
+        ensure_language_links(self.root)
+        self._install_sounds()
+
+    def _copy_dialplan(self) -> None:
+        # The chroot cannot see the checkout, so the dialplan is copied in.
+        source = self.project / "dialplan"
+        target = self.etc_dir / "dialplan"
+        if source.is_dir():
+            shutil.copytree(source, target)
+        target.mkdir(exist_ok=True)
+        main = target / "extensions.conf"
+        if not main.is_file() or not main.read_text(errors="replace").strip():
+            main.write_text("; the project's dialplan/extensions.conf is missing or empty\n")
+
+    def _install_sounds(self) -> None:
+        sounds = _util.in_root(self.root, "/usr/share/asterisk/sounds")
+        try:
+            from agi_app.sounds import install  # type: ignore[import-not-found]
+        except ImportError:
+            install = None
+        source = self.project / "sounds"
+        if not source.is_dir():
+            return
+        if install is not None:
+            install(sounds, source)
+            return
+        for lang in sorted(p for p in source.iterdir() if p.is_dir()):
+            files = [f for f in lang.rglob("*") if f.is_file()]
+            if not files:
+                continue
+            dest = _util.in_root(self.root, f"/usr/share/asterisk/sounds/{lang.name}") / "agi_app"
+            for f in files:
+                out = dest / f.relative_to(lang)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, out)
+
+    # ------------------------------------------------------------ process
+
+    @property
+    def pid(self) -> int | None:
+        """The running Asterisk's pid, or ``None``."""
+        for path in (self.pid_file, self.run_dir / "asterisk.pid"):
+            try:
+                pid = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            if _util.pid_alive(pid) and self.conf_path in _util.pid_cmdline(pid):
+                return pid
+        return None
+
+    def is_running(self) -> bool:
+        """True while this instance's Asterisk process exists."""
+        return self.pid is not None
+
+    def _asterisk(self, *args: str) -> list[str]:
+        return ["chroot", str(self.root), "/usr/sbin/asterisk", "-C", self.conf_path, *args]
+
+    def start(self, timeout: float = 30.0, stop_at_exit: bool = False) -> float:
+        """Render the configuration, start Asterisk in the background and
+        wait until it is fully booted.  Returns the boot time in seconds.
+
+        An instance of the same name left running (e.g. by a killed test
+        session) is stopped first.  With ``stop_at_exit`` the process is
+        stopped when this Python process exits."""
+        if self.is_running():
+            self._log(f"sandbox: stopping the {self.name} instance left running")
+            self.stop()
+        busy = [
+            f"{what} {port}"
+            for what, port, kind in (
+                ("AMI TCP port", self.ami_port, socket.SOCK_STREAM),
+                ("SIP UDP port", self.sip_port, socket.SOCK_DGRAM),
+            )
+            if _util.port_in_use(port, kind)
+        ]
+        if busy:
+            raise PBXError(f"cannot start the {self.name} sandbox: {', '.join(busy)} in use")
+        self.render()
+        # Registrations live in the astdb: a fresh start has no operator online.
+        for f in (self.host_dir / "lib").glob("astdb*"):
+            f.unlink()
+        for f in self.run_dir.glob("*"):
+            if f.is_socket() or f.name.endswith(".pid"):
+                f.unlink()
+        if self.messages_log.exists():
+            self.messages_log.replace(self.log_dir / "messages.log.1")
+        started = time.monotonic()
+        with open(self.log_dir / "asterisk.out", "ab") as out:
+            # -f: stay in the foreground of our (new) session; never -c.
+            self._proc = subprocess.Popen(
+                self._asterisk("-f", "-n"),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        if stop_at_exit and self._atexit is None:
+            self._atexit = self._stop_quietly
+            atexit.register(self._atexit)
+        try:
+            self._wait_booted(started + timeout)
+        except PBXError:
+            self.stop(timeout=2)
+            raise
+        self.boot_seconds = time.monotonic() - started
+        self._log(f"sandbox: Asterisk ({self.name}) booted in {self.boot_seconds:.1f} s")
+        return self.boot_seconds
+
+    def _wait_booted(self, deadline: float) -> None:
+        ctl = self.run_dir / "asterisk.ctl"
+        while True:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise PBXError(
+                    f"Asterisk ({self.name}) exited with {self._proc.returncode} while "
+                    f"booting; log tail:\n{self.log_tail(30)}"
+                )
+            if ctl.exists():
+                left = max(1.0, deadline - time.monotonic())
+                try:
+                    r = subprocess.run(
+                        self._asterisk("-rx", "core waitfullybooted"),
+                        capture_output=True, text=True, timeout=left,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    r = None
+                if r is not None and "fully booted" in r.stdout:
+                    return
+            if time.monotonic() > deadline:
+                raise PBXError(
+                    f"Asterisk ({self.name}) did not boot in time; log tail:\n{self.log_tail(30)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop Asterisk (``core stop now``, then SIGTERM/SIGKILL)."""
+        pid = self.pid or (self._proc.pid if self._proc and self._proc.poll() is None else None)
+        if pid is not None:
+            try:
+                subprocess.run(
+                    self._asterisk("-rx", "core stop now"),
+                    capture_output=True, timeout=min(5.0, timeout),
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                pass
+            deadline = time.monotonic() + timeout
+            while _util.pid_alive(pid) and time.monotonic() < deadline:
+                if self._proc is not None and self._proc.poll() is not None:
+                    break
+                time.sleep(0.02)
+            if _util.pid_alive(pid):
+                _util.terminate(pid, timeout=2.0)
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _util.terminate(self._proc.pid, timeout=1.0)
+            self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+            self._atexit = None
+
+    def _stop_quietly(self) -> None:
+        try:
+            self.stop(timeout=3)
+        except Exception:  # noqa: BLE001 - interpreter exit: nothing to report to
+            pass
+
+    def restart(self, timeout: float = 30.0) -> float:
+        """Stop and start again (configuration re-rendered)."""
+        keep = self._atexit is not None
+        self.stop()
+        return self.start(timeout=timeout, stop_at_exit=keep)
+
+    def status(self) -> dict[str, Any]:
+        """What ``agi-app sandbox status`` prints."""
+        info: dict[str, Any] = {
+            "name": self.name,
+            "running": self.is_running(),
+            "pid": self.pid,
+            "ami": f"127.0.0.1:{self.ami_port}",
+            "sip": f"127.0.0.1:{self.sip_port}/udp",
+            "fastagi_target": f"127.0.0.1:{self.agi_port}",
+            "instance_dir": str(self.host_dir),
+            "recordings_dir": str(self.recordings_dir),
+        }
+        if info["running"]:
+            try:
+                info["uptime"] = self.cli("core show uptime seconds").strip()
+                info["channels"] = len(self.channels())
+            except PBXError as e:
+                info["error"] = str(e)
+        return info
+
+    # ------------------------------------------------------------ CLI
+
+    def cli(self, command: str, timeout: float = 10.0) -> str:
+        """Run an Asterisk CLI command (``asterisk -rx``) and return its output."""
+        try:
+            r = subprocess.run(
+                self._asterisk("-rx", command), capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise PBXError(f"CLI command {command!r} timed out after {timeout} s") from None
+        if r.returncode != 0 or "Unable to connect to remote asterisk" in r.stdout:
+            raise PBXError(f"CLI command {command!r} failed: {(r.stdout + r.stderr).strip()}")
+        return r.stdout
+
+    def cli_deferred(self, command: str, reactor: Any = None):
+        """:meth:`cli` without blocking the reactor: a Deferred firing with the output."""
+        from twisted.internet import utils
+
+        if reactor is None:
+            from twisted.internet import reactor  # the default at the outermost wiring
+        argv = self._asterisk("-rx", command)
+        d = utils.getProcessOutputAndValue(
+            shutil.which(argv[0]) or "/usr/sbin/chroot", argv[1:], env=dict(os.environ),
+            reactor=reactor,
+        )  # fmt: skip
+
+        def done(result: tuple[bytes, bytes, int]) -> str:
+            out, err, code = result
+            text = out.decode(errors="replace")
+            if code != 0 or "Unable to connect to remote asterisk" in text:
+                raise PBXError(f"CLI command {command!r} failed: {text}{err.decode()}")
+            return text
+
+        return d.addCallback(done)
+
+    @staticmethod
+    def parse_channels(text: str) -> list[dict[str, str]]:
+        """Parse ``core show channels concise``."""
+        out = []
+        for line in text.splitlines():
+            parts = line.split("!")
+            if len(parts) >= len(_CHANNEL_FIELDS):
+                out.append(dict(zip(_CHANNEL_FIELDS, parts, strict=False)))
+        return out
+
+    def channels(self) -> list[dict[str, str]]:
+        """The live channels, one dict per ``core show channels concise`` line."""
+        return self.parse_channels(self.cli("core show channels concise"))
+
+    def channels_deferred(self, reactor: Any = None):
+        """:meth:`channels` as a Deferred (does not block the reactor)."""
+        return self.cli_deferred("core show channels concise", reactor).addCallback(
+            self.parse_channels
+        )
+
+    def hangup_all(self) -> None:
+        """Hang every channel up."""
+        self.cli("channel request hangup all")
+
+    def contacts(self) -> dict[str, str]:
+        """Registered contacts: ``{aor: contact_uri}``."""
+        found = {}
+        for m in re.finditer(r"Contact:\s+([^/\s]+)/(\S+)", self.cli("pjsip show contacts")):
+            if not m.group(1).startswith("<"):
+                found[m.group(1)] = m.group(2)
+        return found
+
+    def wait_for_channels(self, count: int, timeout: float = 5.0, reactor: Any = None):
+        """A Deferred firing with the channel list once exactly ``count``
+        channels exist; fails with :class:`TimeoutError` after ``timeout``."""
+        last: list[list[dict[str, str]]] = [[]]
+
+        def check():
+            def seen(chans):
+                last[0] = chans
+                return len(chans) == count
+
+            return self.channels_deferred(reactor).addCallback(seen)
+
+        return _util.poll(
+            check,
+            timeout,
+            reactor,
+            lambda: f"expected {count} channels, found {[c['channel'] for c in last[0]]}",
+        ).addCallback(lambda _: last[0])
+
+    def wait_for_channels_blocking(self, count: int, timeout: float = 5.0) -> list[dict]:
+        """:meth:`wait_for_channels` for code without a reactor."""
+        deadline = time.monotonic() + timeout
+        while True:
+            chans = self.channels()
+            if len(chans) == count:
+                return chans
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"expected {count} channels, found {[c['channel'] for c in chans]}"
+                )
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of this instance's Asterisk log (messages.log, else stdout)."""
+        text = _util.tail(self.messages_log, lines)
+        return text or _util.tail(self.log_dir / "asterisk.out", lines)
+
+    # ------------------------------------------------------------ agi_app
+
+    def agi_app_config(self) -> dict[str, str]:
+        """``AGI_APP_<SECTION>_<KEY>`` overrides for an agi_app talking to this instance."""
+        return {
+            "AGI_APP_AMI_HOST": "127.0.0.1",
+            "AGI_APP_AMI_PORT": str(self.ami_port),
+            "AGI_APP_AMI_USERNAME": self.ami_username,
+            "AGI_APP_AMI_SECRET": self.ami_secret,
+            "AGI_APP_AGI_LISTEN": f"tcp:{self.agi_port}:interface=127.0.0.1",
+            "AGI_APP_DIALING_OPERATOR_CHANNEL": "PJSIP/{sip}",
+            "AGI_APP_DIALING_CLIENT_CHANNEL": "PJSIP/{phone}@{trunk}",
+            "AGI_APP_DIALING_DEFAULT_TRUNK": TRUNK,
+            "AGI_APP_DIALING_RECORDINGS_DIR": str(self.recordings_dir),
+            "AGI_APP_DIALING_PBX_RECORDINGS_DIR": self.pbx_recordings_dir,
+        }
+
+    def agi_app_ini(self) -> str:
+        """The same overrides as an INI text (for ``agi-app serve --config``)."""
+        sections: dict[str, list[str]] = {}
+        for key, value in self.agi_app_config().items():
+            section, _, name = key[len("AGI_APP_") :].partition("_")
+            sections.setdefault(section.lower(), []).append(f"{name.lower()} = {value}")
+        return "".join(f"[{s}]\n" + "\n".join(lines) + "\n\n" for s, lines in sections.items())
