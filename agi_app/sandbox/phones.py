@@ -1,0 +1,754 @@
+"""SIP phones for the sandbox PBX: SIPp processes on 127.0.0.1.
+
+An operator phone is a SIPp UAS on its own SIP port whose contact is
+REGISTERed with the PBX by a one-shot SIPp UAC (``Expires: 0`` takes it
+back: the operator is then really offline).  The PSTN is one SIPp UAS
+behind the ``pstn`` trunk whose behaviour is chosen per dialled number.
+
+A behaviour (:class:`Behaviour`) is rendered into a SIPp scenario from the
+fragments in ``scenarios/``; every step of a call becomes a ``<log>`` line
+that :meth:`Phone.calls` parses back.  The audio a phone answers with goes
+to a small UDP echo (:class:`MediaSink`) that counts what arrived per call,
+so a test can tell whether media really flowed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import re
+import select
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agi_app.sandbox import _util
+from agi_app.sandbox.pbx import OPERATORS, PBX
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+__all__ = [
+    "Behaviour",
+    "MediaSink",
+    "Phone",
+    "Phones",
+    "Pstn",
+    "PhoneError",
+    "answer",
+    "busy",
+    "decline",
+    "dtmf",
+    "no_answer",
+    "parse_log",
+    "reject",
+]
+
+SIPP = "/usr/bin/sipp"
+PCAPS = Path("/usr/share/sip-tester")
+_REASONS = {
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    503: "Service Unavailable",
+    600: "Busy Everywhere",
+    603: "Decline",
+}
+_PHONE_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
+_DIGIT_FILES = {"*": "star", "#": "pound", **{d: d for d in "0123456789"}}
+
+
+class PhoneError(RuntimeError):
+    """A SIPp phone could not be started, registered or stopped."""
+
+
+# ------------------------------------------------------------------ behaviours
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What a phone does with an INVITE.
+
+    ``kind`` is ``answer`` (ring ``answer_after`` s, answer, optionally send
+    ``dtmf`` digits starting ``dtmf_after`` s after the answer with
+    ``dtmf_gap`` s between them, then hang up after ``hangup_after`` s or,
+    when that is ``None``, talk until the other side hangs up),
+    ``reject`` (final response ``code`` at once: 486 busy, 603 decline...)
+    or ``no_answer`` (ring until the caller cancels).
+    """
+
+    kind: str = "answer"
+    answer_after: float = 0.0
+    hangup_after: float | None = None
+    code: int = 486
+    dtmf: str = ""
+    dtmf_after: float = 0.5
+    dtmf_gap: float = 0.3
+    #: send 7 s of recorded speech (A-law) after answering, so a recording
+    #: of the call has sound from this side too
+    audio: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("answer", "reject", "no_answer"):
+            raise ValueError(f"unknown behaviour {self.kind!r}")
+        if self.kind == "reject" and not 400 <= self.code <= 699:
+            raise ValueError(f"a rejection needs a 4xx-6xx code, not {self.code}")
+        bad = [d for d in self.dtmf if d not in _DIGIT_FILES]
+        if bad:
+            raise ValueError(f"DTMF digits must be 0-9 * #, not {''.join(bad)!r}")
+        for name in ("answer_after", "dtmf_after", "dtmf_gap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.hangup_after is not None and self.hangup_after < 0:
+            raise ValueError("hangup_after must not be negative")
+
+    def describe(self) -> str:
+        """A short human description (used in scenario names and reports)."""
+        if self.kind == "reject":
+            return f"reject {self.code}"
+        if self.kind == "no_answer":
+            return "ring, never answer"
+        text = f"answer after {self.answer_after:g} s"
+        if self.dtmf:
+            text += f", send DTMF {self.dtmf}"
+        if self.hangup_after is None:
+            return text + ", talk until the other side hangs up"
+        return text + f", hang up after {self.hangup_after:g} s"
+
+
+def answer(after: float = 0.0, hangup_after: float | None = None) -> Behaviour:
+    """Ring ``after`` s, answer, hang up after ``hangup_after`` s (``None``:
+    wait for the other side's BYE)."""
+    return Behaviour("answer", answer_after=after, hangup_after=hangup_after)
+
+
+def busy() -> Behaviour:
+    """Answer 486 Busy Here (Originate reason 5, DIALSTATUS BUSY)."""
+    return Behaviour("reject", code=486)
+
+
+def decline() -> Behaviour:
+    """Answer 603 Decline."""
+    return Behaviour("reject", code=603)
+
+
+def reject(code: int) -> Behaviour:
+    """Answer with any final error ``code`` (480, 503, 600...)."""
+    return Behaviour("reject", code=code)
+
+
+def no_answer() -> Behaviour:
+    """Ring (180) until the caller gives up (CANCEL)."""
+    return Behaviour("no_answer")
+
+
+def dtmf(
+    digits: str,
+    after: float = 0.5,
+    gap: float = 0.3,
+    answer_after: float = 0.0,
+    hangup_after: float | None = None,
+) -> Behaviour:
+    """Answer, then send ``digits`` as RFC 2833 events (``after`` s after the
+    answer, ``gap`` s apart)."""
+    return Behaviour(
+        "answer",
+        answer_after=answer_after,
+        hangup_after=hangup_after,
+        dtmf=digits,
+        dtmf_after=after,
+        dtmf_gap=gap,
+        # one RTP stream at a time: speech and DTMF events would interleave
+        audio=False,
+    )
+
+
+_KINDS: dict[str, Callable[..., Behaviour]] = {
+    "answer": answer,
+    "busy": lambda: busy(),
+    "decline": lambda: decline(),
+    "no_answer": lambda: no_answer(),
+    "reject": reject,
+    "dtmf": dtmf,
+}
+
+
+def make_behaviour(behaviour: Behaviour | str = "answer", **kwargs: Any) -> Behaviour:
+    """A :class:`Behaviour` from an instance or a name (``answer``, ``busy``,
+    ``decline``, ``no_answer``, ``reject``, ``dtmf``) plus its arguments."""
+    if isinstance(behaviour, Behaviour):
+        return replace(behaviour, **kwargs) if kwargs else behaviour
+    if behaviour not in _KINDS:
+        raise ValueError(f"unknown behaviour {behaviour!r} (known: {', '.join(_KINDS)})")
+    if behaviour == "answer" and "answer_after" in kwargs:
+        kwargs["after"] = kwargs.pop("answer_after")
+    return _KINDS[behaviour](**kwargs)
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+def _fragment(name: str, **values: object) -> str:
+    text = (resources.files("agi_app.sandbox") / "scenarios" / f"{name}.xml").read_text()
+    return _util.render(text, values)
+
+
+def _ms(seconds: float) -> int:
+    # SIPp reads a timeout of 0 as "no timeout"
+    return max(1, round(seconds * 1000))
+
+
+def _branch(i: int, b: Behaviour, audio_port: int) -> str:
+    parts = [f'  <label id="b{i}"/>']
+    if b.kind == "reject":
+        parts.append(
+            _fragment("reject", branch=i, code=b.code, reason=_REASONS.get(b.code, "Nope"))
+        )
+        return "\n".join(parts)
+    parts.append(_fragment("ringing", branch=i))
+    if b.kind == "no_answer":
+        parts.append(f'  <recv request="CANCEL" next="b{i}_cancel"/>')
+        parts.append(_fragment("cancelled", branch=i))
+        return "\n".join(parts)
+    if b.answer_after > 0:
+        parts.append(
+            f'  <recv request="CANCEL" timeout="{_ms(b.answer_after)}" '
+            f'ontimeout="b{i}_answer" next="b{i}_cancel"/>'
+        )
+        parts.append(_fragment("cancelled", branch=i))
+    speech = (
+        f'  <nop><action><exec play_pcap_audio="{PCAPS / "g711a.pcap"}"/></action></nop>\n'
+        if b.audio
+        else ""
+    )
+    parts.append(_fragment("answer", branch=i, audio_port=audio_port, audio=speech))
+    for step, digit in enumerate(b.dtmf):
+        wait = b.dtmf_after if step == 0 else b.dtmf_gap
+        pcap = PCAPS / f"dtmf_2833_{_DIGIT_FILES[digit]}.pcap"
+        parts.append(
+            _fragment("dtmf_digit", branch=i, step=step, wait_ms=_ms(wait), pcap=pcap, digit=digit)
+        )
+    if b.hangup_after is None:
+        parts.append(_fragment("wait_bye", branch=i))
+    else:
+        parts.append(_fragment("hangup", branch=i, wait_ms=_ms(b.hangup_after)))
+    parts.append(_fragment("bye_received", branch=i))
+    return "\n".join(parts)
+
+
+def build_uas_scenario(
+    default: Behaviour,
+    audio_port: int,
+    rules: list[tuple[list[str], Behaviour]] | None = None,
+    title: str = "phone",
+) -> str:
+    """A SIPp UAS scenario: ``rules`` maps dialled numbers to behaviours
+    (checked in order on the INVITE's request URI), ``default`` is for
+    every other number."""
+    rules = rules or []
+    rule_actions, dispatch, branches = [], [], []
+    for i, (numbers, behaviour) in enumerate(rules):
+        for n in numbers:
+            if not _PHONE_NUMBER.match(n):
+                raise ValueError(f"not a phone number: {n!r}")
+        alternatives = "|".join(sorted({n.lstrip("+") for n in numbers}))
+        rule_actions.append(
+            f'      <ereg regexp="^INVITE sip:[+]?({alternatives})@" search_in="msg" '
+            f'check_it="false" assign_to="r{i}"/>'
+        )
+        dispatch.append(f'  <nop test="r{i}" next="b{i}"/>')
+        branches.append(_branch(i, behaviour, audio_port))
+    d = len(rules)
+    if rules:
+        dispatch.append(f'  <nop next="b{d}"/>')
+    branches.append(_branch(d, default, audio_port))
+    return _fragment(
+        "uas",
+        title=title,
+        rules="\n".join(rule_actions),
+        dispatch="\n".join(dispatch),
+        branches="\n".join(branches),
+        rule_vars="".join(f",r{i}" for i in range(len(rules))),
+    )
+
+
+# ------------------------------------------------------------------ the log
+
+
+_TS = re.compile(r"(\d{9,11}\.\d{6})")
+_NAME_ADDR = re.compile(r'^\s*(?:"((?:[^"\\]|\\.)*)"|([^<"]*?))\s*<([^>]*)>')
+_URI_USER = re.compile(r"^sips?:([^@;>]+)@")
+
+
+def _time(field: str) -> float | None:
+    m = _TS.search(field)
+    if m:
+        return float(m.group(1))
+    try:
+        return datetime.strptime(field.strip()[:26], "%Y-%m-%d\t%H:%M:%S.%f").timestamp()
+    except ValueError:
+        return None
+
+
+def _party(header: str) -> tuple[str, str, str]:
+    """(display name, number/user, URI) of a From/To value."""
+    m = _NAME_ADDR.match(header)
+    if m:
+        name = (m.group(1) if m.group(1) is not None else m.group(2) or "").strip()
+        uri = m.group(3)
+    else:
+        name, uri = "", header.strip().split(";", 1)[0]
+    u = _URI_USER.match(uri)
+    return name.replace('\\"', '"'), (u.group(1) if u else ""), uri
+
+
+def parse_log(text: str) -> list[dict[str, Any]]:
+    """Turn the ``<log>`` lines of a phone's SIPp log into one dict per
+    call, in the order the INVITEs arrived.  Keys: ``call_id``,
+    ``request_uri``, ``number`` (the dialled user part), ``from``,
+    ``from_name``, ``from_number``, ``to``, ``invite_time``,
+    ``ringing_time``, ``answer_time``, ``end_time``, ``end`` (``bye_received``,
+    ``bye_sent``, ``cancel``, ``rejected`` or ``None`` while going on),
+    ``hung_up_by`` (``remote``, ``phone`` or ``None``), ``code`` (of a
+    rejection), ``dtmf`` (digits sent), ``rtp_port`` (the PBX's media port)."""
+    calls: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 3:
+            continue
+        event, when, call_id = parts[0], _time(parts[1]), parts[2].strip()
+        if event == "INVITE" and len(parts) >= 7:
+            from_name, from_number, _ = _party(parts[4])
+            ruri = parts[3].strip()
+            u = _URI_USER.match(ruri)
+            calls[call_id] = {
+                "call_id": call_id,
+                "request_uri": ruri,
+                "number": u.group(1) if u else "",
+                "from": parts[4].strip(),
+                "from_name": from_name,
+                "from_number": from_number,
+                "to": parts[5].strip(),
+                "rtp_port": int(parts[6]) if parts[6].strip().isdigit() else None,
+                "invite_time": when,
+                "ringing_time": None,
+                "answer_time": None,
+                "end_time": None,
+                "end": None,
+                "hung_up_by": None,
+                "code": None,
+                "dtmf": "",
+            }
+            continue
+        call = calls.get(call_id)
+        if call is None:
+            continue
+        if event == "RINGING":
+            call["ringing_time"] = when
+        elif event == "ANSWERED":
+            call["answer_time"] = when
+        elif event == "DTMF" and len(parts) > 3:
+            call["dtmf"] += parts[3].strip()
+        elif event in ("BYE_RECEIVED", "BYE_SENT", "CANCEL", "REJECTED"):
+            call["end"] = event.lower()
+            call["end_time"] = when
+            call["hung_up_by"] = {"BYE_RECEIVED": "remote", "BYE_SENT": "phone"}.get(event)
+            if event == "CANCEL":
+                call["hung_up_by"] = "remote"
+            if event == "REJECTED" and len(parts) > 3:
+                call["code"] = int(parts[3])
+    return list(calls.values())
+
+
+# ------------------------------------------------------------------ media
+
+
+class MediaSink:
+    """A UDP port that echoes RTP back to its sender and counts packets per
+    sender port (the PBX's media port of one call).
+
+    It runs in a daemon thread so it works the same under a Twisted test,
+    a blocking test and the command line."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.port = port
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind((host, port))
+        except OSError as e:
+            self._sock.close()
+            raise PhoneError(f"media port {host}:{port} is in use: {e}") from None
+        self._counts: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"media-{port}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data, addr = self._sock.recvfrom(4096)
+                self._sock.sendto(data, addr)
+            except OSError:
+                continue
+            with self._lock:
+                self._counts[addr[1]] = self._counts.get(addr[1], 0) + 1
+
+    def packets_from(self, port: int | None) -> int:
+        """Packets received from the PBX media port ``port``."""
+        with self._lock:
+            return self._counts.get(port, 0) if port else 0
+
+    def close(self) -> None:
+        """Stop the thread and free the port."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+
+
+# ------------------------------------------------------------------ phones
+
+
+@dataclass
+class _Run:
+    proc: subprocess.Popen
+    log: Path
+    behaviour: str
+
+
+@dataclass
+class Phone:
+    """One SIPp UAS answering on ``127.0.0.1:sip_port``.
+
+    ``media_port`` is the first of a block of ports: SIPp's own media
+    sockets (``+0``..``+3``), the echo :class:`MediaSink` (``+4``) and the
+    REGISTER process's media sockets (``+6``..``+9``)."""
+
+    name: str
+    pbx: PBX
+    sip_port: int
+    media_port: int
+    register_port: int | None = None
+    folder: Path | None = None
+    log: Callable[[str], None] = field(default=print, repr=False)
+    _run: _Run | None = field(default=None, init=False, repr=False)
+    _sink: MediaSink | None = field(default=None, init=False, repr=False)
+    _logs: list[Path] = field(default_factory=list, init=False, repr=False)
+    _seq: Any = field(default_factory=lambda: itertools.count(1), init=False, repr=False)
+    registered: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.folder = self.folder or (self.pbx.phones_dir / self.name)
+
+    # -------------------------------------------------------- processes
+
+    @property
+    def running(self) -> bool:
+        """True while the UAS process is alive."""
+        return self._run is not None and self._run.proc.poll() is None
+
+    def _scenario(self, behaviour: Behaviour) -> str:
+        return build_uas_scenario(
+            behaviour, self.media_port + 4, title=f"{self.name}: {behaviour.describe()}"
+        )
+
+    def start(self, behaviour: Behaviour | None = None, register: bool = True) -> Phone:
+        """Start (or restart with a new behaviour) the UAS process, then
+        register the phone's contact when it has a REGISTER port."""
+        behaviour = behaviour or answer()
+        self._launch(self._scenario(behaviour), behaviour.describe())
+        if register and self.register_port is not None and not self.registered:
+            self.register()
+        return self
+
+    def _launch(self, scenario: str, what: str) -> None:
+        self._kill()
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._sink is None:
+            self._sink = MediaSink(self.media_port + 4)
+        n = next(self._seq)
+        xml = self.folder / f"uas-{n}.xml"
+        xml.write_text(scenario)
+        log = self.folder / f"uas-{n}.log"
+        errors = self.folder / f"uas-{n}.errors"
+        argv = [
+            SIPP, "-sf", str(xml), "-i", "127.0.0.1", "-p", str(self.sip_port),
+            "-mp", str(self.media_port), "-bind_local", "-nostdin", "-aa",
+            "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(errors),
+        ]  # fmt: skip
+        if _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
+            raise PhoneError(f"{self.name}: SIP port 127.0.0.1:{self.sip_port}/udp is in use")
+        log.touch()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.folder / f"uas-{n}.stderr", "wb"),  # noqa: SIM115 - child keeps it
+            start_new_session=True,
+            cwd=self.folder,
+        )
+        self._run = _Run(proc, log, what)
+        self._logs.append(log)
+        deadline = time.monotonic() + 5
+        while not _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self._kill()
+                why = _util.tail(self.folder / f"uas-{n}.stderr", 20) or _util.tail(errors, 20)
+                raise PhoneError(f"{self.name}: SIPp did not start ({what}):\n{why}")
+            time.sleep(0.01)
+
+    def _kill(self) -> None:
+        if self._run is not None:
+            _util.terminate(self._run.proc.pid, timeout=1.0)
+            try:
+                self._run.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+            self._run = None
+
+    def _register(self, expires: int) -> None:
+        if self.register_port is None:
+            raise PhoneError(f"{self.name} does not register")
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        xml = self.folder / "register.xml"
+        xml.write_text(
+            _fragment("register", user=self.name, contact_port=self.sip_port, expires=expires)
+        )
+        errors = self.folder / "register.errors"
+        argv = [
+            SIPP, f"127.0.0.1:{self.pbx.sip_port}", "-sf", str(xml), "-i", "127.0.0.1",
+            "-p", str(self.register_port), "-mp", str(self.media_port + 6), "-bind_local",
+            "-m", "1", "-nostdin", "-timeout", "5s", "-timeout_error",
+            "-trace_err", "-error_file", str(errors),
+        ]  # fmt: skip
+        r = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15, cwd=self.folder
+        )
+        if r.returncode != 0:
+            raise PhoneError(
+                f"{self.name}: REGISTER (expires {expires}) failed ({r.returncode}): "
+                f"{_util.tail(errors, 15) or r.stderr.decode(errors='replace')[-800:]}"
+            )
+
+    def register(self) -> None:
+        """REGISTER this phone's contact with the PBX (the operator is online)."""
+        self._register(3600)
+        self.registered = True
+
+    def unregister(self) -> None:
+        """Take the contact back (``Expires: 0``): the operator is offline."""
+        self._register(0)
+        self.registered = False
+
+    def stop(self) -> None:
+        """Unregister, kill the SIPp process, free the media port."""
+        if self.registered:
+            try:
+                self.unregister()
+            except PhoneError as e:
+                self.log(f"sandbox: {e}")
+                self.registered = False
+        self._kill()
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    # -------------------------------------------------------- what it saw
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Every call this phone received since :meth:`clear`, oldest first
+        (see :func:`parse_log`), each with ``media_packets`` and
+        ``media_received``."""
+        out = []
+        for path in self._logs:
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            out.extend(parse_log(text))
+        for call in out:
+            packets = self._sink.packets_from(call["rtp_port"]) if self._sink else 0
+            call["media_packets"] = packets
+            call["media_received"] = packets > 0
+        return out
+
+    def clear(self) -> None:
+        """Forget the calls seen so far (the current log stays open)."""
+        self._logs = [self._run.log] if self._run else []
+        if self._run is not None:
+            self._run.log.write_text("")
+
+    def _wait(self, pick: Callable[[list[dict]], Any], what: str, timeout: float, reactor: Any):
+        return _util.poll(
+            lambda: pick(self.calls()),
+            timeout,
+            reactor,
+            lambda: f"{self.name}: no {what}; calls seen: {self.calls()}",
+        )
+
+    @staticmethod
+    def _nth(calls: list[dict], count: int, key: str | None) -> dict | None:
+        done = [c for c in calls if key is None or c[key] is not None]
+        return done[count - 1] if len(done) >= count else None
+
+    def wait_for_call(self, timeout: float = 5.0, count: int = 1, reactor: Any = None) -> Deferred:
+        """A Deferred firing with the ``count``-th call that reached this phone."""
+        return self._wait(lambda c: self._nth(c, count, None), "INVITE", timeout, reactor)
+
+    def wait_for_answer(self, timeout: float = 5.0, count: int = 1, reactor: Any = None):
+        """A Deferred firing with the ``count``-th call this phone answered."""
+        return self._wait(lambda c: self._nth(c, count, "answer_time"), "answer", timeout, reactor)
+
+    def wait_for_hangup(self, timeout: float = 5.0, count: int = 1, reactor: Any = None):
+        """A Deferred firing with the ``count``-th call that ended (BYE either
+        way, CANCEL or rejection)."""
+        return self._wait(lambda c: self._nth(c, count, "end"), "hangup", timeout, reactor)
+
+    def _block(self, key: str | None, what: str, timeout: float, count: int) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._nth(self.calls(), count, key)
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no {what} in {timeout} s: {self.calls()}")
+            time.sleep(0.05)
+
+    def wait_for_call_blocking(self, timeout: float = 5.0, count: int = 1) -> dict:
+        """:meth:`wait_for_call` for code without a reactor."""
+        return self._block(None, "INVITE", timeout, count)
+
+    def wait_for_hangup_blocking(self, timeout: float = 5.0, count: int = 1) -> dict:
+        """:meth:`wait_for_hangup` for code without a reactor."""
+        return self._block("end", "hangup", timeout, count)
+
+
+class Pstn(Phone):
+    """The public network behind the ``pstn`` trunk: one SIPp UAS whose
+    behaviour is chosen per dialled number; every other number gets the
+    default (answer and talk until the caller hangs up).  A change restarts
+    the process (about 20 ms), so set behaviours before placing calls."""
+
+    def __init__(self, pbx: PBX, log: Callable[[str], None] = print) -> None:
+        p = pbx.profile
+        super().__init__("pstn", pbx, p.pstn_port, p.pstn_media_port, None, log=log)
+        self.default: Behaviour = answer()
+        self.rules: dict[str, Behaviour] = {}
+
+    def _scenario(self, behaviour: Behaviour) -> str:
+        groups: dict[Behaviour, list[str]] = {}
+        for number, b in self.rules.items():
+            groups.setdefault(b, []).append(number)
+        return build_uas_scenario(
+            self.default,
+            self.media_port + 4,
+            rules=[(numbers, b) for b, numbers in groups.items()],
+            title="pstn",
+        )
+
+    def _apply(self) -> None:
+        if self.running:
+            self.start(self.default)
+
+    def set(self, number: str, behaviour: Behaviour | str = "answer", **kwargs: Any) -> Pstn:
+        """How calls to ``number`` go, e.g. ``set("380639920001",
+        answer_after=0.5, hangup_after=2)``, ``set(n, "busy")``,
+        ``set(n, "no_answer")``, ``set(n, "decline")``, ``set(n, dtmf("12#"))``."""
+        if not _PHONE_NUMBER.match(number):
+            raise ValueError(f"not a phone number: {number!r}")
+        self.rules[number.lstrip("+")] = make_behaviour(behaviour, **kwargs)
+        self._apply()
+        return self
+
+    def set_default(self, behaviour: Behaviour | str = "answer", **kwargs: Any) -> Pstn:
+        """How calls to numbers without a rule go."""
+        self.default = make_behaviour(behaviour, **kwargs)
+        self._apply()
+        return self
+
+    def reset(self) -> None:
+        """Back to answering every number; forget the calls seen."""
+        changed = bool(self.rules) or self.default != answer()
+        self.rules, self.default = {}, answer()
+        if changed:
+            self._apply()
+        self.clear()
+
+
+class Phones:
+    """The operator phones (1000-1009) and the PSTN of one sandbox PBX.
+
+    Everything started here is stopped by :meth:`stop_all`, which also runs
+    when the Python process exits."""
+
+    def __init__(self, pbx: PBX, log: Callable[[str], None] = print) -> None:
+        self.pbx = pbx
+        self._log = log
+        self._operators: dict[str, Phone] = {}
+        self.pstn = Pstn(pbx, log=log)
+        atexit.register(self.stop_all)
+
+    def operator(self, number: str) -> Phone:
+        """The phone of operator ``number`` (created on first use, not started)."""
+        if number not in OPERATORS:
+            raise ValueError(f"operator numbers are {OPERATORS[0]}..{OPERATORS[-1]}")
+        if number not in self._operators:
+            p = self.pbx.profile
+            self._operators[number] = Phone(
+                number,
+                self.pbx,
+                p.operator_port(number),
+                p.operator_media_port(number),
+                p.register_port(number),
+                log=self._log,
+            )
+        return self._operators[number]
+
+    __getitem__ = operator
+
+    def start(self, number: str, behaviour: Behaviour | str = "answer", **kwargs: Any) -> Phone:
+        """Bring operator ``number`` online with ``behaviour`` (registered)."""
+        return self.operator(number).start(make_behaviour(behaviour, **kwargs))
+
+    def offline(self, number: str) -> Phone:
+        """Make sure operator ``number`` is not registered and not running."""
+        phone = self.operator(number)
+        phone.stop()
+        return phone
+
+    def started(self) -> list[Phone]:
+        """The operator phones whose SIPp process is running."""
+        return [p for p in self._operators.values() if p.running]
+
+    def all_calls(self) -> dict[str, list[dict]]:
+        """Calls seen by every phone (operators and the PSTN), by phone name."""
+        phones = [*self._operators.values(), self.pstn]
+        return {p.name: p.calls() for p in phones if p.calls()}
+
+    def reset(self) -> None:
+        """Between tests: stop every operator phone, PSTN back to answering
+        everything, forget what was seen."""
+        for phone in self._operators.values():
+            phone.stop()
+            phone.clear()
+        if self.pstn.running:
+            self.pstn.reset()
+
+    def stop_all(self) -> None:
+        """Stop every SIPp process started here (idempotent)."""
+        for phone in [*self._operators.values(), self.pstn]:
+            try:
+                phone.stop()
+            except Exception as e:  # noqa: BLE001 - keep stopping the others
+                self._log(f"sandbox: stopping {phone.name}: {e}")
