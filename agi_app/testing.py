@@ -85,12 +85,13 @@ class FakeAMIServer:
         users: Mapping[str, str] | None = None,
         clock: IReactorTime | None = None,
         port: int | None = None,
-        version: str = "11.0.0",
+        version: str | None = "11.0.0",
         system_class: bool = False,
     ):
         self.users = dict(users if users is not None else {"agi_app": "secret"})
         self.clock = clock
         self.port = port
+        #: the AMI version in the greeting; None: send no greeting at all
         self.version = version
         self.system_class = system_class
         self.channels: dict[str, list[tuple[str, str]]] = {}
@@ -218,7 +219,8 @@ class FakeAMIPeer(Protocol):
         self.connected = False
 
     def connectionMade(self) -> None:
-        self.transport.write(f"Asterisk Call Manager/{self.server.version}\r\n".encode())
+        if self.server.version is not None:
+            self.transport.write(f"Asterisk Call Manager/{self.server.version}\r\n".encode())
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -394,6 +396,12 @@ class FakeAMIPeer(Protocol):
 
     def action_setvar(self, action: AMIMessage) -> None:
         self.respond(action, Message="Variable Set")
+
+    def action_userevent(self, action: AMIMessage) -> None:
+        self.respond(action, Message="Event Sent")
+        headers = [(k, v) for k, v in action.raw
+                   if k.lower() not in ("action", "actionid", "userevent")]
+        self.server.emit("UserEvent", [("UserEvent", action.get("UserEvent", ""))] + headers)
 
 
 class _LinkTransport(StringTransport):
