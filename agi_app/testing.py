@@ -48,16 +48,53 @@ class OriginateOutcome:
     """How the fake PBX answers an Originate to one channel.
 
     ``error`` set: the action itself is refused with that message.  Otherwise
-    the action is queued and, ``delay`` seconds later (on the server's clock),
-    an OriginateResponse with ``reason`` follows (``Success`` for 4,
-    ``Failure`` otherwise).  ``delay=None`` never sends it.
+    the action is queued and, ``delay`` seconds later (on the server's
+    clock), the outcome is reported as Asterisk 22 does it: when a channel
+    was created (answered, or ``cause`` given) a ``Newchannel`` for it, then
+    the ``OriginateResponse`` with ``reason`` (``Success`` for 4, ``Failure``
+    otherwise), then, for a failed call, the channel's ``Hangup`` with
+    ``cause`` (before the OriginateResponse with ``hangup_first``).
+    ``delay=None`` never reports anything.  Use the class methods for what
+    Asterisk 22 + PJSIP really sends.
     """
 
     reason: int = 4
     delay: float | None = 0.0
     error: str | None = None
+    #: Q.850 cause of the dialled channel's Hangup; None: no channel was created
+    cause: int | None = None
+    hangup_first: bool = False
     #: extra headers for the OriginateResponse event
     extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def answered(cls, delay: float = 0.0) -> OriginateOutcome:
+        """The phone answers."""
+        return cls(reason=4, delay=delay)
+
+    @classmethod
+    def busy(cls, delay: float = 0.0) -> OriginateOutcome:
+        """486 Busy Here: Asterisk 22 reports reason 0 and hangs up with cause 17."""
+        return cls(reason=0, cause=17, delay=delay)
+
+    @classmethod
+    def declined(cls, delay: float = 0.0) -> OriginateOutcome:
+        """603 Decline: reason 0, cause 21 (call rejected)."""
+        return cls(reason=0, cause=21, delay=delay)
+
+    @classmethod
+    def no_answer(cls, delay: float = 30.0) -> OriginateOutcome:
+        """Rings until the Originate's timeout: reason 3."""
+        return cls(reason=3, cause=19, delay=delay)
+
+    @classmethod
+    def offline(cls, delay: float = 0.0) -> OriginateOutcome:
+        """Endpoint without a contact: no channel at all, reason 0."""
+        return cls(reason=0, delay=delay)
+
+
+_CAUSE_TEXT = {16: "Normal Clearing", 17: "User busy", 19: "User alerting, no answer",
+               21: "Call Rejected", 34: "Circuit/channel congestion"}
 
 
 class FakeAMIServer:
@@ -349,17 +386,32 @@ class FakeAMIPeer(Protocol):
             self._originate_response(action, outcome)
 
     def _originate_response(self, action: AMIMessage, outcome: OriginateOutcome) -> None:
+        server = self.server
         channel = action.get("Channel") or ""
         answered = outcome.reason == 4
+        uniqueid = action.get("ChannelId") or f"1700000000.{next(server._uniqueids)}"
+        snapshot = None
+        if answered or outcome.cause is not None:
+            name = f"{channel}-{next(server._channel_numbers):08x}"
+            snapshot = server.add_channel(name, uniqueid=uniqueid, state="Down")
+            server.emit("Newchannel", snapshot)
         if answered:
-            name = f"{channel}-{next(self.server._channel_numbers):08x}"
-            uniqueid = action.get("ChannelId") or f"1700000000.{next(self.server._uniqueids)}"
+            assert snapshot is not None
+            reported_channel, reported_id = name, uniqueid
         else:
-            name, uniqueid = channel, action.get("ChannelId") or "<unknown>"
+            reported_channel, reported_id = channel, action.get("ChannelId") or "<unknown>"
+        if snapshot is not None and not answered:
+            server.channels.pop(uniqueid, None)
+        hangup = None
+        if snapshot is not None and outcome.cause is not None and not answered:
+            text = _CAUSE_TEXT.get(outcome.cause, "")
+            hangup = snapshot + [("Cause", str(outcome.cause)), ("Cause-txt", text)]
+        if hangup is not None and outcome.hangup_first:
+            server.emit("Hangup", hangup)
         headers = [
             ("Privilege", "call,all"),
             ("Response", "Success" if answered else "Failure"),
-            ("Channel", name),
+            ("Channel", reported_channel),
         ]
         if action.get("Application"):
             headers += [("Application", action["Application"]), ("Data", action.get("Data", ""))]
@@ -367,15 +419,17 @@ class FakeAMIPeer(Protocol):
             headers += [("Context", action.get("Context", "")), ("Exten", action.get("Exten", ""))]
         headers += [
             ("Reason", str(outcome.reason)),
-            ("Uniqueid", uniqueid),
+            ("Uniqueid", reported_id),
             ("CallerIDNum", "<unknown>"),
             ("CallerIDName", "<unknown>"),
         ]
         headers += list(outcome.extra.items())
         # Asterisk sends OriginateResponse to every session reading call events.
-        for peer in self.server.peers:
+        for peer in server.peers:
             if peer is self or (peer.authenticated and peer.events and peer.connected):
                 peer.send_event("OriginateResponse", headers, action_id=action.get("ActionID"))
+        if hangup is not None and not outcome.hangup_first:
+            server.emit("Hangup", hangup)
 
     def action_hangup(self, action: AMIMessage) -> None:
         channel = action.get("Channel") or ""

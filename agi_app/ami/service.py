@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -58,6 +59,10 @@ __all__ = [
 #: Seconds added to an Originate's ring timeout before giving up on its
 #: OriginateResponse (channel setup and the dialplan take a moment).
 ORIGINATE_MARGIN = 5.0
+#: After a failed Originate whose channel was created, how long to wait for
+#: that channel's Hangup event (it carries the real cause; Asterisk publishes
+#: it a few milliseconds after the OriginateResponse, sometimes before).
+HANGUP_GRACE = 2.0
 #: The first reconnect waits this long; each failure in a row doubles it.
 INITIAL_BACKOFF = 0.5
 #: Each reconnect delay is shortened by up to this fraction at random, so
@@ -67,7 +72,14 @@ BACKOFF_JITTER = 0.25
 
 class OriginateReason(IntEnum):
     """``Reason`` of an OriginateResponse: the last control frame seen on the
-    new channel (``enum ast_control_frame_type`` in Asterisk's frame.h)."""
+    new channel (``enum ast_control_frame_type`` in Asterisk's frame.h).
+
+    Asterisk 22 with PJSIP reports 0 for every rejected call (486, 603,
+    480...): the channel hangs up before its control frame is read, so the
+    dialing code never learns the cause.  :meth:`AMIService.originate`
+    then derives the reason from the channel's Hangup cause with the table
+    Asterisk itself uses (main/pbx.c ``pbx_dial_reason``).
+    """
 
     OTHER = 0  #: failed before any answer: unregistered endpoint, no route...
     HANGUP = 1
@@ -89,6 +101,20 @@ REASON_TEXT = {
 }
 
 
+# Q.850 cause -> reason, as main/pbx.c pbx_dial_reason() maps them.
+_CAUSE_REASON = {
+    17: OriginateReason.BUSY,  # user busy
+    21: OriginateReason.CONGESTION,  # call rejected
+    27: OriginateReason.CONGESTION,  # destination out of order
+    34: OriginateReason.CONGESTION,  # circuit congestion
+    38: OriginateReason.CONGESTION,  # network out of order
+    41: OriginateReason.CONGESTION,  # temporary failure
+    42: OriginateReason.CONGESTION,  # switch congestion
+    19: OriginateReason.NO_ANSWER,  # no answer
+    26: OriginateReason.NO_ANSWER,  # answered elsewhere
+}
+
+
 @dataclass(frozen=True)
 class OriginateResult:
     """The outcome of an asynchronous Originate (its OriginateResponse event)."""
@@ -97,7 +123,7 @@ class OriginateResult:
     success: bool
     #: ``Success`` or ``Failure``
     response: str
-    #: see :class:`OriginateReason`
+    #: see :class:`OriginateReason` (derived from ``cause`` when Asterisk says 0)
     reason: int
     #: ``busy``, ``no answer``, ``answered``... (``reason N`` for others)
     reason_text: str
@@ -105,8 +131,22 @@ class OriginateResult:
     channel: str
     #: the channel's Uniqueid ("" when Asterisk reports ``<unknown>``)
     uniqueid: str
-    #: the OriginateResponse event itself
+    #: the OriginateResponse event itself (its ``Reason`` is Asterisk's own)
     event: AMIMessage
+    #: Q.850 cause of the dialled channel's Hangup (17 busy, 21 rejected...);
+    #: None when no channel was created (e.g. an unregistered endpoint) or answered
+    cause: int | None = None
+    #: Asterisk's text for ``cause`` (``User busy``...)
+    cause_text: str = ""
+
+
+@dataclass
+class _OriginateWatch:
+    """What was seen of the channel an Originate creates (by its ChannelId)."""
+
+    channel_seen: bool = False
+    hangup: AMIMessage | None = None
+    waiter: Deferred | None = None
 
 
 @implementer(IStreamClientEndpoint)
@@ -219,6 +259,7 @@ class AMIService(Service):
         self._waiters: list[Deferred] = []
         self._ping_loop: LoopingCall | None = None
         self._ping_outstanding = False
+        self._originating: dict[str, _OriginateWatch] = {}
         endpoint = endpoint or _default_endpoint(reactor, host, port, action_timeout)
         self._client = ClientService(
             _ReportingEndpoint(endpoint, self._connect_failed),
@@ -343,7 +384,9 @@ class AMIService(Service):
         an :class:`OriginateResult` once its OriginateResponse arrives.
 
         A busy, unanswered or unreachable destination is a result with
-        ``success=False`` and its ``reason``, not a failure.  Fails with
+        ``success=False`` and its ``reason``, not a failure.  ``channel_id``
+        (the new channel's Uniqueid) defaults to a generated unique id, so the
+        result can carry the channel's hangup ``cause``.  Fails with
         :class:`AMIActionError` when Asterisk refuses the action (``Extension
         does not exist.``...), :class:`AMITimeout` when no OriginateResponse
         comes within ``timeout_ms`` + a margin, :class:`AMIDisconnected` when
@@ -361,6 +404,8 @@ class AMIService(Service):
             check_wire_value(caller_id, "Originate caller_id")
         if isinstance(codecs, (list, tuple)):
             codecs = ",".join(codecs)
+        if channel_id is None:
+            channel_id = f"agiapp-{uuid.uuid4().hex}"
         pairs: list[tuple[str, HeaderValue]] = [("Channel", channel)]
         if application is not None:
             pairs += [("Application", application), ("Data", data)]
@@ -381,11 +426,34 @@ class AMIService(Service):
         proto = self._usable("Originate", pairs)
         if isinstance(proto, Deferred):
             return proto
+        watch = _OriginateWatch()
+        self._originating[channel_id] = watch
         d = proto.send_action(
             "Originate", pairs, final_event="OriginateResponse",
             timeout=timeout_ms / 1000.0 + ORIGINATE_MARGIN,
         )
-        return d.addCallback(_originate_result)
+        d.addCallback(self._originate_responded, watch)
+
+        def forget(result: object) -> object:
+            self._originating.pop(channel_id, None)
+            return result
+
+        return d.addBoth(forget)
+
+    def _originate_responded(self, event: AMIMessage, watch: _OriginateWatch) -> object:
+        failed = (event.get("Response") or "").lower() != "success"
+        if not failed or watch.hangup is not None or not watch.channel_seen:
+            return _originate_result(event, watch.hangup)
+        waiter: Deferred = Deferred()
+        watch.waiter = waiter
+        timer = self.reactor.callLater(HANGUP_GRACE, waiter.callback, None)
+
+        def done(_: object) -> OriginateResult:
+            if timer.active():
+                timer.cancel()
+            return _originate_result(event, watch.hangup)
+
+        return waiter.addCallback(done)
 
     def hangup(self, channel: str, cause: int = 16) -> Deferred:
         """Hang a channel up with a Q.850 cause (16: normal clearing)."""
@@ -609,6 +677,8 @@ class AMIService(Service):
 
     def _on_event(self, msg: AMIMessage) -> None:
         name = (msg.event or "").lower()
+        if self._originating:
+            self._watch_originated(name, msg)
         try:
             self._track(name, msg)
         except Exception:
@@ -621,6 +691,17 @@ class AMIService(Service):
             for callback in list(callbacks):
                 _call_logged(self.log, callback, msg,
                              f"AMI {self.link_name}: subscriber to {msg.event}")
+
+    def _watch_originated(self, name: str, msg: AMIMessage) -> None:
+        watch = self._originating.get(msg.get("Uniqueid") or "")
+        if watch is None:
+            return
+        if name == "newchannel":
+            watch.channel_seen = True
+        elif name == "hangup":
+            watch.hangup = msg
+            if watch.waiter is not None and not watch.waiter.called:
+                watch.waiter.callback(None)
 
     def _track(self, name: str, msg: AMIMessage) -> None:
         uid = msg.get("Uniqueid")
@@ -682,20 +763,30 @@ def _call_logged(log: Logger, callback: Callable, arg: object, what: str) -> Non
         result.addErrback(lambda f: log.failure("{what} failed", f, what=what))
 
 
-def _originate_result(event: AMIMessage) -> OriginateResult:
+def _int(text: str | None) -> int | None:
     try:
-        reason = int(event.get("Reason") or 0)
+        return int(text) if text else None
     except ValueError:
-        reason = 0
+        return None
+
+
+def _originate_result(event: AMIMessage, hangup: AMIMessage | None) -> OriginateResult:
     response = event.get("Response") or ""
+    success = response.lower() == "success"
+    reason = _int(event.get("Reason")) or 0
+    cause = _int(hangup.get("Cause")) if hangup is not None else None
+    if not success and reason == 0 and cause in _CAUSE_REASON:
+        reason = _CAUSE_REASON[cause]
     uniqueid = event.get("Uniqueid") or ""
     text = REASON_TEXT.get(reason)  # type: ignore[call-overload]
     return OriginateResult(
-        success=response.lower() == "success",
+        success=success,
         response=response,
         reason=reason,
         reason_text=text or f"reason {reason}",
         channel=event.get("Channel") or "",
         uniqueid="" if uniqueid == "<unknown>" else uniqueid,
         event=event,
+        cause=cause,
+        cause_text=(hangup.get("Cause-txt") or "") if hangup is not None else "",
     )

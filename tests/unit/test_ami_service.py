@@ -286,8 +286,8 @@ class OriginateTests(ServiceTestCase):
         self.assertEqual((sent["Application"], sent["Data"]), ("Playback", "beep"))
         self.assertNotIn("Context", sent)
 
-    def check_failure(self, reason, text):
-        self.pbx.originate_outcomes["PJSIP/102"] = OriginateOutcome(reason=reason, delay=3.0)
+    def check_failure(self, outcome, reason, text, cause=None, cause_text=""):
+        self.pbx.originate_outcomes["PJSIP/102"] = outcome
         d = self.originate()
         self.assertNoResult(d)
         self.reactor.advance(3)
@@ -295,24 +295,70 @@ class OriginateTests(ServiceTestCase):
         self.assertFalse(result.success)
         self.assertEqual((result.response, result.reason, result.reason_text),
                          ("Failure", reason, text))
+        self.assertEqual((result.cause, result.cause_text), (cause, cause_text))
         self.assertEqual(result.channel, "PJSIP/102")
-        self.assertEqual(result.uniqueid, "")
+        # The channel got an id of ours, so its events can be told apart.
+        channel_id = self.pbx.actions_named("Originate")[-1]["ChannelId"]
+        self.assertTrue(channel_id.startswith("agiapp-"))
+        self.assertEqual(result.uniqueid, channel_id)
+        self.assertEqual(self.svc._originating, {})
         return result
 
-    def test_busy(self):
-        self.check_failure(5, "busy")
+    def test_busy_as_asterisk_22_reports_it(self):
+        # PJSIP 486: OriginateResponse says Reason 0, the Hangup says cause 17.
+        result = self.check_failure(OriginateOutcome.busy(delay=3), 5, "busy", 17, "User busy")
+        self.assertEqual(result.event["Reason"], "0")
+
+    def test_busy_with_hangup_before_the_response(self):
+        outcome = OriginateOutcome(reason=0, cause=17, hangup_first=True, delay=3)
+        self.check_failure(outcome, 5, "busy", 17, "User busy")
+
+    def test_busy_reported_directly(self):
+        self.check_failure(OriginateOutcome(reason=5, delay=3), 5, "busy")
+
+    def test_declined(self):
+        self.check_failure(OriginateOutcome.declined(delay=3), 8, "congestion", 21,
+                           "Call Rejected")
 
     def test_no_answer(self):
-        self.check_failure(3, "no answer")
+        self.check_failure(OriginateOutcome.no_answer(delay=3), 3, "no answer", 19,
+                           "User alerting, no answer")
 
     def test_offline(self):
-        self.check_failure(0, "other")
+        # No channel is created at all: the result comes with the response.
+        self.check_failure(OriginateOutcome.offline(delay=3), 0, "other")
 
     def test_congestion(self):
-        self.check_failure(8, "congestion")
+        self.check_failure(OriginateOutcome(reason=8, delay=3), 8, "congestion")
 
     def test_unknown_reason(self):
-        self.check_failure(7, "reason 7")
+        self.check_failure(OriginateOutcome(reason=7, delay=3), 7, "reason 7")
+
+    def test_unmapped_cause_keeps_reason_zero(self):
+        self.check_failure(OriginateOutcome(reason=0, cause=1, delay=3), 0, "other", 1)
+
+    def test_missing_hangup_waits_only_a_grace_period(self):
+        def originate(peer, action):
+            # A channel is created and fails, but its Hangup never comes.
+            peer.respond(action, Message="Originate successfully queued")
+            peer.server.emit("Newchannel", Channel="PJSIP/102-00000001", ChannelState="0",
+                             Uniqueid=action["ChannelId"])
+            peer.send_event("OriginateResponse", action_id=action["ActionID"],
+                            Response="Failure", Channel="PJSIP/102", Reason="0",
+                            Uniqueid=action["ChannelId"])
+
+        self.pbx.handlers["originate"] = originate
+        d = self.originate()
+        self.reactor.advance(1.9)
+        self.assertNoResult(d)
+        self.reactor.advance(0.1)
+        result = self.successResultOf(d)
+        self.assertEqual((result.reason, result.cause), (0, None))
+
+    def test_given_channel_id_is_used(self):
+        self.pbx.originate_outcomes["PJSIP/102"] = OriginateOutcome.busy()
+        result = self.successResultOf(self.originate(channel_id="c-7-operator"))
+        self.assertEqual((result.uniqueid, result.cause), ("c-7-operator", 17))
 
     def test_queued_error(self):
         self.pbx.originate_outcomes["PJSIP/102"] = OriginateOutcome(
