@@ -46,6 +46,8 @@ __all__ = [
     "busy",
     "decline",
     "dtmf",
+    "kill_phones",
+    "make_behaviour",
     "no_answer",
     "parse_log",
     "reject",
@@ -439,6 +441,9 @@ class Phone:
     media_port: int
     register_port: int | None = None
     folder: Path | None = None
+    #: outlive this Python process (the command line's demo phones): SIPp
+    #: echoes the audio itself (-rtp_echo) instead of a MediaSink thread
+    detached: bool = False
     log: Callable[[str], None] = field(default=print, repr=False)
     _run: _Run | None = field(default=None, init=False, repr=False)
     _sink: MediaSink | None = field(default=None, init=False, repr=False)
@@ -458,8 +463,13 @@ class Phone:
 
     def _scenario(self, behaviour: Behaviour) -> str:
         return build_uas_scenario(
-            behaviour, self.media_port + 4, title=f"{self.name}: {behaviour.describe()}"
+            behaviour, self.audio_port, title=f"{self.name}: {behaviour.describe()}"
         )
+
+    @property
+    def audio_port(self) -> int:
+        """The media port this phone answers with (in its SDP)."""
+        return self.media_port if self.detached else self.media_port + 4
 
     def start(self, behaviour: Behaviour | None = None, register: bool = True) -> Phone:
         """Start (or restart with a new behaviour) the UAS process, then
@@ -474,8 +484,8 @@ class Phone:
         self._kill()
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self._sink is None:
-            self._sink = MediaSink(self.media_port + 4)
+        if self._sink is None and not self.detached:
+            self._sink = MediaSink(self.audio_port)
         n = next(self._seq)
         xml = self.folder / f"uas-{n}.xml"
         xml.write_text(scenario)
@@ -486,6 +496,8 @@ class Phone:
             "-mp", str(self.media_port), "-bind_local", "-nostdin", "-aa",
             "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(errors),
         ]  # fmt: skip
+        if self.detached:
+            argv.append("-rtp_echo")
         if _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
             raise PhoneError(f"{self.name}: SIP port 127.0.0.1:{self.sip_port}/udp is in use")
         log.touch()
@@ -498,6 +510,7 @@ class Phone:
             cwd=self.folder,
         )
         self._run = _Run(proc, log, what)
+        (self.folder / "sipp.pid").write_text(f"{proc.pid}\n")
         self._logs.append(log)
         deadline = time.monotonic() + 5
         while not _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
@@ -515,6 +528,8 @@ class Phone:
             except subprocess.TimeoutExpired:
                 pass
             self._run = None
+        if self.folder is not None:
+            (self.folder / "sipp.pid").unlink(missing_ok=True)
 
     def _register(self, expires: int) -> None:
         if self.register_port is None:
@@ -640,9 +655,13 @@ class Pstn(Phone):
     default (answer and talk until the caller hangs up).  A change restarts
     the process (about 20 ms), so set behaviours before placing calls."""
 
-    def __init__(self, pbx: PBX, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, pbx: PBX, log: Callable[[str], None] = print, detached: bool = False
+    ) -> None:
         p = pbx.profile
-        super().__init__("pstn", pbx, p.pstn_port, p.pstn_media_port, None, log=log)
+        super().__init__(
+            "pstn", pbx, p.pstn_port, p.pstn_media_port, None, log=log, detached=detached
+        )
         self.default: Behaviour = answer()
         self.rules: dict[str, Behaviour] = {}
 
@@ -652,7 +671,7 @@ class Pstn(Phone):
             groups.setdefault(b, []).append(number)
         return build_uas_scenario(
             self.default,
-            self.media_port + 4,
+            self.audio_port,
             rules=[(numbers, b) for b, numbers in groups.items()],
             title="pstn",
         )
@@ -690,14 +709,19 @@ class Phones:
     """The operator phones (1000-1009) and the PSTN of one sandbox PBX.
 
     Everything started here is stopped by :meth:`stop_all`, which also runs
-    when the Python process exits."""
+    when the Python process exits, unless ``detached`` (the command line's
+    demo phones, stopped later by :func:`kill_phones`)."""
 
-    def __init__(self, pbx: PBX, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, pbx: PBX, log: Callable[[str], None] = print, detached: bool = False
+    ) -> None:
         self.pbx = pbx
         self._log = log
+        self.detached = detached
         self._operators: dict[str, Phone] = {}
-        self.pstn = Pstn(pbx, log=log)
-        atexit.register(self.stop_all)
+        self.pstn = Pstn(pbx, log=log, detached=detached)
+        if not detached:
+            atexit.register(self.stop_all)
 
     def operator(self, number: str) -> Phone:
         """The phone of operator ``number`` (created on first use, not started)."""
@@ -712,6 +736,7 @@ class Phones:
                 p.operator_media_port(number),
                 p.register_port(number),
                 log=self._log,
+                detached=self.detached,
             )
         return self._operators[number]
 
@@ -752,3 +777,21 @@ class Phones:
                 phone.stop()
             except Exception as e:  # noqa: BLE001 - keep stopping the others
                 self._log(f"sandbox: stopping {phone.name}: {e}")
+
+
+def kill_phones(pbx: PBX) -> list[int]:
+    """Kill every SIPp process of ``pbx``'s phones found through their pid
+    files (demo phones of the command line, leftovers of a killed test
+    session).  Returns the pids killed."""
+    killed = []
+    for pid_file in sorted(pbx.phones_dir.glob("*/sipp.pid")):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = 0
+        argv = _util.pid_cmdline(pid) if pid else []
+        if argv and argv[0].endswith("sipp") and _util.pid_alive(pid):
+            _util.terminate(pid, timeout=1.0)
+            killed.append(pid)
+        pid_file.unlink(missing_ok=True)
+    return killed
