@@ -613,6 +613,31 @@ class AMIService(Service):
                     "status": item.get("Status") or "",
                 }
 
+    def _booted_late(self, proto: AMIProtocol) -> None:
+        """Asterisk accepts AMI logins before its modules are loaded; a
+        FullyBooted event after our resync means the snapshot was taken too
+        early (no endpoints, no device states yet), so take it again.  The
+        FullyBooted sent right after Login, when Asterisk was already up,
+        arrives before the resync finishes and is not a reason to repeat it.
+        (Only AMI users that may read the ``system`` class get this event.)"""
+        self.log.info("AMI {ami}: Asterisk finished booting; resynchronising",
+                      ami=self.link_name)
+
+        async def again() -> None:
+            try:
+                await self._resync(proto)
+            except AMIDisconnected:
+                return
+            except AMIError as e:
+                self.log.warn("AMI {ami}: resynchronisation failed: {why}; reconnecting",
+                              ami=self.link_name, why=str(e))
+                if not proto.closed:
+                    proto.transport.abortConnection()
+
+        Deferred.fromCoroutine(again()).addErrback(
+            lambda f: self.log.failure("AMI {ami}: resync failed", f, ami=self.link_name)
+        )
+
     def _start_ping(self, proto: AMIProtocol) -> None:
         self._ping_outstanding = False
         loop = LoopingCall(self._ping, proto)
@@ -644,6 +669,10 @@ class AMIService(Service):
                 )
                 if not proto.closed:
                     proto.transport.abortConnection()
+            elif f.check(AMIActionError):
+                # e.g. "Asterisk is shutting down": the PBX closes the link itself.
+                self.log.info("AMI {ami}: Ping refused: {why}", ami=self.link_name,
+                              why=f.value.message)
             elif not f.check(AMIDisconnected):
                 self.log.failure("AMI {ami}: Ping failed", f, ami=self.link_name)
 
@@ -679,6 +708,8 @@ class AMIService(Service):
         name = (msg.event or "").lower()
         if self._originating:
             self._watch_originated(name, msg)
+        if name == "fullybooted" and self._ready and self._protocol is not None:
+            self._booted_late(self._protocol)
         try:
             self._track(name, msg)
         except Exception:

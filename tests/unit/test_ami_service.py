@@ -536,6 +536,15 @@ class DisconnectTests(ServiceTestCase):
         self.reactor.advance(10)
         self.assertFalse(self.svc.connected)
 
+    def test_ping_refused_while_asterisk_shuts_down(self):
+        self.pbx.handlers["ping"] = lambda peer, a: peer.error(a, "Asterisk is shutting down")
+        self.reactor.advance(20)
+        self.assertEqual(len(self.pbx.actions_named("Ping")), 1)
+        # Logged quietly (a logged failure would fail this test); the PBX closes the link.
+        self.assertTrue(self.svc.connected)
+        self.link.drop(abrupt=False)
+        self.assertFalse(self.svc.connected)
+
     def test_no_pings_while_disconnected(self):
         self.link.drop()
         for _ in range(10):
@@ -711,6 +720,25 @@ class EventTests(ServiceTestCase):
         # Same dict objects: holders of a reference see the new state.
         self.assertIs(self.svc.channels, channels)
         self.assertIs(self.svc.device_states, devices)
+
+    def test_resync_again_when_asterisk_finishes_booting_after_login(self):
+        # Asterisk accepts logins while it is still loading modules: the first
+        # snapshot is empty, the FullyBooted event says when to take it again.
+        connects = []
+        self.svc.on_connect(connects.append)
+        self.pbx.device_states["PJSIP/103"] = "NOT_INUSE"
+        self.pbx.add_channel("PJSIP/103-00000009", uniqueid="1764105600.9")
+        self.pbx.actions.clear()
+        self.pbx.emit("FullyBooted", Status="Fully Booted")
+        self.assertEqual([a["Action"] for a in self.pbx.actions],
+                         ["CoreShowChannels", "DeviceStateList", "PJSIPShowContacts"])
+        self.assertEqual(self.svc.device_states["PJSIP/103"], "NOT_INUSE")
+        self.assertIn("1764105600.9", self.svc.channels)
+        self.assertEqual(connects, [])
+
+    def test_fullybooted_at_login_does_not_repeat_the_resync(self):
+        # The fake sends FullyBooted right after every Login, as Asterisk does.
+        self.assertEqual(len(self.pbx.actions_named("CoreShowChannels")), 1)
 
     def test_on_connect_after_every_login_and_errors_logged(self):
         calls = []
