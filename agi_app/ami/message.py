@@ -195,31 +195,41 @@ class AMIParser:
         """Consume ``data``; return the greeting (a ``str``) and/or complete
         messages in arrival order.  Raises :class:`AMIProtocolError` when a line
         or message is beyond any sane size."""
-        buffer = self._buffer + data
-        *lines, rest = buffer.split(b"\n")
-        if len(rest) > MAX_INCOMING_LINE:
+        buffer = self._buffer + data if self._buffer else data
+        cut = buffer.rfind(b"\n")
+        if cut < 0:
+            if len(buffer) > MAX_INCOMING_LINE:
+                self._buffer = b""
+                raise AMIProtocolError(f"line longer than {MAX_INCOMING_LINE} bytes")
+            self._buffer = buffer
+            return []
+        if len(buffer) - cut > MAX_INCOMING_LINE:
             self._buffer = b""
             raise AMIProtocolError(f"line longer than {MAX_INCOMING_LINE} bytes")
-        self._buffer = rest
+        self._buffer = buffer[cut + 1:]
+        # Decoding whole lines at once is safe: no UTF-8 sequence contains "\n".
+        text = buffer[:cut].decode("utf-8", errors="replace")
         out: list[AMIMessage | str] = []
-        for raw_line in lines:
-            line = raw_line.removesuffix(b"\r").decode("utf-8", errors="replace")
+        headers = self._headers
+        for line in text.split("\n"):
+            if line.endswith("\r"):
+                line = line[:-1]
             if self._want_greeting:
                 self._want_greeting = False
                 self.greeting = line
                 out.append(line)
                 continue
             if not line:
-                if self._headers:
-                    out.append(AMIMessage(self._headers))
-                    self._headers = []
+                if headers:
+                    out.append(AMIMessage(headers))
+                    headers = self._headers = []
                 continue
             key, sep, value = line.partition(":")
             if not sep:
                 self.stray_lines += 1
                 continue
-            self._headers.append((key.strip(), value.lstrip(" \t")))
-            if len(self._headers) > MAX_INCOMING_HEADERS:
+            headers.append((key.strip(), value.lstrip(" \t")))
+            if len(headers) > MAX_INCOMING_HEADERS:
                 self._headers = []
                 raise AMIProtocolError(f"message with more than {MAX_INCOMING_HEADERS} headers")
         return out

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -154,9 +155,15 @@ class _ReportingEndpoint:
     """Wraps an endpoint to hear of failed connection attempts (ClientService
     keeps its own count, which it resets on every TCP connect)."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, on_failure: Callable[[Failure], None]):
+    def __init__(self, endpoint: IStreamClientEndpoint, on_failure: Callable[[Failure], None],
+                 description: str):
         self._endpoint = endpoint
         self._on_failure = on_failure
+        self._description = description
+
+    def __repr__(self) -> str:
+        # ClientService names the endpoint in its "Scheduling retry" log line.
+        return f"<AMI {self._description}>"
 
     def connect(self, factory: Factory) -> Deferred:
         d = self._endpoint.connect(factory)
@@ -169,6 +176,8 @@ class _ReportingEndpoint:
 
 
 class _ProtocolFactory(Factory):
+    noisy = False  # no "Starting factory" line per connection attempt
+
     def __init__(self, service: AMIService):
         self.service = service
 
@@ -176,7 +185,7 @@ class _ProtocolFactory(Factory):
         return self.service._build_protocol()
 
 
-def _default_endpoint(reactor, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+def _default_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -218,7 +227,7 @@ class AMIService(Service):
         username: str,
         secret: str,
         *,
-        reactor,
+        reactor: Any,
         ping_interval: float = 20.0,
         action_timeout: float = 10.0,
         max_backoff: float = 30.0,
@@ -262,7 +271,7 @@ class AMIService(Service):
         self._originating: dict[str, _OriginateWatch] = {}
         endpoint = endpoint or _default_endpoint(reactor, host, port, action_timeout)
         self._client = ClientService(
-            _ReportingEndpoint(endpoint, self._connect_failed),
+            _ReportingEndpoint(endpoint, self._connect_failed, f"{name} {host}:{port}"),
             _ProtocolFactory(self),
             retryPolicy=self._retry_delay,
             clock=reactor,
