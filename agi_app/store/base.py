@@ -1,0 +1,303 @@
+"""The call log store's interface, independent of the database behind it.
+
+Everything the application persists goes through :class:`Store`: calls, their
+status history (CONTRACT section 2), recordings and operator state.  Every
+public method returns a Deferred; an implementation keeps its blocking work
+off the reactor thread.  The SQLite implementation is
+:class:`agi_app.store.sqlite.SQLiteStore`; a PostgreSQL one would implement
+the same methods.
+
+Shapes of the dicts handed out:
+
+- call: ``call_id, kind, sip, phone, order_id, external_key, params (dict),
+  created_at, final_status, finished_at, talk_seconds, pbx``
+- history entry: ``id, call_id, order_id, status, time, detail``
+- recording: ``record_id, call_id, order_id, external_key, sip, phone, path,
+  created_at, duration, size``
+- operator: ``sip, status, since``; operator history entry: ``id, sip, status, time``
+
+Times are UTC text with milliseconds, ``2026-11-25T21:04:37.123Z``; this
+format sorts as text in time order.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import Deferred
+
+__all__ = [
+    "CALL_KINDS",
+    "FINAL_STATUSES",
+    "OPERATOR_STATES",
+    "STATUSES",
+    "ExternalKeyConflict",
+    "Page",
+    "Store",
+    "StoreError",
+    "UnknownCall",
+    "canonical_json",
+    "check_time",
+    "iso_time",
+]
+
+#: Every call status word, in the order a call normally goes through them.
+STATUSES: tuple[str, ...] = (
+    "CALL",
+    "OPERATOR_CALLTO",
+    "OPERATOR_PICKUP",
+    "OPERATOR_BUSY",
+    "OPERATOR_NOANSWER",
+    "OPERATOR_OFFLINE",
+    "CLIENT_CALLTO",
+    "CLIENT_PICKUP",
+    "CLIENT_BUSY",
+    "CLIENT_NOANSWER",
+    "CLIENT_CANCEL",
+    "ERROR",
+    "FINISH",
+)
+
+#: The statuses that end a call; a call gets exactly one of them.
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {
+        "OPERATOR_BUSY",
+        "OPERATOR_NOANSWER",
+        "OPERATOR_OFFLINE",
+        "CLIENT_BUSY",
+        "CLIENT_NOANSWER",
+        "CLIENT_CANCEL",
+        "ERROR",
+        "FINISH",
+    }
+)
+
+#: What created a call (``calls.kind``).
+CALL_KINDS: frozenset[str] = frozenset(
+    {
+        "makeCall",
+        "extToPhone",
+        "phoneToPhone",
+        "callWithAnnouncement",
+        "callWithInteractiveVoiceResponse",
+        "callback",
+        "incoming",
+    }
+)
+
+#: Operator states of ``/api/sipList`` (CONTRACT 3.6).
+OPERATOR_STATES: tuple[str, ...] = ("online", "inuse", "offline")
+
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$", re.ASCII)
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (closed, newer schema, ...)."""
+
+
+class ExternalKeyConflict(StoreError):
+    """A call with this ``external_key`` exists and was made with other parameters.
+
+    ``call_id`` is the existing call's id (the API answers 409 with it).
+    """
+
+    def __init__(self, call_id: str):
+        super().__init__(f"external_key already used by call {call_id}")
+        self.call_id = call_id
+
+
+class UnknownCall(StoreError, LookupError):
+    """No call has this id."""
+
+    def __init__(self, call_id: str):
+        super().__init__(f"unknown call {call_id!r}")
+        self.call_id = call_id
+
+
+class Page(NamedTuple):
+    """One page of a listing: ``total`` rows match, ``items`` is this page."""
+
+    total: int
+    items: list[dict[str, Any]]
+
+
+def iso_time(seconds: float) -> str:
+    """Format a POSIX time as ``2026-11-25T21:04:37.123Z`` (milliseconds, UTC).
+
+    Milliseconds are truncated, never rounded, so a time never moves forward
+    into the next second.
+    """
+    total_ms = math.floor(seconds * 1000)
+    whole, ms = divmod(total_ms, 1000)
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+
+
+def check_time(value: str) -> str:
+    """Return ``value`` if it is a time in the store's format, else raise ValueError."""
+    if not isinstance(value, str) or not _TIME.match(value):
+        raise ValueError(f"not a UTC millisecond time like 2026-11-25T21:04:37.123Z: {value!r}")
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of ``value`` used to store and compare call parameters:
+    sorted keys, no insignificant white space."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class Store(abc.ABC):
+    """The persistent call log.  Every method returns a Deferred.
+
+    Writes are committed before their Deferred fires, so nothing whose
+    Deferred has fired is lost if the process is killed.  Writes are applied
+    one at a time in the order the methods were called, which is what makes
+    the "exactly one final status" rule and the ``id`` polling cursor safe.
+    """
+
+    # -- lifetime ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect and bring the schema up to date (blocking; call at startup)."""
+
+    @abc.abstractmethod
+    def close(self) -> Deferred[None]:
+        """Finish queued work, then release the database."""
+
+    # -- calls and statuses -----------------------------------------------
+
+    @abc.abstractmethod
+    def create_call(
+        self,
+        *,
+        call_id: str,
+        kind: str,
+        sip: str | None,
+        phone: str | None,
+        order_id: str | None,
+        external_key: str | None,
+        params: dict[str, Any],
+        pbx: str = "default",
+    ) -> Deferred[tuple[dict[str, Any], bool]]:
+        """Create a call and its ``CALL`` history entry in one transaction.
+
+        With an ``external_key`` that is already stored: if the stored call
+        has the same ``kind`` and the same ``params`` (compared as canonical
+        JSON) fire ``(existing_call, False)``; otherwise fail with
+        :class:`ExternalKeyConflict`.  A new call fires ``(call, True)``.
+        """
+
+    @abc.abstractmethod
+    def add_status(
+        self,
+        call_id: str,
+        status: str,
+        detail: str | None = None,
+        *,
+        time: str | None = None,
+        talk_seconds: float | None = None,
+    ) -> Deferred[dict[str, Any] | None]:
+        """Append one history entry to a call and fire it.
+
+        Fires ``None`` (and logs) when the call already has its final status:
+        nothing is ever written after it.  A final status also sets the
+        call's ``final_status``/``finished_at`` (and ``talk_seconds``, meant
+        for FINISH) in the same transaction.  An unknown status word raises
+        ValueError at once; an unknown call fails with :class:`UnknownCall`.
+        """
+
+    @abc.abstractmethod
+    def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:
+        """The call with this id, or None."""
+
+    @abc.abstractmethod
+    def get_call_by_external_key(self, external_key: str) -> Deferred[dict[str, Any] | None]:
+        """The call created with this external_key, or None."""
+
+    @abc.abstractmethod
+    def open_calls(self, pbx: str | None = None) -> Deferred[list[dict[str, Any]]]:
+        """Calls without a final status (of one PBX, or all), oldest first;
+        used at startup to settle calls a crash left open."""
+
+    @abc.abstractmethod
+    def statuses(self, call_id: str) -> Deferred[list[dict[str, Any]]]:
+        """Every history entry of one call, ascending by id."""
+
+    # -- recordings -------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_recording(
+        self,
+        *,
+        call_id: str,
+        path: str,
+        created_at: str | None = None,
+        duration: float | None = None,
+        size: int | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """Store a recording of a call (order_id, external_key, sip and phone
+        are copied from the call) and fire it with its new ``record_id``."""
+
+    @abc.abstractmethod
+    def update_recording(
+        self, record_id: int, *, duration: float | None = None, size: int | None = None
+    ) -> Deferred[dict[str, Any] | None]:
+        """Set the duration and/or size once the file is complete; fires the
+        updated recording, or None for an unknown record_id."""
+
+    @abc.abstractmethod
+    def get_recording(self, record_id: int) -> Deferred[dict[str, Any] | None]:
+        """The recording with this id, or None."""
+
+    # -- operators --------------------------------------------------------
+
+    @abc.abstractmethod
+    def set_operator_status(
+        self, sip: str, status: str, time: str | None = None
+    ) -> Deferred[bool]:
+        """Record an operator's state (one of :data:`OPERATOR_STATES`); fires
+        True when it changed (and was added to the operator history)."""
+
+    @abc.abstractmethod
+    def operator_statuses(self) -> Deferred[dict[str, str]]:
+        """Every known operator's current state, ``{sip: status}``."""
+
+    @abc.abstractmethod
+    def operators(
+        self, page: int, per_page: int, statuses: frozenset[str] | None = None
+    ) -> Deferred[Page]:
+        """Operators ordered by sip, optionally only those in ``statuses``."""
+
+    @abc.abstractmethod
+    def operator_history(
+        self, sip: str | None = None, page: int = 1, per_page: int = 20
+    ) -> Deferred[Page]:
+        """Operator state changes, newest first, optionally of one sip."""
+
+    # -- history queries of the CRM API ---------------------------------------
+
+    @abc.abstractmethod
+    def recordings(self, page: int, per_page: int) -> Deferred[Page]:
+        """Recordings, newest first (by record_id: the order they were added)."""
+
+    @abc.abstractmethod
+    def order_calls(self, order_id: str) -> Deferred[list[dict[str, Any]]]:
+        """The calls of an order, oldest first, each with a ``records`` list
+        of its recordings (ascending record_id)."""
+
+    @abc.abstractmethod
+    def order_history(self, order_id: str) -> Deferred[list[dict[str, Any]]]:
+        """Every history entry of every call of an order, ascending by id."""
+
+    @abc.abstractmethod
+    def history_after(
+        self, after_id: int, limit: int, call_id: str | None = None
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Up to ``limit`` history entries with ``id > after_id``, ascending by
+        id, of every call or of one.  A poller that passes the last id it saw
+        never misses or repeats an entry: ids are assigned in commit order."""

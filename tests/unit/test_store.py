@@ -1,0 +1,506 @@
+"""The SQLite store: schema and migrations, calls and statuses, recordings,
+operators, history queries, the worker thread and crash safety."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from agi_app.store import (
+    FINAL_STATUSES,
+    ExternalKeyConflict,
+    SQLiteStore,
+    StoreError,
+    UnknownCall,
+    iso_time,
+)
+from agi_app.store.sqlite import MIGRATIONS
+
+T0 = 1795640677.123  # 2026-11-25T21:04:37.123Z
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def open_store(path: Path, clock: task.Clock | None = None) -> SQLiteStore:
+    store = SQLiteStore(str(path), reactor=_reactor(), clock=clock)
+    store.open()
+    return store
+
+
+@pytest.fixture
+def clock() -> task.Clock:
+    c = task.Clock()
+    c.advance(T0)
+    return c
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: task.Clock):
+    s = open_store(tmp_path / "var" / "store.sqlite3", clock)
+    yield s
+    pytest_twisted.blockon(s.close())
+
+
+async def make_call(store: SQLiteStore, call_id: str = "c1", **over) -> dict:
+    args = dict(
+        call_id=call_id,
+        kind="makeCall",
+        sip="1000",
+        phone="380639920000",
+        order_id="order-15",
+        external_key=None,
+        params={"sip": "1000", "phone": "380639920000"},
+    )
+    args.update(over)
+    call, created = await store.create_call(**args)
+    assert created
+    return call
+
+
+# -- time -------------------------------------------------------------------
+
+
+def test_iso_time_is_utc_milliseconds_truncated():
+    assert iso_time(T0) == "2026-11-25T21:04:37.123Z"
+    assert iso_time(1795640677.9999) == "2026-11-25T21:04:37.999Z"
+    assert iso_time(0) == "1970-01-01T00:00:00.000Z"
+
+
+# -- schema ---------------------------------------------------------------
+
+
+def _tables(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_migrates_an_empty_file_and_reopens_it(tmp_path: Path):
+    path = tmp_path / "new" / "s.sqlite3"
+    store = open_store(path)
+    try:
+        call = (
+            await store.create_call(
+                call_id="keep", kind="incoming", sip=None, phone="123", order_id=None,
+                external_key=None, params={},
+            )
+        )[0]
+    finally:
+        await store.close()
+    assert {"calls", "call_status", "recordings", "operators", "operator_history"} <= _tables(
+        path
+    )
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+    again = open_store(path)  # an existing, current file: no step runs again
+    try:
+        assert await again.get_call("keep") == call
+    finally:
+        await again.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path):
+    path = tmp_path / "s.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        open_store(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_settings(store: SQLiteStore):
+    def pragmas():
+        return {
+            name: store._conn.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        }
+
+    got = await store._run(pragmas)
+    assert got == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1, "busy_timeout": 5000}
+
+
+@pytest_twisted.ensureDeferred
+async def test_sql_runs_only_on_the_worker_thread(store: SQLiteStore):
+    threads: set[int] = set()
+    await store._run(store._conn.set_trace_callback, lambda sql: threads.add(threading.get_ident()))
+    await make_call(store)
+    await store.add_status("c1", "OPERATOR_CALLTO")
+    await store.order_history("order-15")
+    assert threads and threading.get_ident() not in threads
+    assert len(threads) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_store_fails_calls(tmp_path: Path):
+    store = open_store(tmp_path / "s.sqlite3")
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.get_call("x")
+    await store.close()  # closing twice is harmless
+
+
+# -- calls and statuses -----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_call_writes_the_call_and_its_CALL_entry(store: SQLiteStore):
+    call = await make_call(store, external_key="24")
+    assert call == {
+        "call_id": "c1",
+        "kind": "makeCall",
+        "sip": "1000",
+        "phone": "380639920000",
+        "order_id": "order-15",
+        "external_key": "24",
+        "params": {"sip": "1000", "phone": "380639920000"},
+        "created_at": "2026-11-25T21:04:37.123Z",
+        "final_status": None,
+        "finished_at": None,
+        "talk_seconds": None,
+        "pbx": "default",
+    }
+    assert await store.get_call("c1") == call
+    assert await store.get_call_by_external_key("24") == call
+    assert await store.get_call("nope") is None
+    entries = await store.statuses("c1")
+    assert entries == [
+        {
+            "id": entries[0]["id"],
+            "call_id": "c1",
+            "order_id": "order-15",
+            "status": "CALL",
+            "time": "2026-11-25T21:04:37.123Z",
+            "detail": None,
+        }
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_external_key_is_idempotent_for_the_same_parameters(store: SQLiteStore):
+    first = await make_call(store, external_key="k", params={"a": 1, "b": [1, 2]})
+    # the same parameters in another key order are the same request
+    again, created = await store.create_call(
+        call_id="c2", kind="makeCall", sip="1000", phone="380639920000", order_id="order-15",
+        external_key="k", params={"b": [1, 2], "a": 1},
+    )
+    assert (again, created) == (first, False)
+    assert await store.get_call("c2") is None
+    assert len(await store.statuses("c1")) == 1
+
+    with pytest.raises(ExternalKeyConflict) as e:
+        await store.create_call(
+            call_id="c3", kind="makeCall", sip="1000", phone="380639920000",
+            order_id="order-15", external_key="k", params={"a": 2, "b": [1, 2]},
+        )
+    assert e.value.call_id == "c1"
+    with pytest.raises(ExternalKeyConflict):
+        await store.create_call(
+            call_id="c4", kind="extToPhone", sip="1000", phone="380639920000",
+            order_id="order-15", external_key="k", params={"a": 1, "b": [1, 2]},
+        )
+    assert await store.get_call("c3") is None and await store.get_call("c4") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_without_external_key_never_conflict(store: SQLiteStore):
+    await make_call(store, "a")
+    await make_call(store, "b")
+    assert (await store.get_call("b"))["external_key"] is None
+
+
+def test_bad_kind_and_status_words_raise(store: SQLiteStore):
+    with pytest.raises(ValueError):
+        store.create_call(
+            call_id="x", kind="teleport", sip=None, phone=None, order_id=None,
+            external_key=None, params={},
+        )
+    with pytest.raises(ValueError):
+        store.add_status("x", "RINGING")
+    with pytest.raises(ValueError):
+        store.add_status("x", "CALL", time="yesterday")
+    with pytest.raises(ValueError):
+        store.set_operator_status("1000", "away")
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_status_until_the_final_one(store: SQLiteStore, clock: task.Clock):
+    await make_call(store)
+    clock.advance(1.5)
+    e1 = await store.add_status("c1", "OPERATOR_CALLTO")
+    assert e1["status"] == "OPERATOR_CALLTO" and e1["time"] == "2026-11-25T21:04:38.623Z"
+    await store.add_status("c1", "OPERATOR_PICKUP")
+    await store.add_status("c1", "CLIENT_CALLTO")
+    await store.add_status("c1", "CLIENT_PICKUP", time="2026-11-25T21:05:00.000Z")
+    fin = await store.add_status("c1", "FINISH", "normal clearing", talk_seconds=42.5)
+    assert fin["detail"] == "normal clearing"
+    call = await store.get_call("c1")
+    assert call["final_status"] == "FINISH"
+    assert call["finished_at"] == fin["time"]
+    assert call["talk_seconds"] == 42.5
+
+    assert await store.add_status("c1", "ERROR", "late") is None
+    assert await store.add_status("c1", "CLIENT_PICKUP") is None
+    statuses = [e["status"] for e in await store.statuses("c1")]
+    assert statuses == [
+        "CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH",
+    ]
+    ids = [e["id"] for e in await store.statuses("c1")]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_status_of_an_unknown_call_fails(store: SQLiteStore):
+    with pytest.raises(UnknownCall):
+        await store.add_status("ghost", "ERROR")
+
+
+@pytest_twisted.ensureDeferred
+async def test_racing_final_statuses_leave_exactly_one(store: SQLiteStore):
+    calls = [f"race-{i}" for i in range(30)]
+    for c in calls:
+        await make_call(store, c)
+    finals = sorted(FINAL_STATUSES)
+    # Every part of the program tries to end every call at the same moment.
+    pending = [
+        (c, s, store.add_status(c, s, "from racer")) for s in finals for c in calls
+    ]
+    results = await defer.gatherResults([d for _, _, d in pending])
+    for c in calls:
+        won = [s for (cc, s, _), r in zip(pending, results, strict=True) if cc == c and r]
+        assert len(won) == 1
+        call = await store.get_call(c)
+        assert call["final_status"] == won[0]
+        final_entries = [e for e in await store.statuses(c) if e["status"] in FINAL_STATUSES]
+        assert [e["status"] for e in final_entries] == won
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_calls(store: SQLiteStore, clock: task.Clock):
+    await make_call(store, "a")
+    clock.advance(1)
+    await make_call(store, "b", pbx="east")
+    clock.advance(1)
+    await make_call(store, "c")
+    await store.add_status("c", "ERROR", "pbx unreachable")
+    assert [c["call_id"] for c in await store.open_calls()] == ["a", "b"]
+    assert [c["call_id"] for c in await store.open_calls("east")] == ["b"]
+    assert [c["call_id"] for c in await store.open_calls("default")] == ["a"]
+
+
+# -- history queries ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_order_history_and_calls(store: SQLiteStore, clock: task.Clock):
+    await make_call(store, "a", order_id="o1")
+    await make_call(store, "other", order_id="o2")
+    clock.advance(1)
+    await make_call(store, "b", order_id="o1")
+    await store.add_status("a", "OPERATOR_BUSY")
+    await store.add_status("b", "OPERATOR_CALLTO")
+    rec = await store.add_recording(call_id="b", path="/rec/b.wav")
+
+    history = await store.order_history("o1")
+    assert [(e["call_id"], e["status"]) for e in history] == [
+        ("a", "CALL"), ("b", "CALL"), ("a", "OPERATOR_BUSY"), ("b", "OPERATOR_CALLTO"),
+    ]
+    assert all(e["order_id"] == "o1" for e in history)
+    calls = await store.order_calls("o1")
+    assert [c["call_id"] for c in calls] == ["a", "b"]
+    assert calls[0]["records"] == [] and calls[1]["records"] == [rec]
+    assert calls[0]["final_status"] == "OPERATOR_BUSY"
+    assert await store.order_calls("none") == [] and await store.order_history("none") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_after_pages_by_id(store: SQLiteStore):
+    await make_call(store, "a")
+    await make_call(store, "b")
+    for s in ("OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO"):
+        await store.add_status("a", s)
+        await store.add_status("b", s)
+    every = await store.history_after(0, 1000)
+    assert len(every) == 8
+    ids = [e["id"] for e in every]
+    assert ids == sorted(ids)
+    assert await store.history_after(ids[2], 3) == every[3:6]
+    assert await store.history_after(ids[-1], 10) == []
+    only_b = await store.history_after(0, 100, call_id="b")
+    assert [e["call_id"] for e in only_b] == ["b"] * 4
+    assert await store.history_after(only_b[1]["id"], 1, call_id="b") == [only_b[2]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_while_writing_never_misses_or_repeats(store: SQLiteStore):
+    seen: list[int] = []
+    last = 0
+    expected = 0
+    for round_ in range(20):
+        c = f"p{round_}"
+        writes = [store.create_call(
+            call_id=c, kind="incoming", sip=None, phone="123", order_id=None,
+            external_key=None, params={},
+        )]
+        writes += [store.add_status(c, s) for s in ("OPERATOR_CALLTO", "OPERATOR_PICKUP")]
+        expected += 3
+        # Poll with a small page while those writes are still queued.
+        polls = [store.history_after(last, 2)]
+        for page in await defer.gatherResults(polls):
+            seen += [e["id"] for e in page]
+            if page:
+                last = page[-1]["id"]
+        await defer.gatherResults(writes)
+    while True:
+        page = await store.history_after(last, 2)
+        if not page:
+            break
+        seen += [e["id"] for e in page]
+        last = page[-1]["id"]
+    assert len(seen) == expected == len(set(seen))
+    assert seen == sorted(seen)
+
+
+# -- recordings -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_recordings(store: SQLiteStore, clock: task.Clock):
+    await make_call(store, "a", external_key="k1")
+    recs = []
+    for i in range(5):
+        clock.advance(1)
+        recs.append(await store.add_recording(call_id="a", path=f"/rec/{i}.wav"))
+    assert recs[0] == {
+        "record_id": recs[0]["record_id"],
+        "call_id": "a",
+        "order_id": "order-15",
+        "external_key": "k1",
+        "sip": "1000",
+        "phone": "380639920000",
+        "path": "/rec/0.wav",
+        "created_at": "2026-11-25T21:04:38.123Z",
+        "duration": None,
+        "size": None,
+    }
+    updated = await store.update_recording(recs[0]["record_id"], duration=12.5, size=2048)
+    assert updated == {**recs[0], "duration": 12.5, "size": 2048}
+    assert await store.get_recording(recs[0]["record_id"]) == updated
+    assert await store.update_recording(999999, size=1) is None
+    assert await store.get_recording(999999) is None
+
+    page1 = await store.recordings(1, 2)
+    assert page1.total == 5
+    assert [r["path"] for r in page1.items] == ["/rec/4.wav", "/rec/3.wav"]
+    page3 = await store.recordings(3, 2)
+    assert [r["path"] for r in page3.items] == ["/rec/0.wav"]
+    assert (await store.recordings(4, 2)).items == []
+    with pytest.raises(UnknownCall):
+        await store.add_recording(call_id="ghost", path="/x.wav")
+    with pytest.raises(ValueError):
+        store.recordings(0, 20)
+
+
+# -- operators ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_operator_state_changes_only(store: SQLiteStore, clock: task.Clock):
+    assert await store.set_operator_status("1000", "online") is True
+    assert await store.set_operator_status("1000", "online") is False
+    clock.advance(2)
+    assert await store.set_operator_status("1000", "inuse") is True
+    assert await store.set_operator_status("1001", "offline") is True
+    assert await store.set_operator_status("1002", "online") is True
+    assert await store.operator_statuses() == {"1000": "inuse", "1001": "offline", "1002": "online"}
+
+    everyone = await store.operators(1, 10)
+    assert everyone.total == 3
+    assert everyone.items[0] == {
+        "sip": "1000", "status": "inuse", "since": "2026-11-25T21:04:39.123Z",
+    }
+    some = await store.operators(1, 1, frozenset({"online", "offline"}))
+    assert some.total == 2 and [o["sip"] for o in some.items] == ["1001"]
+    second = await store.operators(2, 1, frozenset({"online", "offline"}))
+    assert [o["sip"] for o in second.items] == ["1002"]
+
+    hist = await store.operator_history()
+    assert hist.total == 4
+    assert [(h["sip"], h["status"]) for h in hist.items] == [
+        ("1002", "online"), ("1001", "offline"), ("1000", "inuse"), ("1000", "online"),
+    ]
+    one = await store.operator_history("1000", 2, 1)
+    assert one.total == 2
+    assert [(h["sip"], h["status"]) for h in one.items] == [("1000", "online")]
+    assert (await store.operator_history("9999")).total == 0
+
+
+# -- crash safety -------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from twisted.internet import reactor, defer
+    from agi_app.store import SQLiteStore
+
+    store = SQLiteStore(sys.argv[1], reactor=reactor)
+    store.open()
+
+    async def main():
+        await store.create_call(call_id="c", kind="incoming", sip=None, phone="123",
+                                order_id=None, external_key=None, params={})
+        while True:
+            entry = await store.history_after(0, 1)  # keep the worker busy too
+            entry = await store.add_status("c", "OPERATOR_CALLTO")
+            if entry is None:
+                break
+            print(entry["id"], flush=True)
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()))
+    reactor.run()
+    """
+)
+
+
+def test_acknowledged_writes_survive_sigkill(tmp_path: Path):
+    path = tmp_path / "crash.sqlite3"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    acknowledged = []
+    try:
+        for line in proc.stdout:
+            acknowledged.append(int(line))
+            if len(acknowledged) >= 300:
+                break
+    finally:
+        proc.kill()  # SIGKILL: no shutdown, no checkpoint
+        proc.wait()
+        proc.stdout.close()
+    assert len(acknowledged) >= 300
+    conn = sqlite3.connect(path)
+    stored = {r[0] for r in conn.execute("SELECT id FROM call_status")}
+    conn.close()
+    assert set(acknowledged) <= stored
