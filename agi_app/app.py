@@ -1,0 +1,152 @@
+"""Wiring: one :class:`Application` builds every part from a :class:`Config`
+and runs them on one reactor.
+
+Layers, bottom up: the store and the PBX link (:class:`AMIService`); the
+services that hold the rules (:class:`CallService`, :class:`OperatorTracker`);
+the FastAGI scripts and the HTTP resources on top.  Nothing here is
+module-level state: a process could hold several applications, and one
+application is meant to grow several PBX links.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from agi_app import __version__
+from agi_app.agi import ScriptRegistry, listen as agi_listen
+from agi_app.ami.service import AMIService
+from agi_app.calls.service import CallService
+from agi_app.config import Config
+from agi_app.operators import OperatorTracker
+from agi_app.store.sqlite import SQLiteStore
+
+__all__ = ["Application", "run"]
+
+log = Logger(namespace="agi_app")
+
+
+class Application:
+    """Every part of agi_app, built from ``config`` on ``reactor``."""
+
+    def __init__(self, config: Config, reactor: Any):
+        self.config = config
+        self.reactor = reactor
+        self.store = SQLiteStore(config.store.path, reactor=reactor)
+        self.ami = AMIService(
+            config.ami.host,
+            config.ami.port,
+            config.ami.username,
+            config.ami.secret,
+            reactor=reactor,
+            ping_interval=config.ami.ping_interval,
+            action_timeout=config.ami.action_timeout,
+            max_backoff=config.ami.max_backoff,
+        )
+        self.scripts = ScriptRegistry()
+        self.calls = CallService(
+            store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor
+        )
+        self.calls.register_scripts(self.scripts)
+        self.operators = OperatorTracker(self.ami, self.store, reactor)
+        self._ports: list = []
+        self.agi_factory = None
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(ok, body)`` for ``GET /health``: ok while the AMI session is logged in."""
+        ami_up = bool(self.ami.connected)
+        factory = self.agi_factory
+        body = {
+            "status": "ok" if ami_up else "degraded",
+            "version": __version__,
+            "ami": {
+                "connected": ami_up,
+                "host": self.config.ami.host,
+                "port": self.config.ami.port,
+                "channels": len(self.ami.channels),
+            },
+            "fastagi": {
+                "listening": factory is not None,
+                "active_sessions": factory.active if factory is not None else 0,
+                "sessions": factory.total if factory is not None else 0,
+            },
+            "store": {"path": self.config.store.path, "open": self.store_open},
+        }
+        return ami_up, body
+
+    @property
+    def store_open(self) -> bool:
+        return getattr(self.store, "is_open", True)
+
+    def site(self):
+        """The HTTP site: the CRM API, records, static files, health."""
+        from agi_app.web.app import build_site
+
+        return build_site(self)
+
+    async def start(self) -> None:
+        """Open the store, start the PBX link, listen on every port."""
+        folder = os.path.dirname(os.path.abspath(self.config.store.path))
+        os.makedirs(folder, exist_ok=True)
+        self.store.open()
+        self.calls.start()
+        self.operators.start()
+        self.ami.startService()
+        port = await agi_listen(self.reactor, self.config.agi, self.scripts)
+        self.agi_factory = port.factory
+        self._ports.append(port)
+        http = serverFromString(self.reactor, self.config.http.listen)
+        self._ports.append(await http.listen(self.site()))
+        log.info(
+            "agi_app {version}: FastAGI on {agi}, HTTP on {http}, AMI {host}:{port}",
+            version=__version__,
+            agi=self.config.agi.listen,
+            http=self.config.http.listen,
+            host=self.config.ami.host,
+            port=self.config.ami.port,
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, drop the PBX link, close the store."""
+        for port in self._ports:
+            await defer.maybeDeferred(port.stopListening)
+        self._ports.clear()
+        self.calls.stop()
+        self.operators.stop()
+        await defer.maybeDeferred(self.ami.stopService)
+        await self.store.close()
+
+
+def run(config: Config, reactor: Any = None) -> int:
+    """Run the service until SIGINT/SIGTERM; returns the exit code."""
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    app = Application(config, reactor)
+    status = {"code": 0}
+
+    def started_failed(failure) -> None:
+        log.failure("agi_app could not start", failure)
+        status["code"] = 1
+        reactor.stop()
+
+    def begin() -> None:
+        d = defer.ensureDeferred(app.start())
+        d.addErrback(started_failed)
+
+    reactor.callWhenRunning(begin)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(app.stop()))
+    # SIGTERM stops as cleanly as Ctrl-C (Twisted installs both handlers).
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run()
+    return status["code"]

@@ -1,0 +1,516 @@
+"""Operator-first click-to-call: makeCall, extToPhone and phoneToPhone.
+
+The flow (CONTRACT sections 2 to 4):
+
+1. :meth:`CallService.place` validates nothing itself (the web layer hands it a
+   :class:`CallRequest` built from checked values), creates the call in the
+   store (``CALL``; idempotent on ``external_key``), logs ``OPERATOR_CALLTO``
+   and originates the first leg into the dialplan context
+   ``[agi-app-operator]`` with the call id carried as the inherited channel
+   variable ``AGI_APP_CALL_ID`` and the caller ID the operator should see.
+2. When the first leg answers, the dialplan runs the FastAGI script
+   ``operator_call`` (:meth:`CallService.operator_call`): it logs
+   ``OPERATOR_PICKUP``, plays the waiting announcement, starts MixMonitor,
+   logs ``CLIENT_CALLTO`` and runs ``Dial`` to the client with the time limit.
+   ``CLIENT_PICKUP`` comes from the AMI ``DialEnd`` event the moment the
+   client answers (or from ``DIALSTATUS`` if the AMI link is down); the final
+   status comes from ``DIALSTATUS`` when Dial returns.
+3. Every call ends in exactly one final status, whatever fails: a failed
+   Originate maps its reason; a hangup or a lost FastAGI connection maps what
+   was reached so far; and :meth:`CallService.reconcile`, run after every AMI
+   (re)connect and so also at start-up, closes the calls the store still has
+   open that no channel and no FastAGI session belongs to any more.
+
+The store serialises status writes on its single writer and refuses anything
+after a final status, so two parts of this module racing to end one call
+still leave exactly one final status; this module additionally keeps the
+order (``PICKUP`` never before ``CALLTO``) by filling in nothing and skipping
+what would be out of order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from agi_app import validation
+from agi_app.calls import statuses as st
+
+__all__ = ["CallRequest", "CallService", "PBXUnavailable", "ActiveCall"]
+
+log = Logger(namespace="agi_app.calls")
+
+#: channel variable that ties every channel of a call to its call id
+CALL_ID_VAR = "AGI_APP_CALL_ID"
+#: the FastAGI script the dialplan runs when the first leg answers
+OPERATOR_SCRIPT = "operator_call"
+
+
+class PBXUnavailable(Exception):
+    """The AMI link is down: the call was logged (CALL then ERROR) but not placed."""
+
+    def __init__(self, call_id: str):
+        super().__init__("the PBX is unreachable")
+        self.call_id = call_id
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One operator-first call, built by the web layer from validated input.
+
+    ``first`` is the operator's extension (``first_is_phone`` False) or, for
+    phoneToPhone, the first outside number dialled through ``trunk``.
+    """
+
+    kind: str
+    first: str
+    phone: str
+    trunk: str
+    order_id: str | None = None
+    external_key: str | None = None
+    first_is_phone: bool = False
+    call_time_to_ext: int = 30
+    limit_call_time: int | None = None
+    playback_waiting: bool = True
+    caller_id_for_employee: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that make two requests with one external_key "the same"."""
+        return asdict(self)
+
+
+@dataclass
+class ActiveCall:
+    """What this process knows of a call it is driving right now."""
+
+    call_id: str
+    request: CallRequest
+    logged: list[str] = field(default_factory=list)
+    final: bool = False
+    agi_sessions: int = 0
+    channels: set[str] = field(default_factory=set)
+    pickup_time: float | None = None
+    recording_id: int | None = None
+    recording_path: str | None = None
+    operator_waiters: list[defer.Deferred] = field(default_factory=list)
+    lock: defer.DeferredLock = field(default_factory=defer.DeferredLock)
+
+
+class CallService:
+    """Places operator-first calls and follows each to its one final status.
+
+    :param store: the call log (:class:`agi_app.store.Store`)
+    :param ami: the PBX link (:class:`agi_app.ami.service.AMIService`)
+    :param dialing: the ``[dialing]`` configuration section
+    :param clock: an ``IReactorTime`` (real reactor or ``task.Clock``)
+    :param pbx: the name of the PBX this service drives (several may exist)
+    """
+
+    def __init__(
+        self,
+        *,
+        store,
+        ami,
+        dialing,
+        clock,
+        pbx: str = "default",
+        new_id: Callable[[], str] | None = None,
+        hangup_grace: float = 3.0,
+    ):
+        self.store = store
+        self.ami = ami
+        self.dialing = dialing
+        self.clock = clock
+        self.pbx = pbx
+        self._new_id = new_id or monotonic_id
+        self._active: dict[str, ActiveCall] = {}
+        self._hangup_grace = hangup_grace
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    # -- wiring -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe to the AMI events this service follows."""
+        self._unsubscribe.append(self.ami.subscribe(self._on_dial_end, "DialEnd"))
+        self._unsubscribe.append(self.ami.subscribe(self._on_hangup, "Hangup"))
+        self._unsubscribe.append(self.ami.subscribe(self._on_channel_event, None))
+        self.ami.on_connect(lambda _ami: self._reconcile_logged())
+
+    def stop(self) -> None:
+        """Drop the AMI subscriptions."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+
+    def register_scripts(self, registry) -> None:
+        """Register this service's FastAGI scripts in ``registry``."""
+        registry.register(OPERATOR_SCRIPT, self.operator_call)
+
+    # -- placing a call ---------------------------------------------------------
+
+    async def place(self, req: CallRequest) -> tuple[str, bool]:
+        """Create and start a call; returns ``(call_id, created)``.
+
+        A repeated ``external_key`` with the same parameters returns the
+        existing call with ``created`` False and places nothing; with other
+        parameters the store raises ``ExternalKeyConflict``.  With the AMI link
+        down the call is logged as CALL then ERROR and :class:`PBXUnavailable`
+        is raised.
+        """
+        call, created = await self.store.create_call(
+            call_id=self._new_id(),
+            kind=req.kind,
+            sip=req.first,
+            phone=req.phone,
+            order_id=req.order_id,
+            external_key=req.external_key,
+            params=req.params(),
+            pbx=self.pbx,
+        )
+        call_id = call["call_id"]
+        if not created:
+            return call_id, False
+        active = ActiveCall(call_id=call_id, request=req, logged=[st.CALL])
+        self._active[call_id] = active
+        if not self.ami.connected:
+            await self._log(active, st.ERROR, "PBX unreachable: the AMI link is down")
+            raise PBXUnavailable(call_id)
+        if not req.first_is_phone:
+            state = self.ami.device_states.get(f"PJSIP/{req.first}")
+            if state == "UNAVAILABLE":
+                await self._log(active, st.OPERATOR_OFFLINE, "endpoint not registered")
+                return call_id, True
+            if state == "INVALID":
+                await self._log(active, st.ERROR, f"unknown extension {req.first}")
+                return call_id, True
+        await self._log(active, st.OPERATOR_CALLTO)
+        d = defer.ensureDeferred(self._originate(active))
+        d.addErrback(lambda f: log.failure("originate of {call_id} failed", f, call_id=call_id))
+        return call_id, True
+
+    def operator_outcome(self, call_id: str) -> defer.Deferred:
+        """A Deferred firing with ``OPERATOR_PICKUP`` or the final status that
+        came before it (extToPhone with ``async=false`` waits on this)."""
+        active = self._active.get(call_id)
+        if active is None:
+            return defer.succeed(None)
+        for status in active.logged:
+            if status == st.OPERATOR_PICKUP or status in st.FINAL:
+                return defer.succeed(status)
+        d: defer.Deferred = defer.Deferred()
+        active.operator_waiters.append(d)
+        return d
+
+    def first_leg_channel(self, req: CallRequest) -> str:
+        """The dial string of the first leg, from configuration and checked values."""
+        if req.first_is_phone:
+            return self.dialing.client_channel.format(phone=req.first, trunk=req.trunk)
+        return self.dialing.operator_channel.format(sip=req.first)
+
+    def client_channel(self, req: CallRequest) -> str:
+        """The dial string of the client leg."""
+        return self.dialing.client_channel.format(phone=req.phone, trunk=req.trunk)
+
+    async def _originate(self, active: ActiveCall) -> None:
+        from agi_app.ami import errors as ami_errors
+
+        req = active.request
+        shown = req.caller_id_for_employee or req.phone
+        try:
+            result = await self.ami.originate(
+                self.first_leg_channel(req),
+                context=self.dialing.context,
+                exten="s",
+                priority=1,
+                caller_id=f'"{shown}" <{req.phone}>',
+                timeout_ms=req.call_time_to_ext * 1000,
+                variables={f"__{CALL_ID_VAR}": active.call_id},
+            )
+        except (ami_errors.AMIDisconnected, ami_errors.AMITimeout) as e:
+            # The outcome is unknown: the call may well be ringing.  The
+            # FastAGI session, the channel events or reconcile() settle it.
+            log.warn("originate of {call_id}: outcome unknown ({e})", call_id=active.call_id, e=e)
+            return
+        except ami_errors.AMIActionError as e:
+            await self._log(active, st.ERROR, f"originate refused: {e}")
+            return
+        if result.success:
+            await self._log(active, st.OPERATOR_PICKUP)
+            return
+        status, detail = st.operator_status_for_reason(result.reason)
+        if result.reason == st.REASON_OTHER and not req.first_is_phone:
+            state = self.ami.device_states.get(f"PJSIP/{req.first}")
+            if state in (None, "UNAVAILABLE", "UNKNOWN"):
+                status, detail = st.OPERATOR_OFFLINE, "endpoint unreachable"
+        await self._log(active, status, detail)
+
+    # -- the FastAGI script -----------------------------------------------------
+
+    async def operator_call(self, agi) -> None:
+        """FastAGI ``operator_call``: the first leg answered; connect the client."""
+        from agi_app.agi import errors as agi_errors
+
+        try:
+            call_id = validation.identifier(agi.args[0] if agi.args else "", "call_id")
+        except validation.InvalidInput:
+            await agi.set_variable("AGI_APP_RESULT", "NOTFOUND")
+            return
+        active = self._active.get(call_id) or await self._adopt(call_id)
+        if active is None or active.final:
+            await agi.set_variable("AGI_APP_RESULT", "NOTFOUND")
+            return
+        active.agi_sessions += 1
+        try:
+            await self._connect_client(agi, active)
+        except agi_errors.AGIHangup:
+            await self._end_after_hangup(active, "the first leg hung up")
+        except agi_errors.AGIError as e:
+            await self._end_after_hangup(active, f"FastAGI: {e}")
+        finally:
+            active.agi_sessions -= 1
+            self._watch_recording(active)
+
+    async def _connect_client(self, agi, active: ActiveCall) -> None:
+        req = active.request
+        await self._log(active, st.OPERATOR_PICKUP)
+        if req.playback_waiting:
+            await agi.exec_("Playback", "agi_app/please-wait")
+        if agi.hungup:
+            await self._log(active, st.CLIENT_CANCEL, "hung up before the client was dialled")
+            await agi.set_variable("AGI_APP_RESULT", "OK")
+            return
+        await self._start_recording(agi, active)
+        # What the client sees: the operator's extension, or the first number.
+        await agi.set_variable("CALLERID(all)", f'"" <{req.first}>')
+        await self._log(active, st.CLIENT_CALLTO)
+        options = "g"
+        if req.limit_call_time:
+            options += f"L({req.limit_call_time * 1000})"
+        ring = str(self.dialing.call_time_to_client)
+        await agi.exec_("Dial", self.client_channel(req), ring, options, timeout=None)
+        dialstatus = (await agi.get_variable("DIALSTATUS")) or ""
+        if dialstatus.upper() == "ANSWER":
+            answered = await agi.get_variable("ANSWEREDTIME")
+            await self._log(active, st.CLIENT_PICKUP)
+            await self._finish(active, _seconds(answered))
+        else:
+            status, detail = st.client_status_for_dialstatus(dialstatus)
+            await self._log(active, status, detail)
+        await agi.set_variable("AGI_APP_RESULT", "OK")
+
+    async def _start_recording(self, agi, active: ActiveCall) -> None:
+        req = active.request
+        # Built only from checked ids: [A-Za-z0-9_.:-]; ':' is kept out of file names.
+        base = f"{req.order_id or 'call'}_{active.call_id}".replace(":", "-") + ".wav"
+        pbx_path = f"{self.dialing.pbx_recordings.rstrip('/')}/{base}"
+        try:
+            await agi.exec_("MixMonitor", pbx_path, "b")
+        except Exception as e:  # a recording problem must not stop the call
+            log.warn("MixMonitor for {call_id} failed: {e}", call_id=active.call_id, e=e)
+            return
+        local = os.path.join(self.dialing.recordings_dir, base)
+        rec = await self.store.add_recording(call_id=active.call_id, path=local)
+        active.recording_id = rec["record_id"]
+        active.recording_path = local
+
+    def _watch_recording(self, active: ActiveCall, tries: int = 20) -> None:
+        """MixMonitor closes the file only when the channel is gone: poll its
+        size for a while and store size and duration once it stops growing."""
+        if active.recording_id is None:
+            return
+        state = {"size": -1, "tries": tries}
+
+        def check() -> None:
+            try:
+                size = os.path.getsize(active.recording_path)
+            except OSError:
+                size = -1
+            if size > 0 and size == state["size"]:
+                duration = max(0.0, (size - 44) / 16000.0)  # 8 kHz 16-bit mono WAV
+                d = self.store.update_recording(active.recording_id, duration=duration, size=size)
+                d.addErrback(lambda f: log.failure("recording update", f))
+                return
+            state["size"] = size
+            state["tries"] -= 1
+            if state["tries"] > 0:
+                self.clock.callLater(0.5, check)
+
+        self.clock.callLater(0.5, check)
+
+    async def _end_after_hangup(self, active: ActiveCall, why: str) -> None:
+        """The FastAGI session ended early: end the call from what was reached."""
+        if active.final:
+            return
+        if st.CLIENT_PICKUP in active.logged:
+            await self._finish(active, None)
+        elif st.CLIENT_CALLTO in active.logged:
+            await self._log(active, st.CLIENT_CANCEL, why)
+        elif st.OPERATOR_PICKUP in active.logged:
+            await self._log(active, st.CLIENT_CANCEL, f"{why} before the client was dialled")
+        else:
+            await self._log(active, st.ERROR, why)
+
+    async def _finish(self, active: ActiveCall, talk_seconds: float | None) -> None:
+        if talk_seconds is None and active.pickup_time is not None:
+            talk_seconds = max(0.0, self.clock.seconds() - active.pickup_time)
+        detail = f"talk {talk_seconds:.0f} s" if talk_seconds is not None else None
+        await self._log(active, st.FINISH, detail, talk_seconds=talk_seconds)
+
+    # -- status log -------------------------------------------------------------
+
+    async def _log(self, active: ActiveCall, status: str, detail: str | None = None, **extra):
+        """Append ``status`` unless it is a repeat, out of order or after the end."""
+        await active.lock.acquire()
+        try:
+            if active.final or status in active.logged:
+                return None
+            need = st.REQUIRES.get(status)
+            if need is not None and need not in active.logged:
+                log.warn(
+                    "{call_id}: {status} skipped, {need} not reached",
+                    call_id=active.call_id,
+                    status=status,
+                    need=need,
+                )
+                return None
+            entry = await self.store.add_status(active.call_id, status, detail, **extra)
+            if entry is None:  # the store had it final already (another node, a restart)
+                active.final = True
+                return None
+            active.logged.append(status)
+            if status == st.CLIENT_PICKUP:
+                active.pickup_time = self.clock.seconds()
+            if status in st.FINAL:
+                active.final = True
+                self._active.pop(active.call_id, None)
+            if status == st.OPERATOR_PICKUP or status in st.FINAL:
+                waiters, active.operator_waiters = active.operator_waiters, []
+                for d in waiters:
+                    d.callback(status)
+            return entry
+        finally:
+            active.lock.release()
+
+    async def _adopt(self, call_id: str) -> ActiveCall | None:
+        """Rebuild an :class:`ActiveCall` from the store (after a restart)."""
+        call = await self.store.get_call(call_id)
+        if call is None or call.get("final_status"):
+            return None
+        params = call.get("params") or {}
+        try:
+            req = CallRequest(**params)
+        except TypeError:
+            return None
+        entries = await self.store.statuses(call_id)
+        active = ActiveCall(call_id=call_id, request=req, logged=[e["status"] for e in entries])
+        pickup = [e for e in entries if e["status"] == st.CLIENT_PICKUP]
+        if pickup:
+            active.pickup_time = _parse_time(pickup[0]["time"])
+        self._active[call_id] = active
+        return active
+
+    # -- AMI events -------------------------------------------------------------
+
+    def _call_of(self, event) -> ActiveCall | None:
+        call_id = _event_call_id(event)
+        return self._active.get(call_id) if call_id else None
+
+    def _on_channel_event(self, event) -> None:
+        active = self._call_of(event)
+        uniqueid = event.get("Uniqueid")
+        if active is not None and uniqueid and event.get("Event", "").lower() != "hangup":
+            active.channels.add(uniqueid)
+
+    def _on_dial_end(self, event) -> None:
+        if (event.get("DialStatus") or "").upper() != "ANSWER":
+            return
+        active = self._call_of(event)
+        if active is not None:
+            d = defer.ensureDeferred(self._log(active, st.CLIENT_PICKUP))
+            d.addErrback(lambda f: log.failure("CLIENT_PICKUP", f))
+
+    def _on_hangup(self, event) -> None:
+        active = self._call_of(event)
+        if active is None:
+            return
+        active.channels.discard(event.get("Uniqueid"))
+        if not active.channels and active.agi_sessions == 0:
+            # Give a FastAGI session that is just finishing the chance to
+            # report the real outcome before deciding from what was reached.
+            self.clock.callLater(self._hangup_grace, self._settle, active.call_id)
+
+    def _settle(self, call_id: str) -> None:
+        active = self._active.get(call_id)
+        if active is None or active.final or active.agi_sessions or active.channels:
+            return
+        if self._live_channels(call_id):
+            return
+        d = defer.ensureDeferred(self._end_after_hangup(active, "all channels hung up"))
+        d.addErrback(lambda f: log.failure("settle", f))
+
+    def _live_channels(self, call_id: str) -> list:
+        return [c for c in self.ami.channels.values() if _event_call_id(c) == call_id]
+
+    # -- reconciliation ---------------------------------------------------------
+
+    def _reconcile_logged(self) -> None:
+        d = defer.ensureDeferred(self.reconcile())
+        d.addErrback(lambda f: log.failure("reconcile", f))
+
+    async def reconcile(self) -> int:
+        """Close every call the store has open for this PBX that nothing on the
+        PBX or in this process belongs to any more.  Returns how many it closed.
+
+        Runs after each AMI (re)login, when the service has just resynced its
+        channel list from the PBX.
+        """
+        closed = 0
+        for call in await self.store.open_calls(pbx=self.pbx):
+            call_id = call["call_id"]
+            active = self._active.get(call_id) or await self._adopt(call_id)
+            if active is None or active.final:
+                continue
+            live = self._live_channels(call_id)
+            if live:
+                active.channels.update(c.get("Uniqueid") for c in live if c.get("Uniqueid"))
+                continue
+            if active.agi_sessions:
+                continue
+            await self._end_after_hangup(active, "no channel left on the PBX")
+            closed += 1
+        return closed
+
+
+def _event_call_id(event) -> str | None:
+    variables = getattr(event, "variables", None)
+    if variables is None and hasattr(event, "get"):
+        variables = {}
+    value = variables.get(CALL_ID_VAR) if variables else None
+    return value or None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _parse_time(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return None
+
+
+def monotonic_id() -> str:
+    """A sortable, unique call id (time-prefixed)."""
+    return f"{int(time.time() * 1000):x}{uuid.uuid4().hex[:12]}"
