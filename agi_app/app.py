@@ -20,7 +20,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from agi_app import __version__
-from agi_app.agi import ScriptRegistry, listen as agi_listen
+from agi_app.agi import ScriptRegistry
+from agi_app.agi import listen as agi_listen
 from agi_app.ami.service import AMIService
 from agi_app.calls.service import CallService
 from agi_app.config import Config
