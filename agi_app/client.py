@@ -5,7 +5,7 @@ standard library.  It mirrors the call model's PHP example::
 
     from agi_app.client import Client
 
-    client = Client("http://pbx.example:8080", "my-api-key")
+    client = Client("http://127.0.0.1:8080", "my-api-key")
     client.calls.extToPhone({"ext_number": "910", "phone_number": "0443334023"})
 
 and offers the CRM endpoints as keyword-argument methods::
@@ -22,6 +22,8 @@ header and never appears in a ``repr``, an exception or a log line.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import logging
@@ -36,7 +38,7 @@ from typing import IO, Any
 
 from agi_app import __version__
 
-__all__ = ["ApiError", "ApiUnavailable", "Calls", "Client", "Extension"]
+__all__ = ["ApiError", "ApiUnavailable", "Calls", "Client", "Extension", "verify_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ class Extension:
         ``hangup``) delivered to ``url`` with ``method`` (GET or POST).  The
         answer's ``secret`` is what the deliveries' ``X-Signature`` is made with.
 
-        >>> sub = client.extension("200").subscribe("https://crm.example/hook", "hangup")
+        >>> sub = client.extension("200").subscribe("http://10.0.0.5:9000/agi-events", "hangup")
         >>> sub["id"], sub["secret"]
         """
         body = {"url": url, "method": method, "event_type": event_type}
@@ -458,7 +460,7 @@ class Client:
         """The ``/extension/{extension_id}/`` resources of one extension.
 
         >>> ext = client.extension("200")
-        >>> ext.subscribe("https://crm.example/hook", "answer")
+        >>> ext.subscribe("http://10.0.0.5:9000/agi-events", "answer")
         """
         return Extension(self, _text(extension_id))
 
@@ -514,6 +516,49 @@ class Client:
                     f"{what}: the answer is not JSON",
                     body=raw[:_MAX_ERROR_TEXT].decode("utf-8", "replace"),
                 ) from None
+
+
+def verify_signature(
+    secret: str,
+    signature: str,
+    payload: bytes | str,
+    *,
+    tolerance: float = 300.0,
+    now: float | None = None,
+) -> bool:
+    """Check an event delivery's ``X-Signature`` header (CONTRACT 6) in the
+    CRM's receiver.
+
+    ``secret`` is the one :meth:`Extension.subscribe` returned; ``payload`` is
+    the raw request body of a POST delivery, or the raw query string (after
+    ``?``, exactly as received) of a GET delivery.  A signature older or newer
+    than ``tolerance`` seconds is refused, so a captured delivery cannot be
+    replayed later.
+
+    >>> if not verify_signature(sub["secret"], request.headers["X-Signature"], request.body):
+    ...     return 403
+    """
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    stamp, candidates = None, []
+    for part in signature.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t":
+            stamp = value
+        elif name == "v1":
+            candidates.append(value)
+    if stamp is None or not (stamp.isascii() and stamp.isdigit()) or not candidates:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - int(stamp)) > tolerance:
+        return False
+    expected = (
+        hmac.new(secret.encode("utf-8"), stamp.encode("ascii") + b"." + payload, hashlib.sha256)
+        .hexdigest()
+        .encode("ascii")
+    )
+    # Compared as bytes: compare_digest refuses non-ASCII text with TypeError.
+    return any(hmac.compare_digest(expected, c.lower().encode("utf-8")) for c in candidates)
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

@@ -7,6 +7,8 @@ tests assert on the requests a CRM's client really sends.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import socket
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agi_app.client import ApiError, ApiUnavailable, Client
+from agi_app.client import ApiError, ApiUnavailable, Client, verify_signature
 
 KEY = "k3y-Secret_42"
 
@@ -172,7 +174,7 @@ def test_only_plain_http_and_https_urls_are_accepted(url: str) -> None:
 
 
 def test_https_url_and_path_prefix_are_kept() -> None:
-    assert Client("https://pbx.test").url == "https://pbx.test"
+    assert Client("https://10.0.0.4").url == "https://10.0.0.4"
     assert Client("http://127.0.0.1:8080/bridge/").url == "http://127.0.0.1:8080/bridge"
 
 
@@ -402,7 +404,7 @@ def test_hangup_deletes_and_accepts_204(client: Client, api: FakeAPI) -> None:
 def test_subscriptions(client: Client, api: FakeAPI) -> None:
     sub = {
         "id": 72,
-        "url": "https://crm.test/h?myid=175",
+        "url": "http://10.0.0.5:9000/h?myid=175",
         "method": "GET",
         "event_type": "dial-out",
         "secret": "s",
@@ -413,13 +415,13 @@ def test_subscriptions(client: Client, api: FakeAPI) -> None:
     api.route("DELETE", "/extension/200/event/72", Reply(204, b"", {}))
     ext = client.extension("200")
 
-    assert ext.subscribe("https://crm.test/h?myid=175", "dial-out", method="GET") == sub
+    assert ext.subscribe("http://10.0.0.5:9000/h?myid=175", "dial-out", method="GET") == sub
     assert api.last.json == {
-        "url": "https://crm.test/h?myid=175",
+        "url": "http://10.0.0.5:9000/h?myid=175",
         "method": "GET",
         "event_type": "dial-out",
     }
-    ext.subscribe("https://crm.test/h", "hangup")
+    ext.subscribe("http://10.0.0.5:9000/h", "hangup")
     assert api.last.json["method"] == "POST"
     assert ext.subscriptions() == [sub]
     assert ext.subscription(72) == sub
@@ -837,3 +839,47 @@ def test_a_download_cut_short_is_an_error_and_keeps_the_old_file(
         client.download_record("19", dest)
     assert dest.read_bytes() == b"previous copy"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["19.wav"]
+
+
+# -- verify_signature -----------------------------------------------------
+
+SECRET = "whsec-1"
+BODY = b"EventType=hangup&EventID=7&CallID=c1&CallStatus=ANSWER&Duration=42"
+T = 1_790_000_000
+
+
+def sign(secret: str, t: int, payload: bytes) -> str:
+    return hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+
+
+def test_a_correct_signature_is_accepted() -> None:
+    header = f"t={T},v1={sign(SECRET, T, BODY)}"
+    assert verify_signature(SECRET, header, BODY, now=T + 5) is True
+    # a GET delivery signs its query string; text works like bytes
+    assert verify_signature(SECRET, header, BODY.decode(), now=T - 5) is True
+    upper = f"t={T},v1={sign(SECRET, T, BODY).upper()}"
+    assert verify_signature(SECRET, upper, BODY, now=T) is True
+    # several v1 values (a secret being rotated): any one may match
+    rotated = f"t={T}, v1={'0' * 64}, v1={sign(SECRET, T, BODY)}"
+    assert verify_signature(SECRET, rotated, BODY, now=T) is True
+
+
+@pytest.mark.parametrize(
+    "header, payload, now",
+    [
+        (f"t={T},v1={sign('other', T, BODY)}", BODY, T),  # wrong secret
+        (f"t={T},v1={sign(SECRET, T, BODY)}", BODY + b"&x=1", T),  # payload changed
+        (f"t={T + 1},v1={sign(SECRET, T, BODY)}", BODY, T),  # time changed
+        (f"t={T},v1={sign(SECRET, T, BODY)}", BODY, T + 301),  # too old: a replay
+        (f"t={T},v1={sign(SECRET, T, BODY)}", BODY, T - 301),  # from the future
+        (f"v1={sign(SECRET, T, BODY)}", BODY, T),  # no time
+        (f"t={T}", BODY, T),  # no signature
+        (f"t=-{T},v1={sign(SECRET, T, BODY)}", BODY, T),
+        (f"t=١٢,v1={sign(SECRET, T, BODY)}", BODY, T),  # non-ASCII digits
+        (f"t={T},v1=é{sign(SECRET, T, BODY)[1:]}", BODY, T),  # non-ASCII signature
+        ("", BODY, T),
+        ("garbage", BODY, T),
+    ],
+)
+def test_a_wrong_or_stale_signature_is_refused(header: str, payload: bytes, now: int) -> None:
+    assert verify_signature(SECRET, header, payload, now=now) is False

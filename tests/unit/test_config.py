@@ -267,7 +267,7 @@ def test_an_ipv6_loopback_listen_may_be_open() -> None:
         ("tcp:8080", False),  # no interface: every address
         ("tcp:8080:interface=203.0.113.5", False),
         ("tcp:8080:interface=10.0.0.1", False),
-        ("tcp:8080:interface=127.0.0.1.example.net", False),
+        ("tcp:8080:interface=127.0.0.1x", False),
         ("tcp:8080:xinterface=127.0.0.1", False),
         ("tcp:8080:interface=", False),
     ],
