@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import math
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -126,13 +128,16 @@ _SECTIONS = {
     "dialing": DialingConfig,
 }
 
-_SAFE_TEXT = re.compile(r"^[^\r\n\x00]*$")
+def _unsafe_char(c: str) -> bool:
+    # Tab is fine; every other control character and the Unicode line and
+    # paragraph separators are not (they would break a line on the wire).
+    return c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")
 _TRUNK = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 def _convert(section: str, key: str, raw: str, default: object) -> object:
     where = f"[{section}] {key}"
-    if not _SAFE_TEXT.fullmatch(raw):
+    if any(_unsafe_char(c) for c in raw):
         raise ConfigError(f"{where}: control characters are not allowed")
     if isinstance(default, bool):
         low = raw.strip().lower()
@@ -142,10 +147,9 @@ def _convert(section: str, key: str, raw: str, default: object) -> object:
             return False
         raise ConfigError(f"{where}: expected yes/no, got {raw!r}")
     if isinstance(default, int):
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{where}: expected a whole number, got {raw!r}") from None
+        if not re.fullmatch(r"-?[0-9]+", raw.strip(), re.ASCII):
+            raise ConfigError(f"{where}: expected a whole number, got {raw!r}")
+        value = int(raw.strip())
         if value < 0:
             raise ConfigError(f"{where}: must not be negative")
         return value
@@ -154,7 +158,7 @@ def _convert(section: str, key: str, raw: str, default: object) -> object:
             value = float(raw.strip())
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{where}: must be positive")
         return value
     if isinstance(default, tuple):
@@ -210,10 +214,11 @@ def is_loopback_endpoint(description: str) -> bool:
     kind = description.split(":", 1)[0].lower()
     if kind == "unix":
         return True
-    m = re.search(r"(?:^|:)interface=([^:]+)", description)
+    # Colons inside a value are escaped with a backslash (``\:\:1``).
+    m = re.search(r"(?:^|:)interface=((?:\\.|[^:\\])+)", description)
     if not m:
         return False
-    addr = m.group(1).replace("\\", "").strip("[]")
+    addr = re.sub(r"\\(.)", r"\1", m.group(1)).strip("[]")
     if addr == "localhost":
         return True
     try:
