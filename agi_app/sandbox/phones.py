@@ -447,7 +447,8 @@ class Phone:
     log: Callable[[str], None] = field(default=print, repr=False)
     _run: _Run | None = field(default=None, init=False, repr=False)
     _sink: MediaSink | None = field(default=None, init=False, repr=False)
-    _logs: list[Path] = field(default_factory=list, init=False, repr=False)
+    #: SIPp log files of this phone and where in each the calls to report begin
+    _logs: list[tuple[Path, int]] = field(default_factory=list, init=False, repr=False)
     _seq: Any = field(default_factory=lambda: itertools.count(1), init=False, repr=False)
     registered: bool = field(default=False, init=False)
 
@@ -511,7 +512,7 @@ class Phone:
         )
         self._run = _Run(proc, log, what)
         (self.folder / "sipp.pid").write_text(f"{proc.pid}\n")
-        self._logs.append(log)
+        self._logs.append((log, 0))
         deadline = time.monotonic() + 5
         while not _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -586,11 +587,14 @@ class Phone:
         (see :func:`parse_log`), each with ``media_packets`` and
         ``media_received``."""
         out = []
-        for path in self._logs:
+        for path, offset in self._logs:
             try:
-                text = path.read_text(errors="replace")
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    text = fh.read().decode(errors="replace")
             except OSError:
                 continue
+            text = text[: text.rfind("\n") + 1]  # a line SIPp is still writing waits
             out.extend(parse_log(text))
         for call in out:
             packets = self._sink.packets_from(call["rtp_port"]) if self._sink else 0
@@ -599,10 +603,12 @@ class Phone:
         return out
 
     def clear(self) -> None:
-        """Forget the calls seen so far (the current log stays open)."""
-        self._logs = [self._run.log] if self._run else []
-        if self._run is not None:
-            self._run.log.write_text("")
+        """Forget the calls seen so far."""
+        # SIPp keeps writing at its own offset: never truncate its log, skip it.
+        if self._run is None:
+            self._logs = []
+        else:
+            self._logs = [(self._run.log, self._run.log.stat().st_size)]
 
     def _wait(self, pick: Callable[[list[dict]], Any], what: str, timeout: float, reactor: Any):
         return _util.poll(

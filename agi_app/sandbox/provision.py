@@ -210,6 +210,20 @@ def _asterisk_version(root: Path) -> str:
     return r.stdout.strip()
 
 
+def _healthy(root: Path, log: Log) -> bool:
+    """True when the marked tree still runs ``asterisk -V``; a tree that
+    does not loses its marker (and is rebuilt)."""
+    if os.geteuid() != 0:
+        return True  # cannot chroot; starting it will tell
+    try:
+        _asterisk_version(root)
+    except (ProvisionError, OSError, subprocess.TimeoutExpired) as e:
+        log(f"sandbox: the cached tree does not work ({e}); rebuilding it")
+        (root / MARKER).unlink(missing_ok=True)
+        return False
+    return True
+
+
 def _mounts_under(path: Path) -> list[str]:
     prefix = str(path.resolve()) + "/"
     try:
@@ -265,8 +279,13 @@ def _debootstrap(target: Path, mirror: str, extra: list[str], logfile: Path) -> 
 
 
 def _gpg_problem(output: str) -> bool:
+    # debootstrap's own messages for a Release signature it cannot check
     return bool(
-        re.search(r"Release signed by unknown key|Couldn't verify|signature|gpgv|keyring", output)
+        re.search(
+            r"Release signed by unknown key|Invalid Release signature|"
+            r"Error executing gpgv|Failed getting release signature",
+            output,
+        )
     )
 
 
@@ -324,14 +343,14 @@ def provision(
     """
     cache = cache or cache_dir(environ)
     root = root_dir(cache)
-    if is_ready(root):
+    if is_ready(root) and _healthy(root, log):
         return root
     if os.geteuid() != 0:
         raise ProvisionError(f"building the sandbox tree in {root} needs root")
     started = time.monotonic()
     ensure_host_packages(log)
     with _locked(cache):
-        if is_ready(root):  # another process built it while we waited
+        if is_ready(root) and _healthy(root, log):  # built by another process meanwhile
             return root
         for stale in cache.glob("root.tmp-*"):
             log(f"sandbox: removing an interrupted build {stale}")
