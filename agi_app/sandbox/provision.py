@@ -143,7 +143,7 @@ def find_mirror(environ: Mapping[str, str] | None = None, apt_dir: Path = Path("
             line = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
             if len(line) >= 3 and line[0] == "deb" and _main_archive_suite([line[2]]):
                 found.append(line[1])
-    debian = [u for u in found if _is_debian_uri(u)]
+    debian = [u for u in found if _is_debian_uri(u)] or found
     if debian:
         return debian[0]
     raise ProvisionError(
