@@ -1,0 +1,520 @@
+"""The routing layer every HTTP endpoint uses.
+
+A handler is ``async def handler(req: ApiRequest, **path_params) -> dict |
+ApiResponse`` (returning a Deferred or a plain value works too).  The layer
+around it does the rest the same way for every endpoint:
+
+- path matching: literal parts case-insensitively, ``{name}`` parts as
+  parameters, an optional ``.json``/``.xml`` suffix (no suffix: JSON), a
+  trailing slash ignored; unknown path 404, wrong method 405 with ``Allow``;
+- authentication (CONTRACT 1.1): ``X-API-Key`` header or ``api_key`` query
+  parameter, compared in constant time; open when no keys are configured;
+- parameters: the query string merged with a form (urlencoded or multipart)
+  or JSON object body; a body over 64 KiB is 413, a malformed one 400;
+- errors: :class:`ApiError` and :class:`agi_app.validation.InvalidInput`
+  become ``{"error": {"code", "message", "field"?}}`` in the requested
+  format; anything unexpected is a 500 with no detail (the trace is logged).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hmac
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from agi_app.validation import InvalidInput
+from agi_app.web.render import render
+
+__all__ = [
+    "MAX_BODY",
+    "ApiError",
+    "ApiRequest",
+    "ApiResource",
+    "ApiResponse",
+    "Handler",
+    "Params",
+    "Route",
+    "Router",
+]
+
+#: Largest request body accepted (CONTRACT 3: 413 above it).
+MAX_BODY = 64 * 1024
+# More fields than this in a query string or form is not a real client.
+_MAX_FIELDS = 1000
+_FORMATS = ("json", "xml")
+_MISSING: Any = object()
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status`` with ``{"error": {"code", "message",
+    "field"?}, **extra}``.  Raise it from a handler."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The answer body."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error, **self.extra}
+
+
+@dataclass
+class ApiResponse:
+    """A handler's answer when a plain dict (200, rendered as JSON/XML) is not
+    enough: another status, extra headers, no body (``body=None``, e.g. 204),
+    or ``resource`` (a twisted.web resource, e.g. a static File) that renders
+    the answer itself."""
+
+    body: Mapping[str, Any] | None = None
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    resource: IResource | None = None
+
+
+class Params(Mapping[str, Any]):
+    """Request parameters by name.
+
+    ``params[name]`` (and ``get``) gives the single value; a parameter given
+    more than once is a 400 ``repeated_parameter`` unless read with
+    :meth:`getlist`.  Values from a query string or form are ``str``; values
+    from a JSON body keep their JSON type.
+    """
+
+    def __init__(self, multi: Mapping[str, list[Any]]):
+        self._multi = {k: list(v) for k, v in multi.items()}
+
+    def __getitem__(self, name: str) -> Any:
+        values = self._multi[name]
+        if len(values) > 1:
+            raise ApiError(
+                400, "repeated_parameter", f"{name} is given more than once", field=name
+            )
+        return values[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._multi)
+
+    def __len__(self) -> int:
+        return len(self._multi)
+
+    def getlist(self, name: str) -> list[Any]:
+        """Every value of ``name`` (a JSON array counts as its elements)."""
+        out: list[Any] = []
+        for value in self._multi.get(name, ()):
+            out.extend(value if isinstance(value, list) else [value])
+        return out
+
+
+class ApiRequest:
+    """What a handler sees of an HTTP request."""
+
+    def __init__(
+        self,
+        request: IRequest,
+        *,
+        method: str,
+        path: str,
+        fmt: str,
+        params: Params,
+    ):
+        #: the twisted.web request underneath
+        self.request = request
+        #: upper-case HTTP method
+        self.method = method
+        #: the decoded path, as sent (including any .json/.xml suffix)
+        self.path = path
+        #: "json" or "xml"
+        self.fmt = fmt
+        self.params = params
+
+    @property
+    def headers(self) -> Headers:
+        """The request headers."""
+        return self.request.requestHeaders
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name``, or None."""
+        values = self.request.requestHeaders.getRawHeaders(name.encode("ascii"))
+        return values[0].decode("latin-1") if values else None
+
+    def param(self, name: str, default: Any = _MISSING) -> Any:
+        """The single value of parameter ``name``; ``default`` when absent or
+        empty, else a 400 ``missing_<name>``."""
+        value = self.params.get(name)
+        if value is None or value == "":
+            if default is _MISSING:
+                raise ApiError(400, f"missing_{name}", f"{name} is required", field=name)
+            return default
+        return value
+
+    def param_list(self, name: str) -> list[Any]:
+        """Every value of parameter ``name`` (repeated, or a JSON array)."""
+        return self.params.getlist(name)
+
+
+Handler = Callable[..., "Awaitable[Any] | Deferred[Any] | Mapping[str, Any] | ApiResponse"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One registered path pattern."""
+
+    methods: frozenset[str]
+    pattern: str
+    handler: Handler
+    auth: bool
+    formats: bool
+    #: per path segment: (is_parameter, casefolded literal or parameter name)
+    segments: tuple[tuple[bool, str], ...]
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        """The path parameters if ``parts`` (decoded segments) match."""
+        if len(parts) != len(self.segments):
+            return None
+        found: dict[str, str] = {}
+        for part, (is_param, text) in zip(parts, self.segments, strict=True):
+            if is_param:
+                if not part:
+                    return None
+                found[text] = part
+            elif part.casefold() != text:
+                return None
+        return found
+
+
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _split(path: str) -> list[str]:
+    parts = path.split("/")[1:]
+    if parts and parts[-1] == "":
+        parts.pop()  # a trailing slash does not make another path
+    return parts
+
+
+class Router:
+    """The table of routes: ``add(methods, pattern, handler)``."""
+
+    def __init__(self) -> None:
+        self._routes: list[Route] = []
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """Every route, in matching order."""
+        return tuple(self._routes)
+
+    def add(
+        self,
+        methods: Iterable[str],
+        pattern: str,
+        handler: Handler,
+        *,
+        auth: bool = True,
+        formats: bool = True,
+    ) -> None:
+        """Route ``methods`` on ``pattern`` (``/api/calls/{method}``) to
+        ``handler``.  ``auth``: needs an API key; ``formats``: the path may
+        end in ``.json``/``.xml``.  GET routes also answer HEAD."""
+        if not pattern.startswith("/"):
+            raise ValueError(f"pattern must start with '/': {pattern!r}")
+        segments = []
+        for part in _split(pattern):
+            m = _PARAM.match(part)
+            segments.append((True, m.group(1)) if m else (False, part.casefold()))
+        wanted = {m.upper() for m in methods}
+        if "GET" in wanted:
+            wanted.add("HEAD")
+        route = Route(frozenset(wanted), pattern, handler, auth, formats, tuple(segments))
+        for other in self._routes:
+            if other.segments == route.segments and other.methods & route.methods:
+                raise ValueError(f"{pattern} {sorted(other.methods & route.methods)} added twice")
+        self._routes.append(route)
+        # Literal segments win over parameters ("/api/calls/list" before
+        # "/api/calls/{method}"); otherwise first added, first matched.
+        self._routes.sort(key=lambda r: tuple(is_param for is_param, _ in r.segments))
+
+    def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str], str]:
+        """Find the route for ``method`` and the decoded ``path``: fires
+        ``(route, path_params, fmt)`` or raises :class:`ApiError` 404/405."""
+        parts = _split(path)
+        fmt, stripped = None, parts
+        if parts:
+            base, dot, suffix = parts[-1].rpartition(".")
+            if dot and base and suffix.lower() in _FORMATS:
+                fmt, stripped = suffix.lower(), [*parts[:-1], base]
+        allowed: set[str] = set()
+        for route in self._routes:
+            if route.formats and fmt is not None:
+                found, route_fmt = route.match(stripped), fmt
+            else:
+                found, route_fmt = route.match(parts), "json"
+            if found is None:
+                continue
+            if method in route.methods:
+                return route, found, route_fmt
+            allowed |= route.methods
+        if allowed:
+            raise ApiError(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed here",
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
+        raise ApiError(404, "not_found", "no such path")
+
+
+def _decode_path(raw: bytes) -> str:
+    try:
+        return "/".join(unquote_to_bytes(p).decode("utf-8") for p in raw.split(b"/"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_path", "the path is not valid UTF-8") from None
+
+
+def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, max_num_fields=_MAX_FIELDS)
+        return [(k.decode("utf-8"), v.decode("utf-8")) for k, v in pairs]
+    except UnicodeDecodeError:
+        raise ApiError(400, f"invalid_{what}", f"the {what} is not valid UTF-8") from None
+    except ValueError:
+        raise ApiError(400, f"invalid_{what}", f"too many fields in the {what}") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _parse_json(body: bytes) -> list[tuple[str, Any]]:
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "invalid_body", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_body", "the JSON body must be an object")
+    return list(value.items())
+
+
+def _parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart() or message.defects:
+        raise ApiError(400, "invalid_body", "the multipart body cannot be parsed")
+    out = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name or part.get_filename() is not None:
+            raise ApiError(400, "invalid_body", "only named text fields are accepted")
+        payload = part.get_payload(decode=True) or b""
+        try:
+            out.append((str(name), payload.decode(part.get_content_charset() or "utf-8")))
+        except (UnicodeDecodeError, LookupError):
+            raise ApiError(400, "invalid_body", f"field {name} is not valid text") from None
+        if len(out) > _MAX_FIELDS:
+            raise ApiError(400, "invalid_body", "too many fields in the body")
+    return out
+
+
+def _body_pairs(request: IRequest) -> list[tuple[str, Any]]:
+    length = request.requestHeaders.getRawHeaders(b"content-length")
+    if getattr(request, "body_too_large", False) or (
+        length and length[0].strip().isdigit() and int(length[0]) > MAX_BODY
+    ):
+        raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+    content = request.content
+    if content is None:
+        return []
+    content.seek(0)
+    body = content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+    if not body.strip():
+        return []
+    header = request.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
+    try:
+        content_type = header.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
+        content_type = ""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime == "application/json" or mime.endswith("+json"):
+        return _parse_json(body)
+    if mime in ("", "application/x-www-form-urlencoded", "text/plain"):
+        # `curl -d '{"a": 1}'` labels JSON as a form: accept what it obviously is.
+        if body.lstrip().startswith(b"{"):
+            return _parse_json(body)
+        return _parse_pairs(body.strip(), "body")
+    if mime == "multipart/form-data":
+        return _parse_multipart(body, content_type)
+    raise ApiError(400, "invalid_body", f"unsupported Content-Type {mime!r}")
+
+
+def _keys(keys: Iterable[str]) -> tuple[bytes, ...]:
+    return tuple(k.encode("utf-8") for k in keys if k)
+
+
+class ApiResource(Resource):
+    """A twisted.web resource that serves a :class:`Router`'s routes.
+
+    It handles every path it is given (``isLeaf``), reading the whole of
+    ``request.path``, so it can sit at the site's root.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, router: Router, *, api_keys: Iterable[str] = ()):
+        super().__init__()
+        self._router = router
+        self._api_keys = _keys(api_keys)
+
+    # -- twisted.web entry point ----------------------------------------------
+
+    def render(self, request: IRequest) -> int:
+        state = {"gone": False}
+        request.notifyFinish().addErrback(lambda _: state.__setitem__("gone", True))
+        fmt = "json"
+        try:
+            path = _decode_path(request.path)
+            fmt = _suffix_format(path)
+            method = request.method.decode("ascii", "replace").upper()
+            route, path_params, fmt = self._router.resolve(method, path)
+            if route.auth and self._api_keys:
+                self._authenticate(request)
+            params = self._params(request)
+            api_request = ApiRequest(request, method=method, path=path, fmt=fmt, params=params)
+            d = maybeDeferred(route.handler, api_request, **path_params)
+        except Exception:
+            d = fail()
+        d.addCallback(self._answer, request, state, fmt)
+        d.addErrback(self._answer_failure, request, state, fmt)
+        d.addErrback(self._give_up, request)
+        return NOT_DONE_YET
+
+    # -- steps ------------------------------------------------------------
+
+    def _authenticate(self, request: IRequest) -> None:
+        given = request.requestHeaders.getRawHeaders(b"x-api-key")
+        if given:
+            key = given[0].strip()
+        else:
+            query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
+            keys = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == b"api_key"]
+            key = keys[0] if len(keys) == 1 else b""
+        # Compare with every key so the time taken says nothing about which matched.
+        ok = False
+        for candidate in self._api_keys:
+            ok |= hmac.compare_digest(candidate, key)
+        if not ok:
+            raise ApiError(401, "unauthorized", "a valid API key is required (X-API-Key)")
+
+    def _params(self, request: IRequest) -> Params:
+        query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
+        multi: dict[str, list[Any]] = {}
+        for name, value in _parse_pairs(query, "query"):
+            multi.setdefault(name, []).append(value)
+        for name, value in _body_pairs(request):
+            multi.setdefault(name, []).append(value)
+        # The key authenticates the request; it is not a parameter of it.
+        multi.pop("api_key", None)
+        return Params(multi)
+
+    def _answer(self, result: Any, request: IRequest, state: dict, fmt: str) -> None:
+        if state["gone"]:
+            return
+        if isinstance(result, ApiResponse):
+            response = result
+        elif isinstance(result, Mapping):
+            response = ApiResponse(body=result)
+        else:
+            raise TypeError(f"handler returned {type(result).__name__}, not a dict/ApiResponse")
+        if response.resource is not None:
+            for name, value in response.headers.items():
+                request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+            out = response.resource.render(request)
+            if out is not NOT_DONE_YET:
+                request.write(out)
+                request.finish()
+            return
+        self._write(request, fmt, response.status, response.body, response.headers)
+
+    def _answer_failure(
+        self, failure: Failure, request: IRequest, state: dict, fmt: str
+    ) -> None:
+        if state["gone"]:
+            return
+        if request.startedWriting:
+            # Too late for an error answer: the status line is out already.
+            failure.raiseException()
+        error = failure.value
+        if isinstance(error, InvalidInput):
+            error = ApiError(400, error.code, error.message, field=error.field)
+        if not isinstance(error, ApiError):
+            self._log.failure(
+                "{method} {path} failed",
+                failure,
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1"),
+            )
+            error = ApiError(500, "internal", "internal error")
+        self._write(request, fmt, error.status, error.body(), error.headers)
+
+    def _give_up(self, failure: Failure, request: IRequest) -> None:
+        self._log.failure("answering {path} failed", failure, path=request.path.decode("latin-1"))
+        if not request.finished:
+            request.loseConnection()
+
+    def _write(
+        self,
+        request: IRequest,
+        fmt: str,
+        status: int,
+        body: Mapping[str, Any] | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request.setHeader(b"cache-control", b"no-store")
+        if body is None:
+            request.finish()
+            return
+        data, content_type = render(fmt, body)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"content-length", str(len(data)).encode("ascii"))
+        request.write(data)
+        request.finish()
+
+
+def _suffix_format(path: str) -> str:
+    """The format asked for by the path's suffix, for answers given before
+    (or without) a route: errors of unknown paths are in it too."""
+    return "xml" if path.lower().endswith(".xml") else "json"
