@@ -27,6 +27,12 @@ from agi_app.calls.service import CallService
 from agi_app.config import Config
 from agi_app.operators import OperatorTracker
 from agi_app.store.sqlite import SQLiteStore
+from agi_app.web import history as history_module
+from agi_app.web import openapi
+from agi_app.web.api import Router
+from agi_app.web.calls import CallEndpoints
+from agi_app.web.history import HistoryEndpoints
+from agi_app.web.site import build_site
 
 __all__ = ["Application", "run"]
 
@@ -85,11 +91,25 @@ class Application:
     def store_open(self) -> bool:
         return getattr(self.store, "is_open", True)
 
+    def router(self) -> Router:
+        """Every HTTP route of the application, with the OpenAPI document."""
+        router = Router()
+        history = HistoryEndpoints(self.store, public_url=self.config.http.public_url)
+        history.add_routes(router)
+        calls = CallEndpoints(
+            self.calls,
+            default_trunk=self.config.dialing.default_trunk,
+            call_time_to_ext=self.config.dialing.call_time_to_ext,
+            health=self.health,
+            clock=self.reactor,
+        )
+        calls.add_routes(router)
+        openapi.add_routes(router, openapi.build_document([history_module, calls]))
+        return router
+
     def site(self):
         """The HTTP site: the CRM API, records, static files, health."""
-        from agi_app.web.app import build_site
-
-        return build_site(self)
+        return build_site(self.router(), api_keys=self.config.http.api_keys, clock=self.reactor)
 
     async def start(self) -> None:
         """Open the store, start the PBX link, listen on every port."""

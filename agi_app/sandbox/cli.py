@@ -23,6 +23,8 @@ __all__ = ["main"]
 
 #: operators the demo brings online for ``make run``
 DEMO_OPERATORS = ("1000", "1001", "1002")
+#: seconds a demo client talks before hanging up
+DEMO_TALK = 15.0
 
 
 def _err(text: str) -> None:
@@ -58,10 +60,12 @@ def _start(args: argparse.Namespace) -> int:
         phones = Phones(pbx, detached=True)
         for number in DEMO_OPERATORS:
             phones.start(number, answer(after=1.0))
-        phones.pstn.start(answer(after=1.0))
+        # Demo clients hang up by themselves so a demo call always ends.
+        phones.pstn.start(answer(after=2.0, hangup_after=DEMO_TALK))
         print(
             f"sandbox: operators {', '.join(DEMO_OPERATORS)} online (answer after 1 s); "
-            f"the PSTN answers every number (SIPp on 127.0.0.1:{pbx.profile.pstn_port})"
+            f"the PSTN answers every number after 2 s and hangs up after {DEMO_TALK:g} s "
+            f"(SIPp on 127.0.0.1:{pbx.profile.pstn_port})"
         )
     if args.write_config:
         path = Path(args.write_config)

@@ -8,7 +8,7 @@ behind the ``pstn`` trunk whose behaviour is chosen per dialled number.
 A behaviour (:class:`Behaviour`) is rendered into a SIPp scenario from the
 fragments in ``scenarios/``; every step of a call becomes a ``<log>`` line
 that :meth:`Phone.calls` parses back.  The audio a phone answers with goes
-to a small UDP echo (:class:`MediaSink`) that counts what arrived per call,
+to a small UDP sink (:class:`MediaSink`) that counts what arrived per call,
 so a test can tell whether media really flowed.
 """
 
@@ -372,8 +372,10 @@ def parse_log(text: str) -> list[dict[str, Any]]:
 
 
 class MediaSink:
-    """A UDP port that echoes RTP back to its sender and counts packets per
-    sender port (the PBX's media port of one call).
+    """A UDP port that takes RTP and counts packets per sender port (the
+    PBX's media port of one call).  It does not echo: with two echoing phones
+    in one call every packet would circle between them for ever and the
+    recording would grow without bound.
 
     It runs in a daemon thread so it works the same under a Twisted test,
     a blocking test and the command line."""
@@ -398,8 +400,7 @@ class MediaSink:
             if not ready:
                 continue
             try:
-                data, addr = self._sock.recvfrom(4096)
-                self._sock.sendto(data, addr)
+                _data, addr = self._sock.recvfrom(4096)
             except OSError:
                 continue
             with self._lock:
@@ -432,7 +433,7 @@ class Phone:
     """One SIPp UAS answering on ``127.0.0.1:sip_port``.
 
     ``media_port`` is the first of a block of ports: SIPp's own media
-    sockets (``+0``..``+3``), the echo :class:`MediaSink` (``+4``) and the
+    sockets (``+0``..``+3``), the :class:`MediaSink` (``+4``) and the
     REGISTER process's media sockets (``+6``..``+9``)."""
 
     name: str
@@ -441,8 +442,8 @@ class Phone:
     media_port: int
     register_port: int | None = None
     folder: Path | None = None
-    #: outlive this Python process (the command line's demo phones): SIPp
-    #: echoes the audio itself (-rtp_echo) instead of a MediaSink thread
+    #: outlive this Python process (the command line's demo phones): no
+    #: MediaSink thread counts their media
     detached: bool = False
     log: Callable[[str], None] = field(default=print, repr=False)
     _run: _Run | None = field(default=None, init=False, repr=False)
@@ -497,8 +498,6 @@ class Phone:
             "-mp", str(self.media_port), "-bind_local", "-nostdin", "-aa",
             "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(errors),
         ]  # fmt: skip
-        if self.detached:
-            argv.append("-rtp_echo")
         if _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
             raise PhoneError(f"{self.name}: SIP port 127.0.0.1:{self.sip_port}/udp is in use")
         log.touch()
