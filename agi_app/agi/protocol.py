@@ -137,7 +137,8 @@ class FastAGIProtocol(Protocol):
         self.session_id = "-"
         #: how the handler ended (one of :data:`OUTCOMES`), once known
         self.outcome: str | None = None
-        self.session: AGISession | None = None
+        #: the script name from ``agi_network_script``, once the environment is in
+        self.script = ""
 
     # -- connection --------------------------------------------------------
 
@@ -333,7 +334,11 @@ class FastAGIProtocol(Protocol):
                     if _CONTROL.search(name) or any(_CONTROL.search(v) for v in values):
                         bad = f"control character in query parameter {name!r}"
                         break
-        self.session = session = AGISession(self, env, args, script, params)
+        self.script = script
+        # the protocol keeps no reference to the session: with the session
+        # pointing here, a reference back would be a cycle, and every session
+        # would wait for the garbage collector instead of being freed at once
+        session = AGISession(self, env, args, script, params)
         if self._factory is not None:
             self._factory.total += 1
         if bad is not None:
@@ -373,15 +378,14 @@ class FastAGIProtocol(Protocol):
         if failure.check(AGIHangup):
             self.log.debug(
                 "[{sid}] FastAGI: script {script!r} ended by hangup: {error}",
-                sid=self.session_id, script=self.session.script if self.session else "",
+                sid=self.session_id, script=self.script,
                 error=failure.value,
             )
             self._finish("HANGUP")
             return
         self.log.failure(
             "[{sid}] FastAGI: script {script!r} failed; AGI_APP_RESULT=ERROR",
-            failure, sid=self.session_id,
-            script=self.session.script if self.session else "",
+            failure, sid=self.session_id, script=self.script,
         )
         self._finish("ERROR")
 
@@ -389,6 +393,9 @@ class FastAGIProtocol(Protocol):
         self.outcome = outcome
         if self._factory is not None:
             self._factory.outcomes[outcome] += 1
+        self.log.debug("[{sid}] FastAGI: script {script!r} on {channel}: {outcome}",
+                       sid=self.session_id, script=self.script,
+                       channel=self._env.get("agi_channel", "?"), outcome=outcome)
         if self._closed:
             return
         if self._pending is not None:

@@ -584,8 +584,10 @@ class HangupTests(SynchronousTestCase):
 
     def test_disconnect_mid_command(self):
         events = []
+        sessions = []
 
         async def script(agi):
+            sessions.append(agi)
             try:
                 await agi.exec_("Dial", "PJSIP/101", timeout=None)
             except AGIHangup as e:
@@ -596,7 +598,7 @@ class HangupTests(SynchronousTestCase):
         h.registry.register("dial", script)
         waited = []
         h.start("dial")
-        agi = h.proto.session
+        agi = sessions[0]
         agi.wait_hangup().addCallback(waited.append)
         self.assertEqual(h.sent(), b'EXEC Dial "PJSIP/101"\n')
         h.lose(ConnectionLost)
