@@ -61,7 +61,10 @@ class Application:
             store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor
         )
         self.calls.register_scripts(self.scripts)
-        self.operators = OperatorTracker(self.ami, self.store, reactor)
+        # Trunks are endpoints too, but not operators.
+        self.operators = OperatorTracker(
+            self.ami, self.store, reactor, exclude=(config.dialing.default_trunk,)
+        )
         self._ports: list = []
         self.agi_factory = None
 
@@ -146,13 +149,23 @@ class Application:
 
 def run(config: Config, reactor: Any = None) -> int:
     """Run the service until SIGINT/SIGTERM; returns the exit code."""
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    level = LogLevel.levelWithName(os.environ.get("AGI_APP_LOG_LEVEL", "info").lower())
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     app = Application(config, reactor)
     status = {"code": 0}
 

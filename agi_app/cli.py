@@ -20,6 +20,12 @@ def _serve(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def _demo() -> int:
+    from agi_app.demo import main as demo_main
+
+    return demo_main()
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from agi_app.sandbox.cli import main as sandbox_main
 
@@ -47,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the service")
     p.add_argument("--config", "-c", default=None, help="INI file (see agi_app.conf.example)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("demo", help="the service with the sandbox PBX and demo phones")
+    p.set_defaults(func=lambda args: _demo())
 
     p = sub.add_parser("sandbox", help="the sandbox Asterisk PBX and SIPp phones", add_help=False)
     p.add_argument("sandbox_args", nargs=argparse.REMAINDER)
