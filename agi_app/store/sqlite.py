@@ -275,8 +275,12 @@ class SQLiteStore(Store):
         return None if row is None else row[0]
 
     def _insert(self, table: str, row: dict[str, Any]) -> int:
-        assert self._db is not None
-        return self._db[table].insert(row).last_rowid  # type: ignore[union-attr]
+        # Plain INSERT rather than sqlite-utils' Table.insert, which inspects
+        # the table on every call: measured 0.20 vs 0.58 ms per add_status.
+        # Table and column names come from this module, never from input.
+        assert self._conn is not None
+        sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        return self._conn.execute(sql, tuple(row.values())).lastrowid
 
     def _call(self, call_id: str) -> dict[str, Any] | None:
         rows = self._select(f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,))
