@@ -13,6 +13,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 
 from agi_app.validation import InvalidInput, phone
 from agi_app.web import ApiError, ApiResponse, Router, build_site
@@ -438,3 +440,41 @@ async def test_access_log_never_shows_the_key(http):
     assert len(lines) == 2
     assert KEY not in log.getvalue()
     assert '"GET /api/echo?api_key=***&x=1 HTTP/1.1" 200' in lines[0]
+
+
+@implementer(IBodyProducer)
+class _ChunkedBody:
+    """A body of unknown length: sent chunked, without Content-Length."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, chunks: list[bytes]):
+        self._chunks = chunks
+
+    def startProducing(self, consumer):
+        for chunk in self._chunks:
+            consumer.write(chunk)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_body_over_64k_is_413(http):
+    form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    code, body = await call_json(
+        http, "POST", "/api/echo", data=_ChunkedBody([b"a=" + b"x" * 40000, b"y" * 40000]),
+        headers=form,
+    )
+    assert code == 413 and body["error"]["code"] == "body_too_large"
+    code, body = await call_json(
+        http, "POST", "/api/echo", data=_ChunkedBody([b"a=1", b"2"]), headers=form
+    )
+    assert code == 200 and body["params"] == {"a": "12"}
