@@ -190,6 +190,37 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertEqual(agi.session_id, "Local/1@x-0001;2")  # no uniqueid: the channel
         self.assertEqual(agi.language, "en")
 
+    def test_odd_argument_numbers_in_an_otherwise_clean_environment(self):
+        h = Harness()
+        h.proto.dataReceived(
+            b"agi_network_script: test\nagi_arg_3: three\nagi_arg_0: zero\n"
+            b"agi_arg_1: one\nagi_arg_x: x\n\n"
+        )
+        self.assertEqual(h.agi.args, ["one", "", "three"])
+        self.assertEqual(h.agi.env, {"agi_network_script": "test"})
+
+    def test_repeated_key_keeps_the_last_value(self):
+        h = Harness()
+        h.proto.dataReceived(
+            b"agi_network_script: test\nagi_channel: A\nagi_channel: B\nagi_arg_1: a\n\n"
+        )
+        self.assertEqual(h.agi.channel, "B")
+        self.assertEqual(h.agi.args, ["a"])
+
+    def test_values_may_contain_colons_and_spaces(self):
+        h = Harness()
+        h.proto.dataReceived(
+            b"agi_network_script: test\nagi_calleridname: Sales: Desk 2 \nagi_arg_1: a: b\n\n"
+        )
+        self.assertEqual(h.agi.env["agi_calleridname"], "Sales: Desk 2 ")
+        self.assertEqual(h.agi.args, ["a: b"])
+
+    def test_empty_environment(self):
+        for block in (b"\n", b"\r\n"):
+            h = Harness()
+            h.proto.dataReceived(block)
+            self.assertEqual(h.sent(), b'SET VARIABLE "AGI_APP_RESULT" "NOTFOUND"\n')
+
     def test_missing_script_name_is_notfound(self):
         h = Harness()
         h.proto.dataReceived(b"agi_network: yes\nagi_channel: PJSIP/1-1\n\n")
