@@ -281,9 +281,13 @@ class CallService:
     async def _connect_client(self, agi, active: ActiveCall) -> None:
         req = active.request
         await self._log(active, st.OPERATOR_PICKUP)
+        gone = False
         if req.playback_waiting:
-            await agi.exec_("Playback", "agi_app/please-wait")
-        if agi.hungup:
+            reply = await agi.exec_("Playback", "agi_app/please-wait")
+            # -1: the channel hung up during the announcement (HANGUP may come
+            # only after this reply).
+            gone = reply.result_int < 0
+        if gone or agi.hungup:
             await self._log(active, st.CLIENT_CANCEL, "hung up before the client was dialled")
             await agi.set_variable("AGI_APP_RESULT", "OK")
             return
