@@ -10,7 +10,10 @@ we write.  The protocol
   :class:`~agi_app.agi.session.AGISession`;
 * keeps exactly one command in flight and matches each reply to it
   (``100 Trying`` skipped, ``510``/``511``/``520`` and the multi-line ``520-``
-  block turned into errors), with a timeout per command from the ``clock``;
+  block turned into errors), with a timeout per command from the ``clock``.
+  A second command sent while one is pending fails at once with
+  ``AGICommandInFlight`` rather than being queued: FastAGI is strictly one
+  command at a time, so that is always a script that forgot an ``await``;
 * treats ``HANGUP`` as an event, whenever it arrives -- never as a reply;
 * reports how the handler ended through the channel variable
   ``AGI_APP_RESULT`` and closes the socket.

@@ -713,3 +713,23 @@ class TimeoutTests(SynchronousTestCase):
         self.assertTrue(h.transport.disconnecting)
         h.lose()
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class ListenTests(SynchronousTestCase):
+    def test_listen_uses_the_agi_section(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from agi_app.agi import listen
+        from agi_app.config import AGIConfig
+
+        reactor = MemoryReactorClock()
+        registry = ScriptRegistry()
+        d = listen(reactor, AGIConfig(listen="tcp:14573:interface=127.0.0.1",
+                                      command_timeout=7.5), registry)
+        self.successResultOf(d)
+        port, factory, _backlog, interface = reactor.tcpServers[0]
+        self.assertEqual((port, interface), (14573, "127.0.0.1"))
+        self.assertIsInstance(factory, FastAGIFactory)
+        self.assertIs(factory.registry, registry)
+        self.assertEqual(factory.command_timeout, 7.5)
+        self.assertIs(factory.clock, reactor)
