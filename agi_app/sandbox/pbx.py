@@ -111,6 +111,34 @@ PROFILES = {
 }
 
 
+def test_profile(environ: dict[str, str] | None = None) -> Profile:
+    """The test suite's profile, shifted by ``AGI_APP_SANDBOX_PORT_OFFSET``
+    (a multiple of 200, at most 3000) so that several test sessions on one
+    machine each get their own instance and ports."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "0").strip() or "0"
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or int(raw) % 200 or int(raw) > 3000:
+        raise PBXError(
+            f"AGI_APP_SANDBOX_PORT_OFFSET must be a multiple of 200, at most 3000: {raw!r}"
+        )
+    offset = int(raw)
+    base = PROFILES["test"]
+    if not offset:
+        return base
+    return Profile(
+        f"test{offset}",
+        base.ami_port + offset,
+        base.sip_port + offset,
+        base.agi_port + offset,
+        base.phone_port + offset,
+        base.pstn_port + offset,
+        # RTP ranges are 1000 wide: move them by whole blocks past the base one
+        base.rtp_start + 1000 * (offset // 100),
+        base.rtp_end + 1000 * (offset // 100),
+        base.media_port + offset,
+    )
+
+
 def project_dir() -> Path:
     """The project checkout (holds ``dialplan/`` and ``sounds/``): the folder
     above the ``agi_app`` package when it has them, else the cwd."""

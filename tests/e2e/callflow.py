@@ -5,6 +5,7 @@ waits on the call log."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +17,9 @@ from twisted.web.client import HTTPConnectionPool
 from agi_app.app import Application
 from agi_app.config import load
 
-#: the test session's HTTP port (the sandbox's test profile uses 2xxxx ports)
-HTTP_PORT = 28080
+#: the test session's HTTP port (the sandbox's test profile uses 2xxxx ports;
+#: AGI_APP_SANDBOX_PORT_OFFSET moves both)
+HTTP_PORT = 28080 + int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "0") or 0)
 
 
 def reactor():

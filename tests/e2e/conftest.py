@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agi_app.sandbox import provision as prov
-from agi_app.sandbox.pbx import PBX, PROFILES, PBXError
+from agi_app.sandbox.pbx import PBX, PBXError, test_profile
 from agi_app.sandbox.phones import Phone, Phones, Pstn, kill_phones
 
 _TIMES = pytest.StashKey[dict[str, str]]()
@@ -121,7 +121,7 @@ def sandbox(request: pytest.FixtureRequest):
     except prov.ProvisionError as e:
         _unavailable(str(e))
     provision_seconds = time.monotonic() - started
-    pbx = PBX(root, PROFILES["test"])
+    pbx = PBX(root, test_profile())
     kill_phones(pbx)  # leftovers of a session that was killed
     try:
         boot = pbx.start(stop_at_exit=True)
