@@ -19,7 +19,8 @@ from agi_app.config import load
 
 #: the test session's HTTP port (the sandbox's test profile uses 2xxxx ports;
 #: AGI_APP_SANDBOX_PORT_OFFSET moves both)
-HTTP_PORT = 28080 + int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "0") or 0)
+_OFFSET = int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "0") or 0)
+HTTP_PORT = 28080 if not _OFFSET else 27080 + _OFFSET // 20
 
 
 def reactor():
