@@ -41,6 +41,7 @@ from agi_app.store.base import (
     check_time,
     iso_time,
 )
+from agi_app.store.events_sqlite import EventsSQLiteMixin, migration_events
 
 __all__ = ["MIGRATIONS", "SQLiteStore", "migrate"]
 
@@ -127,7 +128,7 @@ def _migration_1(conn: sqlite3.Connection) -> None:
 
 #: Schema steps; step N (1-based) brings ``PRAGMA user_version`` from N-1 to N.
 #: Only ever append: a released step must never change.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, migration_events)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -173,7 +174,7 @@ def _call_from_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-class SQLiteStore(Store):
+class SQLiteStore(Store, EventsSQLiteMixin):
     """The store in one SQLite file.
 
     ``reactor`` delivers results from the worker thread; ``clock`` (default:
