@@ -117,3 +117,10 @@ class EventStore(abc.ABC):
     def delivery_summary(self, subscription_id: int) -> Deferred[dict[str, Any]]:
         """``{"pending", "oldest_pending_at", "attempts", "last_error"}`` of
         the deliveries still waiting for a subscription."""
+
+    # -- the call log -------------------------------------------------------
+
+    @abc.abstractmethod
+    def recordings_of_call(self, call_id: str) -> Deferred[list[dict[str, Any]]]:
+        """``record_id, path, created_at, duration, size`` of a call's
+        recordings (for RecordURL), ascending by record_id."""

@@ -361,3 +361,13 @@ class EventsSQLiteMixin(EventStore):
             return out
 
         return self._run(query)
+
+    # -- reads of the call log for event fields ---------------------------------
+
+    def recordings_of_call(self, call_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._run(
+            self._select,
+            "SELECT record_id, path, created_at, duration, size FROM recordings "
+            "WHERE call_id = ? ORDER BY record_id",
+            (call_id,),
+        )

@@ -1,0 +1,233 @@
+"""CRM events from the live call tracker (seed 004 generation rules).
+
+The tracker reports every leg of every call (:class:`agi_app.tracker.CallEvent`:
+``ringing``, ``answered``, ``hungup``, with the extension whose device the
+leg is and the direction seen from it).  :func:`crm_event` turns one of them
+into the event of one extension:
+
+==========================  ==============================================
+leg of extension X          event of X
+==========================  ==============================================
+ringing, direction ``in``   ``dial-in`` (X's phone rings: a call from the
+                            trunk, another extension, a queue)
+ringing, direction ``out``  ``dial-out`` (X calls; a click-to-call or a
+                            callback placed for X counts as X calling)
+answered                    ``answer``
+hungup                      ``hangup`` with CallStatus, Duration, RecordURL
+==========================  ==============================================
+
+and a leg of an outside line dialled from a call that came in from outside
+for extension X (forwarding by incoming call rules) gives X a ``dial-out``
+with ``Transfered: yes``.
+
+Seed 004's special cases follow from these rules: a queue agent's phone is
+rung (dial-in), answers (answer) and hangs up (hangup); a caller who only
+reaches an IVR or waits in a queue has no extension leg, so its events are
+those of the extensions it reaches.  A call of an extension to itself (the
+caller and the called extension both X, as a callback "on behalf of 200
+from 200" would look in a PBX that rings the owner first) gives X no events.
+
+:class:`EventGenerator` subscribes to the tracker and publishes the events
+through the :class:`~agi_app.events.service.EventService`, adding
+``OrderID``/``ExternalKey`` of calls agi_app placed and ``RecordURL`` of
+recorded ones from the store.  Events are handled one after another, so
+their EventIDs follow the order the tracker reported them in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from agi_app.events.service import EventService
+
+__all__ = ["CallInfo", "EventGenerator", "crm_event"]
+
+log = Logger(namespace="agi_app.events")
+
+_EXTENSION = re.compile(r"^[A-Za-z0-9_-]{1,32}$", re.ASCII)
+_KIND_TYPE = {"answered": "answer", "hungup": "hangup"}
+
+
+def _ext_id(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+def crm_event(event: Any, leg: Any = None) -> tuple[str, str, dict[str, Any]] | None:
+    """``(extension, event_type, fields)`` for a tracker event, or None when
+    it gives no extension an event.  ``leg`` is the tracker's
+    :class:`~agi_app.tracker.Leg` of the event (for forwarding outside).
+
+    ``fields`` are the CONTRACT 6 fields after EventType/EventID/EventTime,
+    except ``OrderID``, ``ExternalKey`` and ``RecordURL`` (from the store)."""
+    call = event.call or {}
+    extension = event.extension
+    transferred = False
+    if not extension:
+        extension = _forwarded_for(event, leg)
+        if extension is None:
+            return None
+        transferred = True
+    if event.kind == "ringing":
+        event_type = "dial-in" if event.direction == "in" else "dial-out"
+    else:
+        event_type = _KIND_TYPE.get(event.kind)
+        if event_type is None:
+            return None
+    caller_ext = _ext_id(call.get("caller_extension"))
+    called_ext = _ext_id(call.get("called_extension"))
+    if transferred:
+        caller_ext, called_ext = extension, None
+    elif caller_ext == extension and called_ext == extension:
+        return None  # a call of an extension to itself: no self events
+    fields: dict[str, Any] = {
+        "CallID": event.call_id or event.call_api_id,
+        "CallAPIID": event.call_api_id,
+        "CallFlow": "out" if transferred else (call.get("call_flow") or event.direction),
+        "CallerIDNum": call.get("caller_id_number"),
+        "CallerIDName": call.get("caller_id_name"),
+        "CalledNumber": call.get("called_number"),
+        "CalledDID": call.get("called_did"),
+        "CallerExtension": caller_ext,
+        "CalledExtension": called_ext,
+    }
+    if transferred:
+        if leg is not None and getattr(leg, "dial_string", None):
+            fields["CalledNumber"] = leg.dial_string.split("@", 1)[0].rsplit("/", 1)[-1]
+        fields["Transfered"] = "yes"
+    if event_type == "hangup":
+        fields["CallStatus"] = event.status or "CANCEL"
+        fields["Duration"] = str(int(round(event.duration or 0)))
+    return extension, event_type, fields
+
+
+def _forwarded_for(event: Any, leg: Any) -> str | None:
+    """The extension whose incoming call rules sent a call from outside to
+    this outside line (a ``ringing``/``out`` leg dialled at the extension's
+    number by an inbound outside leg), or None."""
+    if leg is None or event.kind != "ringing" or event.direction != "out":
+        return None
+    if not getattr(leg, "outside", False) or not getattr(leg, "dialed", False):
+        return None
+    exten = getattr(leg, "dial_exten", None)
+    caller = getattr(leg, "call", None)
+    caller_leg = None
+    if caller is not None and leg.dialed_by:
+        caller_leg = caller.legs.get(leg.dialed_by)
+    if caller_leg is None or not (caller_leg.outside and caller_leg.inbound):
+        return None
+    if not exten or not _EXTENSION.match(exten):
+        return None
+    return exten
+
+
+class CallInfo:
+    """What the store knows of agi_app's calls: order, external key, and the
+    recording link, cached for the calls seen lately."""
+
+    def __init__(self, store: Any, *, public_url: str, keep: int = 2048):
+        self._store = store
+        self._public_url = public_url.rstrip("/")
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._keep = keep
+
+    async def get(self, call_id: str | None, *, refresh: bool = False) -> dict[str, Any]:
+        """``{"order_id", "external_key", "record_url"}`` of an agi_app call
+        (all None for a call agi_app did not place).  ``refresh`` reads the
+        recording again (it may start after the call's first events)."""
+        if not call_id:
+            return {"order_id": None, "external_key": None, "record_url": None}
+        info = self._cache.get(call_id)
+        if info is None or refresh:
+            call = await self._store.get_call(call_id)
+            records = await self._store.recordings_of_call(call_id) if call else []
+            info = {
+                "order_id": call.get("order_id") if call else None,
+                "external_key": call.get("external_key") if call else None,
+                "record_url": (
+                    f"{self._public_url}/records/{records[0]['record_id']}" if records else None
+                ),
+            }
+            self._cache[call_id] = info
+            self._cache.move_to_end(call_id)
+            while len(self._cache) > self._keep:
+                self._cache.popitem(last=False)
+        return info
+
+
+class EventGenerator:
+    """Publishes the CRM events of every call the tracker reports.
+
+    :param tracker: a :class:`~agi_app.tracker.CallTracker` (``subscribe``, ``leg``)
+    :param events: the :class:`EventService` that queues them
+    :param info: where OrderID/ExternalKey/RecordURL come from
+    """
+
+    def __init__(self, tracker: Any, events: EventService, info: CallInfo):
+        self._tracker = tracker
+        self._events = events
+        self._info = info
+        self._unsubscribe: Callable[[], object] | None = None
+        self._tail: defer.Deferred = defer.succeed(None)
+        #: events handed to the service (for tests and the benchmark)
+        self.published = 0
+
+    def start(self) -> None:
+        """Follow the tracker."""
+        self._unsubscribe = self._tracker.subscribe(self.on_call_event)
+
+    def stop(self) -> None:
+        """Stop following the tracker."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def idle(self) -> defer.Deferred:
+        """Fires once every event reported so far has been queued."""
+        d: defer.Deferred = defer.Deferred()
+        self._tail.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def on_call_event(self, event: Any) -> None:
+        """The tracker's callback: the leg's event, if any, is queued after
+        the ones before it."""
+        leg = self._tracker.leg(event.uniqueid) if hasattr(self._tracker, "leg") else None
+        found = crm_event(event, leg)
+        if found is None:
+            return
+        extension, event_type, fields = found
+        if not self._events.wants(extension, event_type):
+            return
+        when = event.time
+        self._tail.addCallback(
+            lambda _: defer.ensureDeferred(
+                self._publish(extension, event_type, fields, event.call_id, when)
+            )
+        )
+        self._tail.addErrback(
+            lambda f: log.failure("event {type} of {ext} lost", f, type=event_type, ext=extension)
+        )
+
+    async def _publish(
+        self,
+        extension: str,
+        event_type: str,
+        fields: dict[str, Any],
+        call_id: str | None,
+        when: float,
+    ) -> None:
+        info = await self._info.get(call_id, refresh=event_type == "hangup")
+        fields = dict(fields)
+        fields["OrderID"] = info["order_id"]
+        fields["ExternalKey"] = info["external_key"]
+        if event_type == "hangup" and info["record_url"]:
+            fields["RecordURL"] = info["record_url"]
+        await self._events.publish(extension, event_type, fields, when=when)
+        self.published += 1

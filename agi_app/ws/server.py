@@ -1,0 +1,419 @@
+"""The widget's WebSocket server and the hub routing events to widgets.
+
+The wire protocol (``docs/widget.md``) is JSON text messages, one object
+each with a ``type``.  A connection must first say ``hello`` with a
+``client_id`` from ``[websocket] client_ids``; a wrong one is closed with
+code 4001 and the reason ``invalid client_id``, no hello within
+:data:`HELLO_TIMEOUT` seconds with 4000.  After that a widget sets its
+user's phone (``set_phone``), places calls (``call``), transfers
+(``transfer``) and receives ``event`` messages for the calls its user's
+phone takes part in.  A malformed, oversized or unknown message is answered
+with an ``error`` message and the connection stays open; only messages
+over :data:`MAX_FRAME` bytes make autobahn close it (1009).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from agi_app import __version__
+from agi_app import validation as v
+from agi_app.ws.feed import widget_event
+
+__all__ = [
+    "CLOSE_BAD_CLIENT_ID",
+    "CLOSE_NO_HELLO",
+    "HELLO_TIMEOUT",
+    "MAX_FRAME",
+    "MAX_MESSAGE",
+    "PROTOCOL_VERSION",
+    "WidgetError",
+    "WidgetFactory",
+    "WidgetHub",
+    "WidgetProtocol",
+]
+
+log = Logger(namespace="agi_app.ws")
+
+PROTOCOL_VERSION = 1
+#: close code and reason: the client_id is not one of [websocket] client_ids
+CLOSE_BAD_CLIENT_ID = 4001
+#: close code: the first message was not a hello, or none came in time
+CLOSE_NO_HELLO = 4000
+#: seconds a new connection has to say hello
+HELLO_TIMEOUT = 10.0
+#: largest message handled; larger ones get an error message
+MAX_MESSAGE = 4096
+#: largest message autobahn accepts at all; larger ones close the connection (1009)
+MAX_FRAME = 65536
+
+
+class WidgetError(Exception):
+    """A request of a widget cannot be done: answered as an ``error`` message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class WidgetHub:
+    """The connected widgets by user phone, and what they can ask for.
+
+    :param client_ids: the accepted ``client_id`` values
+    :param tracker: the call tracker whose events reach the widgets (optional)
+    :param calls: the :class:`~agi_app.calls.service.CallService` behind ``call()``
+    :param control: call control behind ``transfer()`` (an object with
+        ``transfer(extension, call_api_id, destination)``), or None
+    :param info: :class:`~agi_app.events.generator.CallInfo` for record links
+    """
+
+    def __init__(
+        self,
+        *,
+        client_ids: Iterable[str],
+        tracker: Any = None,
+        calls: Any = None,
+        control: Any = None,
+        info: Any = None,
+        default_trunk: str = "pstn",
+        call_time_to_ext: int = 30,
+    ):
+        self._client_ids = tuple(c.encode("utf-8") for c in client_ids if c)
+        self._tracker = tracker
+        self._calls = calls
+        self._control = control
+        self._info = info
+        self._default_trunk = default_trunk
+        self._call_time_to_ext = call_time_to_ext
+        self._by_phone: dict[str, set[WidgetProtocol]] = {}
+        self._connections: set[WidgetProtocol] = set()
+        self._unsubscribe: Callable[[], object] | None = None
+        #: messages sent to widgets since start
+        self.sent = 0
+
+    # -- lifetime -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Follow the tracker's call events."""
+        if self._tracker is not None:
+            self._unsubscribe = self._tracker.subscribe(self.on_call_event)
+
+    def stop(self) -> None:
+        """Stop following the tracker and close every connection (1001)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for proto in list(self._connections):
+            proto.sendClose(1001, "server shutting down")
+
+    @property
+    def connections(self) -> int:
+        """Connected widgets (said hello or not)."""
+        return len(self._connections)
+
+    # -- connections --------------------------------------------------------
+
+    def check_client_id(self, value: object) -> bool:
+        """True for one of the accepted ``client_id`` values (constant time)."""
+        given = value.encode("utf-8") if isinstance(value, str) else b""
+        ok = False
+        for candidate in self._client_ids:
+            ok |= hmac.compare_digest(candidate, given)
+        return ok and bool(given)
+
+    def add(self, proto: WidgetProtocol) -> None:
+        """A connection opened."""
+        self._connections.add(proto)
+
+    def remove(self, proto: WidgetProtocol) -> None:
+        """A connection closed."""
+        self._connections.discard(proto)
+        self._unlink(proto)
+
+    def set_phone(self, proto: WidgetProtocol, phone: str | None) -> None:
+        """Route the events of ``phone`` (an extension) to ``proto``."""
+        self._unlink(proto)
+        proto.user_phone = phone
+        if phone:
+            self._by_phone.setdefault(phone, set()).add(proto)
+
+    def _unlink(self, proto: WidgetProtocol) -> None:
+        phone = proto.user_phone
+        if phone and phone in self._by_phone:
+            self._by_phone[phone].discard(proto)
+            if not self._by_phone[phone]:
+                del self._by_phone[phone]
+
+    def widgets_of(self, phone: str) -> int:
+        """How many widgets follow ``phone``."""
+        return len(self._by_phone.get(phone, ()))
+
+    # -- events -------------------------------------------------------------
+
+    def send_event(self, phone: str, event: dict[str, Any]) -> int:
+        """Send a widget event to every widget following ``phone``; returns
+        how many got it.  The JSON is encoded once for all of them."""
+        targets = self._by_phone.get(phone)
+        if not targets:
+            return 0
+        payload = json.dumps({"type": "event", "event": event}, separators=(",", ":")).encode()
+        for proto in list(targets):
+            proto.sendMessage(payload, isBinary=False)
+        self.sent += len(targets)
+        return len(targets)
+
+    def on_call_event(self, event: Any) -> None:
+        """The tracker's callback: the widget event of the leg's extension."""
+        phone = event.extension
+        if not phone or phone not in self._by_phone:
+            return
+        if event.kind == "hungup":
+            d = defer.ensureDeferred(self._finished(event))
+            d.addErrback(lambda f: log.failure("widget event of {phone}", f, phone=phone))
+            return
+        found = widget_event(event, answered_elsewhere=self._answered_elsewhere(event))
+        if found is not None:
+            self.send_event(phone, found)
+
+    def _answered_elsewhere(self, event: Any) -> bool:
+        if event.kind != "ringing" or self._tracker is None:
+            return False
+        call = self._tracker.call(event.call_api_id)
+        if call is None:
+            return False
+        return any(
+            leg.talking is not None for leg in call.legs.values() if leg.uniqueid != event.uniqueid
+        )
+
+    async def _finished(self, event: Any) -> None:
+        record = None
+        if self._info is not None and event.call_id:
+            record = (await self._info.get(event.call_id, refresh=True))["record_url"]
+        found = widget_event(event, record_url=record)
+        if found is not None:
+            self.send_event(event.extension, found)
+
+    # -- requests -----------------------------------------------------------
+
+    async def place_call(self, user_phone: str | None, number: object) -> str:
+        """``pz.call(phone)``: an operator-first call from the user's phone to
+        ``number``; returns the call id."""
+        from agi_app.calls.service import CallRequest, PBXUnavailable
+
+        if not user_phone:
+            raise WidgetError("no_user_phone", "setUserPhone() first")
+        if self._calls is None:
+            raise WidgetError("calls_unavailable", "calls cannot be placed on this server")
+        try:
+            phone = v.phone(number, "phone")
+        except v.InvalidInput as e:
+            raise WidgetError(e.code, e.message) from None
+        request = CallRequest(
+            kind="extToPhone",
+            first=user_phone,
+            phone=phone,
+            trunk=self._default_trunk,
+            call_time_to_ext=self._call_time_to_ext,
+        )
+        try:
+            call_id, _created = await self._calls.place(request)
+        except PBXUnavailable:
+            raise WidgetError("pbx_unavailable", "the PBX is unreachable") from None
+        return call_id
+
+    async def transfer(self, user_phone: str | None, call_id: object, number: object) -> None:
+        """``pz.transfer(call_id, phone)``: transfer one of the user's calls."""
+        if not user_phone:
+            raise WidgetError("no_user_phone", "setUserPhone() first")
+        try:
+            call = v.identifier(call_id, "call_id")
+            destination = v.phone(number, "phone")
+        except v.InvalidInput as e:
+            raise WidgetError(e.code, e.message) from None
+        if self._control is None:
+            raise WidgetError(
+                "transfer_unavailable", "call transfer is not available on this server"
+            )
+        try:
+            await self._control.transfer(user_phone, call, destination)
+        except LookupError:
+            raise WidgetError("unknown_call", "no such call of this phone") from None
+        except v.InvalidInput as e:
+            raise WidgetError(e.code, e.message) from None
+
+
+class WidgetProtocol(WebSocketServerProtocol):
+    """One widget connection (see the module docstring for the protocol)."""
+
+    factory: WidgetFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user_phone: str | None = None
+        self.client_type: str | None = None
+        self.authenticated = False
+        self._hello_timer: Any = None
+
+    # -- autobahn callbacks -------------------------------------------------
+
+    def onOpen(self) -> None:
+        self.factory.hub.add(self)
+        self._hello_timer = self.factory.clock.callLater(HELLO_TIMEOUT, self._no_hello)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self.factory.hub.remove(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._error("binary_message", "messages must be JSON text")
+            return
+        if len(payload) > MAX_MESSAGE:
+            self._error("message_too_large", f"messages are limited to {MAX_MESSAGE} bytes")
+            return
+        try:
+            message = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            self._error("invalid_json", "the message is not valid JSON")
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self._error("invalid_message", 'a message is a JSON object with a "type"')
+            return
+        kind = message["type"]
+        request_id = message.get("id")
+        if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+            request_id = None
+        if not self.authenticated:
+            self._hello(message)
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            self._error("unknown_type", f"unknown message type {kind[:40]!r}", request_id)
+            return
+        handler(self, message, request_id)
+
+    # -- messages -----------------------------------------------------------
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        """Send one JSON message."""
+        self.sendMessage(json.dumps(message, separators=(",", ":")).encode(), isBinary=False)
+
+    def _error(self, code: str, message: str, request_id: Any = None) -> None:
+        answer: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if request_id is not None:
+            answer["id"] = request_id
+        self.send_json(answer)
+
+    def _no_hello(self) -> None:
+        if not self.authenticated:
+            self.sendClose(CLOSE_NO_HELLO, "hello expected")
+
+    def _hello(self, message: dict[str, Any]) -> None:
+        if message["type"] != "hello":
+            self.sendClose(CLOSE_NO_HELLO, "hello expected")
+            return
+        if not self.factory.hub.check_client_id(message.get("client_id")):
+            log.info("widget {peer}: refused, invalid client_id", peer=self.peer)
+            self.sendClose(CLOSE_BAD_CLIENT_ID, "invalid client_id")
+            return
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self.authenticated = True
+        client_type = message.get("client_type")
+        self.client_type = client_type[:64] if isinstance(client_type, str) else None
+        phone = message.get("user_phone")
+        error = None
+        if phone not in (None, ""):
+            try:
+                self.factory.hub.set_phone(self, v.extension(phone, "phone"))
+            except v.InvalidInput as e:
+                error = e
+        self.send_json(
+            {
+                "type": "welcome",
+                "protocol": PROTOCOL_VERSION,
+                "server": f"agi_app/{__version__}",
+                "user_phone": self.user_phone,
+            }
+        )
+        if error is not None:
+            self._error(error.code, error.message)
+
+    def _set_phone(self, message: dict[str, Any], request_id: Any) -> None:
+        phone = message.get("phone")
+        try:
+            clean = None if phone in (None, "") else v.extension(phone, "phone")
+        except v.InvalidInput as e:
+            self._error(e.code, e.message, request_id)
+            return
+        self.factory.hub.set_phone(self, clean)
+        self._result(request_id, {"user_phone": clean})
+
+    def _ping(self, message: dict[str, Any], request_id: Any) -> None:
+        answer: dict[str, Any] = {"type": "pong"}
+        if request_id is not None:
+            answer["id"] = request_id
+        self.send_json(answer)
+
+    def _call(self, message: dict[str, Any], request_id: Any) -> None:
+        d = defer.ensureDeferred(self.factory.hub.place_call(self.user_phone, message.get("phone")))
+        d.addCallback(lambda call_id: self._result(request_id, {"call_id": call_id}))
+        d.addErrback(self._failed, request_id)
+
+    def _transfer(self, message: dict[str, Any], request_id: Any) -> None:
+        d = defer.ensureDeferred(
+            self.factory.hub.transfer(self.user_phone, message.get("call_id"), message.get("phone"))
+        )
+        d.addCallback(lambda _: self._result(request_id, {}))
+        d.addErrback(self._failed, request_id)
+
+    def _result(self, request_id: Any, body: dict[str, Any]) -> None:
+        answer: dict[str, Any] = {"type": "result", "ok": True, **body}
+        if request_id is not None:
+            answer["id"] = request_id
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.send_json(answer)
+
+    def _failed(self, failure: Any, request_id: Any) -> None:
+        if failure.check(WidgetError):
+            code, message = failure.value.code, failure.value.message
+        else:
+            log.failure("widget request failed", failure)
+            code, message = "internal", "internal error"
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self._error(code, message, request_id)
+
+    _handlers: dict[str, Callable[[WidgetProtocol, dict[str, Any], Any], None]] = {
+        "set_phone": _set_phone,
+        "ping": _ping,
+        "call": _call,
+        "transfer": _transfer,
+    }
+
+
+class WidgetFactory(WebSocketServerFactory):
+    """The autobahn factory of :class:`WidgetProtocol` over a :class:`WidgetHub`."""
+
+    protocol = WidgetProtocol
+
+    def __init__(self, hub: WidgetHub, *, reactor: Any, ping_interval: float = 20.0):
+        super().__init__(reactor=reactor)
+        self.hub = hub
+        self.clock = reactor
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_FRAME,
+            maxMessagePayloadSize=MAX_FRAME,
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_interval / 2,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )
