@@ -363,11 +363,9 @@ class Deliverer:
 
 def _describe(error: BaseException) -> str:
     """A short, single-line reason for the delivery log."""
-    from twisted.web._newclient import ResponseNeverReceived, WrappingFailure
-
-    if isinstance(error, ResponseNeverReceived | WrappingFailure):
-        reasons = getattr(error, "reasons", None) or []
-        if reasons:
-            error = reasons[0].value
+    # twisted.web's client wraps the real reason (refused, reset...) in a list.
+    reasons = getattr(error, "reasons", None)
+    if reasons and hasattr(reasons[0], "value"):
+        error = reasons[0].value
     text = f"{type(error).__name__}: {error}".replace("\n", " ").replace("\r", " ")
     return text[:300]

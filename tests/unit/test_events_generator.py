@@ -1,0 +1,212 @@
+"""Seed 004's generation rules: CRM events from the call tracker, fed with
+the AMI event sequences of the tracker's tests (recorded on the sandbox)."""
+
+from __future__ import annotations
+
+from test_tracker import Sim, TrackerTestCase  # noqa: F401 - the recorded call flows
+
+from agi_app.events.delivery import DeliverySettings
+from agi_app.events.generator import CallInfo, EventGenerator, crm_event
+from agi_app.events.service import EVENT_TYPES, EventService
+from agi_app.events.testing import MemoryEventStore
+from agi_app.tracker import CallEvent
+
+
+class AutoSender:
+    def __init__(self):
+        self.requests = []
+
+    def __call__(self, request):
+        from twisted.internet.defer import succeed
+
+        self.requests.append(request)
+        return succeed(200)
+
+
+class GeneratorTests(TrackerTestCase):
+    def setUp(self):
+        super().setUp()
+        self.store = MemoryEventStore()
+        self.sender = AutoSender()
+        self.service = EventService(
+            self.store, send=self.sender, clock=self.reactor, settings=DeliverySettings()
+        )
+        self.successResultOf(
+            __import__("twisted").internet.defer.ensureDeferred(self.service.start())
+        )
+        info = CallInfo(self.store, public_url="https://pbx.test:8443/")
+        self.generator = EventGenerator(self.tracker, self.service, info)
+        self.generator.start()
+
+    def subscribe(self, ext, kinds=EVENT_TYPES):
+        from twisted.internet.defer import ensureDeferred
+
+        for kind in kinds:
+            self.successResultOf(
+                ensureDeferred(
+                    self.service.subscribe(
+                        ext, url=f"http://crm.test/{ext}", method="POST", event_type=kind
+                    )
+                )
+            )
+
+    def delivered(self, ext=None):
+        """(EventType, fields) of every delivery, in the order sent."""
+        from urllib.parse import parse_qsl
+
+        out = []
+        for r in self.sender.requests:
+            if ext is None or r.url.endswith(f"/{ext}"):
+                fields = dict(parse_qsl(r.body.decode()))
+                out.append((fields["EventType"], fields))
+        return out
+
+    def test_incoming_call_from_the_trunk(self):
+        self.subscribe("1000")
+        self.subscribe("1001")
+        self.sim.trunk_to_operator()
+        self.reactor.advance(42)
+        self.sim.hangup("pbx-1.3")
+        self.sim.hangup("trunk-1")
+        events = self.delivered("1000")
+        self.assertEqual([t for t, _ in events], ["dial-in", "answer", "hangup"])
+        dial_in = events[0][1]
+        self.assertEqual(dial_in["CallFlow"], "in")
+        self.assertEqual(dial_in["CallerIDNum"], "380501234567")
+        self.assertEqual(dial_in["CallerIDName"], "Client")
+        self.assertEqual(dial_in["CalledDID"], "0443334023")
+        self.assertEqual(dial_in["CalledExtension"], "1000")
+        self.assertEqual(dial_in["CallAPIID"], "trunk-1")
+        self.assertNotIn("CallerExtension", dial_in)  # an outside caller
+        hangup = events[2][1]
+        self.assertEqual((hangup["CallStatus"], hangup["Duration"]), ("ANSWER", "42"))
+        self.assertNotIn("RecordURL", hangup)
+        ids = [int(f["EventID"]) for _, f in events]
+        self.assertEqual(ids, sorted(ids))
+        times = [int(f["EventTime"]) for _, f in events]
+        self.assertEqual(times[0], int(1_795_644_000.0 * 1e6))
+        self.assertEqual(times[2] - times[1], 42_000_000)
+        self.assertEqual(self.delivered("1001"), [], "1001 took no part")
+
+    def test_click_to_call_gives_dial_out_answer_hangup_with_order_and_record(self):
+        self.store.calls["c-77"] = {"order_id": "ord-15", "external_key": "k-15"}
+        self.store.recordings["c-77"] = [{"record_id": 9}]
+        self.subscribe("1000")
+        sim = self.sim
+        sim.new(
+            "PJSIP/1000-00000019",
+            "agiapp-1",
+            context="sandbox-operators",
+            num="380639920001",
+            cname="Order 15",
+            var="c-77",
+        )
+        sim.dial(None, "agiapp-1", "1000")
+        sim.state("agiapp-1", "Ringing")
+        sim.state("agiapp-1", "Up")
+        sim.event("MixMonitorStart", "agiapp-1")
+        sim.new("PJSIP/pstn-0000001a", "cl-1", linkedid="agiapp-1", num="380639920001", var="c-77")
+        sim.dial("agiapp-1", "cl-1", "380639920001@pstn")
+        sim.state("cl-1", "Up")
+        sim.bridge("br-3", "agiapp-1", "cl-1")
+        self.reactor.advance(5)
+        sim.hangup("cl-1")
+        sim.hangup("agiapp-1")
+        events = self.delivered("1000")
+        self.assertEqual([t for t, _ in events], ["dial-out", "answer", "hangup"])
+        for _, f in events:
+            self.assertEqual((f["CallID"], f["CallAPIID"]), ("c-77", "c-77"))
+            self.assertEqual((f["OrderID"], f["ExternalKey"]), ("ord-15", "k-15"))
+            self.assertEqual(f["CallFlow"], "out")
+            self.assertEqual(f["CalledNumber"], "380639920001")
+            self.assertEqual(f["CallerExtension"], "1000")
+            self.assertNotIn("Transfered", f)
+        hangup = events[2][1]
+        self.assertEqual(hangup["RecordURL"], "https://pbx.test:8443/records/9")
+        self.assertEqual((hangup["CallStatus"], hangup["Duration"]), ("ANSWER", "5"))
+
+    def test_internal_call_dial_out_for_the_caller_dial_in_for_the_callee(self):
+        self.subscribe("1000")
+        self.subscribe("1001")
+        sim = self.sim
+        sim.new(
+            "PJSIP/1001-00000001",
+            "a",
+            state="Ring",
+            context="ops",
+            exten="1000",
+            num="1001",
+            cname="Anna",
+        )
+        sim.new("PJSIP/1000-00000002", "b", linkedid="a", num="1000", cname="Boris")
+        sim.set("b", ConnectedLineNum="1001", ConnectedLineName="Anna")
+        sim.dial("a", "b", "1000")
+        sim.state("b", "Ringing")
+        [(kind_in, f_in)] = self.delivered("1000")
+        [(kind_out, f_out)] = self.delivered("1001")
+        self.assertEqual((kind_in, kind_out), ("dial-in", "dial-out"))
+        self.assertEqual((f_in["CallerExtension"], f_in["CalledExtension"]), ("1001", "1000"))
+        # The caller's dial-out goes when it dials: the number is known, the
+        # extension that will ring not yet.
+        self.assertEqual((f_out["CallerExtension"], f_out["CalledNumber"]), ("1001", "1000"))
+        self.assertEqual(f_in["CallID"], f_out["CallID"])
+
+    def test_only_subscribed_types_are_queued(self):
+        self.subscribe("1000", kinds=("hangup",))
+        self.sim.trunk_to_operator()
+        self.sim.hangup("pbx-1.3")
+        self.assertEqual([t for t, _ in self.delivered()], ["hangup"])
+        self.assertEqual(len(self.store.events), 1)
+
+    def test_forwarding_outside_gives_the_extension_a_transferred_dial_out(self):
+        self.subscribe("1000")
+        sim = self.sim
+        # A client calls extension 1000, whose incoming rules forward to a mobile.
+        sim.new(
+            "PJSIP/pstn-00000030",
+            "in-1",
+            state="Ring",
+            context="from-pstn",
+            exten="1000",
+            num="380501234567",
+            cname="Client",
+        )
+        sim.new("PJSIP/pstn-00000031", "fw-1", linkedid="in-1", num="380509999999")
+        sim.dial("in-1", "fw-1", "380509999999@pstn")
+        sim.state("fw-1", "Ringing")
+        [(kind, f)] = self.delivered("1000")
+        self.assertEqual(kind, "dial-out")
+        self.assertEqual(f["Transfered"], "yes")
+        self.assertEqual(f["CallerExtension"], "1000")
+        self.assertEqual(f["CalledNumber"], "380509999999")
+        self.assertEqual(f["CallFlow"], "out")
+
+
+def _event(kind="ringing", extension="200", direction="out", **call):
+    return CallEvent(
+        kind=kind,
+        call_api_id="c1",
+        call_id="c1",
+        uniqueid="u1",
+        channel="PJSIP/200-1",
+        extension=extension,
+        direction=direction,
+        time=1.0,
+        call=call,
+    )
+
+
+def test_a_call_of_an_extension_to_itself_gives_it_no_events():
+    own = {"id": "200", "name": "200"}
+    for kind in ("ringing", "answered", "hungup"):
+        for direction in ("in", "out"):
+            event = _event(kind, direction=direction, caller_extension=own, called_extension=own)
+            assert crm_event(event) is None
+    # ... while a callback of 200 to an outside number is 200's dial-out.
+    ext, kind, fields = crm_event(_event(caller_extension=own, called_number="+79817654321"))
+    assert (ext, kind, fields["CalledNumber"]) == ("200", "dial-out", "+79817654321")
+
+
+def test_outside_legs_alone_give_no_events():
+    assert crm_event(_event(extension=None, direction="in")) is None
+    assert crm_event(_event(kind="answered", extension=None)) is None
