@@ -266,7 +266,9 @@ class WidgetProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.factory.hub.add(self)
-        self._hello_timer = self.factory.clock.callLater(HELLO_TIMEOUT, self._no_hello)
+        self._hello_timer = self.factory.clock.callLater(
+            self.factory.hello_timeout, self._no_hello
+        )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._hello_timer is not None and self._hello_timer.active():
@@ -405,10 +407,18 @@ class WidgetFactory(WebSocketServerFactory):
 
     protocol = WidgetProtocol
 
-    def __init__(self, hub: WidgetHub, *, reactor: Any, ping_interval: float = 20.0):
+    def __init__(
+        self,
+        hub: WidgetHub,
+        *,
+        reactor: Any,
+        ping_interval: float = 20.0,
+        hello_timeout: float = HELLO_TIMEOUT,
+    ):
         super().__init__(reactor=reactor)
         self.hub = hub
         self.clock = reactor
+        self.hello_timeout = hello_timeout
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_FRAME,
             maxMessagePayloadSize=MAX_FRAME,
@@ -416,4 +426,6 @@ class WidgetFactory(WebSocketServerFactory):
             autoPingTimeout=ping_interval / 2,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
+            # Say why (1007, 1009...) in a close frame rather than just drop.
+            failByDrop=False,
         )

@@ -1,0 +1,296 @@
+"""The widget WebSocket server over real loopback connections: client_id
+check, hello, the JSON wire protocol, bad input, event routing, call() and
+transfer()."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from agi_app.calls.service import PBXUnavailable
+from agi_app.tracker import CallEvent
+from agi_app.ws.server import CLOSE_BAD_CLIENT_ID, CLOSE_NO_HELLO, WidgetFactory, WidgetHub
+from agi_app.ws.testing import connect_widget
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class FakeCalls:
+    def __init__(self):
+        self.placed = []
+        self.down = False
+
+    async def place(self, request):
+        self.placed.append(request)
+        if self.down:
+            raise PBXUnavailable("c-x")
+        return "c-42", True
+
+
+class FakeInfo:
+    async def get(self, call_id, refresh=False):
+        return {"order_id": None, "external_key": None, "record_url": f"http://h/records/{call_id}"}
+
+
+class FakeControl:
+    def __init__(self):
+        self.transfers = []
+
+    async def transfer(self, extension, call_api_id, destination):
+        if call_api_id == "nope":
+            raise LookupError(call_api_id)
+        self.transfers.append((extension, call_api_id, destination))
+
+
+@pytest.fixture
+def server():
+    reactor = _reactor()
+    calls = FakeCalls()
+    hub = WidgetHub(
+        client_ids=("password", "s3cret"),
+        calls=calls,
+        info=FakeInfo(),
+        default_trunk="pstn",
+        call_time_to_ext=20,
+    )
+    port = reactor.listenTCP(
+        0, WidgetFactory(hub, reactor=reactor, hello_timeout=0.3), interface="127.0.0.1"
+    )
+    clients = []
+
+    async def connect():
+        client = await connect_widget(reactor, port.getHost().port)
+        clients.append(client)
+        return client
+
+    yield hub, calls, connect
+    for c in clients:
+        if c.state != c.STATE_CLOSED:
+            c.dropConnection(abort=True)
+    pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+
+
+async def until(predicate, timeout=5.0):
+    """The server's side of a dropped connection closes a moment later."""
+    from twisted.internet import task
+
+    reactor = _reactor()
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        assert reactor.seconds() < deadline, "condition not met"
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+def event(kind, extension="1000", direction="in", duration=None, **call):
+    base = {
+        "caller_id_number": "380501234567",
+        "called_number": "0443334023",
+        "init_time_gmt": "2026-11-25 22:00:00",
+    }
+    base.update(call)
+    return CallEvent(
+        kind=kind,
+        call_api_id="call-1",
+        call_id="call-1",
+        uniqueid="u-1",
+        channel="PJSIP/1000-1",
+        extension=extension,
+        direction=direction,
+        time=1795644042.5,
+        call=base,
+        status="ANSWER" if kind == "hungup" else None,
+        duration=duration,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_client_id_is_refused_with_a_clear_reason(server):
+    hub, calls, connect = server
+    client = await connect()
+    client.send_json({"type": "hello", "client_id": "wrong"})
+    code, reason = await client.closed
+    assert (code, reason) == (CLOSE_BAD_CLIENT_ID, "invalid client_id")
+    client = await connect()
+    client.send_json({"type": "hello"})
+    assert (await client.closed) == (CLOSE_BAD_CLIENT_ID, "invalid client_id")
+
+
+@pytest_twisted.ensureDeferred
+async def test_hello_must_come_first_and_in_time(server):
+    hub, calls, connect = server
+    client = await connect()
+    client.send_json({"type": "call", "phone": "123"})
+    assert (await client.closed) == (CLOSE_NO_HELLO, "hello expected")
+    silent = await connect()
+    assert (await silent.closed) == (CLOSE_NO_HELLO, "hello expected")
+
+
+@pytest_twisted.ensureDeferred
+async def test_welcome_and_set_phone(server):
+    hub, calls, connect = server
+    client = await connect()
+    welcome = await client.hello("s3cret", user_phone="1000")
+    assert welcome["type"] == "welcome" and welcome["user_phone"] == "1000"
+    assert welcome["protocol"] == 1
+    assert hub.widgets_of("1000") == 1
+    client.send_json({"type": "set_phone", "phone": "1001", "id": 5})
+    assert await client.next() == {"type": "result", "ok": True, "user_phone": "1001", "id": 5}
+    assert (hub.widgets_of("1000"), hub.widgets_of("1001")) == (0, 1)
+    client.send_json({"type": "set_phone", "phone": "10&01", "id": 6})
+    error = await client.next()
+    assert error["type"] == "error" and error["code"] == "invalid_phone" and error["id"] == 6
+    client.send_json({"type": "ping", "id": "p"})
+    assert await client.next() == {"type": "pong", "id": "p"}
+    client.sendClose()
+    await client.closed
+    assert hub.widgets_of("1001") == 0 and hub.connections == 0
+
+
+@pytest.mark.parametrize(
+    "payload, binary, code",
+    [
+        (b"not json", False, "invalid_json"),
+        (b"\xff\xfe", False, None),  # autobahn itself refuses invalid UTF-8 text
+        (b"[1, 2]", False, "invalid_message"),
+        (b'{"type": 5}', False, "invalid_message"),
+        (b'{"type": "launch_rockets"}', False, "unknown_type"),
+        (b'{"type": "ping"}', True, "binary_message"),
+        (b'{"type": "ping", "pad": "' + b"x" * 5000 + b'"}', False, "message_too_large"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_messages_get_errors_and_the_server_stays_up(server, payload, binary, code):
+    hub, calls, connect = server
+    client = await connect()
+    await client.hello()
+    client.sendMessage(payload, isBinary=binary)
+    if code is None:
+        code_, _reason = await client.closed
+        assert code_ == 1007  # invalid payload data
+    else:
+        error = await client.next()
+        assert error["type"] == "error" and error["code"] == code, error
+        client.send_json({"type": "ping"})
+        assert (await client.next())["type"] == "pong"
+    again = await connect()
+    assert (await again.hello())["type"] == "welcome"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_over_the_frame_limit_closes_that_connection_only(server):
+    hub, calls, connect = server
+    other = await connect()
+    await other.hello()
+    client = await connect()
+    await client.hello()
+    client.sendMessage(b"x" * 70_000)
+    code, _reason = await client.closed
+    assert code == 1009
+    other.send_json({"type": "ping"})
+    assert (await other.next())["type"] == "pong"
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_reach_every_widget_of_the_phone_and_no_other(server):
+    hub, calls, connect = server
+    a, b, c = await connect(), await connect(), await connect()
+    await a.hello(user_phone="1000")
+    await b.hello(user_phone="1000")
+    await c.hello(user_phone="1001")
+    hub.on_call_event(event("ringing"))
+    for w in (a, b):
+        msg = await w.next()
+        assert msg == {
+            "type": "event",
+            "event": {"type": 2, "callID": "call-1", "from": "380501234567", "to": "0443334023"},
+        }
+    hub.on_call_event(event("answered"))  # nothing for the widget
+    hub.on_call_event(event("hungup", duration=42.4))
+    msg = (await a.next())["event"]
+    assert msg == {
+        "type": 3,
+        "callID": "call-1",
+        "from": "380501234567",
+        "to": "0443334023",
+        "start": 1795644000,
+        "end": 1795644042,
+        "duration": 42,
+        "direction": 0,
+        "record": "http://h/records/call-1",
+    }
+    assert (await b.next())["event"]["type"] == 3
+    hub.on_call_event(event("hungup", extension="1001", direction="out", duration=0))
+    out = (await c.next())["event"]
+    assert (out["type"], out["direction"]) == (3, 1)
+    assert c.messages[2:] == [], "1001 got only its own call"
+    assert len(a.messages) == 3 and len(b.messages) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_places_an_operator_first_call_from_the_users_phone(server):
+    hub, calls, connect = server
+    client = await connect()
+    await client.hello()
+    client.send_json({"type": "call", "id": 1, "phone": "380501234567"})
+    assert (await client.next())["code"] == "no_user_phone"
+    client.send_json({"type": "set_phone", "phone": "1000"})
+    await client.next()
+    client.send_json({"type": "call", "id": 2, "phone": "380501234567"})
+    assert await client.next() == {"type": "result", "ok": True, "call_id": "c-42", "id": 2}
+    [req] = calls.placed
+    assert (req.first, req.phone, req.trunk, req.call_time_to_ext) == (
+        "1000",
+        "380501234567",
+        "pstn",
+        20,
+    )
+    client.send_json({"type": "call", "id": 3, "phone": "12,3"})
+    assert (await client.next())["code"] == "invalid_phone"
+    calls.down = True
+    client.send_json({"type": "call", "id": 4, "phone": "380501234567"})
+    assert (await client.next())["code"] == "pbx_unavailable"
+
+
+@pytest_twisted.ensureDeferred
+async def test_transfer_without_call_control_says_so(server):
+    hub, calls, connect = server
+    client = await connect()
+    await client.hello(user_phone="1000")
+    client.send_json({"type": "transfer", "id": 1, "call_id": "call-1", "phone": "1001"})
+    error = await client.next()
+    assert error["code"] == "transfer_unavailable" and error["id"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_transfer_goes_to_call_control(server):
+    hub, calls, connect = server
+    control = FakeControl()
+    hub._control = control
+    client = await connect()
+    await client.hello(user_phone="1000")
+    client.send_json({"type": "transfer", "id": 1, "call_id": "call-1", "phone": "1001"})
+    assert await client.next() == {"type": "result", "ok": True, "id": 1}
+    assert control.transfers == [("1000", "call-1", "1001")]
+    client.send_json({"type": "transfer", "id": 2, "call_id": "nope", "phone": "1001"})
+    assert (await client.next())["code"] == "unknown_call"
+    client.send_json({"type": "transfer", "id": 3, "call_id": "a b", "phone": "1001"})
+    assert (await client.next())["code"] == "invalid_call_id"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dropped_widget_can_reconnect(server):
+    hub, calls, connect = server
+    client = await connect()
+    await client.hello(user_phone="1000")
+    client.dropConnection(abort=True)
+    await client.closed
+    await until(lambda: hub.widgets_of("1000") == 0)
+    again = await connect()
+    await again.hello(user_phone="1000")
+    hub.on_call_event(event("ringing"))
+    assert (await again.next())["event"]["type"] == 2
