@@ -17,9 +17,11 @@ The flow (CONTRACT sections 2 to 4):
    status comes from ``DIALSTATUS`` when Dial returns.
 3. Every call ends in exactly one final status, whatever fails: a failed
    Originate maps its reason; a hangup or a lost FastAGI connection maps what
-   was reached so far; and :meth:`CallService.reconcile`, run after every AMI
-   (re)connect and so also at start-up, closes the calls the store still has
-   open that no channel and no FastAGI session belongs to any more.
+   was reached so far (a first leg that never answered: its Hangup cause);
+   and :meth:`CallService.reconcile`, run after every AMI (re)connect and so
+   also at start-up, closes the calls the store still has open that no
+   channel and no FastAGI session belongs to any more, and follows the others
+   (adopted from the store after a restart) until their channels hang up.
 
 The store serialises status writes on its single writer and refuses anything
 after a final status, so two parts of this module racing to end one call
@@ -40,9 +42,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from agi_app import validation
 from agi_app.calls import statuses as st
+from agi_app.store.base import iso_time
 
 __all__ = ["CallRequest", "CallService", "PBXUnavailable", "ActiveCall"]
 
@@ -102,6 +106,17 @@ class ActiveCall:
     recording_path: str | None = None
     operator_waiters: list[defer.Deferred] = field(default_factory=list)
     lock: defer.DeferredLock = field(default_factory=defer.DeferredLock)
+    #: the Originate of the first leg has not reported its outcome yet: its
+    #: channel may not exist (or carry the call id) yet, so nothing may be
+    #: concluded from the absence of channels
+    placing: bool = False
+    #: clock time at which this process logged each status
+    logged_at: dict[str, float] = field(default_factory=dict)
+    #: when the conversation ended as the channel events saw it (the first
+    #: Hangup after CLIENT_PICKUP), for FINISH decided without the FastAGI session
+    ended_at: float | None = None
+    #: Q.850 cause of the latest Hangup of one of the call's channels
+    last_cause: int | None = None
 
 
 class CallService:
@@ -134,6 +149,8 @@ class CallService:
         self._active: dict[str, ActiveCall] = {}
         self._hangup_grace = hangup_grace
         self._unsubscribe: list[Callable[[], None]] = []
+        #: call id -> Deferreds of callers waiting for the same _adopt()
+        self._adopting: dict[str, list[defer.Deferred]] = {}
 
     # -- wiring -----------------------------------------------------------------
 
@@ -178,7 +195,9 @@ class CallService:
         call_id = call["call_id"]
         if not created:
             return call_id, False
-        active = ActiveCall(call_id=call_id, request=req, logged=[st.CALL])
+        # placing from the start: a reconcile() between here and the
+        # Originate must not take the missing channel for a call that ended
+        active = ActiveCall(call_id=call_id, request=req, logged=[st.CALL], placing=True)
         self._active[call_id] = active
         if not self.ami.connected:
             await self._log(active, st.ERROR, "PBX unreachable: the AMI link is down")
@@ -236,12 +255,24 @@ class CallService:
             )
         except (ami_errors.AMIDisconnected, ami_errors.AMITimeout) as e:
             # The outcome is unknown: the call may well be ringing.  The
-            # FastAGI session, the channel events or reconcile() settle it.
+            # FastAGI session, the channel events or reconcile() (after the
+            # next login) settle it.
+            active.placing = False
             log.warn("originate of {call_id}: outcome unknown ({e})", call_id=active.call_id, e=e)
+            if self.ami.connected:
+                # A timeout on a live link: no login, so no reconcile() will
+                # come; decide from the channels once they are gone.
+                self._schedule_settle(active)
             return
         except ami_errors.AMIActionError as e:
+            active.placing = False
             await self._log(active, st.ERROR, f"originate refused: {e}")
             return
+        except Exception as e:  # a bad dial string: the call must still end
+            active.placing = False
+            await self._log(active, st.ERROR, f"originate failed: {e}")
+            return
+        active.placing = False
         if result.success:
             await self._log(active, st.OPERATOR_PICKUP)
             return
@@ -264,16 +295,28 @@ class CallService:
             await agi.set_variable("AGI_APP_RESULT", "NOTFOUND")
             return
         active = self._active.get(call_id) or await self._adopt(call_id)
-        if active is None or active.final:
+        if (
+            active is None
+            or active.final
+            # the client was dialled once already: never a second time
+            or active.agi_sessions
+            or st.CLIENT_CALLTO in active.logged
+        ):
             await agi.set_variable("AGI_APP_RESULT", "NOTFOUND")
             return
         active.agi_sessions += 1
         try:
             await self._connect_client(agi, active)
         except agi_errors.AGIHangup:
-            await self._end_after_hangup(active, "the first leg hung up")
+            # also a lost FastAGI connection (Asterisk stopped): the call
+            # ended now, as far as anyone will ever tell us
+            await self._end_after_hangup(
+                active, "the first leg hung up", ended_at=self.clock.seconds()
+            )
         except agi_errors.AGIError as e:
-            await self._end_after_hangup(active, f"FastAGI: {e}")
+            await self._end_after_hangup(
+                active, f"FastAGI: {e}", ended_at=self.clock.seconds(), failed=True
+            )
         finally:
             active.agi_sessions -= 1
             self._watch_recording(active)
@@ -302,13 +345,25 @@ class CallService:
         await agi.exec_("Dial", self.client_channel(req), ring, options, timeout=None)
         dialstatus = (await agi.get_variable("DIALSTATUS")) or ""
         if dialstatus.upper() == "ANSWER":
-            answered = await agi.get_variable("ANSWEREDTIME")
-            await self._log(active, st.CLIENT_PICKUP)
-            await self._finish(active, _seconds(answered))
+            talk = await self._answered_seconds(agi)
+            if st.CLIENT_PICKUP not in active.logged:
+                # The DialEnd event was missed (the AMI link was down when the
+                # client answered): log it now, dated when it happened.
+                at = self.clock.seconds() - talk if talk is not None else None
+                await self._log(active, st.CLIENT_PICKUP, at=at)
+            await self._finish(active, talk)
         else:
             status, detail = st.client_status_for_dialstatus(dialstatus)
             await self._log(active, status, detail)
         await agi.set_variable("AGI_APP_RESULT", "OK")
+
+    @staticmethod
+    async def _answered_seconds(agi) -> float | None:
+        """The talk time Dial measured (``ANSWEREDTIME_MS``, else ``ANSWEREDTIME``)."""
+        ms = _seconds(await agi.get_variable("ANSWEREDTIME_MS"))
+        if ms is not None:
+            return ms / 1000.0
+        return _seconds(await agi.get_variable("ANSWEREDTIME"))
 
     async def _start_recording(self, agi, active: ActiveCall) -> None:
         req = active.request
@@ -349,29 +404,60 @@ class CallService:
 
         self.clock.callLater(0.5, check)
 
-    async def _end_after_hangup(self, active: ActiveCall, why: str) -> None:
-        """The FastAGI session ended early: end the call from what was reached."""
+    async def _end_after_hangup(
+        self,
+        active: ActiveCall,
+        why: str,
+        *,
+        ended_at: float | None = None,
+        failed: bool = False,
+    ) -> None:
+        """The call ended without the FastAGI session reporting how: end it
+        from what was reached.  ``ended_at`` is when the conversation ended,
+        if known; ``failed``: the session broke (not a hangup), so a client
+        leg that never answered ends in ERROR."""
         if active.final:
             return
         if st.CLIENT_PICKUP in active.logged:
-            await self._finish(active, None)
+            await self._finish(active, None, ended_at)
+        elif failed and st.OPERATOR_PICKUP in active.logged:
+            await self._log(active, st.ERROR, why)
         elif st.CLIENT_CALLTO in active.logged:
             await self._log(active, st.CLIENT_CANCEL, why)
         elif st.OPERATOR_PICKUP in active.logged:
             await self._log(active, st.CLIENT_CANCEL, f"{why} before the client was dialled")
         else:
-            await self._log(active, st.ERROR, why)
+            # The first leg never answered; its Hangup cause says why.
+            status, detail = _first_leg_status(active.last_cause, why)
+            await self._log(active, status, detail)
 
-    async def _finish(self, active: ActiveCall, talk_seconds: float | None) -> None:
-        if talk_seconds is None and active.pickup_time is not None:
-            talk_seconds = max(0.0, self.clock.seconds() - active.pickup_time)
-        detail = f"talk {talk_seconds:.0f} s" if talk_seconds is not None else None
+    async def _finish(
+        self, active: ActiveCall, talk_seconds: float | None, ended_at: float | None = None
+    ) -> None:
+        """Log FINISH with the talk time: Dial's own figure, else from the
+        pickup to ``ended_at``; unknown when the end was not seen (the call
+        ended while no process or no AMI link was watching)."""
+        if talk_seconds is None and active.pickup_time is not None and ended_at is not None:
+            talk_seconds = max(0.0, ended_at - active.pickup_time)
+        detail = f"talk {talk_seconds:.0f} s" if talk_seconds is not None else "talk time unknown"
         await self._log(active, st.FINISH, detail, talk_seconds=talk_seconds)
 
     # -- status log -------------------------------------------------------------
 
-    async def _log(self, active: ActiveCall, status: str, detail: str | None = None, **extra):
-        """Append ``status`` unless it is a repeat, out of order or after the end."""
+    async def _log(
+        self,
+        active: ActiveCall,
+        status: str,
+        detail: str | None = None,
+        *,
+        at: float | None = None,
+        **extra,
+    ):
+        """Append ``status`` unless it is a repeat, out of order or after the end.
+
+        ``at`` dates a status that is logged late; it is kept between the
+        previous status of the call and now, so the call's times stay in order.
+        """
         await active.lock.acquire()
         try:
             if active.final or status in active.logged:
@@ -385,26 +471,63 @@ class CallService:
                     need=need,
                 )
                 return None
+            now = self.clock.seconds()
+            if at is not None:
+                at = min(now, max(at, active.logged_at.get(need or "", at)))
+                extra["time"] = iso_time(at)
             entry = await self.store.add_status(active.call_id, status, detail, **extra)
             if entry is None:  # the store had it final already (another node, a restart)
-                active.final = True
+                self._ended(active, None)
                 return None
             active.logged.append(status)
+            active.logged_at[status] = at if at is not None else now
             if status == st.CLIENT_PICKUP:
-                active.pickup_time = self.clock.seconds()
+                active.pickup_time = active.logged_at[status]
             if status in st.FINAL:
-                active.final = True
-                self._active.pop(active.call_id, None)
-            if status == st.OPERATOR_PICKUP or status in st.FINAL:
-                waiters, active.operator_waiters = active.operator_waiters, []
-                for d in waiters:
-                    d.callback(status)
+                self._ended(active, status)
+            elif status == st.OPERATOR_PICKUP:
+                self._tell_waiters(active, status)
             return entry
         finally:
             active.lock.release()
 
+    def _ended(self, active: ActiveCall, status: str | None) -> None:
+        active.final = True
+        self._active.pop(active.call_id, None)
+        self._tell_waiters(active, status)
+
+    @staticmethod
+    def _tell_waiters(active: ActiveCall, status: str | None) -> None:
+        waiters, active.operator_waiters = active.operator_waiters, []
+        for d in waiters:
+            d.callback(status)
+
     async def _adopt(self, call_id: str) -> ActiveCall | None:
-        """Rebuild an :class:`ActiveCall` from the store (after a restart)."""
+        """Rebuild an :class:`ActiveCall` from the store (after a restart).
+
+        The FastAGI script and reconcile() may both ask for one call at once;
+        they must get the same object, or each would follow the call alone.
+        """
+        waiting = self._adopting.get(call_id)
+        if waiting is not None:
+            d: defer.Deferred = defer.Deferred()
+            waiting.append(d)
+            return await d
+        waiting = self._adopting[call_id] = []
+        try:
+            active = await self._load(call_id)
+        except Exception:
+            failure = Failure()
+            del self._adopting[call_id]
+            for d in waiting:
+                d.errback(failure)
+            raise
+        del self._adopting[call_id]
+        for d in waiting:
+            d.callback(active)
+        return active
+
+    async def _load(self, call_id: str) -> ActiveCall | None:
         call = await self.store.get_call(call_id)
         if call is None or call.get("final_status"):
             return None
@@ -414,10 +537,14 @@ class CallService:
         except TypeError:
             return None
         entries = await self.store.statuses(call_id)
+        if call_id in self._active:  # taken up meanwhile (placed, or adopted)
+            return self._active[call_id]
         active = ActiveCall(call_id=call_id, request=req, logged=[e["status"] for e in entries])
-        pickup = [e for e in entries if e["status"] == st.CLIENT_PICKUP]
-        if pickup:
-            active.pickup_time = _parse_time(pickup[0]["time"])
+        for e in entries:
+            at = _parse_time(e["time"])
+            if at is not None:
+                active.logged_at[e["status"]] = at
+        active.pickup_time = active.logged_at.get(st.CLIENT_PICKUP)
         self._active[call_id] = active
         return active
 
@@ -430,7 +557,14 @@ class CallService:
     def _on_channel_event(self, event) -> None:
         active = self._call_of(event)
         uniqueid = event.get("Uniqueid")
-        if active is not None and uniqueid and event.get("Event", "").lower() != "hangup":
+        # Only live channels: a stray event after a channel's Hangup must not
+        # bring it back, or the call would wait for a Hangup that never comes.
+        if (
+            active is not None
+            and uniqueid
+            and uniqueid in self.ami.channels
+            and event.get("Event", "").lower() != "hangup"
+        ):
             active.channels.add(uniqueid)
 
     def _on_dial_end(self, event) -> None:
@@ -446,18 +580,37 @@ class CallService:
         if active is None:
             return
         active.channels.discard(event.get("Uniqueid"))
+        active.last_cause = _int(event.get("Cause"))
+        if active.ended_at is None and st.CLIENT_PICKUP in active.logged:
+            # either party hanging up ends the conversation
+            active.ended_at = self.clock.seconds()
         if not active.channels and active.agi_sessions == 0:
-            # Give a FastAGI session that is just finishing the chance to
-            # report the real outcome before deciding from what was reached.
-            self.clock.callLater(self._hangup_grace, self._settle, active.call_id)
+            self._schedule_settle(active)
+
+    def _schedule_settle(self, active: ActiveCall) -> None:
+        # Give a FastAGI session that is just finishing, or an
+        # OriginateResponse on its way, the chance to report the real
+        # outcome before deciding from what was reached.
+        self.clock.callLater(self._hangup_grace, self._settle, active.call_id)
 
     def _settle(self, call_id: str) -> None:
         active = self._active.get(call_id)
-        if active is None or active.final or active.agi_sessions or active.channels:
+        if (
+            active is None
+            or active.final
+            or active.placing
+            or active.agi_sessions
+            or active.channels
+        ):
+            return
+        if not self.ami.connected:
+            # The channel list is stale; reconcile() decides after the next login.
             return
         if self._live_channels(call_id):
             return
-        d = defer.ensureDeferred(self._end_after_hangup(active, "all channels hung up"))
+        d = defer.ensureDeferred(
+            self._end_after_hangup(active, "all channels hung up", ended_at=active.ended_at)
+        )
         d.addErrback(lambda f: log.failure("settle", f))
 
     def _live_channels(self, call_id: str) -> list:
@@ -478,17 +631,30 @@ class CallService:
         """
         closed = 0
         for call in await self.store.open_calls(pbx=self.pbx):
+            if not self.ami.connected:
+                break  # the link dropped again: the next login reconciles
             call_id = call["call_id"]
             active = self._active.get(call_id) or await self._adopt(call_id)
-            if active is None or active.final:
+            if active is None:
+                # open in the store but not adoptable (parameters of another
+                # version): close it once nothing on the PBX belongs to it
+                if not self._live_channels(call_id):
+                    await self.store.add_status(
+                        call_id, st.ERROR, "no channel left on the PBX; call not resumable"
+                    )
+                    closed += 1
+                continue
+            if active.final or active.placing:
                 continue
             live = self._live_channels(call_id)
-            if live:
-                active.channels.update(c.get("Uniqueid") for c in live if c.get("Uniqueid"))
+            # The list was just rebuilt from the PBX: it replaces what the
+            # events said before the link dropped (Hangups may have been missed).
+            active.channels = {c.get("Uniqueid") for c in live if c.get("Uniqueid")}
+            if live or active.agi_sessions:
                 continue
-            if active.agi_sessions:
-                continue
-            await self._end_after_hangup(active, "no channel left on the PBX")
+            await self._end_after_hangup(
+                active, "no channel left on the PBX", ended_at=active.ended_at
+            )
             closed += 1
         return closed
 
@@ -499,6 +665,32 @@ def _event_call_id(event) -> str | None:
         variables = {}
     value = variables.get(CALL_ID_VAR) if variables else None
     return value or None
+
+
+#: Q.850 cause of a first leg that hung up unanswered -> (status, detail);
+#: what Asterisk reports when its own dialing code sees these causes
+_FIRST_LEG_CAUSES = {
+    17: (st.OPERATOR_BUSY, "busy"),
+    21: (st.OPERATOR_BUSY, "rejected"),
+    18: (st.OPERATOR_NOANSWER, "no answer (no user responding)"),
+    19: (st.OPERATOR_NOANSWER, "no answer"),
+    20: (st.OPERATOR_OFFLINE, "endpoint unreachable (subscriber absent)"),
+}
+
+
+def _first_leg_status(cause: int | None, why: str) -> tuple[str, str]:
+    """The final status of a call whose first leg hung up before answering."""
+    if cause in _FIRST_LEG_CAUSES:
+        status, detail = _FIRST_LEG_CAUSES[cause]
+        return status, f"{detail} (cause {cause})"
+    return st.ERROR, why if cause is None else f"{why} (cause {cause})"
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def _seconds(value: str | None) -> float | None:
