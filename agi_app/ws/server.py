@@ -70,8 +70,8 @@ class WidgetHub:
     :param client_ids: the accepted ``client_id`` values
     :param tracker: the call tracker whose events reach the widgets (optional)
     :param calls: the :class:`~agi_app.calls.service.CallService` behind ``call()``
-    :param control: call control behind ``transfer()`` (an object with
-        ``transfer(extension, call_api_id, destination)``), or None
+    :param control: call control behind ``transfer()`` (a
+        :class:`~agi_app.control.CallControl`), or None
     :param info: :class:`~agi_app.events.generator.CallInfo` for record links
     """
 
@@ -230,12 +230,12 @@ class WidgetHub:
         return call_id
 
     async def transfer(self, user_phone: str | None, call_id: object, number: object) -> None:
-        """``pz.transfer(call_id, phone)``: transfer one of the user's calls."""
+        """``pz.transfer(call_id, phone)``: a blind transfer of one of the
+        user's calls to ``number`` (an extension or an outside number)."""
         if not user_phone:
             raise WidgetError("no_user_phone", "setUserPhone() first")
         try:
             call = v.identifier(call_id, "call_id")
-            destination = v.phone(number, "phone")
         except v.InvalidInput as e:
             raise WidgetError(e.code, e.message) from None
         if self._control is None:
@@ -243,11 +243,15 @@ class WidgetHub:
                 "transfer_unavailable", "call transfer is not available on this server"
             )
         try:
-            await self._control.transfer(user_phone, call, destination)
-        except LookupError:
-            raise WidgetError("unknown_call", "no such call of this phone") from None
+            await self._control.act(user_phone, call, "transfer", number)
         except v.InvalidInput as e:
             raise WidgetError(e.code, e.message) from None
+        except Exception as e:
+            # Call control's errors carry the code the HTTP API answers with.
+            code = getattr(e, "code", None)
+            if code is None:
+                raise
+            raise WidgetError(code, getattr(e, "message", str(e))) from None
 
 
 class WidgetProtocol(WebSocketServerProtocol):
@@ -266,9 +270,7 @@ class WidgetProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.factory.hub.add(self)
-        self._hello_timer = self.factory.clock.callLater(
-            self.factory.hello_timeout, self._no_hello
-        )
+        self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._hello_timer is not None and self._hello_timer.active():

@@ -41,10 +41,13 @@ class FakeControl:
     def __init__(self):
         self.transfers = []
 
-    async def transfer(self, extension, call_api_id, destination):
+    async def act(self, extension, call_api_id, action, send_dst=None):
+        from agi_app.control import CallNotFound
+
         if call_api_id == "nope":
-            raise LookupError(call_api_id)
-        self.transfers.append((extension, call_api_id, destination))
+            raise CallNotFound("no such call")
+        self.transfers.append((extension, call_api_id, action, send_dst))
+        return {}
 
 
 @pytest.fixture
@@ -275,7 +278,7 @@ async def test_transfer_goes_to_call_control(server):
     await client.hello(user_phone="1000")
     client.send_json({"type": "transfer", "id": 1, "call_id": "call-1", "phone": "1001"})
     assert await client.next() == {"type": "result", "ok": True, "id": 1}
-    assert control.transfers == [("1000", "call-1", "1001")]
+    assert control.transfers == [("1000", "call-1", "transfer", "1001")]
     client.send_json({"type": "transfer", "id": 2, "call_id": "nope", "phone": "1001"})
     assert (await client.next())["code"] == "unknown_call"
     client.send_json({"type": "transfer", "id": 3, "call_id": "a b", "phone": "1001"})
