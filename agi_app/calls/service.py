@@ -292,7 +292,7 @@ class CallService:
         try:
             call_id = validation.identifier(agi.args[0] if agi.args else "", "call_id")
         except validation.InvalidInput:
-            await agi.set_variable("AGI_APP_RESULT", "NOTFOUND")
+            await _report(agi, "NOTFOUND")
             return
         active = self._active.get(call_id) or await self._adopt(call_id)
         if (
@@ -302,7 +302,7 @@ class CallService:
             or active.agi_sessions
             or st.CLIENT_CALLTO in active.logged
         ):
-            await agi.set_variable("AGI_APP_RESULT", "NOTFOUND")
+            await _report(agi, "NOTFOUND")
             return
         active.agi_sessions += 1
         try:
@@ -317,6 +317,11 @@ class CallService:
             await self._end_after_hangup(
                 active, f"FastAGI: {e}", ended_at=self.clock.seconds(), failed=True
             )
+            # the operator is still on the line: the dialplan plays the error prompt
+            try:
+                await _report(agi, "ERROR")
+            except agi_errors.AGIError:
+                pass  # the session is gone (a timeout closes it)
         finally:
             active.agi_sessions -= 1
             self._watch_recording(active)
@@ -657,6 +662,19 @@ class CallService:
             )
             closed += 1
         return closed
+
+
+async def _report(agi, outcome: str) -> None:
+    """Set ``AGI_APP_RESULT`` to ``outcome`` and end the session here.
+
+    The FastAGI server reports ``OK`` for every script that returns normally,
+    which would overwrite this; closing the connection first keeps it, and
+    Asterisk goes on in the dialplan with ``AGISTATUS=SUCCESS``.
+    """
+    from agi_app.agi import RESULT_VARIABLE
+
+    await agi.set_variable(RESULT_VARIABLE, outcome)
+    agi.close()
 
 
 def _event_call_id(event) -> str | None:
