@@ -1,0 +1,743 @@
+"""CallService: the operator-first call flow against the in-memory AMI server,
+a FastAGI session driven line by line as Asterisk would, and the real
+SQLite store.
+
+The store runs its writes on its own thread under the real reactor; the AMI
+link, the FastAGI protocol and the service's timers run on a
+MemoryReactorClock that the tests advance.  :meth:`Harness.until` waits for
+a condition by round trips through the store's single worker (no sleeps)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from agi_app.agi import FastAGIFactory, ScriptRegistry
+from agi_app.ami.service import AMIService
+from agi_app.calls.service import CALL_ID_VAR, CallRequest, CallService, PBXUnavailable
+from agi_app.config import DialingConfig
+from agi_app.store import ExternalKeyConflict, SQLiteStore, iso_time
+from agi_app.testing import FakeAMIServer, OriginateOutcome
+
+T0 = 1795640677.0  # 2026-11-25T21:04:37Z
+HAPPY = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]
+PICKED_UP = HAPPY[:3]
+DIALLED = HAPPY[:4]
+CONNECTED = HAPPY[:5]
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def request(**over) -> CallRequest:
+    fields = dict(
+        kind="makeCall",
+        first="1000",
+        phone="380639920000",
+        trunk="pstn",
+        order_id="order-15",
+        external_key=None,
+        call_time_to_ext=30,
+    )
+    fields.update(over)
+    return CallRequest(**fields)
+
+
+class Harness:
+    """A CallService wired to a fake PBX; :meth:`restart` replaces everything
+    but the store, as a new process would."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.clock = MemoryReactorClock()
+        self.clock.advance(T0)
+        self.store = SQLiteStore(
+            str(tmp_path / "calls.sqlite3"), reactor=_reactor(), clock=self.clock
+        )
+        self.store.open()
+        self.dialing = DialingConfig(
+            recordings_dir=str(tmp_path / "monitor"), pbx_recordings_dir="/pbx/monitor"
+        )
+        self._ids = itertools.count(1)
+        self._build()
+
+    def _build(self) -> None:
+        self.pbx = FakeAMIServer(users={"agi_app": "secret"}, clock=self.clock)
+        self.pbx.device_states = {f"PJSIP/{n}": "NOT_INUSE" for n in ("1000", "1001")}
+        self.ami = AMIService(
+            "127.0.0.1", 5038, "agi_app", "secret", reactor=self.clock, ping_interval=3600
+        )
+        self.calls = CallService(
+            store=self.store,
+            ami=self.ami,
+            dialing=self.dialing,
+            clock=self.clock,
+            new_id=lambda: f"call{next(self._ids)}",
+        )
+        self.calls.start()
+        registry = ScriptRegistry()
+        self.calls.register_scripts(registry)
+        self.agi = FastAGIFactory(registry, self.clock, command_timeout=30)
+        self.link = None
+
+    async def connect(self) -> None:
+        """Start the AMI service and let the fake PBX accept it (login, resync,
+        and the reconcile() that follows every login)."""
+        if not self.ami.running:
+            self.ami.startService()
+        self.link = self.pbx.accept(self.clock)
+        assert self.ami.connected
+        await self.barrier()
+
+    def drop(self) -> None:
+        """The AMI link breaks (the client notices at once)."""
+        self.link.drop()
+        assert not self.ami.connected
+
+    async def reconnect(self) -> None:
+        self.clock.advance(1)  # the reconnect backoff
+        await self.connect()
+
+    async def restart(self, live: dict[str, tuple[str, str, str]], connect: bool = True) -> None:
+        """A new process on the same store (the old one simply vanished),
+        with a PBX that has the ``live`` channels: Uniqueid -> (channel,
+        call id, state)."""
+        self.calls.stop()
+        self.link.drop()
+        await self.ami.stopService()
+        self._build()
+        for uniqueid, (name, call_id, state) in live.items():
+            self.pbx.add_channel(
+                name, uniqueid=uniqueid, state=state, variables={CALL_ID_VAR: call_id}
+            )
+        if connect:
+            await self.connect()
+
+    def close(self) -> None:
+        if self.ami.running:
+            pytest_twisted.blockon(defer.maybeDeferred(self.ami.stopService))
+        pytest_twisted.blockon(self.store.close())
+
+    # -- waiting without sleeping -------------------------------------------
+
+    async def barrier(self) -> None:
+        """One round trip through the store's single worker thread: every write
+        queued before it, and the callbacks of those writes, have run."""
+        await self.store.get_call("-")
+
+    async def until(self, predicate, what: str, rounds: int = 200):
+        for _ in range(rounds):
+            value = predicate()
+            if value:
+                return value
+            await self.barrier()
+        raise AssertionError(f"never happened: {what}")
+
+    async def history(self, call_id: str) -> list[str]:
+        return [e["status"] for e in await self.store.statuses(call_id)]
+
+    async def entries(self, call_id: str) -> list[dict]:
+        return await self.store.statuses(call_id)
+
+    async def final(self, call_id: str, rounds: int = 200) -> list[str]:
+        """The call's statuses once it has its final status."""
+        for _ in range(rounds):
+            call = await self.store.get_call(call_id)
+            if call["final_status"]:
+                return await self.history(call_id)
+        raise AssertionError(f"{call_id} never ended: {await self.history(call_id)}")
+
+    async def reached(self, call_id: str, status: str) -> None:
+        for _ in range(200):
+            if status in await self.history(call_id):
+                return
+        raise AssertionError(f"{call_id}: no {status}: {await self.history(call_id)}")
+
+    # -- the PBX side -----------------------------------------------------------
+
+    def channel_up(self, call_id: str, name: str, uniqueid: str, state: str = "Up") -> list:
+        """A channel of the call appears (listed by CoreShowChannels, events
+        carrying ChanVariable: AGI_APP_CALL_ID=...)."""
+        pairs = self.pbx.add_channel(
+            name, uniqueid=uniqueid, state=state, variables={CALL_ID_VAR: call_id}
+        )
+        self.pbx.emit("Newstate", pairs)
+        return pairs
+
+    def channel_down(self, pairs: list, cause: int = 16) -> None:
+        self.pbx.channels.pop(dict(pairs)["Uniqueid"], None)
+        self.pbx.emit("Hangup", pairs + [("Cause", str(cause)), ("Cause-txt", "")])
+
+    def client_answered(self, operator: list) -> None:
+        """The DialEnd of the client leg, as seen on the operator's channel."""
+        self.pbx.emit(
+            "DialEnd",
+            operator + [("DestChannel", "PJSIP/pstn-00000002"), ("DialStatus", "ANSWER")],
+        )
+
+    def session(self, call_id: str, uniqueid: str = "1700000000.1") -> AsteriskAGI:
+        return AsteriskAGI(self, call_id, uniqueid)
+
+    async def place(self, **over) -> str:
+        call_id, created = await self.calls.place(request(**over))
+        assert created
+        return call_id
+
+
+class AsteriskAGI:
+    """Asterisk's end of one FastAGI connection running ``operator_call``."""
+
+    def __init__(self, h: Harness, call_id: str, uniqueid: str):
+        self.h = h
+        self.transport = StringTransport()
+        self.proto = h.agi.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        env = {
+            "agi_network": "yes",
+            "agi_network_script": "operator_call",
+            "agi_request": "agi://127.0.0.1:4573/operator_call",
+            "agi_channel": "PJSIP/1000-00000001",
+            "agi_language": "en",
+            "agi_type": "PJSIP",
+            "agi_uniqueid": uniqueid,
+            "agi_version": "22.10.1",
+            "agi_callerid": "380639920000",
+            "agi_calleridname": "380639920000",
+            "agi_context": "agi-app-operator",
+            "agi_extension": "s",
+            "agi_priority": "3",
+            "agi_enhanced": "0.0",
+            "agi_accountcode": "",
+            "agi_threadid": "140000000000001",
+            "agi_arg_1": call_id,
+        }
+        block = "".join(f"{k}: {v}\n" for k, v in env.items()) + "\n"
+        self.proto.dataReceived(block.encode())
+
+    async def command(self) -> str:
+        """The next command line the script sends."""
+        await self.h.until(lambda: self.transport.value().endswith(b"\n"), "a FastAGI command")
+        line = self.transport.value().decode()
+        self.transport.clear()
+        assert line.count("\n") == 1, f"more than one command in flight: {line!r}"
+        return line[:-1]
+
+    async def expect(self, prefix: str, reply: str = "200 result=0") -> str:
+        line = await self.command()
+        assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
+        if reply:
+            self.send(reply)
+        return line
+
+    def send(self, line: str) -> None:
+        self.proto.dataReceived(f"{line}\n".encode())
+
+    def lose(self) -> None:
+        self.proto.connectionLost(Failure(ConnectionLost()))
+
+    async def up_to_dial(self, playback: bool = True) -> str:
+        """Answer the script's commands up to the Dial of the client; returns
+        the Dial line (not answered yet)."""
+        if playback:
+            await self.expect('EXEC Playback "agi_app/please-wait"')
+        await self.expect("EXEC MixMonitor")
+        await self.expect('SET VARIABLE "CALLERID(all)"', "200 result=1")
+        return await self.expect("EXEC Dial", reply="")
+
+    async def after_dial(self, dialstatus: str, answered_ms: int | None = None) -> None:
+        self.send("200 result=0")
+        await self.expect('GET VARIABLE "DIALSTATUS"', f"200 result=1 ({dialstatus})")
+        if dialstatus == "ANSWER":
+            value = "200 result=0" if answered_ms is None else f"200 result=1 ({answered_ms})"
+            await self.expect('GET VARIABLE "ANSWEREDTIME_MS"', value)
+            if answered_ms is None:
+                await self.expect('GET VARIABLE "ANSWEREDTIME"', "200 result=0")
+        await self.finished("OK")
+
+    async def finished(self, outcome: str = "OK") -> None:
+        """The script's own result line, then the protocol's, then the close."""
+        seen = []
+        while not self.transport.disconnecting:
+            line = await self.command()
+            seen.append(line)
+            assert line.startswith('SET VARIABLE "AGI_APP_RESULT"'), seen
+            self.send("200 result=1")
+        assert seen[-1] == f'SET VARIABLE "AGI_APP_RESULT" "{outcome}"', seen
+
+
+@pytest.fixture
+def h(tmp_path: Path):
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+# -- the happy path -----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connected_call_is_logged_in_order(h):
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome.answered(delay=2)
+    call_id = await h.place(caller_id_for_employee="Order 15", limit_call_time=60)
+    [originate] = h.pbx.actions_named("Originate")
+    assert originate["Channel"] == "PJSIP/1000"
+    assert originate["Context"] == "agi-app-operator"
+    assert originate["Timeout"] == "30000"
+    assert originate["CallerID"] == '"Order 15" <380639920000>'
+    assert originate.getall("Variable") == [f"__{CALL_ID_VAR}={call_id}"]
+    assert await h.history(call_id) == ["CALL", "OPERATOR_CALLTO"]
+    h.clock.advance(2)  # the operator answers
+    await h.reached(call_id, "OPERATOR_PICKUP")
+    operator = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    agi = h.session(call_id)
+    dial = await agi.up_to_dial()
+    assert dial == 'EXEC Dial "PJSIP/380639920000@pstn,40,gL(60000)"'
+    assert await h.history(call_id) == DIALLED
+    h.clock.advance(3)
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    h.clock.advance(12)
+    await agi.after_dial("ANSWER", answered_ms=12345)
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == HAPPY
+    assert entries[4]["time"] == iso_time(T0 + 5)  # when DialEnd came
+    assert entries[5]["detail"] == "talk 12 s"
+    call = await h.store.get_call(call_id)
+    assert call["final_status"] == "FINISH" and call["talk_seconds"] == pytest.approx(12.345)
+    # MixMonitor got the PBX's path; the store has the same file as seen here.
+    [calls] = await h.store.order_calls("order-15")
+    [record] = calls["records"]
+    assert record["path"] == str(h.tmp_path / "monitor" / f"order-15_{call_id}.wav")
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_the_announcement_the_client_is_dialled_at_once(h):
+    await h.connect()
+    call_id = await h.place(playback_waiting=False)
+    agi = h.session(call_id)
+    await agi.up_to_dial(playback=False)
+    await agi.after_dial("ANSWER", answered_ms=1000)
+    assert await h.history(call_id) == HAPPY
+
+
+@pytest_twisted.ensureDeferred
+async def test_ext_to_phone_waiters_hear_of_the_pickup(h):
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome.answered(delay=1)
+    call_id = await h.place()
+    outcome = h.calls.operator_outcome(call_id)
+    assert not outcome.called
+    h.clock.advance(1)
+    assert await outcome == "OPERATOR_PICKUP"
+
+
+# -- the operator leg: Originate outcomes -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "outcome,device,status",
+    [
+        (OriginateOutcome.busy(), "NOT_INUSE", "OPERATOR_BUSY"),
+        (OriginateOutcome.declined(), "NOT_INUSE", "OPERATOR_BUSY"),
+        (OriginateOutcome.no_answer(delay=30), "NOT_INUSE", "OPERATOR_NOANSWER"),
+        (OriginateOutcome.offline(), "UNKNOWN", "OPERATOR_OFFLINE"),
+        (OriginateOutcome.offline(), "NOT_INUSE", "ERROR"),
+        (OriginateOutcome(error="Extension does not exist."), "NOT_INUSE", "ERROR"),
+    ],
+    ids=["busy", "declined", "no-answer", "offline", "other", "refused"],
+)
+@pytest_twisted.ensureDeferred
+async def test_each_originate_outcome_gives_its_status(h, outcome, device, status):
+    h.pbx.device_states["PJSIP/1000"] = device
+    h.pbx.default_outcome = outcome
+    await h.connect()
+    call_id = await h.place()
+    h.clock.advance(30)
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == ["CALL", "OPERATOR_CALLTO", status]
+    if outcome.error is not None:
+        assert "Extension does not exist" in entries[-1]["detail"]
+
+
+@pytest.mark.parametrize(
+    "device,status", [("UNAVAILABLE", "OPERATOR_OFFLINE"), ("INVALID", "ERROR")]
+)
+@pytest_twisted.ensureDeferred
+async def test_an_unregistered_or_unknown_operator_is_not_rung(h, device, status):
+    h.pbx.device_states["PJSIP/1000"] = device
+    await h.connect()
+    call_id = await h.place()
+    assert await h.final(call_id) == ["CALL", status]
+    assert h.pbx.actions_named("Originate") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pbx_down_logs_call_then_error_and_raises(h):
+    with pytest.raises(PBXUnavailable) as raised:
+        await h.calls.place(request(order_id="down"))
+    call_id = raised.value.call_id
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == ["CALL", "ERROR"]
+    assert "AMI" in entries[-1]["detail"]
+    assert h.pbx.actions_named("Originate") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_external_key_places_one_call(h):
+    await h.connect()
+    first, created = await h.calls.place(request(external_key="k1"))
+    again, created_again = await h.calls.place(request(external_key="k1"))
+    assert created and not created_again and first == again
+    with pytest.raises(ExternalKeyConflict) as conflict:
+        await h.calls.place(request(external_key="k1", phone="380639920001"))
+    assert conflict.value.call_id == first
+    assert len(h.pbx.actions_named("Originate")) == 1
+    assert await h.history(first) == PICKED_UP  # the fake answers at once
+
+
+# -- the client leg: DIALSTATUS -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dialstatus,status",
+    [
+        ("BUSY", "CLIENT_BUSY"),
+        ("NOANSWER", "CLIENT_NOANSWER"),
+        ("CANCEL", "CLIENT_CANCEL"),
+        ("CHANUNAVAIL", "ERROR"),
+        ("CONGESTION", "ERROR"),
+        ("", "ERROR"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_dialstatus_gives_the_client_status(h, dialstatus, status):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    if dialstatus:
+        await agi.after_dial(dialstatus)
+    else:  # DIALSTATUS unset
+        agi.send("200 result=0")
+        await agi.expect('GET VARIABLE "DIALSTATUS"', "200 result=0")
+        await agi.finished()
+    assert await h.final(call_id) == [*DIALLED, status]
+
+
+# -- hangups and lost FastAGI connections -------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_operator_hangs_up_during_the_announcement(h):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.expect('EXEC Playback "agi_app/please-wait"', reply="")
+    agi.send("HANGUP")
+    agi.send("200 result=-1")
+    await agi.finished()
+    assert await h.final(call_id) == [*PICKED_UP, "CLIENT_CANCEL"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_fastagi_lost_during_the_announcement(h):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.expect('EXEC Playback "agi_app/please-wait"', reply="")
+    agi.lose()
+    assert await h.final(call_id) == [*PICKED_UP, "CLIENT_CANCEL"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_fastagi_lost_mid_dial_after_the_client_answered_is_finish(h):
+    await h.connect()
+    call_id = await h.place()
+    operator = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    h.clock.advance(7)
+    agi.lose()  # Asterisk went away
+    assert await h.final(call_id) == HAPPY
+    assert (await h.entries(call_id))[-1]["detail"] == "talk 7 s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fastagi_lost_while_the_client_rings_is_client_cancel(h):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    agi.lose()
+    assert await h.final(call_id) == [*DIALLED, "CLIENT_CANCEL"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_dial_application_is_an_error(h):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    agi.send("200 result=-2")
+    await agi.finished("ERROR")  # the dialplan then plays the error prompt
+    assert await h.final(call_id) == [*DIALLED, "ERROR"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_pickup_missed_while_ami_was_down_is_dated_from_dial(h):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.drop()  # the DialEnd of the answer is lost with the link
+    h.clock.advance(10)
+    await agi.after_dial("ANSWER", answered_ms=4000)
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == HAPPY
+    assert entries[4]["time"] == iso_time(T0 + 6)
+    assert entries[5]["detail"] == "talk 4 s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_pickup_is_never_dated_before_the_client_was_dialled(h):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.drop()
+    h.clock.advance(2)
+    await agi.after_dial("ANSWER", answered_ms=9000)  # more than the 2 s since CLIENT_CALLTO
+    entries = await h.entries(call_id)
+    assert entries[4]["time"] == entries[3]["time"] == iso_time(T0)
+
+
+# -- duplicates and late events -----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_and_late_events_add_no_second_final_status(h):
+    await h.connect()
+    call_id = await h.place()
+    operator = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    client = h.channel_up(call_id, "PJSIP/pstn-00000002", "1700000000.2")
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.client_answered(operator)
+    h.client_answered(operator)  # repeated
+    await h.reached(call_id, "CLIENT_PICKUP")
+    # Both legs hang up while the FastAGI session still runs: its DIALSTATUS decides.
+    h.channel_down(client)
+    h.channel_down(operator)
+    h.clock.advance(5)
+    await agi.after_dial("ANSWER", answered_ms=5000)
+    assert await h.final(call_id) == HAPPY
+    # Everything after the end is ignored.
+    h.client_answered(operator)
+    h.channel_down(operator, cause=17)
+    h.clock.advance(10)
+    assert await h.calls.reconcile() == 0
+    late = h.session(call_id)
+    await late.finished("NOTFOUND")
+    assert await h.history(call_id) == HAPPY
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_fastagi_session_never_dials_the_client_again(h):
+    await h.connect()
+    call_id = await h.place()
+    first = h.session(call_id)
+    await first.up_to_dial()
+    second = h.session(call_id, "1700000000.9")
+    await second.finished("NOTFOUND")  # and nothing else: no Playback, no Dial
+    await first.after_dial("NOANSWER")
+    assert await h.final(call_id) == [*DIALLED, "CLIENT_NOANSWER"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hangup_while_the_originate_is_pending_waits_for_its_outcome(h):
+    h.pbx.default_outcome = OriginateOutcome.busy(delay=1)
+    h.pbx.default_outcome.hangup_first = True
+    await h.connect()
+    call_id = await h.place()
+    h.clock.advance(1)  # Hangup (cause 17), then the OriginateResponse
+    h.clock.advance(5)  # past the settle grace
+    assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_BUSY"]
+
+
+# -- the AMI link lost and reconcile() ----------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ami_lost_while_ringing_then_the_leg_rings_out(h):
+    """Originate in flight when the link drops: the outcome is unknown; after
+    the reconnect the ringing channel is listed and followed, and its Hangup
+    cause gives the final status."""
+    h.pbx.default_outcome = OriginateOutcome(delay=None)  # never reports
+    await h.connect()
+    call_id = await h.place()
+    h.drop()
+    ringing = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1", state="Ringing")
+    await h.reconnect()
+    assert await h.calls.reconcile() == 0
+    h.channel_down(ringing, cause=19)
+    h.clock.advance(3)
+    assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_NOANSWER"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ami_lost_while_ringing_and_the_channel_gone_meanwhile(h):
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    await h.connect()
+    call_id = await h.place()
+    h.drop()
+    await h.reconnect()  # no channel of the call is listed: it ended unseen
+    assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", "ERROR"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ami_lost_while_the_operator_answers_the_fastagi_session_carries_on(h):
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    await h.connect()
+    call_id = await h.place()
+    h.drop()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    await h.reconnect()
+    assert await h.calls.reconcile() == 0  # live channel and session: kept
+    await agi.after_dial("ANSWER", answered_ms=3000)
+    assert await h.final(call_id) == HAPPY
+
+
+@pytest_twisted.ensureDeferred
+async def test_hangups_missed_while_the_link_was_down_do_not_keep_a_call_open(h):
+    """The FastAGI session never came (AGISTATUS=FAILURE): the call is followed
+    by its channels alone.  One of them ends while the link is down; after the
+    login the channel set is the listed one, so the last Hangup settles it."""
+    await h.connect()
+    call_id = await h.place()  # the fake answers: OPERATOR_PICKUP
+    operator = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    h.channel_up(call_id, "Local/x@y-00000001;2", "1700000000.2")
+    h.drop()
+    h.pbx.channels.pop("1700000000.2")  # hung up unseen
+    await h.reconnect()
+    assert await h.calls.reconcile() == 0  # the operator's leg is still up
+    h.channel_down(operator)
+    h.clock.advance(3)
+    assert await h.final(call_id) == [*PICKED_UP, "CLIENT_CANCEL"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_originate_timeout_on_a_live_link_is_settled_by_the_channels(h):
+    h.pbx.default_outcome = OriginateOutcome(delay=None)  # no OriginateResponse ever
+    await h.connect()
+    call_id = await h.place(call_time_to_ext=10)
+    ringing = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1", state="Ringing")
+    h.clock.advance(15 + 3)  # AMITimeout (10 s + margin), then the settle grace
+    assert await h.history(call_id) == ["CALL", "OPERATOR_CALLTO"]  # still ringing
+    h.channel_down(ringing, cause=19)
+    h.clock.advance(3)
+    assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_NOANSWER"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconcile_leaves_a_call_being_placed_alone(h):
+    h.pbx.default_outcome = OriginateOutcome.busy(delay=2)
+    await h.connect()
+    call_id = await h.place()
+    # No channel carries the call id yet (Asterisk sets the variables after
+    # Newchannel): reconcile must not take that for a call that ended.
+    assert await h.calls.reconcile() == 0
+    h.clock.advance(2)
+    assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_BUSY"]
+
+
+# -- after a restart ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconcile_after_restart_closes_orphans_and_follows_live_calls(h):
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)  # every operator rings
+    ringing = await h.place()
+    ended_ringing = await h.place()
+    connected = await h.place(first="1001")
+    ended_connected = await h.place(first="1001")
+    ended_dialling = await h.place(first="1001")
+    for call_id in (connected, ended_connected, ended_dialling):
+        agi = h.session(call_id)
+        await agi.up_to_dial()
+        if call_id != ended_dialling:
+            operator = h.channel_up(call_id, "PJSIP/1001-00000001", f"{call_id}.op")
+            h.client_answered(operator)
+            await h.reached(call_id, "CLIENT_PICKUP")
+    calls = (ringing, ended_ringing, connected, ended_connected, ended_dialling)
+    before = {c: await h.entries(c) for c in calls}
+    h.clock.advance(4)
+    # The process dies.  On the PBX the first call still rings and one
+    # connected call goes on; the others ended while nothing watched.
+    await h.restart(
+        {
+            "r.op": ("PJSIP/1000-00000009", ringing, "Ringing"),
+            "c.op": ("PJSIP/1001-0000000a", connected, "Up"),
+            "c.cl": ("PJSIP/pstn-0000000b", connected, "Up"),
+        }
+    )
+    # calls whose channels are gone get their final status at once...
+    assert await h.final(ended_ringing) == ["CALL", "OPERATOR_CALLTO", "ERROR"]
+    assert await h.final(ended_dialling) == [*DIALLED, "CLIENT_CANCEL"]
+    assert await h.final(ended_connected) == HAPPY
+    assert (await h.entries(ended_connected))[-1]["detail"] == "talk time unknown"
+    # ...the live ones are followed until their channels hang up
+    assert await h.history(ringing) == ["CALL", "OPERATOR_CALLTO"]
+    assert await h.history(connected) == CONNECTED
+    h.clock.advance(2)
+    h.channel_down(h.pbx.channels["c.cl"])  # the client hangs up 6 s after the pickup...
+    h.clock.advance(2)
+    h.channel_down(h.pbx.channels["c.op"])  # ...the operator's leg 2 s later
+    h.clock.advance(3)
+    assert await h.final(connected) == HAPPY
+    assert (await h.entries(connected))[-1]["detail"] == "talk 6 s"
+    h.channel_down(h.pbx.channels["r.op"], cause=17)
+    h.clock.advance(3)
+    assert await h.final(ringing) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_BUSY"]
+    # nothing logged before the restart was lost or changed
+    for call_id in calls:
+        after = await h.entries(call_id)
+        assert after[: len(before[call_id])] == before[call_id]
+        assert [e["id"] for e in after] == sorted(e["id"] for e in after)
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_restart_the_operator_answering_is_served(h):
+    """The operator answers just as the new process starts: its FastAGI
+    session and reconcile() take the call up at the same moment and must
+    share one view of it (the DialEnd event reaches the session's copy)."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place()
+    await h.restart({"1.op": ("PJSIP/1000-00000001", call_id, "Up")}, connect=False)
+    agi = h.session(call_id)
+    await h.connect()  # reconcile() runs while the session loads the call
+    await agi.up_to_dial()
+    h.clock.advance(1)
+    h.client_answered(h.pbx.channels["1.op"])
+    await h.reached(call_id, "CLIENT_PICKUP")
+    h.clock.advance(5)
+    await agi.after_dial("ANSWER")  # no ANSWEREDTIME: the pickup time stands
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == HAPPY
+    assert entries[4]["time"] == iso_time(T0 + 1)
