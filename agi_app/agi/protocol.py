@@ -79,7 +79,7 @@ from agi_app.agi.errors import (
     AGIUsageError,
 )
 from agi_app.agi.registry import ScriptRegistry
-from agi_app.agi.session import DEFAULT_TIMEOUT, AGISession, Timeout
+from agi_app.agi.session import DEFAULT_TIMEOUT, AGISession, Convert, Timeout
 from agi_app.agi.wire import DEAD_CHANNEL_COMMANDS, AGIReply, build_command, parse_success
 from agi_app.config import AGIConfig
 
@@ -125,8 +125,10 @@ class FastAGIProtocol(Protocol):
         self._state = _ENV
         self._env: dict[str, str] = {}
         self._argmap: dict[int, str] | None = None
-        self._pending: Deferred[AGIReply] | None = None
+        self._pending: Deferred[AGIReply] | _ReportWaiter | None = None
         self._pending_verb = ""
+        self._convert: Convert | None = None
+        self._convert_arg: object = None
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
         self._usage: list[str] | None = None
@@ -438,24 +440,25 @@ class FastAGIProtocol(Protocol):
             )
             self.close()
             return
-        d = self.send_command("SET VARIABLE", _REPORT[outcome], DEFAULT_TIMEOUT)
-        d.addBoth(self._reported)
-
-    def _reported(self, result: object) -> None:
-        if isinstance(result, Failure) and not result.check(AGIHangup):
-            self.log.warn(
-                "[{sid}] FastAGI: could not set AGI_APP_RESULT: {error}",
-                sid=self.session_id, error=result.value,
-            )
-        self.close()
+        # sent like any command, but awaited by a _ReportWaiter rather than a
+        # Deferred: one Deferred and its callback run fewer for every session
+        self._pending = _ReportWaiter(self)
+        self._pending_verb = "SET VARIABLE"
+        self._convert = None
+        self._arm(self._timeout)
+        self.transport.write(_REPORT[outcome])
 
     # -- commands and replies ---------------------------------------------
 
-    def send_command(self, verb: str, line: bytes, timeout: Timeout = DEFAULT_TIMEOUT
-                     ) -> Deferred[AGIReply]:
+    def send_command(self, verb: str, line: bytes, timeout: Timeout = DEFAULT_TIMEOUT,
+                     convert: Convert | None = None, arg: object = None) -> Deferred[Any]:
         """Write one encoded command line (built by :mod:`agi_app.agi.wire`)
         and return the Deferred of its reply.  ``verb`` is the normalized
-        command name, used for the dead-channel rule and in messages."""
+        command name, used for the dead-channel rule and in messages.
+
+        The Deferred fires with the :class:`AGIReply`, or with
+        ``convert(reply, arg)`` when ``convert`` is given (an exception it
+        raises fails the Deferred instead)."""
         if self._closed:
             return fail(AGIConnectionLost(f"{verb}: the FastAGI connection is closed"))
         if self._pending is not None:
@@ -466,9 +469,11 @@ class FastAGIProtocol(Protocol):
             return fail(AGIHangup(f"{verb}: the channel has hung up"))
         if timeout is DEFAULT_TIMEOUT:
             timeout = self._timeout
-        d: Deferred[AGIReply] = Deferred()
+        d: Deferred[Any] = Deferred()
         self._pending = d
         self._pending_verb = verb
+        self._convert = convert
+        self._convert_arg = arg
         self._arm(timeout)
         self.transport.write(line)
         return d
@@ -526,7 +531,7 @@ class FastAGIProtocol(Protocol):
         else:
             self._protocol_error(f"not a FastAGI reply: {line!r}")
 
-    def _take_pending(self) -> Deferred[AGIReply]:
+    def _take_pending(self) -> Deferred[AGIReply] | _ReportWaiter:
         d = self._pending
         self._pending = None
         self._deadline = None
@@ -536,7 +541,18 @@ class FastAGIProtocol(Protocol):
     def _resolve(self, reply: AGIReply) -> None:
         # the pending slot is cleared before the callback runs, because the
         # script resumes inside it and usually sends its next command at once
-        self._take_pending().callback(reply)
+        d = self._take_pending()
+        convert = self._convert
+        if convert is None:
+            d.callback(reply)
+            return
+        self._convert = None
+        try:
+            value = convert(reply, self._convert_arg)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(value)
 
     def _reject(self, error: AGIError) -> None:
         self._take_pending().errback(error)
@@ -580,6 +596,26 @@ class FastAGIProtocol(Protocol):
             self._hangup_waiters = []
         self._hangup_waiters.append(d)
         return d
+
+
+class _ReportWaiter:
+    """Stands in for the Deferred of the final ``SET VARIABLE AGI_APP_RESULT``:
+    whatever its reply, the connection is closed next."""
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: FastAGIProtocol):
+        self._proto = proto
+
+    def callback(self, _reply: AGIReply) -> None:
+        self._proto.close()
+
+    def errback(self, error: BaseException) -> None:
+        proto = self._proto
+        if not isinstance(error, AGIHangup):
+            proto.log.warn("[{sid}] FastAGI: could not set AGI_APP_RESULT: {error}",
+                           sid=proto.session_id, error=error)
+        proto.close()
 
 
 class FastAGIFactory(Factory):

@@ -360,6 +360,26 @@ class DispatchTests(SynchronousTestCase):
         self.assertTrue(h.transport.disconnecting)
         self.assertEqual(h.proto.outcome, "HANGUP")
 
+    def test_report_refused_still_closes(self):
+        for reply in ("520 Invalid command syntax.  Proper usage not available.",
+                      "511 Command Not Permitted on a dead channel or intercept routine"):
+            h = Harness()
+            h.start()
+            h.finish.callback(None)
+            h.sent()
+            h.feed(reply)
+            self.assertTrue(h.transport.disconnecting)
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_connection_lost_during_report(self):
+        h = Harness()
+        h.start()
+        h.finish.callback(None)
+        h.lose(ConnectionLost)
+        self.assertEqual(h.proto.outcome, "OK")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_script_returning_with_a_command_pending_closes(self):
         h = Harness()
         agi = h.start()
