@@ -131,6 +131,7 @@ class FastAGIProtocol(Protocol):
         self._convert_arg: object = None
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
+        self._timer_at = 0.0  # when self._timer fires
         self._usage: list[str] | None = None
         self._usage_size = 0
         self._hangup_waiters: list[Deferred[None]] | None = None
@@ -193,11 +194,12 @@ class FastAGIProtocol(Protocol):
             return
         deadline = self._clock.seconds() + timeout
         self._deadline = deadline
-        timer = self._timer
-        if timer is None:
+        if self._timer is None:
             self._timer = self._clock.callLater(timeout, self._on_timer)
-        elif timer.getTime() > deadline:
-            timer.reset(timeout)
+            self._timer_at = deadline
+        elif self._timer_at > deadline:
+            self._timer.reset(timeout)
+            self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
         self._deadline = None
@@ -213,6 +215,7 @@ class FastAGIProtocol(Protocol):
         now = self._clock.seconds()
         if now < deadline:
             self._timer = self._clock.callLater(deadline - now, self._on_timer)
+            self._timer_at = deadline
             return
         self._deadline = None
         if self._state == _ENV:

@@ -213,8 +213,12 @@ def build_command(verb: str, args: tuple[object, ...] | list[object]) -> bytes:
     """
     parts = [verb]
     for i, a in enumerate(args, 1):
-        # the message is only formatted for an argument that needs the slow path
-        parts.append(f'"{a}"' if _plain(a) else quote(a, f"argument {i} of {verb}"))
+        # _plain() inlined: this runs for every argument of every command; the
+        # message is only formatted for an argument that needs the slow path
+        if type(a) is str and a.isprintable() and '"' not in a and "\\" not in a:
+            parts.append(f'"{a}"')
+        else:
+            parts.append(quote(a, f"argument {i} of {verb}"))
     return _encode(verb, " ".join(parts) + "\n")
 
 
