@@ -643,11 +643,12 @@ class CallService:
             if active is None:
                 # open in the store but not adoptable (parameters of another
                 # version): close it once nothing on the PBX belongs to it
+                # (or it ended meanwhile: the store then refuses a second final)
                 if not self._live_channels(call_id):
-                    await self.store.add_status(
+                    entry = await self.store.add_status(
                         call_id, st.ERROR, "no channel left on the PBX; call not resumable"
                     )
-                    closed += 1
+                    closed += entry is not None
                 continue
             if active.final or active.placing:
                 continue

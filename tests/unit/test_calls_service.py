@@ -741,3 +741,17 @@ async def test_after_restart_the_operator_answering_is_served(h):
     entries = await h.entries(call_id)
     assert [e["status"] for e in entries] == HAPPY
     assert entries[4]["time"] == iso_time(T0 + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconcile_closes_a_call_it_cannot_resume_once_its_channels_are_gone(h):
+    for call_id in ("old1", "old2"):
+        await h.store.create_call(
+            call_id=call_id, kind="makeCall", sip="1000", phone="380639920000",
+            order_id="o", external_key=None, params={"from_another_version": True},
+        )  # fmt: skip
+    h.pbx.add_channel("PJSIP/1000-00000001", variables={CALL_ID_VAR: "old2"})
+    await h.connect()
+    assert await h.final("old1") == ["CALL", "ERROR"]
+    assert await h.calls.reconcile() == 0
+    assert await h.history("old2") == ["CALL"]  # something on the PBX still belongs to it
