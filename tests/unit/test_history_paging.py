@@ -1,0 +1,181 @@
+"""Paging of the newest-first listings (recordList, operatorHistory) at any
+depth, with the row counts the store keeps, and callHistory's unknown-call
+check -- against a real store on a temporary file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from agi_app.store import SQLiteStore
+from agi_app.store.sqlite import MIGRATIONS
+from agi_app.web import Router, build_site, history
+from agi_app.web.testing import MemoryHTTP
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SQLiteStore(str(tmp_path / "store.sqlite3"), reactor=_reactor())
+    s.open()
+    yield s
+    pytest_twisted.blockon(s.close())
+
+
+async def add_recordings(store: SQLiteStore, count: int) -> list[int]:
+    await store.create_call(
+        call_id="c1", kind="makeCall", sip="1000", phone="380639920000", order_id="o-1",
+        external_key=None, params={},
+    )  # fmt: skip
+    ids = []
+    for i in range(count):
+        rec = await store.add_recording(call_id="c1", path=f"/tmp/{i}.wav", size=i)
+        ids.append(rec["record_id"])
+    return ids
+
+
+async def execute(store: SQLiteStore, sql: str, params: tuple = ()) -> None:
+    def run() -> None:
+        store._conn.execute(sql, params)
+
+    await store._run(run)
+
+
+async def expect_pages(store: SQLiteStore, ids: list[int]) -> None:
+    """Every page of every size up to 7 (and one past the end) is the slice of
+    ``ids`` newest first, with the right total."""
+    newest_first = sorted(ids, reverse=True)
+    for per_page in range(1, 8):
+        for page in range(1, len(ids) // per_page + 3):
+            got = await store.recordings(page, per_page)
+            want = newest_first[(page - 1) * per_page : page * per_page]
+            assert got.total == len(ids), (page, per_page)
+            assert [r["record_id"] for r in got.items] == want, (page, per_page)
+            assert [r["size"] for r in got.items] == [i - 1 for i in want]  # the whole rows
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_pages_when_ids_are_contiguous(store: SQLiteStore):
+    assert (await store.recordings(1, 20)) == (0, [])
+    ids = await add_recordings(store, 23)
+    await expect_pages(store, ids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_pages_after_the_oldest_are_removed(store: SQLiteStore):
+    ids = await add_recordings(store, 23)
+    await execute(store, "DELETE FROM recordings WHERE record_id <= 5")
+    await expect_pages(store, ids[5:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_pages_with_gaps_in_the_ids(store: SQLiteStore):
+    ids = await add_recordings(store, 23)
+    gone = {ids[3], ids[11], ids[12], ids[22]}  # the newest one too
+    await execute(
+        store, f"DELETE FROM recordings WHERE record_id IN ({', '.join(map(str, gone))})"
+    )
+    await expect_pages(store, [i for i in ids if i not in gone])
+    await execute(store, "DELETE FROM recordings")
+    assert (await store.recordings(1, 5)) == (0, [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_operator_history_pages_at_any_depth(store: SQLiteStore):
+    changes = []
+    for i in range(17):
+        sip, status = f"10{i % 3:02d}", ("online", "inuse")[i // 3 % 2]
+        if await store.set_operator_status(sip, status):
+            changes.append((sip, status))
+    newest_first = changes[::-1]
+    for per_page in (1, 2, 5, 20):
+        for page in range(1, len(changes) // per_page + 3):
+            got = await store.operator_history(None, page, per_page)
+            want = newest_first[(page - 1) * per_page : page * per_page]
+            assert got.total == len(changes)
+            assert [(h["sip"], h["status"]) for h in got.items] == want, (page, per_page)
+    # with a gap, the pager falls back and still answers right
+    await execute(store, "DELETE FROM operator_history WHERE id = 4")
+    del changes[3]
+    got = await store.operator_history(None, 1, 50)
+    assert got.total == len(changes) and len(got.items) == len(changes)
+    assert [(h["sip"], h["status"]) for h in got.items] == changes[::-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_counts_of_an_existing_store_are_taken_when_it_is_upgraded(tmp_path: Path):
+    """A store made before the row counts existed gets them counted from its
+    rows when it is opened; from then on triggers keep them."""
+    path = tmp_path / "old.sqlite3"
+    s = SQLiteStore(str(path), reactor=_reactor())
+    s.open()
+    await s.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE row_counts")
+    for trigger in ("recordings_count_insert", "recordings_count_delete",
+                    "operator_history_count_insert", "operator_history_count_delete"):
+        conn.execute(f"DROP TRIGGER {trigger}")  # fmt: skip
+    conn.execute(
+        "INSERT INTO calls (call_id, kind, params, created_at) "
+        "VALUES ('c', 'makeCall', '{}', '2026-11-25T21:04:37.123Z')"
+    )
+    conn.executemany(
+        "INSERT INTO recordings (call_id, path, created_at) "
+        "VALUES ('c', ?, '2026-11-25T21:04:37.123Z')",
+        [(f"/{i}.wav",) for i in range(4)],
+    )
+    conn.execute(
+        "INSERT INTO operator_history (sip, status, time) "
+        "VALUES ('1000', 'online', '2026-11-25T21:04:37.123Z')"
+    )
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    conn.close()
+
+    s = SQLiteStore(str(path), reactor=_reactor())
+    s.open()
+    try:
+        assert (await s.recordings(1, 10)).total == 4
+        assert (await s.operator_history(None, 1, 10)).total == 1
+        await s.add_recording(call_id="c", path="/4.wav")
+        page = await s.recordings(1, 2)
+        assert page.total == 5 and [r["path"] for r in page.items] == ["/4.wav", "/3.wav"]
+    finally:
+        await s.close()
+
+
+# -- callHistory of one call ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_history_tells_an_unknown_call_from_one_with_nothing_new(store):
+    router = Router()
+    history.add_routes(router, store, public_url="http://127.0.0.1:8080")
+    http = MemoryHTTP(build_site(router, api_keys=(), static_dir=None, clock=_reactor()),
+                      _reactor())  # fmt: skip
+    await store.create_call(
+        call_id="c1", kind="makeCall", sip="1000", phone="380639920000", order_id="o-1",
+        external_key=None, params={},
+    )  # fmt: skip
+    [entry] = await store.statuses("c1")
+
+    async def get(query: str) -> tuple[int, dict]:
+        response = await http.get(f"http://127.0.0.1/api/callHistory.json?{query}")
+        return response.code, await response.json()
+
+    assert await get("call_id=c1") == (200, {"history": [entry], "last_id": entry["id"]})
+    # nothing after the cursor: still the known call, an empty page
+    assert await get(f"call_id=c1&after_id={entry['id']}") == (
+        200, {"history": [], "last_id": entry["id"]},
+    )  # fmt: skip
+    code, body = await get("call_id=c2")
+    assert code == 404 and body["error"]["code"] == "unknown_call"
+    code, body = await get(f"call_id=c2&after_id={entry['id']}")
+    assert code == 404 and body["error"]["field"] == "call_id"
