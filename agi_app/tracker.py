@@ -556,12 +556,13 @@ class CallTracker:
             return "listening"
         if peer is not None and peer.parked_at:
             return "parked"
+        if leg.bridge and peer is not None and peer.bridge == leg.bridge:
+            # (a call taken off hold stays at its agi-app-hold priority, bridged)
+            return "talking"
         if (peer is not None and (peer.on_hold or peer.context == HOLD_CONTEXT)) or (
             leg.context == HOLD_CONTEXT
         ):
             return "hold"
-        if leg.bridge and peer is not None and peer.bridge == leg.bridge:
-            return "talking"
         if leg.state in (STATE_RING, STATE_RINGING) or leg.answered is None:
             return "ringing"
         return "up"
