@@ -519,7 +519,8 @@ class OutboundCalls:
             await self._picked_up(tracked)
             await agi.answer()
             try:
-                await self.ivr.run(agi, tracked.log, tracked.params["ivrName"])
+                params = tracked.params
+                await self.ivr.run(agi, tracked.log, params["ivrName"], params["phone_number"])
             except agi_errors.AGIHangup:
                 await self._finish(tracked, "the client hung up")
                 raise

@@ -180,9 +180,11 @@ class IVRService:
 
     # -- running a menu -----------------------------------------------------------
 
-    async def run(self, agi: Any, call_log: CallLog, menu: str) -> None:
+    async def run(self, agi: Any, call_log: CallLog, menu: str, caller: str | None = None
+                  ) -> None:  # fmt: skip
         """Run ``menu`` for the caller on ``agi``; every choice goes to
-        ``call_log`` as ``IVR_CHOICE``; a chosen connection is dialled."""
+        ``call_log`` as ``IVR_CHOICE``; a chosen connection is dialled,
+        showing ``caller`` (a checked number) as the caller's number."""
         menus = self.menus
         if menu not in menus:
             raise UnknownMenu(f"no IVR menu {menu!r}")
@@ -193,6 +195,9 @@ class IVRService:
         runner = MenuRunner(agi, menus, on_choice)
         target = await runner.run(menu)
         if target is not None:
+            if caller:
+                # A client agi_app called has no caller ID of its own yet.
+                await agi.set_variable("CALLERID(num)", caller)
             await self._connect(agi, call_log, target, menus[target.menu].goodbye_prompt)
 
     async def _connect(self, agi: Any, call_log: CallLog, target: Connect,

@@ -218,6 +218,8 @@ class IVRCallTests(CallsTestCase):
         agi = FakeAGI(["1", "w9", None, "0"], args=[call_id])
         self.successResultOf(self.d(self.calls.ivr_call(agi)))
         self.assertIn(("exec", "Dial", "PJSIP/1000", 30, "g"), agi.commands)
+        # the operator sees the client's number
+        self.assertIn(("set", "CALLERID(num)", "380501234567"), agi.commands)
         self.assertEqual(self.store.words(call_id), [
             "CALL", "CLIENT_CALLTO", "CLIENT_PICKUP", IVR_CHOICE, IVR_CHOICE, IVR_CHOICE,
             IVR_CHOICE, "OPERATOR_CALLTO", "OPERATOR_PICKUP", "FINISH",
