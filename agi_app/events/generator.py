@@ -46,7 +46,7 @@ from twisted.logger import Logger
 
 from agi_app.events.service import EventService
 
-__all__ = ["CallInfo", "EventGenerator", "crm_event"]
+__all__ = ["CallInfo", "EventGenerator", "LegMemory", "crm_event", "operator_first_fields"]
 
 log = Logger(namespace="agi_app.events")
 
@@ -128,6 +128,36 @@ def _forwarded_for(event: Any, leg: Any) -> str | None:
     return exten
 
 
+#: calls agi_app places by ringing an extension first, for it to call out
+OPERATOR_FIRST = frozenset({"makeCall", "extToPhone", "callback"})
+_NO_INFO = {
+    "order_id": None,
+    "external_key": None,
+    "operator": None,
+    "phone": None,
+    "record_url": None,
+}
+
+
+def operator_first_fields(fields: dict[str, Any], extension: str, info: Mapping[str, Any]) -> bool:
+    """In a call agi_app placed for ``extension`` (rung first, then the
+    client dialled), the extension calls out, whatever the PBX's events made
+    of its leg at first: set the fields so.  True when they were changed."""
+    if info.get("operator") != extension:
+        return False
+    fields.update(
+        CallFlow="out",
+        CallerExtension=extension,
+        CalledExtension=None,
+        CallerIDNum=extension,
+        CalledNumber=info.get("phone") or fields.get("CalledNumber"),
+        CalledDID=None,
+    )
+    if fields.get("CallerIDName") is None or fields.get("CallerIDName") == info.get("phone"):
+        fields["CallerIDName"] = extension
+    return True
+
+
 class CallInfo:
     """What the store knows of agi_app's calls: order, external key, and the
     recording link, cached for the calls seen lately."""
@@ -139,18 +169,28 @@ class CallInfo:
         self._keep = keep
 
     async def get(self, call_id: str | None, *, refresh: bool = False) -> dict[str, Any]:
-        """``{"order_id", "external_key", "record_url"}`` of an agi_app call
-        (all None for a call agi_app did not place).  ``refresh`` reads the
+        """``{"order_id", "external_key", "operator", "phone", "record_url"}``
+        of an agi_app call (all None for a call agi_app did not place).  ``refresh`` reads the
         recording again (it may start after the call's first events)."""
         if not call_id:
-            return {"order_id": None, "external_key": None, "record_url": None}
+            return dict(_NO_INFO)
         info = self._cache.get(call_id)
         if info is None or refresh:
             call = await self._store.get_call(call_id)
             records = await self._store.recordings_of_call(call_id) if call else []
+            params = (call.get("params") or {}) if call else {}
             info = {
                 "order_id": call.get("order_id") if call else None,
                 "external_key": call.get("external_key") if call else None,
+                # the extension rung first for it, in an operator-first call
+                "operator": (
+                    call.get("sip")
+                    if call
+                    and call.get("kind") in OPERATOR_FIRST
+                    and not params.get("first_is_phone")
+                    else None
+                ),
+                "phone": call.get("phone") if call else None,
                 "record_url": (
                     f"{self._public_url}/records/{records[0]['record_id']}" if records else None
                 ),
@@ -160,6 +200,38 @@ class CallInfo:
             while len(self._cache) > self._keep:
                 self._cache.popitem(last=False)
         return info
+
+
+#: the fields that describe the parties of a leg (kept from its last event
+#: before the hangup, when the other party may be gone already)
+PARTY_FIELDS = (
+    "CallFlow",
+    "CallerIDNum",
+    "CallerIDName",
+    "CalledNumber",
+    "CalledDID",
+    "CallerExtension",
+    "CalledExtension",
+)
+
+
+class LegMemory:
+    """The last thing seen of each live leg, by uniqueid, bounded."""
+
+    def __init__(self, keep: int = 10_000):
+        self._seen: OrderedDict[str, Any] = OrderedDict()
+        self._keep = keep
+
+    def remember(self, uniqueid: str, value: Any) -> None:
+        """Keep ``value`` for the leg."""
+        self._seen[uniqueid] = value
+        self._seen.move_to_end(uniqueid)
+        while len(self._seen) > self._keep:
+            self._seen.popitem(last=False)
+
+    def forget(self, uniqueid: str) -> Any:
+        """What was kept for the leg (None), dropping it."""
+        return self._seen.pop(uniqueid, None)
 
 
 class EventGenerator:
@@ -176,6 +248,7 @@ class EventGenerator:
         self._info = info
         self._unsubscribe: Callable[[], object] | None = None
         self._tail: defer.Deferred = defer.succeed(None)
+        self._legs = LegMemory()
         #: events handed to the service (for tests and the benchmark)
         self.published = 0
 
@@ -203,7 +276,21 @@ class EventGenerator:
         if found is None:
             return
         extension, event_type, fields = found
-        if not self._events.wants(extension, event_type):
+        # At the hangup the other party is often gone already: the parties
+        # are those the leg's last event saw.
+        if event_type == "hangup":
+            before = self._legs.forget(event.uniqueid)
+            if before is not None:
+                for name in PARTY_FIELDS:
+                    fields[name] = before.get(name)
+        elif "Transfered" not in fields:
+            self._legs.remember(event.uniqueid, {n: fields.get(n) for n in PARTY_FIELDS})
+        candidates = {event_type}
+        if event_type == "dial-in" and event.call_id:
+            # It may be the operator's leg of a call agi_app placed, which
+            # the PBX's first events can show as incoming: _publish decides.
+            candidates.add("dial-out")
+        if not any(self._events.wants(extension, t) for t in candidates):
             return
         when = event.time
         self._tail.addCallback(
@@ -225,6 +312,10 @@ class EventGenerator:
     ) -> None:
         info = await self._info.get(call_id, refresh=event_type == "hangup")
         fields = dict(fields)
+        if operator_first_fields(fields, extension, info) and event_type == "dial-in":
+            event_type = "dial-out"
+        if not self._events.wants(extension, event_type):
+            return
         fields["OrderID"] = info["order_id"]
         fields["ExternalKey"] = info["external_key"]
         if event_type == "hangup" and info["record_url"]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -25,6 +26,7 @@ from twisted.logger import Logger
 
 from agi_app import __version__
 from agi_app import validation as v
+from agi_app.events.generator import LegMemory
 from agi_app.ws.feed import widget_event
 
 __all__ = [
@@ -96,6 +98,9 @@ class WidgetHub:
         self._by_phone: dict[str, set[WidgetProtocol]] = {}
         self._connections: set[WidgetProtocol] = set()
         self._unsubscribe: Callable[[], object] | None = None
+        # The call as each live leg last saw it: at the hangup the other
+        # party is often gone already.
+        self._legs = LegMemory()
         #: messages sent to widgets since start
         self.sent = 0
 
@@ -173,10 +178,22 @@ class WidgetHub:
     def on_call_event(self, event: Any) -> None:
         """The tracker's callback: the widget event of the leg's extension."""
         phone = event.extension
-        if not phone or phone not in self._by_phone:
+        if not phone:
             return
         if event.kind == "hungup":
-            d = defer.ensureDeferred(self._finished(event))
+            before = self._legs.forget(event.uniqueid)
+            if before is not None:
+                event = replace(event, call={**event.call, **before})
+        else:
+            self._legs.remember(
+                event.uniqueid,
+                {k: event.call.get(k) for k in ("caller_id_number", "called_number")},
+            )
+        if phone not in self._by_phone:
+            return
+        if event.call_id and self._info is not None:
+            # A call agi_app placed: its store entry says who calls whom.
+            d = defer.ensureDeferred(self._agi_app_call(event))
             d.addErrback(lambda f: log.failure("widget event of {phone}", f, phone=phone))
             return
         found = widget_event(event, answered_elsewhere=self._answered_elsewhere(event))
@@ -193,11 +210,19 @@ class WidgetHub:
             leg.talking is not None for leg in call.legs.values() if leg.uniqueid != event.uniqueid
         )
 
-    async def _finished(self, event: Any) -> None:
-        record = None
-        if self._info is not None and event.call_id:
-            record = (await self._info.get(event.call_id, refresh=True))["record_url"]
-        found = widget_event(event, record_url=record)
+    async def _agi_app_call(self, event: Any) -> None:
+        elsewhere = self._answered_elsewhere(event)
+        info = await self._info.get(event.call_id, refresh=event.kind == "hungup")
+        if info.get("operator") == event.extension:
+            # The user's own click-to-call ringing their phone first: no
+            # incoming call popup, and an outgoing call in the history.
+            if event.kind == "ringing":
+                return
+            call = {**event.call, "caller_id_number": event.extension}
+            if info.get("phone"):
+                call["called_number"] = info["phone"]
+            event = replace(event, direction="out", call=call)
+        found = widget_event(event, answered_elsewhere=elsewhere, record_url=info.get("record_url"))
         if found is not None:
             self.send_event(event.extension, found)
 

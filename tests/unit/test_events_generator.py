@@ -125,6 +125,42 @@ class GeneratorTests(TrackerTestCase):
         self.assertEqual(hangup["RecordURL"], "https://pbx.test:8443/records/9")
         self.assertEqual((hangup["CallStatus"], hangup["Duration"]), ("ANSWER", "5"))
 
+    def test_click_to_call_first_seen_ringing_in_is_still_the_operators_dial_out(self):
+        # Asterisk may report the originated channel ringing before the
+        # DialBegin that shows it was originated: the store knows better.
+        self.store.calls["c-78"] = {
+            "order_id": "o",
+            "external_key": None,
+            "kind": "makeCall",
+            "sip": "1000",
+            "phone": "380639920001",
+            "params": {},
+        }
+        self.subscribe("1000", kinds=("dial-out", "answer"))
+        sim = self.sim
+        sim.new(
+            "PJSIP/1000-00000020",
+            "agiapp-2",
+            context="sandbox-operators",
+            num="1000",
+            cname="1000",
+            var="c-78",
+        )
+        sim.state("agiapp-2", "Ringing")
+        sim.dial(None, "agiapp-2", "1000")
+        sim.state("agiapp-2", "Up")
+        sim.new("PJSIP/pstn-00000021", "cl-2", linkedid="agiapp-2", num="380639920001", var="c-78")
+        sim.dial("agiapp-2", "cl-2", "380639920001@pstn")
+        sim.state("cl-2", "Up")
+        sim.bridge("br-4", "agiapp-2", "cl-2")
+        events = self.delivered("1000")
+        self.assertEqual([t for t, _ in events], ["dial-out", "answer"])
+        for _, f in events:
+            self.assertEqual(f["CallFlow"], "out")
+            self.assertEqual(f["CallerExtension"], "1000")
+            self.assertEqual(f["CalledNumber"], "380639920001")
+            self.assertNotIn("CalledExtension", f)
+
     def test_internal_call_dial_out_for_the_caller_dial_in_for_the_callee(self):
         self.subscribe("1000")
         self.subscribe("1001")
