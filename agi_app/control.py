@@ -228,6 +228,16 @@ class CallControl:
         ring = self.dialing.call_time_to_client
         return Destination(number, _checked_dial(dial, field), None, ring)
 
+    def _reachable(self, dst: Destination, field: str) -> None:
+        """An extension that is not registered would only ring into the void."""
+        if dst.extension is None:
+            return
+        state = self.ami.device_states.get(f"{self.tracker.extension_tech}/{dst.extension}")
+        if state == "UNAVAILABLE":
+            raise ActionNotPossible(
+                f"extension {dst.extension} is offline", code=f"{field}_offline", field=field
+            )
+
     def _known_extension(self, ext: str) -> bool:
         state = self.ami.device_states.get(f"{self.tracker.extension_tech}/{ext}")
         return state is not None and state != "INVALID"
@@ -261,6 +271,8 @@ class CallControl:
         call, own = self._call_of(ext, call_api_id)
         if dst is not None and dst.extension == ext:
             raise validation.InvalidInput("send_dst", "send_dst is the extension itself")
+        if dst is not None:
+            self._reachable(dst, "send_dst")
         handler = getattr(self, f"_{name}")
         try:
             result = await handler(own, dst)
@@ -304,6 +316,7 @@ class CallControl:
             raise ActionNotPossible("the call has no party that can transfer it")
         if dst.extension is not None and dst.extension == own.extension:
             raise validation.InvalidInput("phone_number", "phone_number is the transferring party")
+        self._reachable(dst, "phone_number")
         try:
             return await self._attended_transfer(own, dst) or {}
         except AMIDisconnected:

@@ -122,6 +122,10 @@ class BadInputTests(ControlTestCase):
         e = self.refused(InvalidInput, "1000", "trunk-1\r\nAction: Hangup", "hold")
         self.assertEqual(e.field, "call_api_id")
 
+    def test_offline_destination(self):
+        e = self.refused(ActionNotPossible, "1000", "trunk-1", "transfer", "1002")
+        self.assertEqual((e.code, e.field), ("send_dst_offline", "send_dst"))
+
     def test_transfer_to_itself(self):
         e = self.refused(InvalidInput, "1000", "trunk-1", "transfer", "1000")
         self.assertEqual(e.field, "send_dst")
