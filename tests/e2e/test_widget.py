@@ -1,0 +1,175 @@
+"""The browser widget end to end: headless Chromium (Debian's ``chromium``,
+driven by Playwright) loads the demo page served by agi_app, which uses
+``/static/prostiezvonki.js`` against the real WebSocket server, while the
+sandbox PBX rings real SIPp phones.
+
+Playwright's API blocks, so the browser is driven from a thread while the
+application runs on the test's reactor; the thread reaches the reactor with
+``blockingCallFromThread``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from callflow import HTTP_PORT, reactor, wait_final
+from test_events import WS_PORT, call_in_from_trunk, start_events_app
+from twisted.internet import defer, threads
+from twisted.internet.threads import blockingCallFromThread
+
+from agi_app.sandbox.phones import answer
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
+PAGE = f"http://127.0.0.1:{HTTP_PORT}/static/demo.html?host=ws://127.0.0.1:{WS_PORT}"
+COLLECT = """() => {
+    window.__events = [];
+    pz.onEvent(function (e) {
+        window.__events.push({type: e.type, callID: e.callID, from: e.from, to: e.to,
+            start: e.start, end: e.end, duration: e.duration, direction: e.direction,
+            record: e.record, transfer: e.isTransfer(), incoming: e.isIncoming(),
+            history: e.isHistory()});
+    });
+}"""
+
+
+def _browser_available() -> str | None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    if not shutil.which(CHROMIUM):
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture
+def browser():
+    reason = _browser_available()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    # Started and stopped in the thread that drives it (Playwright's sync API
+    # belongs to one thread).
+    state: dict = {}
+
+    def launch():
+        state["pw"] = sync_playwright().start()
+        state["browser"] = state["pw"].chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+
+    def close():
+        state["browser"].close()
+        state["pw"].stop()
+
+    return launch, close, state
+
+
+@pytest_twisted.async_yield_fixture
+async def app(sandbox, tmp_path):
+    application = await start_events_app(sandbox, tmp_path)
+    yield application
+    await application.stop()
+
+
+def _events(page, kind: int) -> list[dict]:
+    return [e for e in page.evaluate("window.__events") if e["type"] == kind]
+
+
+@pytest_twisted.ensureDeferred
+async def test_widget_in_headless_chromium(sandbox, app, browser):
+    launch, close, state = browser
+    r = reactor()
+    results: dict = {}
+
+    def in_reactor(fn, *args, **kwargs):
+        def run():
+            return defer.maybeDeferred(fn, *args, **kwargs)
+
+        return blockingCallFromThread(r, run)
+
+    def scenario() -> None:
+        launch()
+        try:
+            page = state["browser"].new_page(viewport={"width": 640, "height": 760})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{PAGE}&client_id=password&phone=1000&connect=1")
+            page.wait_for_function("window.pz && pz.isConnected()", timeout=10_000)
+            assert page.evaluate("window.prostiezvonki === window.pz")
+            page.evaluate(COLLECT)
+            # 1. pz.call() from the dial box: the user's phone rings first.
+            in_reactor(sandbox.phones.start, "1000", answer(after=0.3))
+            in_reactor(sandbox.pstn.set, "380639920051", answer_after=0.3, hangup_after=1.5)
+            page.fill("#number", "380639920051")
+            page.click("#dial button")
+            page.wait_for_function("document.querySelector('#message').textContent.includes('placed')",
+                                   timeout=10_000)  # fmt: skip
+            call_id = page.text_content("#message").split()[1]
+            in_reactor(lambda: defer.ensureDeferred(wait_final(app, call_id)))
+            page.wait_for_function("window.__events.some(e => e.type === 3)", timeout=15_000)
+            results["ringing_seen"] = in_reactor(lambda: sandbox.operator("1000").calls())
+            results["outgoing"] = _events(page, 3)
+            results["no_popup_for_own_call"] = _events(page, 2)
+            # 2. A call from the trunk rings 1000: type 2, then type 3.
+            in_reactor(sandbox.phones.start, "1000", answer(after=2.5))
+            # Started now, awaited after the screenshot (a list keeps the
+            # Deferred from being waited on here).
+            [done] = in_reactor(lambda: [defer.ensureDeferred(call_in_from_trunk(sandbox, "1000"))])
+            page.wait_for_function("window.__events.some(e => e.type === 2)", timeout=10_000)
+            page.wait_for_selector("#incoming:not([hidden])", timeout=5_000)
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+            in_reactor(lambda: done)
+            page.wait_for_function("window.__events.filter(e => e.type === 3).length >= 2",
+                                   timeout=15_000)  # fmt: skip
+            results["incoming"] = _events(page, 2)
+            results["finished"] = _events(page, 3)
+            results["popup_hidden"] = page.eval_on_selector("#incoming", "el => el.hidden")
+            results["rows"] = page.eval_on_selector_all("#history tbody tr", "rows => rows.length")
+            results["errors"] = errors
+            # 3. A wrong client_id is refused, and says why.
+            bad = state["browser"].new_page()
+            bad.goto(f"{PAGE}&client_id=wrong&phone=1000&connect=1")
+            bad.wait_for_function(
+                "document.querySelector('#status').textContent.startsWith('refused')",
+                timeout=10_000,
+            )
+            results["refused"] = bad.text_content("#status")
+            results["refused_connected"] = bad.evaluate("pz.isConnected()")
+        finally:
+            close()
+
+    await threads.deferToThread(scenario)
+
+    assert results["errors"] == []
+    assert results["ringing_seen"], "pz.call() did not ring the user's phone"
+    [outgoing] = results["outgoing"]
+    assert outgoing["direction"] == 1 and outgoing["history"] and not outgoing["incoming"]
+    assert outgoing["to"] == "380639920051"
+    assert outgoing["record"].startswith(f"http://127.0.0.1:{HTTP_PORT}/records/")
+    assert 1 <= outgoing["duration"] <= 3
+    assert results["no_popup_for_own_call"] == []
+    [incoming] = results["incoming"]
+    assert incoming["incoming"] and not incoming["transfer"] and not incoming["history"]
+    assert incoming["to"] == "1000" and incoming["from"]
+    finished = results["finished"][-1]
+    assert finished["callID"] == incoming["callID"]
+    assert finished["direction"] == 0 and finished["history"]
+    assert finished["end"] >= finished["start"] > 1_700_000_000
+    assert 1 <= finished["duration"] <= 4
+    assert "record" in finished
+    assert results["popup_hidden"] is True and results["rows"] == 2
+    assert results["refused"] == "refused: invalid client_id"
+    assert results["refused_connected"] is False
+    assert SCREENSHOT.stat().st_size > 10_000
