@@ -24,7 +24,7 @@ from agi_app import validation
 from agi_app.store import OPERATOR_STATES, Store
 from agi_app.web.api import ApiError, ApiRequest, ApiResponse, Router
 from agi_app.web.openapi import api_operation, error_responses, param, ref
-from agi_app.web.params import MAX_PER_PAGE, choices, optional_integer, paging
+from agi_app.web.params import MAX_PAGE, MAX_PER_PAGE, choices, optional_integer, paging
 
 __all__ = ["HistoryEndpoints", "add_routes", "openapi_paths", "openapi_schemas"]
 
@@ -229,13 +229,53 @@ def add_routes(router: Router, store: Store, *, public_url: str) -> HistoryEndpo
 
 # -- OpenAPI --------------------------------------------------------------------
 
-_PAGE = param("page", {"type": "integer", "minimum": 1, "default": 1}, "page number, from 1")
-_PER_PAGE = param(
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+def _optional(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An optional parameter: its rule, or an empty value (or a JSON null),
+    which counts as leaving it out -- what form-posting CRMs often send."""
+    schema = dict(schema)
+    default = schema.pop("default", None)
+    rules = schema["anyOf"] if set(schema) == {"anyOf"} else [schema]
+    wrapped: dict[str, Any] = {"anyOf": [*rules, {"const": ""}, {"type": "null"}]}
+    if default is not None:
+        wrapped["default"] = default
+    return param(name, wrapped, description + "; empty: as if left out")
+
+
+_PAGE = _optional(
+    "page",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+    "page number, from 1",
+)
+_PER_PAGE = _optional(
     "per_page",
     {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": 20},
     "items per page",
 )
 _ID_RULE = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
+# validation.flag: 0/1, true/false, yes/no, on/off in any case, or a JSON bool
+_FLAG_WORDS = ("0", "1", "true", "false", "yes", "no", "on", "off")
+_FLAG_RULE = {
+    "anyOf": [
+        {"type": "integer", "enum": [0, 1]},
+        {"type": "boolean"},
+        {
+            "type": "string",
+            "pattern": r"^\s*(?:" + "|".join(_any_case(w) for w in _FLAG_WORDS) + r")\s*$",
+        },
+    ],
+    "default": 0,
+}
+
+
+# sipList's status: comma separated operator states in any case, blanks and
+# empty words allowed (what params.choices accepts); JSON Schema regexes
+# have no case-insensitive flag, hence the character classes.
+_STATE_WORD = "(?:" + "|".join(_any_case(s) for s in OPERATOR_STATES) + ")"
+_STATES_RULE = rf"^\s*(?:{_STATE_WORD}\s*)?(?:,\s*(?:{_STATE_WORD}\s*)?)*$"
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 
 
@@ -280,8 +320,24 @@ def openapi_schemas() -> dict[str, Any]:
     }
 
 
+def _body_required_when_fields_are(paths: dict[str, Any]) -> dict[str, Any]:
+    """A POST whose form has a required field cannot go without a body."""
+    for item in paths.values():
+        post = item.get("post")
+        if post is None:
+            continue
+        forms = post["requestBody"]["content"].values()
+        if any(form["schema"].get("required") for form in forms):
+            post["requestBody"]["required"] = True
+    return paths
+
+
 def openapi_paths() -> dict[str, Any]:
     """OpenAPI path items of this module."""
+    return _body_required_when_fields_are(_paths())
+
+
+def _paths() -> dict[str, Any]:
     order_param = param("order_id", _ID_RULE, "the CRM's order id", required=True)
     entries = {"type": "array", "items": ref("HistoryEntry")}
     return {
@@ -338,10 +394,8 @@ def openapi_paths() -> dict[str, Any]:
             ),
             parameters=[
                 order_param,
-                param(
-                    "group_by_call",
-                    {"type": "integer", "enum": [0, 1], "default": 0},
-                    "1: group the entries per call",
+                _optional(
+                    "group_by_call", _FLAG_RULE, "1 (or true/yes/on): group the entries per call"
                 ),
             ],
             response={
@@ -386,13 +440,13 @@ def openapi_paths() -> dict[str, Any]:
                 "call_id."
             ),
             parameters=[
-                param("call_id", _ID_RULE, "only this call's entries"),
-                param(
+                _optional("call_id", dict(_ID_RULE), "only this call's entries"),
+                _optional(
                     "after_id",
-                    {"type": "integer", "minimum": 0, "default": 0},
+                    {"type": "integer", "minimum": 0, "maximum": MAX_ID, "default": 0},
                     "only entries with a greater id",
                 ),
-                param(
+                _optional(
                     "limit",
                     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
                     "at most this many entries",
@@ -421,8 +475,15 @@ def openapi_paths() -> dict[str, Any]:
                 _PER_PAGE,
                 param(
                     "status",
-                    {"type": "string", "examples": ["online,inuse"]},
-                    "comma separated states to list (offline, online, inuse)",
+                    {
+                        "anyOf": [
+                            {"type": "string", "pattern": _STATES_RULE},
+                            {"type": "array", "items": {"type": "string", "pattern": _STATES_RULE}},
+                        ],
+                        "examples": ["online,inuse"],
+                    },
+                    "comma separated states to list (offline, online, inuse; any case); "
+                    "empty: all",
                 ),
             ],
             response=_paged(
@@ -444,7 +505,9 @@ def openapi_paths() -> dict[str, Any]:
             summary="Operator state changes, newest first",
             description="Every change of an operator's state, optionally of one sip.",
             parameters=[
-                param("sip", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}, "one sip"),
+                _optional(
+                    "sip", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}, "only this sip"
+                ),
                 _PAGE,
                 _PER_PAGE,
             ],
@@ -473,7 +536,7 @@ def openapi_paths() -> dict[str, Any]:
                         "name": "record_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "integer", "minimum": 1},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
                     }
                 ],
                 "responses": {
