@@ -204,6 +204,8 @@ async def test_current_calls_of_an_incoming_and_a_click_to_call(sandbox, app):
     api = Api()
     sandbox.phones.start("1000", answer(after=0.2))
     sandbox.phones.start("1001", answer(after=0.2))
+    events = []
+    app.tracker.subscribe(events.append)
     call_api_id = await client_calls_in(app, sandbox, "1000")
     mine = await talking(app, "1000")
     code, body = await api.get("/extension/1000/current_calls/")
@@ -234,6 +236,15 @@ async def test_current_calls_of_an_incoming_and_a_click_to_call(sandbox, app):
     await wait_pbx(sandbox, lambda chans: chans == [], what="no channel left")
     op = await sandbox.operator("1000").wait_for_hangup(reactor=reactor())
     assert op["hung_up_by"] == "remote"
+    # The call events of both operators' legs, in order, with their direction.
+    seen = {ext: [(e.kind, e.direction, e.status) for e in events if e.extension == ext]
+            for ext in ("1000", "1001")}
+    assert seen == {
+        "1000": [("ringing", "in", None), ("answered", "in", None), ("hungup", "in", "ANSWER")],
+        "1001": [("ringing", "out", None), ("answered", "out", None),
+                 ("hungup", "out", "ANSWER")],
+    }, seen
+    assert {e.call_id for e in events if e.extension == "1001"} == {placed["call_id"]}
 
 
 @pytest_twisted.ensureDeferred

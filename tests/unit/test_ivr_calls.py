@@ -306,8 +306,12 @@ class IncomingTests(CallsTestCase):
 class ReloadTests(SynchronousTestCase):
     def test_menus_follow_the_file_and_a_broken_edit_keeps_the_old_ones(self):
         import os
+        import shutil
+        import tempfile
 
-        path = self.mktemp()
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "ivr.conf")
         with open(path, "w") as f:
             f.write("[one]\nprompt = ivr-main\n1 = hangup\n")
         ivr = IVRService(store=None, ami=None, dialing=DialingConfig(), clock=None, path=path)
