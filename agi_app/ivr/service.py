@@ -19,8 +19,9 @@ then ``FINISH`` when the conversation ends -- or the failing status
 ends in the menus ends with ``FINISH``.
 
 The menu file is read at start and again whenever it changes on disk
-(checked at the start of every menu); a file with an error keeps the
-previous menus in use and logs the error naming section and key.
+(checked at the start of every menu); a file with an error (or no file)
+keeps the previous menus in use (none at start) and logs the error naming
+section and key.
 """
 
 from __future__ import annotations
@@ -107,8 +108,11 @@ class IVRService:
             pbx=pbx, grace=grace, requires=INCOMING_REQUIRES,
         )  # fmt: skip
         self._unsubscribe: list[Callable[[], None]] = []
-        if self.path is not None:
-            self.reload()
+        # A missing or broken file is logged, not fatal: the rest of agi_app
+        # runs, and the menus appear as soon as the file is fixed.
+        if self.path is not None and self._file_stamp() is None:
+            log.warn("IVR: no menu file {path}; no IVR menus until it exists", path=self.path)
+        self._maybe_reload()
 
     # -- menus ------------------------------------------------------------------
 
@@ -146,7 +150,8 @@ class IVRService:
         except MenuError as e:
             # Keep serving the last good menus; do not retry until the file changes.
             self._stamp = stamp
-            log.error("IVR: {error}; the previous menus stay in use", error=str(e))
+            log.error("IVR: {error}; the menus in use stay ({names})", error=str(e),
+                      names=", ".join(sorted(self._menus)) or "none")
 
     def check_menu(self, value: object, field: str = "ivrName") -> str:
         """A menu name that exists (:class:`~agi_app.validation.InvalidInput` otherwise)."""
