@@ -38,6 +38,13 @@ RECEIVER = f"http://127.0.0.1:{RECEIVER_PORT}"
 #: quick retries so recovery is seen within a second of the receiver's return
 SETTINGS = DeliverySettings(retry_delay=0.2, max_retry_delay=1.0, give_up_after=3600, timeout=2)
 DOWNTIME = float(os.environ.get("AGI_APP_TEST_RECEIVER_DOWNTIME", "5"))
+#: the same settings as configuration, for an application that reads them from [events]
+SETTINGS_ENV = {
+    "AGI_APP_EVENTS_RETRY_DELAY": str(SETTINGS.retry_delay),
+    "AGI_APP_EVENTS_MAX_RETRY_DELAY": str(SETTINGS.max_retry_delay),
+    "AGI_APP_EVENTS_GIVE_UP_AFTER": str(SETTINGS.give_up_after),
+    "AGI_APP_EVENTS_TIMEOUT": str(SETTINGS.timeout),
+}
 FIELDS = (
     "EventType EventID EventTime CallID CallAPIID CallFlow CallerIDNum CalledNumber "
     "CallerExtension OrderID ExternalKey"
@@ -103,6 +110,7 @@ def events_env(sandbox, tmp_path) -> dict[str, str]:
             "AGI_APP_AMI_PING_INTERVAL": "2",
             "AGI_APP_AMI_ACTION_TIMEOUT": "3",
             "AGI_APP_AMI_MAX_BACKOFF": "1",
+            **SETTINGS_ENV,
         }
     )
     return env
