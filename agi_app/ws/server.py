@@ -170,10 +170,14 @@ class WidgetHub:
         if not targets:
             return 0
         payload = json.dumps({"type": "event", "event": event}, separators=(",", ":")).encode()
+        sent = 0
         for proto in list(targets):
-            proto.sendMessage(payload, isBinary=False)
-        self.sent += len(targets)
-        return len(targets)
+            # A widget that is closing cannot take it (autobahn would raise).
+            if proto.state == WebSocketServerProtocol.STATE_OPEN:
+                proto.sendMessage(payload, isBinary=False)
+                sent += 1
+        self.sent += sent
+        return sent
 
     def on_call_event(self, event: Any) -> None:
         """The tracker's callback: the widget event of the leg's extension."""

@@ -297,3 +297,16 @@ async def test_a_dropped_widget_can_reconnect(server):
     await again.hello(user_phone="1000")
     hub.on_call_event(event("ringing"))
     assert (await again.next())["event"]["type"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closing_widget_does_not_stop_the_others_getting_events(server):
+    hub, calls, connect = server
+    a, b = await connect(), await connect()
+    await a.hello(user_phone="1000")
+    await b.hello(user_phone="1000")
+    [closing] = [p for p in hub._connections if p.state == p.STATE_OPEN][:1]
+    closing.sendClose(1000, "bye")  # in the closing handshake now
+    assert hub.send_event("1000", {"type": 2, "callID": "x", "from": "1", "to": "1000"}) == 1
+    await until(lambda: any(m["type"] == "event" for w in (a, b) for m in w.messages))
+    assert len([m for w in (a, b) for m in w.messages if m["type"] == "event"]) == 1
