@@ -21,7 +21,7 @@ import pytest
 import pytest_twisted
 from callflow import HTTP_PORT, reactor, wait_final
 from test_events import WS_PORT, call_in_from_trunk, start_events_app
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.threads import blockingCallFromThread
 
 from agi_app.sandbox.phones import answer
@@ -103,6 +103,9 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
 
         return blockingCallFromThread(r, run)
 
+    def app_hub():
+        return app.events.hub
+
     def scenario() -> None:
         launch()
         try:
@@ -126,22 +129,52 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
             results["ringing_seen"] = in_reactor(lambda: sandbox.operator("1000").calls())
             results["outgoing"] = _events(page, 3)
             results["no_popup_for_own_call"] = _events(page, 2)
-            # 2. A call from the trunk rings 1000: type 2, then type 3.
+            # 2. A call from the trunk rings 1000: type 2 (screenshot of the
+            # popup); 1000 answers and transfers it to 1001, whose widget
+            # gets type 1; both get type 3 when it ends.
+            other = state["browser"].new_page()
+            other.goto(f"{PAGE}&client_id=password&phone=1001&connect=1")
+            other.wait_for_function("window.pz && pz.isConnected()", timeout=10_000)
+            other.evaluate(COLLECT)
             in_reactor(sandbox.phones.start, "1000", answer(after=2.5))
-            # Started now, awaited after the screenshot (a list keeps the
-            # Deferred from being waited on here).
-            [done] = in_reactor(lambda: [defer.ensureDeferred(call_in_from_trunk(sandbox, "1000"))])
+            in_reactor(sandbox.phones.start, "1001", answer(after=0.5))
+            # Started now, awaited at the end (a list keeps the Deferred
+            # from being waited on here).
+            [done] = in_reactor(
+                lambda: [defer.ensureDeferred(call_in_from_trunk(sandbox, "1000", talk_ms=9000))]
+            )
             page.wait_for_function("window.__events.some(e => e.type === 2)", timeout=10_000)
             page.wait_for_selector("#incoming:not([hidden])", timeout=5_000)
             page.screenshot(path=str(screenshot))
+            call_api_id = _events(page, 2)[0]["callID"]
+            in_reactor(lambda: sandbox.operator("1000").wait_for_answer(timeout=10, count=2, reactor=r))
+            in_reactor(lambda: task.deferLater(r, 1.0, lambda: None))  # talking a moment
+            page.fill("#transfer-to", "1001")
+            page.click("#transfer button")
+            page.wait_for_function(
+                "document.querySelector('#message').textContent.startsWith('Transferred')",
+                timeout=10_000,
+            )
+            other.wait_for_function("window.__events.some(e => e.type === 1)", timeout=10_000)
             in_reactor(lambda: done)
             page.wait_for_function("window.__events.filter(e => e.type === 3).length >= 2",
                                    timeout=15_000)  # fmt: skip
+            other.wait_for_function("window.__events.some(e => e.type === 3)", timeout=15_000)
             results["incoming"] = _events(page, 2)
             results["finished"] = _events(page, 3)
+            results["transferred"] = _events(other, 1)
+            results["transferred_finished"] = _events(other, 3)
+            results["call_api_id"] = call_api_id
             results["popup_hidden"] = page.eval_on_selector("#incoming", "el => el.hidden")
             results["rows"] = page.eval_on_selector_all("#history tbody tr", "rows => rows.length")
             results["errors"] = errors
+            # A dropped connection comes back by itself.
+            page.evaluate("window.__status = []; pz.onStatus(s => window.__status.push(s))")
+            in_reactor(lambda: [p.dropConnection(abort=True) for p in list(app_hub()._connections)])
+            page.wait_for_function(
+                "window.__status.includes('disconnected') && pz.isConnected()", timeout=10_000
+            )
+            results["reconnected"] = page.evaluate("window.__status")
             # 3. A wrong client_id is refused, and says why.
             bad = state["browser"].new_page()
             bad.goto(f"{PAGE}&client_id=wrong&phone=1000&connect=1")
@@ -174,6 +207,12 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
     assert 1 <= finished["duration"] <= 4
     assert "record" in finished
     assert results["popup_hidden"] is True and results["rows"] == 2
+    [transfer] = results["transferred"]
+    assert transfer["transfer"] and not transfer["incoming"]
+    assert transfer["callID"] == results["call_api_id"] and transfer["to"]
+    [after] = results["transferred_finished"]
+    assert after["callID"] == results["call_api_id"] and after["direction"] == 0
+    assert results["reconnected"][-1] == "connected"
     assert results["refused"] == "refused: invalid client_id"
     assert results["refused_connected"] is False
     assert screenshot.stat().st_size > 10_000
