@@ -147,7 +147,8 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
             page.wait_for_selector("#incoming:not([hidden])", timeout=5_000)
             page.screenshot(path=str(screenshot))
             call_api_id = _events(page, 2)[0]["callID"]
-            in_reactor(lambda: sandbox.operator("1000").wait_for_answer(timeout=10, count=2, reactor=r))
+            operator = sandbox.operator("1000")
+            in_reactor(lambda: operator.wait_for_answer(timeout=10, count=2, reactor=r))
             in_reactor(lambda: task.deferLater(r, 1.0, lambda: None))  # talking a moment
             page.fill("#transfer-to", "1001")
             page.click("#transfer button")
