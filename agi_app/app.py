@@ -23,14 +23,20 @@ from agi_app import __version__
 from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
 from agi_app.ami.service import AMIService
+from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
+from agi_app.control import CallControl
+from agi_app.ivr.service import IVRService
 from agi_app.operators import OperatorTracker
 from agi_app.store.sqlite import SQLiteStore
+from agi_app.tracker import CallTracker
 from agi_app.web import history as history_module
 from agi_app.web import openapi
 from agi_app.web.api import Router
 from agi_app.web.calls import CallEndpoints
+from agi_app.web.calls_control import CallControlEndpoints
+from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.history import HistoryEndpoints
 from agi_app.web.site import build_site
 
@@ -63,8 +69,24 @@ class Application:
         self.calls.register_scripts(self.scripts)
         # Trunks are endpoints too, but not operators.
         self.operators = OperatorTracker(
-            self.ami, self.store, reactor, exclude=(config.dialing.default_trunk,)
+            self.ami, self.store, reactor, exclude=config.dialing.all_trunks
         )
+        # Every call on the PBX (also those agi_app did not place), and what
+        # can be done to them.
+        self.tracker = CallTracker.for_dialing(self.ami, config.dialing, reactor)
+        self.control = CallControl(
+            ami=self.ami, tracker=self.tracker, dialing=config.dialing, clock=reactor,
+            store=self.store,
+        )  # fmt: skip
+        self.ivr = IVRService(
+            store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor,
+            path=config.ivr.path,
+        )  # fmt: skip
+        self.outbound = OutboundCalls(
+            store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor, ivr=self.ivr
+        )
+        self.ivr.register_scripts(self.scripts)
+        self.outbound.register_scripts(self.scripts)
         self._ports: list = []
         self.agi_factory = None
 
@@ -107,7 +129,13 @@ class Application:
             clock=self.reactor,
         )
         calls.add_routes(router)
-        openapi.add_routes(router, openapi.build_document([history_module, calls]))
+        current = CurrentCallsEndpoints(self.control)
+        current.add_routes(router)
+        control = CallControlEndpoints(self.control, self.outbound)
+        control.add_routes(router)
+        openapi.add_routes(
+            router, openapi.build_document([history_module, calls, current, control])
+        )
         return router
 
     def site(self):
@@ -121,6 +149,9 @@ class Application:
         self.store.open()
         self.calls.start()
         self.operators.start()
+        self.tracker.start()
+        self.ivr.start()
+        self.outbound.start()
         self.ami.startService()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
@@ -143,6 +174,9 @@ class Application:
         self._ports.clear()
         self.calls.stop()
         self.operators.stop()
+        self.tracker.stop()
+        self.ivr.stop()
+        self.outbound.stop()
         await defer.maybeDeferred(self.ami.stopService)
         await self.store.close()
 

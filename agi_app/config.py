@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "DialingConfig",
     "HTTPConfig",
+    "IVRConfig",
     "StoreConfig",
     "WebSocketConfig",
     "load",
@@ -98,11 +99,25 @@ class DialingConfig:
     pbx_recordings_dir: str = ""
     #: dialplan context the operator leg is originated into (dialplan/extensions.conf)
     context: str = "agi-app-operator"
+    #: every trunk endpoint (not operators); default_trunk is always one
+    trunks: tuple[str, ...] = ()
+
+    @property
+    def all_trunks(self) -> tuple[str, ...]:
+        """``default_trunk`` and ``trunks``, without repeats."""
+        return tuple(dict.fromkeys((self.default_trunk, *self.trunks)))
 
     @property
     def pbx_recordings(self) -> str:
         """The recordings folder as Asterisk sees it."""
         return self.pbx_recordings_dir or self.recordings_dir
+
+
+@dataclass(frozen=True)
+class IVRConfig:
+    """``[ivr]``: where the IVR menus are defined (see ivr.conf.example)."""
+
+    path: str = "ivr.conf"
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     dialing: DialingConfig = field(default_factory=DialingConfig)
+    ivr: IVRConfig = field(default_factory=IVRConfig)
     #: the file this was read from, if any (relative paths are taken from the cwd)
     source: str | None = None
 
@@ -126,6 +142,7 @@ _SECTIONS = {
     "websocket": WebSocketConfig,
     "store": StoreConfig,
     "dialing": DialingConfig,
+    "ivr": IVRConfig,
 }
 
 def _unsafe_char(c: str) -> bool:
@@ -249,6 +266,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[dialing] client_channel: must contain {phone}")
     if not _TRUNK.fullmatch(cfg.dialing.default_trunk):
         raise ConfigError("[dialing] default_trunk: must match [A-Za-z0-9_-]{1,32}")
+    for trunk in cfg.dialing.trunks:
+        if not _TRUNK.fullmatch(trunk):
+            raise ConfigError(f"[dialing] trunks: {trunk!r} must match [A-Za-z0-9_-]{{1,32}}")
     if not 1 <= cfg.dialing.call_time_to_client <= 600:
         raise ConfigError("[dialing] call_time_to_client: must be 1..600 seconds")
     if not 1 <= cfg.dialing.call_time_to_ext <= 600:

@@ -332,7 +332,7 @@ class CallTracker:
             ami,
             clock=clock,
             party_techs=techs or {"PJSIP"},
-            trunks={dialing.default_trunk},
+            trunks=set(getattr(dialing, "all_trunks", (dialing.default_trunk,))),
             extension_tech=dialing.operator_channel.split("/", 1)[0],
             **kwargs,
         )

@@ -54,6 +54,8 @@ log = Logger(namespace="agi_app.calls")
 
 #: channel variable that ties every channel of a call to its call id
 CALL_ID_VAR = "AGI_APP_CALL_ID"
+#: set by call control on a channel it moves elsewhere (hold, transfer, park...)
+HANDOFF_VAR = "AGI_APP_HANDOFF"
 #: the FastAGI script the dialplan runs when the first leg answers
 OPERATOR_SCRIPT = "operator_call"
 
@@ -349,6 +351,16 @@ class CallService:
         ring = str(self.dialing.call_time_to_client)
         await agi.exec_("Dial", self.client_channel(req), ring, options, timeout=None)
         dialstatus = (await agi.get_variable("DIALSTATUS")) or ""
+        # Call control (hold, transfer, park...) moved the operator's channel
+        # away and marked it: the conversation goes on elsewhere, so the final
+        # status comes later, when the call's last channel hangs up.
+        handoff = await agi.get_variable(HANDOFF_VAR)
+        if handoff:
+            if dialstatus.upper() == "ANSWER" and st.CLIENT_PICKUP not in active.logged:
+                await self._log(active, st.CLIENT_PICKUP)
+            log.info("{call_id}: handed over ({how})", call_id=active.call_id, how=handoff)
+            await agi.set_variable("AGI_APP_RESULT", "OK")
+            return
         if dialstatus.upper() == "ANSWER":
             talk = await self._answered_seconds(agi)
             if st.CLIENT_PICKUP not in active.logged:

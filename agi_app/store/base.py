@@ -61,6 +61,8 @@ STATUSES: tuple[str, ...] = (
     "CLIENT_CANCEL",
     "ERROR",
     "FINISH",
+    # not final: one entry per choice a caller makes in an IVR menu
+    "IVR_CHOICE",
 )
 
 #: The statuses that end a call; a call gets exactly one of them.

@@ -82,6 +82,7 @@ COMMON_SCHEMAS: dict[str, Any] = {
             "CLIENT_CANCEL",
             "ERROR",
             "FINISH",
+            "IVR_CHOICE",
         ],
     },
     "HistoryEntry": {

@@ -30,74 +30,11 @@ from agi_app.sandbox.phones import answer, no_answer
 CLIENT = "380501234567"
 
 
-class ControlApplication(Application):
-    """The Application with the tracker, call control, IVR and automated
-    calls added (and their routes) when it does not build them itself."""
-
-    def __init__(self, config, reactor, ivr_path: str | None = None):
-        super().__init__(config, reactor)
-        from agi_app.calls.outbound import OutboundCalls
-        from agi_app.control import CallControl
-        from agi_app.ivr.service import IVRService
-        from agi_app.tracker import CallTracker
-
-        self._own_tracker = getattr(self, "tracker", None) is None
-        if self._own_tracker:
-            self.tracker = CallTracker.for_dialing(self.ami, config.dialing, reactor)
-        if getattr(self, "control", None) is None:
-            self.control = CallControl(ami=self.ami, tracker=self.tracker,
-                                       dialing=config.dialing, clock=reactor, store=self.store)
-        self._own_calls = getattr(self, "outbound", None) is None
-        if self._own_calls:
-            self.ivr = IVRService(store=self.store, ami=self.ami, dialing=config.dialing,
-                                  clock=reactor, path=ivr_path)
-            self.outbound = OutboundCalls(store=self.store, ami=self.ami,
-                                          dialing=config.dialing, clock=reactor, ivr=self.ivr)
-            self.ivr.register_scripts(self.scripts)
-            self.outbound.register_scripts(self.scripts)
-
-    def router(self):
-        from agi_app.web.calls_control import CallControlEndpoints
-        from agi_app.web.extensions import CurrentCallsEndpoints
-
-        router = super().router()
-        paths = {r.pattern for r in router.routes}
-        if "/api/calls/hangupCall" not in paths:
-            CurrentCallsEndpoints(self.control).add_routes(router)
-            CallControlEndpoints(self.control, self.outbound).add_routes(router)
-        return router
-
-    async def start(self) -> None:
-        await super().start()
-        if self._own_tracker:
-            self.tracker.start()
-        if self._own_calls:
-            self.ivr.start()
-            self.outbound.start()
-
-    async def stop(self) -> None:
-        if self._own_calls:
-            self.outbound.stop()
-            self.ivr.stop()
-        if self._own_tracker:
-            self.tracker.stop()
-        await super().stop()
-
-
-def allow_ivr_choice_status() -> None:
-    """The store learns the IVR_CHOICE status word (until it lists it itself)."""
-    from agi_app.store import base, sqlite
-
-    if "IVR_CHOICE" not in sqlite.STATUSES:
-        sqlite.STATUSES = (*sqlite.STATUSES, "IVR_CHOICE")
-    if "IVR_CHOICE" not in base.STATUSES:
-        base.STATUSES = (*base.STATUSES, "IVR_CHOICE")
-
-
-async def start_control_app(sandbox, tmp_path, ivr_path=None, **overrides) -> ControlApplication:
-    allow_ivr_choice_status()
+async def start_control_app(sandbox, tmp_path, ivr_path=None, **overrides) -> Application:
+    if ivr_path is not None:
+        overrides["AGI_APP_IVR_PATH"] = str(ivr_path)
     config = app_config(sandbox, tmp_path, **overrides)
-    app = ControlApplication(config, reactor(), ivr_path=ivr_path)
+    app = Application(config, reactor())
     await app.start()
     await app.ami.when_connected().addTimeout(10, reactor())
     return app

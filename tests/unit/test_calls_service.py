@@ -257,6 +257,7 @@ class AsteriskAGI:
     async def after_dial(self, dialstatus: str, answered_ms: int | None = None) -> None:
         self.send("200 result=0")
         await self.expect('GET VARIABLE "DIALSTATUS"', f"200 result=1 ({dialstatus})")
+        await self.expect('GET VARIABLE "AGI_APP_HANDOFF"', "200 result=0")
         if dialstatus == "ANSWER":
             value = "200 result=0" if answered_ms is None else f"200 result=1 ({answered_ms})"
             await self.expect('GET VARIABLE "ANSWEREDTIME_MS"', value)
@@ -431,6 +432,7 @@ async def test_dialstatus_gives_the_client_status(h, dialstatus, status):
     else:  # DIALSTATUS unset
         agi.send("200 result=0")
         await agi.expect('GET VARIABLE "DIALSTATUS"', "200 result=0")
+        await agi.expect('GET VARIABLE "AGI_APP_HANDOFF"', "200 result=0")
         await agi.finished()
     assert await h.final(call_id) == [*DIALLED, status]
 
