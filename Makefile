@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 all: test
 
 # Host packages the sandbox and the tests need; installed only when missing.
-SYSTEM_PACKAGES := debootstrap sip-tester
+SYSTEM_PACKAGES := debootstrap sip-tester chromium
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \

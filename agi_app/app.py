@@ -27,12 +27,13 @@ from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
 from agi_app.control import CallControl
+from agi_app.events.parts import EventParts
 from agi_app.ivr.service import IVRService
 from agi_app.operators import OperatorTracker
 from agi_app.store.sqlite import SQLiteStore
 from agi_app.tracker import CallTracker
+from agi_app.web import extensions_events, openapi
 from agi_app.web import history as history_module
-from agi_app.web import openapi
 from agi_app.web.api import Router
 from agi_app.web.calls import CallEndpoints
 from agi_app.web.calls_control import CallControlEndpoints
@@ -87,6 +88,11 @@ class Application:
         )
         self.ivr.register_scripts(self.scripts)
         self.outbound.register_scripts(self.scripts)
+        # Webhooks to CRMs and the browser widget's feed.
+        self.events = EventParts(
+            config, store=self.store, calls=self.calls, tracker=self.tracker,
+            control=self.control, reactor=reactor,
+        )  # fmt: skip
         self._ports: list = []
         self.agi_factory = None
 
@@ -133,9 +139,9 @@ class Application:
         current.add_routes(router)
         control = CallControlEndpoints(self.control, self.outbound)
         control.add_routes(router)
-        openapi.add_routes(
-            router, openapi.build_document([history_module, calls, current, control])
-        )
+        self.events.add_routes(router)
+        parts = [history_module, calls, current, control, extensions_events]
+        openapi.add_routes(router, openapi.build_document(parts))
         return router
 
     def site(self):
@@ -150,6 +156,7 @@ class Application:
         self.calls.start()
         self.operators.start()
         self.tracker.start()
+        await self.events.start()
         self.ivr.start()
         self.outbound.start()
         self.ami.startService()
@@ -172,6 +179,7 @@ class Application:
         for port in self._ports:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
+        await self.events.stop()
         self.calls.stop()
         self.operators.stop()
         self.tracker.stop()

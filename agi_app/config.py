@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DialingConfig",
+    "EventsConfig",
     "HTTPConfig",
     "IVRConfig",
     "StoreConfig",
@@ -121,6 +122,20 @@ class IVRConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """``[events]``: delivery of webhooks to CRMs (see docs/events.md)."""
+
+    #: seconds before the first retry of a failed delivery; doubles each time
+    retry_delay: float = 1.0
+    #: the longest pause between retries, seconds
+    max_retry_delay: float = 300.0
+    #: an event still undelivered this many seconds after it happened is given up
+    give_up_after: float = 86400.0
+    #: seconds one delivery request may take
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per INI section."""
 
@@ -131,6 +146,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     dialing: DialingConfig = field(default_factory=DialingConfig)
     ivr: IVRConfig = field(default_factory=IVRConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     #: the file this was read from, if any (relative paths are taken from the cwd)
     source: str | None = None
 
@@ -143,6 +159,7 @@ _SECTIONS = {
     "store": StoreConfig,
     "dialing": DialingConfig,
     "ivr": IVRConfig,
+    "events": EventsConfig,
 }
 
 def _unsafe_char(c: str) -> bool:

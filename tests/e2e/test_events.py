@@ -28,7 +28,6 @@ from twisted.internet import defer, task
 from agi_app.app import Application
 from agi_app.client import verify_signature
 from agi_app.events.delivery import DeliverySettings
-from agi_app.events.parts import EventParts
 from agi_app.events.testing import Receiver
 from agi_app.sandbox.phones import SIPP, answer
 
@@ -51,54 +50,6 @@ FIELDS = (
 ).split()
 
 
-class EventsApplication(Application):
-    """The Application with the events part (tracker, call control, events,
-    widgets) added when it does not build one itself."""
-
-    def __init__(self, config, reactor, settings: DeliverySettings = SETTINGS):
-        super().__init__(config, reactor)
-        self._own = not isinstance(getattr(self, "events", None), EventParts)
-        if not self._own:
-            return
-        from agi_app.control import CallControl
-        from agi_app.tracker import CallTracker
-
-        tracker = getattr(self, "tracker", None)
-        self._own_tracker = tracker is None
-        if tracker is None:
-            tracker = self.tracker = CallTracker.for_dialing(self.ami, config.dialing, reactor)
-        control = getattr(self, "control", None)
-        if control is None:
-            control = CallControl(
-                ami=self.ami, tracker=tracker, dialing=config.dialing, clock=reactor,
-                store=self.store,
-            )  # fmt: skip
-        self.events = EventParts(
-            config, store=self.store, calls=self.calls, tracker=tracker, control=control,
-            reactor=reactor, settings=settings,
-        )  # fmt: skip
-
-    def router(self):
-        router = super().router()
-        if self._own:
-            self.events.add_routes(router)
-        return router
-
-    async def start(self) -> None:
-        await super().start()
-        if self._own:
-            if self._own_tracker:
-                self.tracker.start()
-            await self.events.start()
-
-    async def stop(self) -> None:
-        if self._own:
-            await self.events.stop()
-            if self._own_tracker:
-                self.tracker.stop()
-        await super().stop()
-
-
 def events_env(sandbox, tmp_path) -> dict[str, str]:
     env = dict(sandbox.agi_app_config())
     env.update(
@@ -116,11 +67,14 @@ def events_env(sandbox, tmp_path) -> dict[str, str]:
     return env
 
 
-async def start_events_app(sandbox, tmp_path) -> EventsApplication:
+async def start_events_app(sandbox, tmp_path) -> Application:
     config = app_config(
-        sandbox, tmp_path, AGI_APP_WEBSOCKET_LISTEN=f"tcp:{WS_PORT}:interface=127.0.0.1"
+        sandbox,
+        tmp_path,
+        AGI_APP_WEBSOCKET_LISTEN=f"tcp:{WS_PORT}:interface=127.0.0.1",
+        **SETTINGS_ENV,
     )
-    app = EventsApplication(config, reactor())
+    app = Application(config, reactor())
     await app.start()
     await app.ami.when_connected().addTimeout(10, reactor())
     return app
@@ -325,19 +279,15 @@ async def wait_for_api(api: Api, path: str, predicate, timeout: float = 15.0):
 
 _CHILD = """
 import sys
-sys.path.insert(0, {tests!r})
 from twisted.internet import reactor
 from agi_app.app import run
-import agi_app.app as app_module
 from agi_app.config import load
-from test_events import EventsApplication
-app_module.Application = EventsApplication
 sys.exit(run(load(None), reactor))
 """
 
 
 def start_child(env: dict[str, str], log: Path) -> subprocess.Popen:
-    code = _CHILD.format(tests=str(Path(__file__).parent))
+    code = _CHILD
     return subprocess.Popen(
         [sys.executable, "-c", code],
         env={**os.environ, **env},
