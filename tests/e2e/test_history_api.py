@@ -152,6 +152,7 @@ def as_xml_sees_it(value: Any) -> Any:
 async def same_in_xml(http: Http, path: str, params: dict[str, Any], body: Any) -> None:
     """``path``.xml with ``params`` answers the same data as ``body`` (its JSON answer)."""
     code, headers, raw = await http.raw("GET", path + ".xml", params=params or None)
+    assert code == 200, (path, params, raw)
     assert headers.getRawHeaders("content-type") == ["application/xml; charset=utf-8"]
     root = ET.fromstring(raw)
     assert root.tag == "response"
@@ -401,6 +402,7 @@ async def test_sip_list_follows_a_phone_and_operator_history_lists_the_changes(
     """A SIPp phone registers, rings, talks, hangs up and unregisters: sipList
     shows each state while it lasts, operatorHistory lists the changes newest
     first, and the ``since`` of sipList is the time of the last change."""
+    check_schema = await schema_checker(http)
     sip = "1004"
     await becomes(http, sip, "offline", "not registered at start")
     phone = sandbox.phones.start(sip, answer(after=2.0))
@@ -422,6 +424,7 @@ async def test_sip_list_follows_a_phone_and_operator_history_lists_the_changes(
     last = await becomes(http, sip, "offline", "unregistered")
 
     body = await get_both(http, "/api/operatorHistory", sip=sip)
+    check_schema("/api/operatorHistory", body)
     changes = [h["status"] for h in body["history"]]
     assert changes == ["offline", "online", "inuse", "online", "offline"], body
     times = [h["time"] for h in body["history"]]
@@ -440,6 +443,7 @@ async def test_sip_list_follows_a_phone_and_operator_history_lists_the_changes(
     second = await get_both(http, "/api/operatorHistory", sip=sip, page=2, per_page=2)
     assert second["history"] == body["history"][2:4]
     offline = await get_both(http, "/api/sipList", status="offline", per_page=500)
+    check_schema("/api/sipList", offline)
     assert sip in [s["sip"] for s in offline["sips"]]
     assert {s["status"] for s in offline["sips"]} == {"offline"}
     online = await get_both(http, "/api/sipList", status="online,inuse", per_page=500)
