@@ -1,0 +1,629 @@
+"""CRM history API under load: a store of a million calls, real HTTP, concurrency 10.
+
+The store: 1,000,000 calls, 6,000,000 status entries and 1,000,000
+recordings, generated once into a SQLite file created by opening
+:class:`agi_app.store.SQLiteStore` (so the schema, indexes, triggers and
+pragmas are the application's own), then filled with plain bulk INSERTs in
+one transaction.  Every call goes CALL .. FINISH (6 entries) and is
+recorded; the entries of the ~100 calls in progress at any moment
+interleave; an order has 3 calls a third of the history apart.  The file is
+cached under ``/var/tmp/agi_app-bench`` keyed by the schema version, so
+reruns skip the ~2 minutes of generation.
+
+The server: a separate process running the application's real HTTP stack on
+a TCP port on 127.0.0.1 -- ``build_site`` with an API key, the history
+endpoints, the SQLite store on its worker thread, the epoll reactor, the
+access log written as in production -- pinned to CPU 1 (``--no-pin``: any).
+
+The load: this process, on CPU 0, keeps 10 keep-alive HTTP/1.1 connections
+busy (one request in flight on each) with
+
+* ``orderHistory`` of a random order (3 calls, 18 entries),
+* ``callHistory`` polling: ``after_id`` anywhere in the history, ``limit=100``,
+* ``callHistory`` of one random call (6 entries),
+* ``recordList`` page 1 and page 5,000 (20 per page: 99,980 rows deep),
+* and, as a reference, ``sipList`` on an empty operator table: what the
+  HTTP stack and the store's thread hop cost by themselves;
+
+each for ``--rounds`` rounds (the round with the lowest p99 is kept: other
+work on the machine only ever makes a round slower).  It prints p50/p99
+latency and the server's CPU time per request and, from the same run, the
+time of the bare SQL that produces the same answer -- the statements the
+store runs, on one connection, one request at a time: the floor.  The first
+20 answers of each endpoint are checked against that SQL.
+
+Usage::
+
+    .venv/bin/python bench/history_api.py              # full run, ~2 min once generated
+    .venv/bin/python bench/history_api.py --quick      # one round of 1,000 requests
+    .venv/bin/python bench/history_api.py --calls 200000 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import os
+import random
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CACHE_DIR = Path(os.environ.get("AGI_APP_BENCH_CACHE", "/var/tmp/agi_app-bench"))
+API_KEY = "bench-key"
+CONCURRENCY = 10
+STATUSES_PER_CALL = 6
+CALLS_PER_ORDER = 3
+PER_PAGE = 20
+DEEP_PAGE = 5000
+#: the targets of the issue: p99 under this many ms, and within this factor of the floor
+TARGET_P99_MS = 10.0
+TARGET_FACTOR = 3.0
+#: 2026-01-01T00:00:00Z; a call starts every 3 s after it, so a million calls
+#: span about 35 days
+EPOCH_MS = 1_767_225_600_000
+CALL_EVERY_MS = 3_000
+#: offsets (ms) of a call's statuses from its start: operator rings, picks up,
+#: the client is dialled, picks up, they talk, the call ends
+STEPS = (
+    ("CALL", 0),
+    ("OPERATOR_CALLTO", 40),
+    ("OPERATOR_PICKUP", 4_200),
+    ("CLIENT_CALLTO", 7_300),
+    ("CLIENT_PICKUP", 12_900),
+    ("FINISH", 0),  # + the talk time
+)
+
+
+def _pin(cpu: int) -> None:
+    """Run this process on CPU ``cpu`` only (a negative ``cpu``: anywhere)."""
+    if hasattr(os, "sched_setaffinity") and 0 <= cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+# -- the store ---------------------------------------------------------------
+
+
+def schema_version() -> int:
+    """The schema version of this checkout (the cache key of generated stores)."""
+    from agi_app.store.sqlite import MIGRATIONS
+
+    return len(MIGRATIONS)
+
+
+def store_path(calls: int) -> Path:
+    return CACHE_DIR / f"history-v{schema_version()}-{calls}.sqlite3"
+
+
+def create_schema(path: Path) -> None:
+    """Create the file by opening (and closing) the application's store once."""
+    from twisted.internet import reactor
+
+    from agi_app.store import SQLiteStore
+
+    store = SQLiteStore(str(path), reactor=reactor)
+    store.open()
+
+    def done(_: object) -> None:
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: store.close().addBoth(done))
+    reactor.run()
+
+
+def call_id(n: int) -> str:
+    """The n-th call's id, shaped like the application's (hex ms + 12 hex)."""
+    return f"{EPOCH_MS + n * CALL_EVERY_MS:x}{(n * 2654435761) % 16**12:012x}"
+
+
+def order_id(n: int, calls: int) -> str:
+    """Calls of one order are a third of the history apart (a CRM retrying
+    days later), so an order's entries are never neighbours on disk."""
+    orders = calls // CALLS_PER_ORDER
+    return f"order-{n % orders}"
+
+
+def _iso(ms: int) -> str:
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _events(calls: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(time_ms, call, step, talk_ms)`` of every status of every call, in
+    time order: the entries of the ~100 calls in progress at any moment
+    interleave as they would in a live store."""
+    rng = random.Random(7)
+    pending: list[tuple[int, int, int, int]] = []
+    for n in range(calls):
+        start = EPOCH_MS + n * CALL_EVERY_MS + rng.randrange(0, 2_000)
+        while pending and pending[0][0] < start:
+            yield heapq.heappop(pending)
+        talk = rng.randrange(5_000, 300_000)
+        pickup = start + STEPS[4][1]
+        for step, (_, offset) in enumerate(STEPS):
+            at = pickup + talk if step == len(STEPS) - 1 else start + offset
+            heapq.heappush(pending, (at, n, step, talk))
+    while pending:
+        yield heapq.heappop(pending)
+
+
+def generate(path: Path, calls: int) -> dict[str, int]:
+    """Fill a new store at ``path`` with ``calls`` calls; returns the counts."""
+    tmp = path.with_name(path.name + ".part")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        leftover.unlink(missing_ok=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    create_schema(tmp)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -1000000")  # 1 GB while building the indexes
+    # Secondary indexes are built once at the end (a sort), not row by row.
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+        "AND tbl_name IN ('calls', 'call_status', 'recordings')"
+    ).fetchall()
+    conn.execute("BEGIN")
+    for name, _ in indexes:
+        conn.execute(f"DROP INDEX {name}")
+    calls_sql = (
+        "INSERT INTO calls (call_id, kind, sip, phone, order_id, external_key, params, "
+        "created_at, final_status, finished_at, talk_seconds, pbx) "
+        "VALUES (?, 'makeCall', ?, ?, ?, ?, ?, ?, 'FINISH', ?, ?, 'default')"
+    )
+    status_sql = (
+        "INSERT INTO call_status (id, call_id, order_id, status, time, detail) "
+        "VALUES (?, ?, ?, ?, ?, NULL)"
+    )
+    record_sql = (
+        "INSERT INTO recordings (record_id, call_id, order_id, external_key, sip, phone, "
+        "path, created_at, duration, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    call_rows: list[tuple] = []
+    status_rows: list[tuple] = []
+    record_rows: list[tuple] = []
+    entry_id = record_id = 0
+    total = calls * STATUSES_PER_CALL
+    every = max(total // 20, 1)
+
+    def flush() -> None:
+        conn.executemany(calls_sql, call_rows)
+        conn.executemany(status_sql, status_rows)
+        conn.executemany(record_sql, record_rows)
+        call_rows.clear()
+        status_rows.clear()
+        record_rows.clear()
+
+    for at, n, step, talk in _events(calls):
+        cid = call_id(n)
+        oid = order_id(n, calls)
+        when = _iso(at)
+        entry_id += 1
+        status_rows.append((entry_id, cid, oid, STEPS[step][0], when))
+        sip = str(1000 + n % 200)
+        phone = f"38063{n % 10_000_000:07d}"
+        if step == 0:
+            pickup = at + STEPS[4][1]
+            params = json.dumps(
+                {"order_id": oid, "phone": phone, "sip": sip}, separators=(",", ":")
+            )
+            call_rows.append(
+                (cid, sip, phone, oid, f"key-{n}", params, when, _iso(pickup + talk), talk / 1000)
+            )
+        elif step == 4:
+            record_id += 1
+            record_rows.append(
+                (record_id, cid, oid, f"key-{n}", sip, phone,
+                 f"/var/spool/asterisk/monitor/{oid}_{cid}.wav", when, talk / 1000,
+                 44 + talk * 16)
+            )  # fmt: skip
+        if entry_id % 100_000 == 0:
+            flush()
+        if entry_id % every == 0:
+            _say(f"  generating: {entry_id:,} / {total:,} status entries "
+                 f"({time.monotonic() - started:.0f} s)")  # fmt: skip
+    flush()
+    _say(f"  building {len(indexes)} indexes ({time.monotonic() - started:.0f} s)")
+    for _, sql in indexes:
+        conn.execute(sql)
+    # AUTOINCREMENT's counters, as if every row had been added one by one
+    for table, last in (("call_status", entry_id), ("recordings", record_id)):
+        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (last, table))
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? WHERE NOT EXISTS "
+            "(SELECT 1 FROM sqlite_sequence WHERE name = ?)",
+            (table, last, table),
+        )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    os.replace(tmp, path)
+    counts = {"calls": calls, "statuses": entry_id, "recordings": record_id}
+    path.with_name(path.name + ".json").write_text(json.dumps(counts))
+    _say(f"  generated in {time.monotonic() - started:.0f} s: {path} "
+         f"({path.stat().st_size / 2**20:,.0f} MiB)")  # fmt: skip
+    return counts
+
+
+def ensure_store(calls: int) -> tuple[Path, dict[str, int]]:
+    """The cached store of ``calls`` calls, generated when missing."""
+    path = store_path(calls)
+    meta = path.with_name(path.name + ".json")
+    if path.is_file() and meta.is_file():
+        counts = json.loads(meta.read_text())
+        _say(f"store: {path} (cached: {counts['calls']:,} calls, "
+             f"{counts['statuses']:,} statuses, {counts['recordings']:,} recordings)")  # fmt: skip
+        return path, counts
+    _say(f"store: generating {path} ({calls:,} calls, {calls * STATUSES_PER_CALL:,} statuses)")
+    return path, generate(path, calls)
+
+
+# -- the server (its own process) ----------------------------------------------------
+
+
+def serve(path: str, cpu: int, log_path: str) -> None:
+    """Run the history endpoints on the application's HTTP stack until SIGTERM."""
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from agi_app.store import SQLiteStore
+    from agi_app.web import Router, build_site
+    from agi_app.web.history import HistoryEndpoints
+
+    # As `agi-app serve` does: info level, so every request writes its access
+    # log line (to a file here rather than stdout).
+    log_file = open(log_path, "w")  # noqa: SIM115 - open for the process's life
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(log_file),
+                              [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])],
+        redirectStandardIO=False,
+    )  # fmt: skip
+    store = SQLiteStore(path, reactor=reactor)
+    store.open()
+    router = Router()
+    HistoryEndpoints(store, public_url="http://127.0.0.1:8080").add_routes(router)
+    site = build_site(router, api_keys=(API_KEY,), static_dir=None, clock=reactor)
+    port = reactor.listenTCP(0, site, backlog=1024, interface="127.0.0.1")
+    _pin(cpu)
+    print(f"READY {port.getHost().port}", flush=True)
+    reactor.run()
+
+
+def start_server(path: Path, cpu: int) -> tuple[subprocess.Popen, int]:
+    log_path = CACHE_DIR / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(path), "--cpu", str(cpu),
+         "--server-log", str(log_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line!r} (see {log_path})")
+    return proc, int(line.split()[1])
+
+
+# -- the load ---------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    """One pass of a case's requests through the server."""
+
+    http_ms: list[float]
+    seconds: float
+    server_cpu: float
+    errors: int
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.http_ms, 0.99)
+
+
+@dataclass
+class Case:
+    """One endpoint under load: the request paths to send and, for each, the
+    bare SQL that produces the same answer."""
+
+    name: str
+    #: (path with query, floor arguments) per request
+    requests: list[tuple[str, tuple]]
+    #: the bare SQL of one request: returns what identifies the answer
+    floor: Callable[[sqlite3.Connection, tuple], object]
+    #: the same identity, read from the endpoint's JSON answer
+    identity: Callable[[dict], object]
+    #: a reference line (not one of the issue's targets)
+    reference: bool = False
+    rounds: list[Round] = field(default_factory=list)
+    floor_ms: list[float] = field(default_factory=list)
+
+    @property
+    def best(self) -> Round:
+        return min(self.rounds, key=lambda r: r.p99)
+
+
+_ENTRY = "id, call_id, order_id, status, time, detail"
+_RECORD = "record_id, call_id, order_id, external_key, sip, phone, path, created_at, duration, size"
+
+# The floors: the statements the store runs for each answer (see
+# agi_app/store/sqlite.py), on one connection, one request at a time.
+
+
+def _order_history_sql(conn: sqlite3.Connection, args: tuple) -> object:
+    rows = conn.execute(
+        f"SELECT {_ENTRY} FROM call_status WHERE order_id = ? ORDER BY id", args
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _poll_sql(conn: sqlite3.Connection, args: tuple) -> object:
+    rows = conn.execute(
+        f"SELECT {_ENTRY} FROM call_status WHERE id > ? ORDER BY id LIMIT ?", args
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _one_call_sql(conn: sqlite3.Connection, args: tuple) -> object:
+    # (the call is looked up only when it has no entries: never here)
+    rows = conn.execute(
+        f"SELECT {_ENTRY} FROM call_status WHERE call_id = ? AND id > 0 ORDER BY id LIMIT 100",
+        args,
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _record_page_sql(conn: sqlite3.Connection, args: tuple) -> object:
+    # the kept total, the id range, then the page by primary key (the ids
+    # have no gaps here) -- SQLiteStore._newest_page
+    page, per_page = args
+    conn.execute("BEGIN")
+    total = conn.execute("SELECT n FROM row_counts WHERE name = 'recordings'").fetchone()[0]
+    lo, hi = conn.execute(
+        "SELECT (SELECT min(record_id) FROM recordings), (SELECT max(record_id) FROM recordings)"
+    ).fetchone()
+    top = hi - (page - 1) * per_page
+    rows = conn.execute(
+        f"SELECT {_RECORD} FROM recordings WHERE record_id BETWEEN ? AND ? ORDER BY record_id DESC",
+        (max(lo, top - per_page + 1), top),
+    ).fetchall()
+    conn.execute("COMMIT")
+    return total, [r[0] for r in rows]
+
+
+def _operators_sql(conn: sqlite3.Connection, args: tuple) -> object:
+    total = conn.execute("SELECT count(*) FROM operators").fetchone()[0]
+    rows = conn.execute(
+        "SELECT sip, status, since FROM operators ORDER BY sip LIMIT 20 OFFSET 0"
+    ).fetchall()
+    return total, [r[0] for r in rows]
+
+
+def build_cases(counts: dict[str, int], requests: int, seed: int = 1) -> list[Case]:
+    """The endpoints under test, each with ``requests`` random requests."""
+    rng = random.Random(seed)
+    calls, statuses = counts["calls"], counts["statuses"]
+    orders = calls // CALLS_PER_ORDER
+
+    def each(make: Callable[[], tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+        return [make() for _ in range(requests)]
+
+    def order() -> tuple[str, tuple]:
+        oid = f"order-{rng.randrange(orders)}"
+        return f"/api/orderHistory.json?order_id={oid}", (oid,)
+
+    def poll() -> tuple[str, tuple]:
+        after = rng.randrange(0, statuses - 100)
+        return f"/api/callHistory.json?after_id={after}&limit=100", (after, 100)
+
+    def one_call() -> tuple[str, tuple]:
+        cid = call_id(rng.randrange(calls))
+        return f"/api/callHistory.json?call_id={cid}", (cid,)
+
+    def records(page: int) -> Callable[[], tuple[str, tuple]]:
+        return lambda: (f"/api/recordList.json?page={page}&per_page={PER_PAGE}", (page, PER_PAGE))
+
+    def ids(body: dict) -> object:
+        return [e["id"] for e in body["history"]]
+
+    def page_ids(body: dict) -> object:
+        return body["total"], [r["record_id"] for r in body["records"]]
+
+    def sips(body: dict) -> object:
+        return body["total"], [s["sip"] for s in body["sips"]]
+
+    return [
+        Case("orderHistory", each(order), _order_history_sql, ids),
+        Case("callHistory after_id", each(poll), _poll_sql, ids),
+        Case("callHistory call_id", each(one_call), _one_call_sql, ids),
+        Case("recordList page 1", each(records(1)), _record_page_sql, page_ids),
+        Case(f"recordList page {DEEP_PAGE:,}", each(records(DEEP_PAGE)), _record_page_sql,
+             page_ids),
+        # no operators in this store: what the HTTP stack costs by itself
+        Case("(sipList, empty)", each(lambda: ("/api/sipList.json", ())), _operators_sql, sips,
+             reference=True),
+    ]  # fmt: skip
+
+
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str):
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def _load(port: int, case: Case, concurrency: int, warmup: int, server) -> Round:
+    """Send every request of ``case`` over ``concurrency`` keep-alive
+    connections, one request in flight on each; the first ``warmup``
+    requests are not counted."""
+    todo = iter(enumerate(case.requests))
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for i, (path, _) in todo:
+                started = time.perf_counter()
+                status, _body = await _get(reader, writer, path)
+                elapsed = (time.perf_counter() - started) * 1000
+                errors += status != 200
+                if i >= warmup:
+                    latencies.append(elapsed)
+        finally:
+            writer.close()
+
+    cpu = sum(server.cpu_times()[:2])
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return Round(latencies, seconds, sum(server.cpu_times()[:2]) - cpu, errors)
+
+
+async def _check_answers(port: int, case: Case, conn: sqlite3.Connection, n: int) -> None:
+    """The endpoint and the bare SQL must give the same answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for path, args in case.requests[:n]:
+            status, body = await _get(reader, writer, path)
+            if status != 200:
+                raise SystemExit(f"{case.name}: {path} answered {status}: {body[:300]!r}")
+            got, want = case.identity(json.loads(body)), case.floor(conn, args)
+            if got != want:
+                raise SystemExit(f"{case.name}: {path}: the endpoint and the bare SQL differ:\n"
+                                 f"  http {got!r}\n  sql  {want!r}")  # fmt: skip
+    finally:
+        writer.close()
+
+
+def _floor(case: Case, conn: sqlite3.Connection, warmup: int) -> None:
+    for i, (_, args) in enumerate(case.requests):
+        started = time.perf_counter()
+        case.floor(conn, args)
+        elapsed = (time.perf_counter() - started) * 1000
+        if i >= warmup:
+            case.floor_ms.append(elapsed)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(cases: list[Case], concurrency: int) -> bool:
+    """Print the table; True when every target is met."""
+    head = (f"{'endpoint':24} {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} {'CPU/req':>8} "
+            f"{'floor p50':>9} {'floor p99':>9} {'p99/floor':>9}  target")  # fmt: skip
+    _say("")
+    _say(head)
+    _say("-" * len(head))
+    ok = True
+    for c in cases:
+        r = c.best
+        p50, p99 = statistics.median(r.http_ms), r.p99
+        f50, f99 = statistics.median(c.floor_ms), percentile(c.floor_ms, 0.99)
+        factor = p99 / f99 if f99 else float("inf")
+        met = p99 < TARGET_P99_MS and factor <= TARGET_FACTOR and not r.errors
+        if c.reference:
+            verdict = "(reference)"
+        else:
+            ok &= met
+            verdict = "met" if met else "MISSED"
+        if r.errors:
+            verdict += f" ({r.errors} errors)"
+        cpu_us = r.server_cpu / len(c.requests) * 1e6
+        _say(f"{c.name:24} {len(c.requests) / r.seconds:6.0f} {p50:7.2f} {p99:7.2f} "
+             f"{cpu_us:6.0f}us {f50:9.3f} {f99:9.3f} {factor:9.1f}  {verdict}")  # fmt: skip
+    _say(f"targets: p99 < {TARGET_P99_MS:g} ms and p99 <= {TARGET_FACTOR:g} x the floor's p99, "
+         f"at concurrency {concurrency}; CPU/req: the server process's CPU time per "
+         f"request")  # fmt: skip
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1_000_000, help="calls in the store")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per endpoint (best kept)")
+    parser.add_argument("--quick", action="store_true", help="1,000 requests, one round")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the server and the load generator run on any CPU (default: server on "
+        "CPU 1, its reactor and store threads sharing it; generator on CPU 0)",
+    )
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--server-log", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.cpu, args.server_log)
+        return 0
+    import psutil
+
+    requests, rounds = (1000, 1) if args.quick else (args.requests, args.rounds)
+    warmup = min(200, requests // 5)
+    if args.calls < DEEP_PAGE * PER_PAGE:
+        parser.error(f"--calls must be at least {DEEP_PAGE * PER_PAGE} for page {DEEP_PAGE}")
+    path, counts = ensure_store(args.calls)
+    cases = build_cases(counts, requests)
+    server, port = start_server(path, cpu=-1 if args.no_pin else 1)
+    if not args.no_pin:
+        _pin(0)
+    where = "any CPU" if args.no_pin else "CPU 1, load generator on CPU 0"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    _say(f"server pid {server.pid} on {where}; load average {load}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        process = psutil.Process(server.pid)
+        for case in cases:
+            asyncio.run(_check_answers(port, case, conn, 20))
+            _say(f"{case.name}: {rounds} x {len(case.requests):,} requests at concurrency "
+                 f"{args.concurrency}")  # fmt: skip
+            for _ in range(rounds):
+                case.rounds.append(
+                    asyncio.run(_load(port, case, args.concurrency, warmup, process))
+                )
+            _floor(case, conn, warmup)
+        conn.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return 0 if report(cases, args.concurrency) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
