@@ -449,8 +449,10 @@ class CallTracker:
             return "out"
         if leg.dialed:
             return "in"
-        if leg.originated and call_id:
-            # agi_app rings the operator first to call a client for them
+        if call_id:
+            # agi_app rings the operator first to call a client for them (the
+            # channel carries the call id before the DialBegin that would mark
+            # it originated: Asterisk may publish its ringing state first)
             return "out"
         return "in"
 
@@ -994,7 +996,8 @@ class CallTracker:
         if kind in leg.emitted or leg.call is None:
             return
         leg.emitted.add(kind)
-        if leg.direction is None:
+        if leg.direction is None and (leg.call_id or leg.outside or leg.inbound or leg.dialed):
+            # decided for good only once the leg says what it is
             leg.direction = self.direction(leg)
         if not self._subscribers:
             return
@@ -1010,7 +1013,7 @@ class CallTracker:
             uniqueid=leg.uniqueid,
             channel=leg.name,
             extension=leg.extension,
-            direction=leg.direction,
+            direction=leg.direction or self.direction(leg),
             time=now,
             call=self.view(leg.call, leg.extension),
             status=status,
