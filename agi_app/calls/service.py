@@ -151,6 +151,7 @@ class CallService:
         self._active: dict[str, ActiveCall] = {}
         self._hangup_grace = hangup_grace
         self._unsubscribe: list[Callable[[], None]] = []
+        self._timers: set = set()
         #: call id -> Deferreds of callers waiting for the same _adopt()
         self._adopting: dict[str, list[defer.Deferred]] = {}
 
@@ -164,10 +165,24 @@ class CallService:
         self.ami.on_connect(lambda _ami: self._reconcile_logged())
 
     def stop(self) -> None:
-        """Drop the AMI subscriptions."""
+        """Drop the AMI subscriptions and pending recording checks."""
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        for call in list(self._timers):
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+
+    def _later(self, seconds: float, fn: Callable[[], object]) -> None:
+        """``clock.callLater`` that :meth:`stop` cancels."""
+
+        def run() -> None:
+            self._timers.discard(call)
+            fn()
+
+        call = self.clock.callLater(seconds, run)
+        self._timers.add(call)
 
     def register_scripts(self, registry) -> None:
         """Register this service's FastAGI scripts in ``registry``."""
@@ -417,9 +432,9 @@ class CallService:
             state["size"] = size
             state["tries"] -= 1
             if state["tries"] > 0:
-                self.clock.callLater(0.5, check)
+                self._later(0.5, check)
 
-        self.clock.callLater(0.5, check)
+        self._later(0.5, check)
 
     async def _end_after_hangup(
         self,
