@@ -179,3 +179,32 @@ async def test_call_history_tells_an_unknown_call_from_one_with_nothing_new(stor
     assert code == 404 and body["error"]["code"] == "unknown_call"
     code, body = await get(f"call_id=c2&after_id={entry['id']}")
     assert code == 404 and body["error"]["field"] == "call_id"
+
+
+# -- history entries come back exactly as written -----------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_entries_keep_every_character_and_their_order(store: SQLiteStore):
+    """The entries are read as one JSON row (see SQLiteStore._entries): any
+    text must come back unchanged, nulls as None, ids as ints, in id order."""
+    await store.create_call(
+        call_id="c:1", kind="makeCall", sip="1000", phone="+380639920000", order_id="o.1",
+        external_key=None, params={},
+    )  # fmt: skip
+    details = [
+        'quote " backslash \\ slash /', "line\nbreak\ttab\r\x01\x1f", "\u2028\u2029 \ud7ff",
+        "Заказ № 15 — 😀", "", None, "<xml>&amp;</xml>", "x" * 5000,
+    ]  # fmt: skip
+    for detail in details:
+        await store.add_status("c:1", "OPERATOR_CALLTO", detail)
+    entries = await store.statuses("c:1")
+    assert [e["detail"] for e in entries] == [None, *details]
+    assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+    assert all(type(e["id"]) is int for e in entries)
+    assert list(entries[1]) == ["id", "call_id", "order_id", "status", "time", "detail"]
+    assert entries[1]["call_id"] == "c:1" and entries[1]["order_id"] == "o.1"
+    assert await store.order_history("o.1") == entries
+    assert await store.history_after(entries[2]["id"], 3) == entries[3:6]
+    assert await store.history_after(entries[-1]["id"], 3) == []
+    assert await store.history_after(0, 100, "c:1") == entries
