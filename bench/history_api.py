@@ -25,8 +25,8 @@ busy (one request in flight on each) with
 * and, as a reference, ``sipList`` on an empty operator table: what the
   HTTP stack and the store's thread hop cost by themselves;
 
-each for ``--rounds`` rounds (the round with the lowest p99 is kept: other
-work on the machine only ever makes a round slower).  It prints p50/p99
+in ``--rounds`` rounds taken in turn (the round with the lowest p99 is kept:
+other work on the machine only ever makes a round slower).  It prints p50/p99
 latency and the server's CPU time per request and, from the same run, the
 time of the bare SQL that produces the same answer -- the statements the
 store runs, on one connection, one request at a time: the floor.  The first
@@ -276,7 +276,7 @@ def ensure_store(calls: int) -> tuple[Path, dict[str, int]]:
 # -- the server (its own process) ----------------------------------------------------
 
 
-def serve(path: str, cpu: int, log_path: str) -> None:
+def serve(path: str, cpu: int, log_path: str, log_level: str = "info") -> None:
     """Run the history endpoints on the application's HTTP stack until SIGTERM."""
     from twisted.internet import epollreactor
 
@@ -294,12 +294,13 @@ def serve(path: str, cpu: int, log_path: str) -> None:
     from agi_app.web import Router, build_site
     from agi_app.web.history import HistoryEndpoints
 
-    # As `agi-app serve` does: info level, so every request writes its access
-    # log line (to a file here rather than stdout).
+    # As `agi-app serve` does (AGI_APP_LOG_LEVEL, default info: every request
+    # writes its access log line), to a file here rather than stdout.
     log_file = open(log_path, "w")  # noqa: SIM115 - open for the process's life
+    level = LogLevel.levelWithName(log_level)
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(log_file),
-                              [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])],
+                              [LogLevelFilterPredicate(defaultLogLevel=level)])],
         redirectStandardIO=False,
     )  # fmt: skip
     store = SQLiteStore(path, reactor=reactor)
@@ -313,11 +314,11 @@ def serve(path: str, cpu: int, log_path: str) -> None:
     reactor.run()
 
 
-def start_server(path: Path, cpu: int) -> tuple[subprocess.Popen, int]:
+def start_server(path: Path, cpu: int, log_level: str) -> tuple[subprocess.Popen, int]:
     log_path = CACHE_DIR / "server.log"
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(path), "--cpu", str(cpu),
-         "--server-log", str(log_path)],
+         "--server-log", str(log_path), "--log-level", log_level],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -371,8 +372,10 @@ class Case:
 _ENTRY = "id, call_id, order_id, status, time, detail"
 _RECORD = "record_id, call_id, order_id, external_key, sip, phone, path, created_at, duration, size"
 
-# The floors: the statements the store runs for each answer (see
-# agi_app/store/sqlite.py), on one connection, one request at a time.
+# The floors: the SQL the store runs for each answer (agi_app/store/sqlite.py),
+# on one connection, one request at a time -- for history entries the plain
+# SELECT, which alone is quicker than the store's one-JSON-row form of it
+# (that form pays off only when the reactor thread competes for the GIL).
 
 
 def _order_history_sql(conn: sqlite3.Connection, args: tuple) -> object:
@@ -575,8 +578,8 @@ def report(cases: list[Case], concurrency: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1_000_000, help="calls in the store")
-    parser.add_argument("--requests", type=int, default=3000, help="requests per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per endpoint (best kept)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per endpoint (best kept)")
     parser.add_argument("--quick", action="store_true", help="1,000 requests, one round")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument(
@@ -585,12 +588,19 @@ def main(argv: list[str] | None = None) -> int:
         help="let the server and the load generator run on any CPU (default: server on "
         "CPU 1, its reactor and store threads sharing it; generator on CPU 0)",
     )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warn", "error"),
+        help="the server's log level (info, the default of agi-app serve, writes the "
+        "access log; warn does not)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--server-log", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.cpu, args.server_log)
+        serve(args.serve, args.cpu, args.server_log, args.log_level)
         return 0
     import psutil
 
@@ -600,23 +610,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--calls must be at least {DEEP_PAGE * PER_PAGE} for page {DEEP_PAGE}")
     path, counts = ensure_store(args.calls)
     cases = build_cases(counts, requests)
-    server, port = start_server(path, cpu=-1 if args.no_pin else 1)
+    server, port = start_server(path, cpu=-1 if args.no_pin else 1, log_level=args.log_level)
     if not args.no_pin:
         _pin(0)
     where = "any CPU" if args.no_pin else "CPU 1, load generator on CPU 0"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    _say(f"server pid {server.pid} on {where}; load average {load}")
+    _say(f"server pid {server.pid} on {where}, log level {args.log_level}; load average {load}")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         process = psutil.Process(server.pid)
         for case in cases:
             asyncio.run(_check_answers(port, case, conn, 20))
-            _say(f"{case.name}: {rounds} x {len(case.requests):,} requests at concurrency "
-                 f"{args.concurrency}")  # fmt: skip
-            for _ in range(rounds):
+        # Round-robin over the endpoints: a burst of other work on the machine
+        # spoils one round of several endpoints rather than every round of one.
+        for n in range(rounds):
+            _say(f"round {n + 1}/{rounds}: {len(cases[0].requests):,} requests per endpoint "
+                 f"at concurrency {args.concurrency}")  # fmt: skip
+            for case in cases:
                 case.rounds.append(
                     asyncio.run(_load(port, case, args.concurrency, warmup, process))
                 )
+        for case in cases:
             _floor(case, conn, warmup)
         conn.close()
     finally:
