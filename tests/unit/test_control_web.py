@@ -9,6 +9,7 @@ import json
 
 import pytest
 import pytest_twisted
+from test_ivr_calls import FakeStore
 from test_ivr_engine import EXAMPLE
 from test_tracker import SECRET, T0, USER, Sim
 from twisted.internet.testing import MemoryReactorClock
@@ -24,7 +25,6 @@ from agi_app.web import Router, build_site, openapi
 from agi_app.web.calls_control import CallControlEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.testing import MemoryHTTP
-from test_ivr_calls import FakeStore
 
 BASE = "http://127.0.0.1"
 _BACKGROUND = {"login", "coreshowchannels", "devicestatelist", "pjsipshowcontacts", "ping"}
