@@ -211,7 +211,9 @@ class AGISession:
 
     def wait_for_digit(self, timeout_ms: int = -1, timeout: Timeout = DEFAULT_TIMEOUT
                        ) -> Deferred[str | None]:
-        """Wait for one DTMF digit (``timeout_ms=-1``: for ever); ``None`` on timeout."""
+        """Wait for one DTMF digit (``timeout_ms=-1``: for ever); ``None`` on timeout.
+        The command ``timeout`` (seconds) must outlast ``timeout_ms``: pass
+        ``timeout=None`` when waiting for ever."""
         return self._send("WAIT FOR DIGIT", (timeout_ms,), timeout, _digit_or_none, self._proto)
 
     def verbose(self, message: str, level: int = 1, timeout: Timeout = DEFAULT_TIMEOUT
