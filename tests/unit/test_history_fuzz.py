@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+import requests
+import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from schemathesis import GenerationMode, checks
+from schemathesis.core.transport import Response
 
 from agi_app.store import SQLiteStore
 from agi_app.web import Router, build_site, history, openapi
 from agi_app.web.testing import MemoryHTTP
-
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
-requests = pytest.importorskip("requests")
-
-from schemathesis import GenerationMode, checks  # noqa: E402
-from schemathesis.core.transport import Response  # noqa: E402
 
 BASE = "http://127.0.0.1"
 KEY = "fuzz-key"
