@@ -88,3 +88,55 @@ async def test_session_sees_hangup_during_playback(sandbox, ami):
     assert seen["hangup_after"] < 2.5, seen["hangup_after"]
     assert seen["after_hangup"] == 'quoted "value" with spaces'
     assert call["hung_up_by"] == "phone", call
+
+
+async def _operator_leg_without_agi_app(sandbox, ami, number: str):
+    """Ring operator ``number`` into ``[agi-app-operator]`` as agi_app would,
+    with the phone answering at once; returns what the phone saw."""
+    phone = sandbox.phones.start(number, answer(after=0.1))
+    result = await ami.originate(
+        f"PJSIP/{number}",
+        context="agi-app-operator",
+        exten="s",
+        priority=1,
+        timeout_ms=5000,
+        variables={"__AGI_APP_CALL_ID": "no-such-call"},
+    )
+    assert result.success, result
+    return await phone.wait_for_hangup(timeout=15)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dialplan_falls_back_when_fastagi_is_down(sandbox, ami):
+    """Nothing listens on the FastAGI port: AGISTATUS=FAILURE, and the
+    operator hears the error prompt and is hung up on, not left in silence."""
+    call = await _operator_leg_without_agi_app(sandbox, ami, "1006")
+    assert call["hung_up_by"] == "remote", call
+    assert call["media_received"], "the error prompt never played"
+    log = sandbox.log_tail(200)
+    assert "agi_app unavailable: AGISTATUS=FAILURE" in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_call_gets_notfound_and_the_fallback(sandbox, ami, tmp_path):
+    """The script does not know the call: AGI_APP_RESULT=NOTFOUND reaches the
+    dialplan, which plays the error prompt and hangs up."""
+    from callflow import app_config
+
+    from agi_app.app import Application
+
+    app = Application(app_config(sandbox, tmp_path), reactor())
+    port = await listen(
+        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), app.scripts
+    )
+    app.store.open()
+    try:
+        call = await _operator_leg_without_agi_app(sandbox, ami, "1007")
+        await wait_for(lambda: port.factory.active == 0, timeout=5, what="session closed")
+    finally:
+        await port.stopListening()
+        await app.store.close()
+    assert call["hung_up_by"] == "remote", call
+    assert call["media_received"], "the error prompt never played"
+    assert "agi_app unavailable: AGISTATUS=SUCCESS RESULT=NOTFOUND" in sandbox.log_tail(200)
+
