@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from agi_app import __version__
+from agi_app.store.base import STATUSES
 from agi_app.web.api import ApiRequest, Router
 
 __all__ = [
@@ -66,25 +67,7 @@ COMMON_SCHEMAS: dict[str, Any] = {
         "description": "UTC time with milliseconds",
         "examples": ["2026-11-25T21:04:37.123Z"],
     },
-    "CallStatus": {
-        "type": "string",
-        "enum": [
-            "CALL",
-            "OPERATOR_CALLTO",
-            "OPERATOR_PICKUP",
-            "OPERATOR_BUSY",
-            "OPERATOR_NOANSWER",
-            "OPERATOR_OFFLINE",
-            "CLIENT_CALLTO",
-            "CLIENT_PICKUP",
-            "CLIENT_BUSY",
-            "CLIENT_NOANSWER",
-            "CLIENT_CANCEL",
-            "ERROR",
-            "FINISH",
-            "IVR_CHOICE",
-        ],
-    },
+    "CallStatus": {"type": "string", "enum": list(STATUSES)},
     "HistoryEntry": {
         "type": "object",
         "required": ["id", "call_id", "order_id", "status", "time", "detail"],
