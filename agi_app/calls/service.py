@@ -8,10 +8,17 @@ The flow (CONTRACT sections 2 to 4):
    and originates the first leg into the dialplan context
    ``[agi-app-operator]`` with the call id carried as the inherited channel
    variable ``AGI_APP_CALL_ID`` and the caller ID the operator should see.
+   A callback to several extensions originates a Local channel into
+   ``[agi-app-group]`` instead, whose Dial rings them together; the first to
+   answer is the operator, and the Local channel's other half goes on into
+   ``[agi-app-operator]`` as a single extension would.
 2. When the first leg answers, the dialplan runs the FastAGI script
    ``operator_call`` (:meth:`CallService.operator_call`): it logs
    ``OPERATOR_PICKUP``, plays the waiting announcement, starts MixMonitor,
    logs ``CLIENT_CALLTO`` and runs ``Dial`` to the client with the time limit.
+   The recording enters the store only with ``CLIENT_PICKUP`` (MixMonitor
+   records only while bridged); the empty file of a call whose client never
+   answered is removed once its channels are gone.
    ``CLIENT_PICKUP`` comes from the AMI ``DialEnd`` event the moment the
    client answers (or from ``DIALSTATUS`` if the AMI link is down); the final
    status comes from ``DIALSTATUS`` when Dial returns.
@@ -58,6 +65,15 @@ CALL_ID_VAR = "AGI_APP_CALL_ID"
 HANDOFF_VAR = "AGI_APP_HANDOFF"
 #: the FastAGI script the dialplan runs when the first leg answers
 OPERATOR_SCRIPT = "operator_call"
+#: dialplan context that rings several extensions together (a callback with
+#: several ``src_num``); the first leg is a Local channel into it
+GROUP_CONTEXT = "agi-app-group"
+#: channel variables the group context reads: the dial string of the members
+#: (``PJSIP/200&PJSIP/201``) and their ring time in seconds
+GROUP_DIAL_VAR = "AGI_APP_GROUP"
+GROUP_RING_VAR = "AGI_APP_RING"
+#: bytes of the header of the WAV files MixMonitor writes
+WAV_HEADER = 44
 
 
 class PBXUnavailable(Exception):
@@ -74,6 +90,12 @@ class CallRequest:
 
     ``first`` is the operator's extension (``first_is_phone`` False) or, for
     phoneToPhone, the first outside number dialled through ``trunk``.
+
+    ``group`` lists the extensions rung together when there are several (a
+    callback with several ``src_num``); ``first`` is then the first of them,
+    and it is what the store keeps as the call's ``sip`` (so ``sip`` stays
+    one extension everywhere) and what the client sees as the caller.  Empty
+    (the default) or a single extension: only ``first`` is rung.
     """
 
     kind: str
@@ -87,6 +109,21 @@ class CallRequest:
     limit_call_time: int | None = None
     playback_waiting: bool = True
     caller_id_for_employee: str | None = None
+    group: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # params() come back from the store as JSON lists
+        object.__setattr__(self, "group", tuple(self.group))
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The extensions the first leg rings (just ``first`` unless a group)."""
+        return self.group if len(self.group) > 1 else (self.first,)
+
+    @property
+    def is_group(self) -> bool:
+        """Several extensions are rung together (through :data:`GROUP_CONTEXT`)."""
+        return not self.first_is_phone and len(self.group) > 1
 
     def params(self) -> dict[str, Any]:
         """The parameters that make two requests with one external_key "the same"."""
@@ -105,7 +142,11 @@ class ActiveCall:
     channels: set[str] = field(default_factory=set)
     pickup_time: float | None = None
     recording_id: int | None = None
+    #: the file MixMonitor writes (set once it started); it goes into the
+    #: store only when the client answers (CLIENT_PICKUP)
     recording_path: str | None = None
+    #: clock time MixMonitor started (the recording's ``created_at``)
+    recording_started: float | None = None
     operator_waiters: list[defer.Deferred] = field(default_factory=list)
     lock: defer.DeferredLock = field(default_factory=defer.DeferredLock)
     #: the Originate of the first leg has not reported its outcome yet: its
@@ -220,12 +261,14 @@ class CallService:
             await self._log(active, st.ERROR, "PBX unreachable: the AMI link is down")
             raise PBXUnavailable(call_id)
         if not req.first_is_phone:
-            state = self.ami.device_states.get(f"PJSIP/{req.first}")
-            if state == "UNAVAILABLE":
-                await self._log(active, st.OPERATOR_OFFLINE, "endpoint not registered")
+            # A group rings if any member may answer: refused before ringing
+            # only when none can.
+            states = [self.ami.device_states.get(f"PJSIP/{m}") for m in req.members]
+            if all(s == "INVALID" for s in states):
+                await self._log(active, st.ERROR, f"unknown extension {','.join(req.members)}")
                 return call_id, True
-            if state == "INVALID":
-                await self._log(active, st.ERROR, f"unknown extension {req.first}")
+            if all(s in ("UNAVAILABLE", "INVALID") for s in states):
+                await self._log(active, st.OPERATOR_OFFLINE, "endpoint not registered")
                 return call_id, True
         await self._log(active, st.OPERATOR_CALLTO)
         d = defer.ensureDeferred(self._originate(active))
@@ -246,10 +289,26 @@ class CallService:
         return d
 
     def first_leg_channel(self, req: CallRequest) -> str:
-        """The dial string of the first leg, from configuration and checked values."""
+        """The dial string of the first leg, from configuration and checked values.
+
+        A group is a Local channel into :data:`GROUP_CONTEXT` (``/n``: the
+        pair must stay, ``;1`` runs the operator context once a member
+        answered); :meth:`first_leg_variables` tells it whom to ring."""
+        if req.is_group:
+            return f"Local/s@{GROUP_CONTEXT}/n"
         if req.first_is_phone:
             return self.dialing.client_channel.format(phone=req.first, trunk=req.trunk)
         return self.dialing.operator_channel.format(sip=req.first)
+
+    def first_leg_variables(self, req: CallRequest, call_id: str) -> dict[str, str]:
+        """The channel variables of the first leg's Originate."""
+        variables = {f"__{CALL_ID_VAR}": call_id}
+        if req.is_group:
+            variables[GROUP_DIAL_VAR] = "&".join(
+                self.dialing.operator_channel.format(sip=m) for m in req.members
+            )
+            variables[GROUP_RING_VAR] = str(req.call_time_to_ext)
+        return variables
 
     def client_channel(self, req: CallRequest) -> str:
         """The dial string of the client leg."""
@@ -260,6 +319,11 @@ class CallService:
 
         req = active.request
         shown = req.caller_id_for_employee or req.phone
+        ring_ms = req.call_time_to_ext * 1000
+        if req.is_group:
+            # the group's Dial times the ringing and tells busy from no
+            # answer; the Originate only must not cut it short
+            ring_ms += 5000
         try:
             result = await self.ami.originate(
                 self.first_leg_channel(req),
@@ -267,8 +331,8 @@ class CallService:
                 exten="s",
                 priority=1,
                 caller_id=f'"{shown}" <{req.phone}>',
-                timeout_ms=req.call_time_to_ext * 1000,
-                variables={f"__{CALL_ID_VAR}": active.call_id},
+                timeout_ms=ring_ms,
+                variables=self.first_leg_variables(req, active.call_id),
             )
         except (ami_errors.AMIDisconnected, ami_errors.AMITimeout) as e:
             # The outcome is unknown: the call may well be ringing.  The
@@ -294,7 +358,7 @@ class CallService:
             await self._log(active, st.OPERATOR_PICKUP)
             return
         status, detail = st.operator_status_for_reason(result.reason)
-        if result.reason == st.REASON_OTHER and not req.first_is_phone:
+        if result.reason == st.REASON_OTHER and not req.first_is_phone and not req.is_group:
             state = self.ami.device_states.get(f"PJSIP/{req.first}")
             if state in (None, "UNAVAILABLE", "UNKNOWN"):
                 status, detail = st.OPERATOR_OFFLINE, "endpoint unreachable"
@@ -407,15 +471,33 @@ class CallService:
         except Exception as e:  # a recording problem must not stop the call
             log.warn("MixMonitor for {call_id} failed: {e}", call_id=active.call_id, e=e)
             return
-        local = os.path.join(self.dialing.recordings_dir, base)
-        rec = await self.store.add_recording(call_id=active.call_id, path=local)
+        active.recording_path = os.path.join(self.dialing.recordings_dir, base)
+        active.recording_started = self.clock.seconds()
+
+    async def _register_recording(self, active: ActiveCall) -> None:
+        """Store the recording of a call whose client answered (MixMonitor
+        with ``b`` records nothing before that: a call whose client never
+        answered would list an empty file).  Never fails the call."""
+        if active.recording_path is None or active.recording_id is not None:
+            return
+        try:
+            rec = await self.store.add_recording(
+                call_id=active.call_id,
+                path=active.recording_path,
+                created_at=iso_time(active.recording_started or self.clock.seconds()),
+            )
+        except Exception as e:
+            log.warn("recording of {call_id} not stored: {e}", call_id=active.call_id, e=e)
+            return
         active.recording_id = rec["record_id"]
-        active.recording_path = local
 
     def _watch_recording(self, active: ActiveCall, tries: int = 20) -> None:
         """MixMonitor closes the file only when the channel is gone: poll its
-        size for a while and store size and duration once it stops growing."""
+        size for a while and store size and duration once it stops growing;
+        the empty file of a call whose client never answered is removed."""
         if active.recording_id is None:
+            if active.recording_path is not None and st.CLIENT_PICKUP not in active.logged:
+                self._drop_empty_recording(active, tries)
             return
         state = {"size": -1, "tries": tries}
 
@@ -425,12 +507,35 @@ class CallService:
             except OSError:
                 size = -1
             if size > 0 and size == state["size"]:
-                duration = max(0.0, (size - 44) / 16000.0)  # 8 kHz 16-bit mono WAV
+                duration = max(0.0, (size - WAV_HEADER) / 16000.0)  # 8 kHz 16-bit mono WAV
                 d = self.store.update_recording(active.recording_id, duration=duration, size=size)
                 d.addErrback(lambda f: log.failure("recording update", f))
                 return
             state["size"] = size
             state["tries"] -= 1
+            if state["tries"] > 0:
+                self._later(0.5, check)
+
+        self._later(0.5, check)
+
+    def _drop_empty_recording(self, active: ActiveCall, tries: int) -> None:
+        """Best effort: once no channel of the call is left (MixMonitor has
+        closed the file), remove the file if it holds no audio."""
+        path = active.recording_path
+        state = {"tries": tries}
+
+        def check() -> None:
+            state["tries"] -= 1
+            gone = self.ami.connected and not self._live_channels(active.call_id)
+            if gone and active.recording_id is None:
+                try:
+                    if os.path.getsize(path) <= WAV_HEADER:
+                        os.remove(path)
+                        return
+                except OSError:
+                    pass  # not written yet (or not visible from here): look again
+                else:
+                    return  # it has audio after all: keep it
             if state["tries"] > 0:
                 self._later(0.5, check)
 
@@ -515,6 +620,7 @@ class CallService:
             active.logged_at[status] = at if at is not None else now
             if status == st.CLIENT_PICKUP:
                 active.pickup_time = active.logged_at[status]
+                await self._register_recording(active)
             if status in st.FINAL:
                 self._ended(active, status)
             elif status == st.OPERATOR_PICKUP:
@@ -602,6 +708,8 @@ class CallService:
     def _on_dial_end(self, event) -> None:
         if (event.get("DialStatus") or "").upper() != "ANSWER":
             return
+        if _is_group_dial(event.get("Channel") or ""):
+            return  # a member of the group answered: that is the operator, not the client
         active = self._call_of(event)
         if active is not None:
             d = defer.ensureDeferred(self._log(active, st.CLIENT_PICKUP))
@@ -703,6 +811,12 @@ async def _report(agi, outcome: str) -> None:
 
     await agi.set_variable(RESULT_VARIABLE, outcome)
     agi.close()
+
+
+def _is_group_dial(channel: str) -> bool:
+    """``channel`` is the ``;2`` half of a group's Local channel (its Dial
+    rings the members; the ``;1`` half dials the client)."""
+    return channel.startswith(f"Local/s@{GROUP_CONTEXT}-") and channel.endswith(";2")
 
 
 def _event_call_id(event) -> str | None:

@@ -42,6 +42,8 @@ __all__ = ["ExtensionEventEndpoints", "parse_extension_id"]
 _MAX_SUB_ID = 2**63 - 1
 #: most entries of the delivery log answered at once
 MAX_LOG_LIMIT = 1000
+#: most source extensions a callback rings together (each is a Dial target)
+MAX_CALLBACK_SOURCES = 20
 
 
 def parse_extension_id(value: str) -> str:
@@ -156,12 +158,11 @@ class ExtensionEventEndpoints:
             raise ApiError(400, "missing_src_num", "src_num is required", field="src_num")
         if len(set(sources)) != len(sources):
             raise ApiError(400, "invalid_src_num", "src_num repeats an extension", field="src_num")
-        if len(sources) > 1:
+        if len(sources) > MAX_CALLBACK_SOURCES:
             raise ApiError(
                 400,
                 "invalid_src_num",
-                "ringing several extensions together is not available on this server; "
-                "give one extension",
+                f"src_num lists more than {MAX_CALLBACK_SOURCES} extensions",
                 field="src_num",
             )
         if self.calls is None:
@@ -169,6 +170,8 @@ class ExtensionEventEndpoints:
         call = CallRequest(
             kind="callback",
             first=sources[0],
+            # several: rung together, the first to answer talks to dst_num
+            group=tuple(sources) if len(sources) > 1 else (),
             phone=dst,
             trunk=self.default_trunk,
             call_time_to_ext=self.call_time_to_ext,
@@ -320,7 +323,8 @@ def openapi_paths() -> dict[str, Any]:
         "/extension/{extension_id}/callback/": {
             "parameters": [ext],
             "post": {
-                "summary": "Ring the source extension, then connect it with dst_num",
+                "summary": "Ring the source extensions together, then connect the first "
+                "to answer with dst_num",
                 "tags": tag,
                 "requestBody": _json_body(
                     {
@@ -328,7 +332,12 @@ def openapi_paths() -> dict[str, Any]:
                         "required": ["dst_num", "src_num"],
                         "properties": {
                             "dst_num": {"type": "string", "pattern": r"^\+?[0-9]{3,15}$"},
-                            "src_num": {"type": "array", "items": {"type": "string"}},
+                            "src_num": {
+                                "type": "array",
+                                "items": {"type": "string"},
+                                "minItems": 1,
+                                "maxItems": MAX_CALLBACK_SOURCES,
+                            },
                         },
                     }
                 ),

@@ -757,3 +757,142 @@ async def test_reconcile_closes_a_call_it_cannot_resume_once_its_channels_are_go
     assert await h.final("old1") == ["CALL", "ERROR"]
     assert await h.calls.reconcile() == 0
     assert await h.history("old2") == ["CALL"]  # something on the PBX still belongs to it
+
+
+# -- a callback ringing several extensions together ---------------------------
+
+
+def group_dial_answered(h: Harness, call_id: str) -> None:
+    """A member answers the group's Dial (on the Local channel's ;2 half)."""
+    pairs = h.channel_up(call_id, "Local/s@agi-app-group-00000001;2", "1.grp")
+    h.pbx.emit(
+        "DialEnd", pairs + [("DestChannel", "PJSIP/1001-00000003"), ("DialStatus", "ANSWER")]
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_rings_every_member_through_the_group_context(h):
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome.answered(delay=2)
+    call_id = await h.place(kind="callback", group=("1000", "1001"), playback_waiting=False)
+    [originate] = h.pbx.actions_named("Originate")
+    assert originate["Channel"] == "Local/s@agi-app-group/n"
+    assert originate["Context"] == "agi-app-operator"
+    assert originate.getall("Variable") == [
+        f"__{CALL_ID_VAR}={call_id}",
+        "AGI_APP_GROUP=PJSIP/1000&PJSIP/1001",
+        "AGI_APP_RING=30",
+    ]
+    # the group's Dial decides how long it rings; the Originate waits longer
+    assert originate["Timeout"] == "35000"
+    assert (await h.store.get_call(call_id))["sip"] == "1000"
+    # 1001 answers the group: that is the operator picking up, not the client
+    group_dial_answered(h, call_id)
+    h.clock.advance(2)
+    await h.reached(call_id, "OPERATOR_PICKUP")
+    operator = h.channel_up(call_id, "Local/s@agi-app-group-00000001;1", "1.op")
+    agi = h.session(call_id)
+    await agi.expect("EXEC MixMonitor")
+    # the client sees the first listed extension
+    await agi.expect('SET VARIABLE "CALLERID(all)" "\\"\\" <1000>"', "200 result=1")
+    await agi.expect('EXEC Dial "PJSIP/380639920000@pstn,40,g"', reply="")
+    assert await h.history(call_id) == DIALLED
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    await agi.after_dial("ANSWER", answered_ms=4000)
+    assert await h.history(call_id) == HAPPY
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_call_survives_the_store_round_trip(h):
+    """After a restart the call's parameters (a JSON list) rebuild the group."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place(kind="callback", group=("1000", "1001"))
+    await h.restart({"1.op": ("Local/s@agi-app-group-00000001;1", call_id, "Up")})
+    active = await h.until(lambda: h.calls._active.get(call_id), "the call adopted")
+    assert active.request.group == ("1000", "1001") and active.request.is_group
+
+
+@pytest.mark.parametrize(
+    "states,status",
+    [
+        (("UNAVAILABLE", "NOT_INUSE"), None),
+        (("UNAVAILABLE", "UNAVAILABLE"), "OPERATOR_OFFLINE"),
+        (("UNAVAILABLE", "INVALID"), "OPERATOR_OFFLINE"),
+        (("INVALID", "INVALID"), "ERROR"),
+    ],
+    ids=["one-online", "all-offline", "offline-and-unknown", "all-unknown"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_group_is_refused_unrung_only_when_no_member_can_answer(h, states, status):
+    h.pbx.device_states.update({"PJSIP/1000": states[0], "PJSIP/1001": states[1]})
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    await h.connect()
+    call_id = await h.place(kind="callback", group=("1000", "1001"))
+    if status is None:
+        assert await h.history(call_id) == ["CALL", "OPERATOR_CALLTO"]
+        assert len(h.pbx.actions_named("Originate")) == 1
+    else:
+        assert await h.final(call_id) == ["CALL", status]
+        assert h.pbx.actions_named("Originate") == []
+
+
+@pytest.mark.parametrize(
+    "cause,status", [(17, "OPERATOR_BUSY"), (19, "OPERATOR_NOANSWER"), (16, "ERROR")]
+)
+@pytest_twisted.ensureDeferred
+async def test_the_group_hangup_cause_gives_the_operator_status(h, cause, status):
+    # the group context hangs up with 17 when every member was busy, else 19
+    h.pbx.default_outcome = OriginateOutcome(reason=0, cause=cause, delay=3)
+    await h.connect()
+    call_id = await h.place(kind="callback", group=("1000", "1001"))
+    h.clock.advance(3)
+    assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", status]
+
+
+# -- recordings: stored only once the client answered -------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_recording_is_stored_when_the_client_answers_dated_from_its_start(h):
+    await h.connect()
+    call_id = await h.place(playback_waiting=False)
+    operator = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    agi = h.session(call_id)
+    h.clock.advance(1)
+    await agi.up_to_dial(playback=False)  # MixMonitor started at T0 + 1
+    h.clock.advance(4)
+    [call] = await h.store.order_calls("order-15")
+    assert call["records"] == []  # nothing recorded yet: not stored
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    await h.until(lambda: h.calls._active[call_id].recording_id, "the recording stored")
+    [call] = await h.store.order_calls("order-15")
+    [record] = call["records"]
+    assert record["created_at"] == iso_time(T0 + 1)
+    await agi.after_dial("ANSWER", answered_ms=1000)
+
+
+@pytest.mark.parametrize("size,kept", [(44, False), (44 + 3200, True)])
+@pytest_twisted.ensureDeferred
+async def test_an_unanswered_call_stores_no_recording_and_loses_its_empty_file(h, size, kept):
+    await h.connect()
+    call_id = await h.place(playback_waiting=False)
+    operator = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    h.pbx.emit("Newchannel", operator)  # so the AMI link lists it as live
+    agi = h.session(call_id)
+    await agi.up_to_dial(playback=False)
+    path = h.tmp_path / "monitor" / f"order-15_{call_id}.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"R" * size)  # what MixMonitor leaves (a header, or audio)
+    await agi.after_dial("NOANSWER")
+    assert await h.final(call_id) == [*DIALLED, "CLIENT_NOANSWER"]
+    [call] = await h.store.order_calls("order-15")
+    assert call["records"] == []
+    # the operator's channel is still there: MixMonitor may still have the file
+    h.clock.advance(2)
+    assert path.exists()
+    h.channel_down(operator)
+    h.clock.advance(1)
+    assert path.exists() == kept
