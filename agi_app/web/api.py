@@ -295,6 +295,8 @@ class Router:
 
 def _decode_path(raw: bytes) -> str:
     try:
+        if b"%" not in raw:  # the usual path: nothing to unquote
+            return raw.decode("utf-8")
         return "/".join(unquote_to_bytes(p).decode("utf-8") for p in raw.split(b"/"))
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_path", "the path is not valid UTF-8") from None
@@ -309,6 +311,9 @@ def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
     try:
         for item in items:
             name, _, value = item.partition(b"=")
+            if b"%" not in item and b"+" not in item:  # the usual field: plain text
+                pairs.append((name.decode("utf-8"), value.decode("utf-8")))
+                continue
             pairs.append(
                 (
                     unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8"),

@@ -29,11 +29,14 @@ _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$", re.ASCII)
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
+# json.dumps with any option builds a new encoder on every call; this one is
+# configured once (an encoder keeps no state between calls).
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def render_json(body: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-        "utf-8"
-    )
+    return _JSON_ENCODER.encode(body).encode("utf-8")
 
 
 def _text(value: Any) -> str:

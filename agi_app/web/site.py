@@ -3,6 +3,7 @@ and an access log that never shows an API key."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -83,6 +84,8 @@ def redact_uri(uri: bytes) -> bytes:
     path, sep, query = uri.partition(b"?")
     if not sep:
         return uri
+    if b"%" not in query and b"+" not in query and b"api_key" not in query.lower():
+        return uri  # no field can be named api_key, even once unquoted
     fields = []
     for item in query.split(b"&"):
         name = item.split(b"=", 1)[0]
@@ -92,9 +95,23 @@ def redact_uri(uri: bytes) -> bytes:
     return path + b"?" + b"&".join(fields)
 
 
+# A byte a log line shows as ``\xNN``: anything outside printable ASCII, and
+# the quote that delimits the fields.
+_UNPRINTABLE = re.compile(rb'[^\x20\x21\x23-\x7e]')
+
+
+def _escape_byte(match: re.Match[bytes]) -> bytes:
+    return b"\\x%02x" % match[0][0]
+
+
 def _printable(value: bytes) -> str:
-    text = value.decode("ascii", "backslashreplace")
-    return "".join(c if 32 <= ord(c) < 127 and c != '"' else f"\\x{ord(c):02x}" for c in text)
+    """``value`` as printable ASCII: other bytes and ``"`` as ``\\xNN``."""
+    # Almost every value is printable already: one regex scan in C, then a
+    # plain decode, instead of a Python step per character (this runs five
+    # times per request).
+    if _UNPRINTABLE.search(value) is None:
+        return value.decode("ascii")
+    return _UNPRINTABLE.sub(_escape_byte, value).decode("ascii")
 
 
 @provider(IAccessLogFormatter)

@@ -1,0 +1,160 @@
+"""The per-request shortcuts of the HTTP layer give exactly what the general
+code gives: access log escaping, API key redaction, path and query decoding,
+JSON rendering."""
+
+from __future__ import annotations
+
+import io
+import json
+from urllib.parse import unquote_to_bytes
+
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agi_app.web import Router, build_site
+from agi_app.web.api import ApiError, _decode_path, _parse_pairs
+from agi_app.web.render import render_json
+from agi_app.web.site import _printable, redact_uri
+from agi_app.web.testing import MemoryHTTP
+
+
+def _printable_reference(value: bytes) -> str:
+    # The rule, one byte at a time: printable ASCII but '"' as itself.
+    return "".join(chr(b) if 32 <= b < 127 and b != 0x22 else f"\\x{b:02x}" for b in value)
+
+
+def _redact_reference(uri: bytes) -> bytes:
+    path, sep, query = uri.partition(b"?")
+    if not sep:
+        return uri
+    fields = []
+    for item in query.split(b"&"):
+        name = item.split(b"=", 1)[0]
+        if unquote_to_bytes(name.replace(b"+", b" ")).strip().lower() == b"api_key":
+            item = name + b"=***"
+        fields.append(item)
+    return path + b"?" + b"&".join(fields)
+
+
+def test_printable_examples():
+    assert _printable(b"GET") == "GET"
+    assert _printable(b"/a?b=1&c=x\\y") == "/a?b=1&c=x\\y"
+    assert _printable(b'say "hi"') == "say \\x22hi\\x22"
+    assert _printable(b"tab\there\n") == "tab\\x09here\\x0a"
+    assert _printable("héllo".encode()) == "h\\xc3\\xa9llo"
+    assert _printable(b"\x7f\x00") == "\\x7f\\x00"
+    assert _printable(b"") == ""
+
+
+@given(st.binary(max_size=64))
+def test_printable_is_the_per_byte_rule(value):
+    assert _printable(value) == _printable_reference(value)
+
+
+_URI_PIECES = st.sampled_from(
+    [b"api_key", b"API", b"_", b"%5F", b"%5f", b"key", b"=", b"&", b"+", b"%20", b"x", b"?", b"/"]
+)
+
+
+@given(st.lists(_URI_PIECES, max_size=12).map(b"".join))
+def test_redact_uri_is_the_general_rule(query):
+    uri = b"/api/x?" + query
+    assert redact_uri(uri) == _redact_reference(uri)
+
+
+def test_redact_uri_encoded_and_spaced_names():
+    assert redact_uri(b"/x?api%5Fkey=S&a=1") == b"/x?api%5Fkey=***&a=1"
+    assert redact_uri(b"/x?+api_key+=S") == b"/x?+api_key+=***"
+    assert redact_uri(b"/x?a=api_key") == b"/x?a=api_key"
+    assert redact_uri(b"/x?a=1&b=2") == b"/x?a=1&b=2"
+
+
+def test_decode_path_plain_and_quoted():
+    assert _decode_path(b"/api/calls/list.json") == "/api/calls/list.json"
+    assert _decode_path(b"/api/a%2Fb/%D0%98") == "/api/a/b/\u0418"
+    with pytest.raises(ApiError):
+        _decode_path(b"/api/\xff")
+    with pytest.raises(ApiError):
+        _decode_path(b"/api/%FF")
+
+
+def test_parse_pairs_plain_and_quoted():
+    assert _parse_pairs(b"a=1&b=&c&&d=x=y", "query") == [
+        ("a", "1"),
+        ("b", ""),
+        ("c", ""),
+        ("d", "x=y"),
+    ]
+    assert _parse_pairs(b"n%61me=a+b&x=%D0%98", "query") == [("name", "a b"), ("x", "\u0418")]
+    with pytest.raises(ApiError):
+        _parse_pairs(b"a=\xff", "query")
+    with pytest.raises(ApiError):
+        _parse_pairs(b"a=%FF", "query")
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=5))
+def test_render_json_is_compact_utf8_json(body):
+    expected = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        expected_bytes = expected.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not encodable either way
+        with pytest.raises(UnicodeEncodeError):
+            render_json(body)
+        return
+    assert render_json(body) == expected_bytes
+
+
+def test_render_json_refuses_nan_and_infinity():
+    with pytest.raises(ValueError):
+        render_json({"x": float("nan")})
+    with pytest.raises(ValueError):
+        render_json({"x": [float("inf")]})
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_escapes_what_is_not_printable():
+    router = Router()
+    router.add(["GET"], "/api/echo", lambda req: {})
+    site = build_site(router, api_keys=(), static_dir=None, clock=_reactor())
+    http = MemoryHTTP(site, _reactor())
+    http.start()
+    log = io.StringIO()
+    site.logFile = log
+    try:
+        response = await http.request(
+            "GET",
+            "http://127.0.0.1/api/echo?x=1",
+            headers={"User-Agent": 'odd "agent"\u00e9', "Referer": "/p?API%5FKEY=secret"},
+        )
+        await response.content()
+        line = log.getvalue()  # (stopping the site closes its log file)
+    finally:
+        http.stop()
+    assert response.code == 200
+    assert line.count("\n") == 1
+    assert '"GET /api/echo?x=1 HTTP/1.1" 200' in line
+    assert '"odd \\x22agent\\x22\\xc3\\xa9"' in line
+    assert '"/p?API%5FKEY=***"' in line
+    assert "secret" not in line
+
