@@ -342,6 +342,11 @@ def _parse_json(body: bytes) -> list[tuple[str, Any]]:
 def _parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    boundary = message.get_boundary()
+    if boundary and body.strip() == b"--" + boundary.encode("latin-1", "replace") + b"--":
+        # A form with no fields: just the closing delimiter, which clients
+        # send although MIME wants a part (the email parser calls it broken).
+        return []
     if not message.is_multipart() or message.defects:
         raise ApiError(400, "invalid_body", "the multipart body cannot be parsed")
     out = []

@@ -158,3 +158,15 @@ async def test_access_log_escapes_what_is_not_printable():
     assert '"/p?API%5FKEY=***"' in line
     assert "secret" not in line
 
+
+def test_empty_multipart_form_has_no_fields():
+    from agi_app.web.api import _parse_multipart
+
+    content_type = "multipart/form-data; boundary=b0und"
+    assert _parse_multipart(b"--b0und--\r\n", content_type) == []
+    assert _parse_multipart(
+        b'--b0und\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b0und--\r\n',
+        content_type,
+    ) == [("a", "1")]
+    with pytest.raises(ApiError):
+        _parse_multipart(b"--other--\r\n", content_type)
