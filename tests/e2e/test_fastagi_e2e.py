@@ -11,9 +11,10 @@ from callflow import reactor, wait_for
 from twisted.internet import defer
 
 from agi_app.agi import AGISession, ScriptRegistry, listen
+from agi_app.agi.errors import AGICommandFailed, AGIHangup, AGIUsageError
 from agi_app.ami import AMIService
 from agi_app.config import AGIConfig
-from agi_app.sandbox.phones import answer
+from agi_app.sandbox.phones import answer, dtmf
 
 
 @pytest_twisted.async_yield_fixture
@@ -140,3 +141,178 @@ async def test_unknown_call_gets_notfound_and_the_fallback(sandbox, ami, tmp_pat
     assert call["media_received"], "the error prompt never played"
     assert "agi_app unavailable: AGISTATUS=SUCCESS RESULT=NOTFOUND" in sandbox.log_tail(200)
 
+
+async def _run_script(sandbox, ami, number: str, behaviour, body) -> tuple[dict, dict]:
+    """Run ``body(agi, seen)`` as the FastAGI script of a call originated to
+    operator ``number`` (answering with ``behaviour``) into
+    ``[sandbox-test]`` ``agi``; returns what it recorded and what the phone
+    saw, once the session closed and every channel is gone."""
+    seen: dict = {}
+    done: defer.Deferred = defer.Deferred()
+    registry = ScriptRegistry()
+
+    @registry.script("fastagi-e2e")
+    async def script(agi: AGISession) -> None:
+        try:
+            await body(agi, seen)
+        finally:
+            done.callback(None)
+
+    port = await listen(
+        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), registry
+    )
+    try:
+        phone = sandbox.phones.start(number, behaviour)
+        result = await ami.originate(
+            f"PJSIP/{number}", context="sandbox-test", exten="agi", priority=1,
+            timeout_ms=5000, variables={"SANDBOX_AGI_SCRIPT": "fastagi-e2e"},
+        )  # fmt: skip
+        assert result.success, result
+        await done.addTimeout(20, reactor())
+        # the script returned: the dialplan hangs up on the phone
+        call = await phone.wait_for_hangup(timeout=5)
+        await wait_for(lambda: port.factory.active == 0, timeout=5, what="session closed")
+        await sandbox.wait_for_channels(0, timeout=5, reactor=reactor())
+    finally:
+        await port.stopListening()
+    return seen, call
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_data_collects_the_phones_dtmf_and_times_out_with_none(sandbox, ami):
+    """GET DATA against real RFC 2833 digits from the phone, then GET DATA
+    with nobody pressing anything: ``None`` once the digit timeout ran out."""
+
+    async def body(agi: AGISession, seen: dict) -> None:
+        # the phone presses 1, 2, 3 from 1 s after answering, 0.3 s apart
+        seen["digits"] = await agi.get_data("beep", timeout_ms=4000, max_digits=3, timeout=10)
+        started = time.monotonic()
+        seen["quiet"] = await agi.get_data("beep", timeout_ms=1000, max_digits=3, timeout=10)
+        seen["quiet_after"] = time.monotonic() - started
+
+    seen, call = await _run_script(sandbox, ami, "1001", dtmf("123", after=1.0, gap=0.3), body)
+    assert seen["digits"] == "123", seen
+    assert seen["quiet"] is None, seen
+    # the beep (about 0.25 s) plus the 1 s digit timeout, not the default 6 s
+    assert 1.0 <= seen["quiet_after"] < 2.5, seen
+    assert call["dtmf"] == "123", call
+    assert call["hung_up_by"] == "remote", call
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_block_raises_usage_error_and_the_session_goes_on(sandbox, ami):
+    """``GET VARIABLE`` without its argument: Asterisk answers with the
+    multi-line ``520-`` usage block; the script gets :class:`AGIUsageError`
+    carrying the usage text and the next command is answered normally."""
+
+    async def body(agi: AGISession, seen: dict) -> None:
+        try:
+            await agi.command("GET VARIABLE")
+        except AGIUsageError as e:
+            seen["error"] = e
+        await agi.set_variable("E2E_AFTER_USAGE", "still here")
+        seen["after"] = await agi.get_variable("E2E_AFTER_USAGE")
+
+    seen, _call = await _run_script(sandbox, ami, "1002", answer(after=0.1), body)
+    error = seen["error"]
+    assert error.line == "520 End of proper usage.", error.line
+    # Asterisk 22 sends the command's documentation (XML markup left in)
+    # between "520-Invalid command syntax.  Proper usage follows:" and the
+    # closing line: two lines for GET VARIABLE, neither "520" line kept.
+    lines = error.usage.split("\n")
+    assert len(lines) >= 2, error.usage
+    assert "<replaceable>variablename</replaceable> is not set" in lines[0], error.usage
+    assert lines[-1] == "Example return code: 200 result=1 (testvariable)", error.usage
+    assert not any(line.startswith("520") for line in lines), error.usage
+    assert seen["after"] == "still here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_file_of_a_missing_file_is_command_failed(sandbox, ami):
+    """``STREAM FILE`` of a file that does not exist: Asterisk answers
+    ``200 result=-1 endpos=0`` and keeps the session; ``stream_file`` fails
+    with :class:`AGICommandFailed` (not a hangup) and the session goes on."""
+
+    async def body(agi: AGISession, seen: dict) -> None:
+        try:
+            await agi.stream_file("agi_app/no-such-prompt", "12")
+        except AGICommandFailed as e:
+            seen["error"] = e
+        seen["hungup"] = agi.hungup
+        seen["channel"] = agi.channel
+        seen["after"] = await agi.get_variable("CHANNEL(state)")
+        # a file that does exist still plays to its end
+        seen["played"] = await agi.stream_file("beep", "")
+
+    seen, call = await _run_script(sandbox, ami, "1003", answer(after=0.1), body)
+    error = seen["error"]
+    assert not isinstance(error, AGIHangup), error
+    assert error.line == "200 result=-1 endpos=0", error.line
+    assert error.reply.result == "-1" and error.reply.endpos == 0
+    assert seen["hungup"] is False
+    assert seen["after"] == "Up"
+    assert seen["played"] == ""
+    assert call["media_received"], call
+    # Asterisk remembers that failure: although the script went on and ended
+    # normally, AGI() returns -1, i.e. AGISTATUS=FAILURE for the dialplan.
+    ending = f"<{seen['channel']}>AGI Script "
+
+    def last_ending() -> str | None:
+        lines = sandbox.log_tail(200).splitlines()
+        return next((x for x in reversed(lines) if ending in x), None)
+
+    line = await wait_for(
+        last_ending,
+        timeout=5,
+        what="the AGI Script completed line",
+    )
+    assert line.endswith("fastagi-e2e completed, returning -1"), line
+
+
+@pytest_twisted.ensureDeferred
+async def test_thirty_concurrent_sessions_all_complete(sandbox, ami):
+    """30 Local channels originated at once into ``[sandbox-test]`` ``agi``,
+    each with its own argument: every session sets, reads back and logs its
+    own variable, the server ends with no session open and the PBX with no
+    channel left."""
+    count = 30
+    finished: dict[str, dict] = {}
+    peak = [0]
+    registry = ScriptRegistry()
+
+    @registry.script("fastagi-e2e")
+    async def script(agi: AGISession) -> None:
+        peak[0] = max(peak[0], port.factory.active)
+        tag = agi.args[0]
+        # answering the Local ;2 half is what completes the Originate
+        await agi.answer()
+        await agi.set_variable("E2E_TAG", f"value {tag}")
+        value = await agi.get_variable("E2E_TAG")
+        await agi.verbose(f"fastagi e2e session {tag}", level=3)
+        finished[tag] = {"value": value, "uniqueid": agi.uniqueid}
+
+    port = await listen(
+        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), registry
+    )
+    started = time.monotonic()
+    try:
+        results = await defer.gatherResults([
+            ami.originate(
+                "Local/agi@sandbox-test", application="Wait", data="10", timeout_ms=5000,
+                variables={"SANDBOX_AGI_SCRIPT": "fastagi-e2e", "SANDBOX_AGI_ARG1": str(n)},
+            )
+            for n in range(count)
+        ], consumeErrors=True)  # fmt: skip
+        assert all(r.success for r in results), [r for r in results if not r.success]
+        await wait_for(lambda: len(finished) == count, timeout=5, what="every script done")
+        await wait_for(lambda: port.factory.active == 0, timeout=5, what="sessions closed")
+        await sandbox.wait_for_channels(0, timeout=5, reactor=reactor())
+        elapsed = time.monotonic() - started
+    finally:
+        await port.stopListening()
+    assert sorted(finished, key=int) == [str(n) for n in range(count)]
+    assert all(f["value"] == f"value {tag}" for tag, f in finished.items()), finished
+    assert len({f["uniqueid"] for f in finished.values()}) == count
+    # the originates went out together: sessions overlapped
+    assert peak[0] > 1, peak
+    assert elapsed < 10, elapsed
