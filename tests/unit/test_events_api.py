@@ -75,7 +75,7 @@ async def call(http, method, path, body=None, raw=None, ctype="application/json"
     return response.code, (json.loads(content) if content else None)
 
 
-NEW = {"url": "https://crm.test/hook?myid=175", "method": "GET", "event_type": "dial-out"}
+NEW = {"url": "https://127.0.0.1:9/hook?myid=175", "method": "GET", "event_type": "dial-out"}
 
 
 @pytest_twisted.ensureDeferred
@@ -120,12 +120,12 @@ async def test_form_bodies_and_default_method(parts):
     "body, code, field",
     [
         ({"method": "GET", "event_type": "answer"}, "missing_url", "url"),
-        ({**NEW, "url": "ftp://crm.test/x"}, "invalid_url", "url"),
+        ({**NEW, "url": "ftp://127.0.0.1:9/x"}, "invalid_url", "url"),
         ({**NEW, "url": "javascript:alert(1)"}, "invalid_url", "url"),
         ({**NEW, "url": "http:///nohost"}, "invalid_url", "url"),
-        ({**NEW, "url": "http://crm.test/a b"}, "invalid_url", "url"),
-        ({**NEW, "url": "http://crm.test/\r\nX-Evil: 1"}, "invalid_url", "url"),
-        ({**NEW, "url": "http://crm.test/" + "a" * 3000}, "invalid_url", "url"),
+        ({**NEW, "url": "http://127.0.0.1:9/a b"}, "invalid_url", "url"),
+        ({**NEW, "url": "http://127.0.0.1:9/\r\nX-Evil: 1"}, "invalid_url", "url"),
+        ({**NEW, "url": "http://127.0.0.1:9/" + "a" * 3000}, "invalid_url", "url"),
         ({**NEW, "url": 17}, "invalid_url", "url"),
         ({**NEW, "method": "PUT"}, "invalid_method", "method"),
         ({**NEW, "event_type": "message-in"}, "invalid_event_type", "event_type"),

@@ -45,7 +45,7 @@ class GeneratorTests(TrackerTestCase):
             self.successResultOf(
                 ensureDeferred(
                     self.service.subscribe(
-                        ext, url=f"http://crm.test/{ext}", method="POST", event_type=kind
+                        ext, url=f"http://127.0.0.1:9/{ext}", method="POST", event_type=kind
                     )
                 )
             )

@@ -36,7 +36,7 @@ def store(path: Path):
     pytest_twisted.blockon(s.close())
 
 
-async def sub(store, ext="200", kind="hangup", url="http://crm.test/h"):
+async def sub(store, ext="200", kind="hangup", url="http://127.0.0.1:9/h"):
     return await store.add_subscription(
         extension=ext, url=url, method="POST", event_type=kind, secret="s"
     )
