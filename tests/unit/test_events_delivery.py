@@ -189,15 +189,15 @@ def test_given_up_at_the_documented_age_then_the_next_goes(service, sender, stor
 
 
 def test_a_dead_receiver_does_not_hold_up_another(service, sender, store, clock):
-    slow = subscribe(service, url="http://slow.test/")
-    fast = subscribe(service, url="http://fast.test/")
+    slow = subscribe(service, url="http://127.0.0.1:8/slow")
+    fast = subscribe(service, url="http://127.0.0.1:8/fast")
     publish(service)
     publish(service)
-    assert sorted(r.url for r in sender.requests) == ["http://fast.test/", "http://slow.test/"]
+    assert sorted(r.url for r in sender.requests) == ["http://127.0.0.1:8/fast", "http://127.0.0.1:8/slow"]
     by_url = {r.url: i for i, r in enumerate(sender.requests)}
     # The fast one answers, the slow one never does.
-    sender.pending[by_url["http://fast.test/"]].callback(200)
-    fast_requests = [r for r in sender.requests if r.url == "http://fast.test/"]
+    sender.pending[by_url["http://127.0.0.1:8/fast"]].callback(200)
+    fast_requests = [r for r in sender.requests if r.url == "http://127.0.0.1:8/fast"]
     assert len(fast_requests) == 2, "the second event went to the fast receiver at once"
     sender.pending[-1].callback(200)
     assert store.subs[fast["id"]]["delivered"] == 2

@@ -34,7 +34,7 @@ class GeneratorTests(TrackerTestCase):
         self.successResultOf(
             __import__("twisted").internet.defer.ensureDeferred(self.service.start())
         )
-        info = CallInfo(self.store, public_url="https://pbx.test:8443/")
+        info = CallInfo(self.store, public_url="https://127.0.0.1:8443/")
         self.generator = EventGenerator(self.tracker, self.service, info)
         self.generator.start()
 
@@ -122,7 +122,7 @@ class GeneratorTests(TrackerTestCase):
             self.assertEqual(f["CallerExtension"], "1000")
             self.assertNotIn("Transfered", f)
         hangup = events[2][1]
-        self.assertEqual(hangup["RecordURL"], "https://pbx.test:8443/records/9")
+        self.assertEqual(hangup["RecordURL"], "https://127.0.0.1:8443/records/9")
         self.assertEqual((hangup["CallStatus"], hangup["Duration"]), ("ANSWER", "5"))
 
     def test_click_to_call_first_seen_ringing_in_is_still_the_operators_dial_out(self):

@@ -20,7 +20,7 @@ from agi_app.web import Router, build_site, history, openapi
 from agi_app.web.testing import MemoryHTTP
 
 BASE = "http://127.0.0.1"
-PUBLIC = "https://pbx.example.test:8443/"
+PUBLIC = "https://127.0.0.1:8443/"
 KEY = "k-123"
 AUTH = {"X-API-Key": KEY}
 T0 = 1795640677.123  # 2026-11-25T21:04:37.123Z
@@ -138,7 +138,7 @@ async def test_record_list_pages_newest_first(http, store, clock, document, tmp_
         "created_at": "2026-11-25T21:04:41.123Z",
         "duration": None,
         "size": 3,
-        "url": f"https://pbx.example.test:8443/records/{first['record_id']}",
+        "url": f"https://127.0.0.1:8443/records/{first['record_id']}",
     }
     code, body = await get_json(http, "/api/recordList")
     assert (body["page"], body["per_page"], len(body["records"])) == (1, 20, 7)
