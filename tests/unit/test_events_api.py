@@ -226,6 +226,24 @@ async def test_callback_places_an_operator_first_call(parts):
     assert status == 503 and err["call_id"] == "c-err"
 
 
+@pytest_twisted.ensureDeferred
+async def test_callback_to_several_sources_rings_them_as_a_group(parts):
+    http, service, store, calls, clock = parts
+    code, answer = await call(
+        http, "POST", "/extension/200/callback/",
+        {"dst_num": "+79817654321", "src_num": ["200", "201", "202"]},
+    )  # fmt: skip
+    assert code == 201, answer
+    [req] = calls.placed
+    assert req.group == ("200", "201", "202") and req.first == "200"
+    too_many = [str(300 + i) for i in range(21)]
+    status, err = await call(
+        http, "POST", "/extension/200/callback/", {"dst_num": "+79817654321", "src_num": too_many}
+    )
+    assert status == 400 and err["error"]["field"] == "src_num", err
+    assert len(calls.placed) == 1
+
+
 def test_openapi_paths_build():
     class Part:
         openapi_paths = staticmethod(openapi_paths)
