@@ -77,6 +77,13 @@ class Api:
         return response.code, await _body(response)
 
 
+async def make_call(api: Api, **params: Any) -> str:
+    """``/api/makeCall.json`` with ``params``; the new call's id (200 expected)."""
+    code, body = await api.get("/api/makeCall.json", **params)
+    assert code == 200, body
+    return body["call_id"]
+
+
 async def _body(response) -> Any:
     content = await response.content()
     try:

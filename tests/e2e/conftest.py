@@ -143,6 +143,14 @@ def sandbox(request: pytest.FixtureRequest):
     pbx.stop()
 
 
+@pytest.fixture
+def api():
+    """A client of the HTTP API of the agi_app a test started (see callflow.py)."""
+    from callflow import Api
+
+    return Api()
+
+
 @pytest.fixture(autouse=True)
 def _sandbox_reset(request: pytest.FixtureRequest):
     """Clean the shared sandbox after each test that used it."""

@@ -25,6 +25,7 @@ from callflow import (
     HTTP_PORT,
     Api,
     app_config,
+    make_call,
     reactor,
     seconds_between,
     start_app,
@@ -178,17 +179,6 @@ async def app(sandbox, tmp_path, proxy):
     application = await start_app(config)
     yield application
     await application.stop()
-
-
-@pytest.fixture
-def api():
-    return Api()
-
-
-async def make_call(api: Api, **params) -> str:
-    code, body = await api.get("/api/makeCall.json", **params)
-    assert code == 200, body
-    return body["call_id"]
 
 
 async def ringing(app, phone, call_id: str) -> None:

@@ -4,7 +4,6 @@ ring together (a ring group in the dialplan), the first to answer talks to
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
 from callflow import Api, app_config, start_app, wait_final, words
 from twisted.internet import defer
@@ -21,11 +20,6 @@ async def app(sandbox, tmp_path):
     application = await start_app(config)
     yield application
     await application.stop()
-
-
-@pytest.fixture
-def api():
-    return Api()
 
 
 async def callback(api: Api, owner: str, dst: str, sources: list[str]) -> str:

@@ -12,8 +12,8 @@ import wave
 import pytest
 import pytest_twisted
 from callflow import (
-    Api,
     app_config,
+    make_call,
     reactor,
     recording_settled,
     seconds_between,
@@ -36,17 +36,6 @@ async def app(sandbox, tmp_path):
     application = await start_app(config)
     yield application
     await application.stop()
-
-
-@pytest.fixture
-def api():
-    return Api()
-
-
-async def make_call(api: Api, **params) -> str:
-    code, body = await api.get("/api/makeCall.json", **params)
-    assert code == 200, body
-    return body["call_id"]
 
 
 @pytest_twisted.ensureDeferred

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from callflow import HTTP_PORT, Api, app_config, reactor, wait_final
 from twisted.internet import defer, task
@@ -109,11 +108,6 @@ async def crm():
     server.up()
     yield server
     await server.down()
-
-
-@pytest.fixture
-def api():
-    return Api()
 
 
 async def subscribe(api: Api, ext: str, event_type: str, method: str = "POST", path: str = "/hook"):
