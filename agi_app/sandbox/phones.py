@@ -618,8 +618,14 @@ class Phone:
         )
 
     @staticmethod
-    def _nth(calls: list[dict], count: int, key: str | None) -> dict | None:
-        done = [c for c in calls if key is None or c[key] is not None]
+    def _nth(
+        calls: list[dict], count: int, key: str | None, number: str | None = None
+    ) -> dict | None:
+        done = [
+            c
+            for c in calls
+            if (key is None or c[key] is not None) and (number is None or c["number"] == number)
+        ]
         return done[count - 1] if len(done) >= count else None
 
     def wait_for_call(self, timeout: float = 5.0, count: int = 1, reactor: Any = None) -> Deferred:
@@ -630,10 +636,16 @@ class Phone:
         """A Deferred firing with the ``count``-th call this phone answered."""
         return self._wait(lambda c: self._nth(c, count, "answer_time"), "answer", timeout, reactor)
 
-    def wait_for_hangup(self, timeout: float = 5.0, count: int = 1, reactor: Any = None):
+    def wait_for_hangup(
+        self, timeout: float = 5.0, count: int = 1, reactor: Any = None, number: str | None = None
+    ):
         """A Deferred firing with the ``count``-th call that ended (BYE either
-        way, CANCEL or rejection)."""
-        return self._wait(lambda c: self._nth(c, count, "end"), "hangup", timeout, reactor)
+        way, CANCEL or rejection); with ``number``, only calls to that dialled
+        number count (the PSTN's calls).  The PBX can report a hangup a few
+        milliseconds before the phone has written it down: wait for this
+        rather than reading :meth:`calls` right after."""
+        what = "hangup" if number is None else f"hangup of a call to {number}"
+        return self._wait(lambda c: self._nth(c, count, "end", number), what, timeout, reactor)
 
     def _block(self, key: str | None, what: str, timeout: float, count: int) -> dict:
         deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest_twisted
-from callflow import Api, wait_final, words
+from callflow import Api, reactor, wait_final, words
 from test_call_control import start_control_app
 from twisted.internet import defer
 
@@ -29,8 +29,9 @@ async def app(sandbox, tmp_path):
     await application.stop()
 
 
-def the_call(sandbox, number: str) -> dict:
-    return [c for c in sandbox.pstn.calls() if c["number"] == number][0]
+async def the_call(sandbox, number: str) -> dict:
+    """The PSTN phone's record of the ended call to ``number``."""
+    return await sandbox.pstn.wait_for_hangup(number=number, reactor=reactor())
 
 
 @pytest_twisted.ensureDeferred
@@ -60,7 +61,7 @@ async def test_the_client_hears_the_whole_message_then_the_call_ends(sandbox, ap
     assert words(unanswered) == ["CALL", "CLIENT_CALLTO", "CLIENT_NOANSWER"]
     # What the client's phone saw: answered, audio for the file's length,
     # then the PBX hung up.
-    phone = the_call(sandbox, "380632220001")
+    phone = await the_call(sandbox, "380632220001")
     assert phone["hung_up_by"] == "remote", phone
     connected = phone["end_time"] - phone["answer_time"]
     assert length - 0.3 <= connected <= length + 1.0, (connected, length)
@@ -109,7 +110,7 @@ async def test_without_fastagi_the_dialplan_plays_the_message(sandbox, tmp_path)
         assert code == 200, body
         entries = await wait_final(app, body["generalCallID"], timeout=20)
         assert words(entries) == ["CALL", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]
-        phone = the_call(sandbox, "380632220003")
+        phone = await the_call(sandbox, "380632220003")
         length = sounds.duration(FILE)
         assert phone["media_packets"] >= 0.85 * length * PACKETS_PER_SECOND, phone
         assert phone["hung_up_by"] == "remote"

@@ -5,7 +5,7 @@ ring together (a ring group in the dialplan), the first to answer talks to
 from __future__ import annotations
 
 import pytest_twisted
-from callflow import Api, app_config, start_app, wait_final, words
+from callflow import Api, app_config, reactor, start_app, wait_final, words
 from twisted.internet import defer
 
 from agi_app.sandbox.phones import answer, busy, no_answer
@@ -74,7 +74,8 @@ async def test_nobody_answers_all_busy_all_offline(sandbox, app, api):
     assert words(history["busy"]) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_BUSY"]
     assert words(history["offline"]) == ["CALL", "OPERATOR_OFFLINE"]
     for phone in ringing:
-        [call] = phone.calls()
+        call = await phone.wait_for_hangup(reactor=reactor())
+        assert len(phone.calls()) == 1
         assert call["answer_time"] is None and call["end"] == "cancel", call
     for phone in busy_ones:
         assert len(phone.calls()) == 1

@@ -151,7 +151,7 @@ async def test_limit_call_time_ends_the_conversation(sandbox, app, api):
     assert words(entries) == HAPPY
     talk = seconds_between(entries[4], entries[5])
     assert 1.0 <= talk <= 3.0, f"limit 2 s, talked {talk:.2f} s"
-    client = [c for c in sandbox.pstn.calls() if c["number"] == "380639920010"][0]
+    client = await sandbox.pstn.wait_for_hangup(number="380639920010", reactor=reactor())
     assert client["hung_up_by"] == "remote", client
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest_twisted
 from callflow import Api, reactor, seconds_between, wait_final, words
-from test_call_control import start_control_app, wait_for
+from test_call_control import start_control_app
 from twisted.internet import defer
 
 from agi_app.sandbox.phones import answer, dtmf
@@ -112,7 +112,7 @@ async def test_two_level_menu_with_timeout_retries_invalid_and_an_operator(sandb
     assert 2.0 <= waited <= 3.6, waited
     op_call = await operator.wait_for_hangup(reactor=reactor())
     assert op_call["from_number"] == "380631230001"
-    phone = [c for c in sandbox.pstn.calls() if c["number"] == "380631230001"][0]
+    phone = await sandbox.pstn.wait_for_hangup(number="380631230001", reactor=reactor())
     assert phone["dtmf"] == "125"
 
     # The caller who pressed nothing: the retries ran out, agi_app hung up.
@@ -123,10 +123,7 @@ async def test_two_level_menu_with_timeout_retries_invalid_and_an_operator(sandb
         "menu=quiet timeout (attempt 2 of 2), retries exhausted -> hangup",
     ]
     assert 1.4 <= seconds_between(second[2], second[3]) <= 3.0
-    silent = [c for c in sandbox.pstn.calls() if c["number"] == "380631230002"][0]
-    await wait_for(lambda: silent["end"] or [c for c in sandbox.pstn.calls()
-                   if c["number"] == "380631230002"][0]["end"], what="quiet call ended")
-    silent = [c for c in sandbox.pstn.calls() if c["number"] == "380631230002"][0]
+    silent = await sandbox.pstn.wait_for_hangup(number="380631230002", reactor=reactor())
     assert silent["hung_up_by"] == "remote"
 
     # The incoming caller: its own call, kind "incoming", with its choices.
