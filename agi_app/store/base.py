@@ -36,11 +36,14 @@ __all__ = [
     "FINAL_STATUSES",
     "OPERATOR_STATES",
     "STATUSES",
+    "EntryList",
     "ExternalKeyConflict",
+    "JSONPage",
     "Page",
     "Store",
     "StoreError",
     "UnknownCall",
+    "api_record",
     "canonical_json",
     "check_time",
     "iso_time",
@@ -126,6 +129,63 @@ class Page(NamedTuple):
 
     total: int
     items: list[dict[str, Any]]
+
+
+class EntryList(NamedTuple):
+    """History entries as the JSON text of their array, ascending by id.
+
+    The CRM API hands history pages out as JSON; a store that can produce
+    the text itself (SQLite's ``json_group_array``) spares the application
+    parsing it into dicts and encoding it again, which for a 100-entry
+    page costs more than the query.  ``count`` and ``last_id`` (None when
+    empty) are what a handler needs without parsing."""
+
+    json: str
+    count: int
+    last_id: int | None
+
+    @classmethod
+    def of(cls, entries: list[dict[str, Any]]) -> EntryList:
+        """The list of an already parsed, ascending list of entries."""
+        text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
+        return cls(text, len(entries), entries[-1]["id"] if entries else None)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The entries as dicts (parsed on each call)."""
+        return json.loads(self.json)
+
+
+class JSONPage(NamedTuple):
+    """One page of a listing with its items as the JSON text of their array
+    (see :class:`EntryList`): ``total`` rows match, ``count`` are here."""
+
+    total: int
+    json: str
+    count: int
+
+    @classmethod
+    def of(cls, total: int, items: list[dict[str, Any]]) -> JSONPage:
+        """The page of already built items."""
+        return cls(total, json.dumps(items, separators=(",", ":"), ensure_ascii=False), len(items))
+
+    def items(self) -> list[dict[str, Any]]:
+        """The items as dicts (parsed on each call)."""
+        return json.loads(self.json)
+
+
+#: The fields of a recording as the CRM API lists it, in order, then ``url``.
+API_RECORD_FIELDS = (
+    "record_id", "call_id", "order_id", "external_key", "sip", "phone", "created_at",
+    "duration", "size",
+)  # fmt: skip
+
+
+def api_record(recording: dict[str, Any], url_prefix: str) -> dict[str, Any]:
+    """A stored recording as the CRM API lists it: no file path, and ``url``
+    = ``url_prefix`` followed by the record_id."""
+    out = {k: recording[k] for k in API_RECORD_FIELDS}
+    out["url"] = f"{url_prefix}{recording['record_id']}"
+    return out
 
 
 def iso_time(seconds: float) -> str:
@@ -287,6 +347,14 @@ class Store(abc.ABC):
     def recordings(self, page: int, per_page: int) -> Deferred[Page]:
         """Recordings, newest first (by record_id: the order they were added)."""
 
+    def recordings_json(self, page: int, per_page: int, url_prefix: str) -> Deferred[JSONPage]:
+        """:meth:`recordings` as the CRM API lists them (:func:`api_record`),
+        as JSON text.  A store that can produce the text directly overrides
+        this."""
+        return self.recordings(page, per_page).addCallback(
+            lambda found: JSONPage.of(found.total, [api_record(r, url_prefix) for r in found.items])
+        )
+
     @abc.abstractmethod
     def order_calls(self, order_id: str) -> Deferred[list[dict[str, Any]]]:
         """The calls of an order, oldest first, each with a ``records`` list
@@ -296,6 +364,11 @@ class Store(abc.ABC):
     def order_history(self, order_id: str) -> Deferred[list[dict[str, Any]]]:
         """Every history entry of every call of an order, ascending by id."""
 
+    def order_history_json(self, order_id: str) -> Deferred[EntryList]:
+        """:meth:`order_history` as an :class:`EntryList`.  A store that can
+        produce the JSON text directly overrides this."""
+        return self.order_history(order_id).addCallback(EntryList.of)
+
     @abc.abstractmethod
     def history_after(
         self, after_id: int, limit: int, call_id: str | None = None
@@ -303,3 +376,10 @@ class Store(abc.ABC):
         """Up to ``limit`` history entries with ``id > after_id``, ascending by
         id, of every call or of one.  A poller that passes the last id it saw
         never misses or repeats an entry: ids are assigned in commit order."""
+
+    def history_after_json(
+        self, after_id: int, limit: int, call_id: str | None = None
+    ) -> Deferred[EntryList]:
+        """:meth:`history_after` as an :class:`EntryList`.  A store that can
+        produce the JSON text directly overrides this."""
+        return self.history_after(after_id, limit, call_id).addCallback(EntryList.of)

@@ -21,10 +21,11 @@ from typing import Any
 from twisted.web import static
 
 from agi_app import validation
-from agi_app.store import OPERATOR_STATES, Store
+from agi_app.store import OPERATOR_STATES, Store, api_record
 from agi_app.web.api import ApiError, ApiRequest, ApiResponse, Router
 from agi_app.web.openapi import api_operation, error_responses, param, ref
 from agi_app.web.params import MAX_PAGE, MAX_PER_PAGE, choices, optional_integer, paging
+from agi_app.web.render import RawJSON
 
 __all__ = ["HistoryEndpoints", "add_routes", "openapi_paths", "openapi_schemas"]
 
@@ -75,35 +76,24 @@ class HistoryEndpoints:
 
     # -- shapes -----------------------------------------------------------
 
-    def record_url(self, record_id: int) -> str:
-        """The download link of a recording."""
+    def record_url(self, record_id: int | str) -> str:
+        """The download link of a recording (of "": the prefix of every link)."""
         return f"{self._public_url}/records/{record_id}"
 
     def _record(self, r: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "record_id": r["record_id"],
-            "call_id": r["call_id"],
-            "order_id": r["order_id"],
-            "external_key": r["external_key"],
-            "sip": r["sip"],
-            "phone": r["phone"],
-            "created_at": r["created_at"],
-            "duration": r["duration"],
-            "size": r["size"],
-            "url": self.record_url(r["record_id"]),
-        }
+        return api_record(r, self.record_url(""))
 
     # -- handlers ---------------------------------------------------------
 
     async def record_list(self, req: ApiRequest) -> dict[str, Any]:
         """``/api/recordList``: recordings, newest first."""
         page, per_page = paging(req)
-        result = await self._store.recordings(page, per_page)
+        found = await self._store.recordings_json(page, per_page, self.record_url(""))
         return {
             "page": page,
             "per_page": per_page,
-            "total": result.total,
-            "records": [self._record(r) for r in result.items],
+            "total": found.total,
+            "records": RawJSON(found.json, found.items),
         }
 
     async def order_records(self, req: ApiRequest) -> dict[str, Any]:
@@ -133,11 +123,12 @@ class HistoryEndpoints:
         order_id = validation.identifier(req.params.get("order_id"), "order_id")
         grouped = req.param("group_by_call", None)
         grouped = False if grouped is None else validation.flag(grouped, "group_by_call")
-        entries = await self._store.order_history(order_id)
-        if not entries:
+        history = await self._store.order_history_json(order_id)
+        if not history.count:
             raise _unknown_order(order_id)
         if not grouped:
-            return {"order_id": order_id, "history": entries}
+            return {"order_id": order_id, "history": RawJSON(history.json, history.entries)}
+        entries = history.entries()
         by_call: dict[str, list[dict[str, Any]]] = {}
         for entry in entries:  # ascending ids: calls come in the order they began
             by_call.setdefault(entry["call_id"], []).append(entry)
@@ -153,12 +144,13 @@ class HistoryEndpoints:
             call_id = validation.identifier(call_id, "call_id")
         after_id = optional_integer(req, "after_id", 0, minimum=0, maximum=MAX_ID)
         limit = optional_integer(req, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
-        entries = await self._store.history_after(after_id, limit, call_id)
+        page = await self._store.history_after_json(after_id, limit, call_id)
         # A call always has its CALL entry, so only an empty answer can mean an
         # unknown call: the usual request costs one store round trip, not two.
-        if call_id is not None and not entries and await self._store.get_call(call_id) is None:
+        if call_id is not None and not page.count and await self._store.get_call(call_id) is None:
             raise ApiError(404, "unknown_call", f"no call {call_id}", field="call_id")
-        return {"history": entries, "last_id": entries[-1]["id"] if entries else after_id}
+        last_id = page.last_id if page.last_id is not None else after_id
+        return {"history": RawJSON(page.json, page.entries), "last_id": last_id}
 
     async def sip_list(self, req: ApiRequest) -> dict[str, Any]:
         """``/api/sipList``: operators and their state."""

@@ -4,13 +4,14 @@ check -- against a real store on a temporary file."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 
-from agi_app.store import SQLiteStore
+from agi_app.store import SQLiteStore, Store
 from agi_app.store.sqlite import MIGRATIONS
 from agi_app.web import Router, build_site, history
 from agi_app.web.testing import MemoryHTTP
@@ -37,7 +38,10 @@ async def add_recordings(store: SQLiteStore, count: int) -> list[int]:
     )  # fmt: skip
     ids = []
     for i in range(count):
-        rec = await store.add_recording(call_id="c1", path=f"/tmp/{i}.wav", size=i)
+        duration = i / 7 if i % 3 else None  # stored rounded to ms
+        rec = await store.add_recording(
+            call_id="c1", path=f"/tmp/{i}.wav", size=i, duration=duration
+        )
         ids.append(rec["record_id"])
     return ids
 
@@ -60,11 +64,18 @@ async def expect_pages(store: SQLiteStore, ids: list[int]) -> None:
             assert got.total == len(ids), (page, per_page)
             assert [r["record_id"] for r in got.items] == want, (page, per_page)
             assert [r["size"] for r in got.items] == [i - 1 for i in want]  # the whole rows
+            # The API's page as JSON text: the same as built from those rows.
+            text = await store.recordings_json(page, per_page, "http://h/records/")
+            built = await Store.recordings_json(store, page, per_page, "http://h/records/")
+            assert (text.total, text.count) == (built.total, built.count) == (len(ids), len(want))
+            assert json.loads(text.json) == json.loads(built.json) == text.items()
+            assert [r["url"] for r in text.items()] == [f"http://h/records/{i}" for i in want]
 
 
 @pytest_twisted.ensureDeferred
 async def test_record_pages_when_ids_are_contiguous(store: SQLiteStore):
     assert (await store.recordings(1, 20)) == (0, [])
+    assert (await store.recordings_json(1, 20, "/r/")) == (0, "[]", 0)
     ids = await add_recordings(store, 23)
     await expect_pages(store, ids)
 
@@ -86,6 +97,7 @@ async def test_record_pages_with_gaps_in_the_ids(store: SQLiteStore):
     await expect_pages(store, [i for i in ids if i not in gone])
     await execute(store, "DELETE FROM recordings")
     assert (await store.recordings(1, 5)) == (0, [])
+    assert (await store.recordings_json(1, 5, "/r/")) == (0, "[]", 0)
 
 
 @pytest_twisted.ensureDeferred

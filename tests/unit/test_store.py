@@ -3,6 +3,7 @@ operators, history queries, the worker thread and crash safety."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -332,6 +333,44 @@ async def test_order_history_and_calls(store: SQLiteStore, clock: task.Clock):
 
 
 @pytest_twisted.ensureDeferred
+async def test_history_as_json_text_is_the_same_history(store: SQLiteStore):
+    """The JSON text handed to the CRM as is parses to exactly the dicts, with
+    awkward details (quotes, backslashes, control characters, non-ASCII, and
+    text that looks like an entry's start)."""
+    await make_call(store, "a", order_id="o1")
+    awkward = 'say "hi" \\ {"id":1,"x":2} \x01\t\n é ☎ \U0001f4de'
+    await store.add_status("a", "OPERATOR_CALLTO", detail=awkward)
+    await store.add_status("a", "OPERATOR_BUSY", detail="")
+    listed = await store.order_history("o1")
+    assert [e["detail"] for e in listed][1:] == [awkward, ""]
+    text = await store.order_history_json("o1")
+    assert text.count == 3 and text.last_id == listed[-1]["id"]
+    assert text.entries() == listed == json.loads(text.json)
+    page = await store.history_after_json(listed[0]["id"], 10)
+    assert page.entries() == listed[1:] and page.count == 2 and page.last_id == listed[-1]["id"]
+    none = await store.history_after_json(listed[-1]["id"], 10)
+    assert (none.json, none.count, none.last_id) == ("[]", 0, None)
+    assert (await store.order_history_json("nobody")).count == 0
+
+
+def test_entry_list_is_sorted_when_the_aggregate_was_not(store: SQLiteStore, monkeypatch):
+    """SQLite does not promise the order an aggregate sees its rows in: a
+    text out of order is put in order (ids are read off the text)."""
+    unordered = json.dumps([
+        {"id": 7, "call_id": "a", "order_id": None, "status": "FINISH", "time": "t",
+         "detail": None},
+        {"id": 3, "call_id": "a", "order_id": None, "status": "CALL", "time": "t",
+         "detail": '{"id":99,'},
+    ], separators=(",", ":"))  # fmt: skip
+    monkeypatch.setattr(store, "_scalar", lambda sql, params: unordered)
+    got = store._entry_list("call_id = ?", ("a",))
+    assert [e["id"] for e in got.entries()] == [3, 7]
+    assert got.count == 2 and got.last_id == 7
+    monkeypatch.setattr(store, "_scalar", lambda sql, params: unordered.replace("7", "1", 1))
+    assert store._entry_list("call_id = ?", ("a",)).last_id == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_history_after_pages_by_id(store: SQLiteStore):
     await make_call(store, "a")
     await make_call(store, "b")
@@ -404,6 +443,9 @@ async def test_recordings(store: SQLiteStore, clock: task.Clock):
     updated = await store.update_recording(recs[0]["record_id"], duration=12.5, size=2048)
     assert updated == {**recs[0], "duration": 12.5, "size": 2048}
     assert await store.get_recording(recs[0]["record_id"]) == updated
+    # durations are kept to the millisecond
+    rounded = await store.update_recording(recs[1]["record_id"], duration=7.123456789)
+    assert rounded["duration"] == 7.123
     assert await store.update_recording(999999, size=1) is None
     assert await store.get_recording(999999) is None
 
