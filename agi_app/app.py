@@ -191,23 +191,18 @@ class Application:
 
 def run(config: Config, reactor: Any = None) -> int:
     """Run the service until SIGINT/SIGTERM; returns the exit code."""
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
+    from twisted.logger import LogLevel, globalLogBeginner
+
+    from agi_app.logs import service_log_observer
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     level = LogLevel.levelWithName(os.environ.get("AGI_APP_LOG_LEVEL", "info").lower())
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    globalLogBeginner.beginLoggingTo(
+        [service_log_observer(sys.stdout, level)], redirectStandardIO=False
     )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     app = Application(config, reactor)
     status = {"code": 0}
 

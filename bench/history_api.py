@@ -282,14 +282,9 @@ def serve(path: str, cpu: int, log_path: str, log_level: str = "info") -> None:
 
     epollreactor.install()
     from twisted.internet import reactor
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
+    from twisted.logger import LogLevel, globalLogBeginner
 
+    from agi_app.logs import service_log_observer
     from agi_app.store import SQLiteStore
     from agi_app.web import Router, build_site
     from agi_app.web.history import HistoryEndpoints
@@ -299,10 +294,8 @@ def serve(path: str, cpu: int, log_path: str, log_level: str = "info") -> None:
     log_file = open(log_path, "w")  # noqa: SIM115 - open for the process's life
     level = LogLevel.levelWithName(log_level)
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(log_file),
-                              [LogLevelFilterPredicate(defaultLogLevel=level)])],
-        redirectStandardIO=False,
-    )  # fmt: skip
+        [service_log_observer(log_file, level)], redirectStandardIO=False
+    )
     store = SQLiteStore(path, reactor=reactor)
     store.open()
     router = Router()
