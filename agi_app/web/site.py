@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from io import BytesIO
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -39,8 +40,10 @@ class LimitedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY:
             self.body_too_large = True
-            length = 0
-        super().gotLength(length)
+        # At most MAX_BODY bytes are ever kept: a buffer in memory does.  (Twisted
+        # would create a temporary file on disk for every request that does
+        # not declare a length -- every GET -- and for bodies over 100 kB.)
+        self.content = BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:

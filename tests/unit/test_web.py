@@ -478,3 +478,22 @@ async def test_chunked_body_over_64k_is_413(http):
         http, "POST", "/api/echo", data=_ChunkedBody([b"a=1", b"2"]), headers=form
     )
     assert code == 200 and body["params"] == {"a": "12"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_request_makes_a_temporary_file(http, monkeypatch):
+    """Bodies are capped at 64 KiB, so they are kept in memory: a GET (no
+    Content-Length) and a chunked body never create a file on disk."""
+    import tempfile
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("a temporary file was created")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_files)
+    form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    code, _ = await call_json(http, "GET", "/api/echo?a=1", headers=AUTH)
+    assert code == 200
+    code, body = await call_json(
+        http, "POST", "/api/echo", data=_ChunkedBody([b"a=1", b"2"]), headers=form
+    )
+    assert code == 200 and body["params"] == {"a": "12"}
