@@ -52,7 +52,9 @@ class Application:
     def __init__(self, config: Config, reactor: Any):
         self.config = config
         self.reactor = reactor
-        self.store = SQLiteStore(config.store.path, reactor=reactor)
+        self.store = SQLiteStore(
+            config.store.path, reactor=reactor, read_budget_us=config.store.read_budget_us
+        )
         self.ami = AMIService(
             config.ami.host,
             config.ami.port,

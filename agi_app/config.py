@@ -85,6 +85,10 @@ class StoreConfig:
     """``[store]``: the call log database."""
 
     path: str = "var/agi_app.sqlite3"
+    #: the API's history reads run on the reactor thread within this budget
+    #: (microseconds) and move to the store's worker thread past it; 0: all
+    #: reads on the worker thread
+    read_budget_us: int = 2000
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"[dialing] trunks: {trunk!r} must match [A-Za-z0-9_-]{{1,32}}")
     if not 1 <= cfg.dialing.call_time_to_client <= 600:
         raise ConfigError("[dialing] call_time_to_client: must be 1..600 seconds")
+    if not 0 <= cfg.store.read_budget_us <= 100_000:
+        raise ConfigError("[store] read_budget_us: must be 0..100000 microseconds")
     if not 1 <= cfg.dialing.call_time_to_ext <= 600:
         raise ConfigError("[dialing] call_time_to_ext: must be 1..600 seconds")
     for key in ("client_ids",):

@@ -276,7 +276,9 @@ def ensure_store(calls: int) -> tuple[Path, dict[str, int]]:
 # -- the server (its own process) ----------------------------------------------------
 
 
-def serve(path: str, cpu: int, log_path: str, log_level: str = "info") -> None:
+def serve(
+    path: str, cpu: int, log_path: str, log_level: str = "info", read_budget_us: int = 2000
+) -> None:
     """Run the history endpoints on the application's HTTP stack until SIGTERM."""
     from twisted.internet import epollreactor
 
@@ -296,7 +298,7 @@ def serve(path: str, cpu: int, log_path: str, log_level: str = "info") -> None:
     globalLogBeginner.beginLoggingTo(
         [service_log_observer(log_file, level)], redirectStandardIO=False
     )
-    store = SQLiteStore(path, reactor=reactor)
+    store = SQLiteStore(path, reactor=reactor, read_budget_us=read_budget_us)
     store.open()
     router = Router()
     HistoryEndpoints(store, public_url="http://127.0.0.1:8080").add_routes(router)
@@ -305,13 +307,17 @@ def serve(path: str, cpu: int, log_path: str, log_level: str = "info") -> None:
     _pin(cpu)
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()
+    print(f"MOVED {store.reads_moved}", flush=True)
 
 
-def start_server(path: Path, cpu: int, log_level: str) -> tuple[subprocess.Popen, int]:
+def start_server(
+    path: Path, cpu: int, log_level: str, read_budget_us: int
+) -> tuple[subprocess.Popen, int]:
     log_path = CACHE_DIR / "server.log"
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(path), "--cpu", str(cpu),
-         "--server-log", str(log_path), "--log-level", log_level],
+         "--server-log", str(log_path), "--log-level", log_level,
+         "--read-budget-us", str(read_budget_us)],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -538,10 +544,28 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def queued(floor_ms: Sequence[float], concurrency: int) -> list[float]:
+    """What the floor's queries would take at ``concurrency``: a server that
+    did nothing but the SQL, one query at a time, with ``concurrency``
+    clients each keeping one request in flight.  In that closed loop a
+    request waits for the ones queued before it, so its time is the sum of
+    ``concurrency`` consecutive query times."""
+    out, window = [], 0.0
+    for i, ms in enumerate(floor_ms):
+        window += ms
+        if i >= concurrency:
+            window -= floor_ms[i - concurrency]
+        if i >= concurrency - 1:
+            out.append(window)
+    return out
+
+
 def report(cases: list[Case], concurrency: int) -> bool:
     """Print the table; True when every target is met."""
     head = (f"{'endpoint':24} {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} {'CPU/req':>8} "
-            f"{'floor p50':>9} {'floor p99':>9} {'p99/floor':>9}  target")  # fmt: skip
+            f"{'floor p50':>9} {'floor p99':>9} {'x floor':>7} "
+            f"{'queued p99':>10} {'x queued':>8}  p99<{TARGET_P99_MS:g}ms  "
+            f"<={TARGET_FACTOR:g}x floor")  # fmt: skip
     _say("")
     _say(head)
     _say("-" * len(head))
@@ -550,20 +574,25 @@ def report(cases: list[Case], concurrency: int) -> bool:
         r = c.best
         p50, p99 = statistics.median(r.http_ms), r.p99
         f50, f99 = statistics.median(c.floor_ms), percentile(c.floor_ms, 0.99)
+        q99 = percentile(queued(c.floor_ms, concurrency), 0.99)
         factor = p99 / f99 if f99 else float("inf")
-        met = p99 < TARGET_P99_MS and factor <= TARGET_FACTOR and not r.errors
+        fast = p99 < TARGET_P99_MS and not r.errors
+        near = factor <= TARGET_FACTOR and not r.errors
         if c.reference:
             verdict = "(reference)"
         else:
-            ok &= met
-            verdict = "met" if met else "MISSED"
+            ok &= fast and near
+            verdict = f"{'met' if fast else 'MISSED':9} {'met' if near else 'MISSED'}"
         if r.errors:
             verdict += f" ({r.errors} errors)"
         cpu_us = r.server_cpu / len(c.requests) * 1e6
         _say(f"{c.name:24} {len(c.requests) / r.seconds:6.0f} {p50:7.2f} {p99:7.2f} "
-             f"{cpu_us:6.0f}us {f50:9.3f} {f99:9.3f} {factor:9.1f}  {verdict}")  # fmt: skip
+             f"{cpu_us:6.0f}us {f50:9.3f} {f99:9.3f} {factor:7.1f} {q99:10.3f} "
+             f"{p99 / q99:8.1f}  {verdict}")  # fmt: skip
     _say(f"targets: p99 < {TARGET_P99_MS:g} ms and p99 <= {TARGET_FACTOR:g} x the floor's p99, "
-         f"at concurrency {concurrency}; CPU/req: the server process's CPU time per "
+         f"at concurrency {concurrency}.  floor: the same SQL alone, one query at a time; "
+         f"queued: the floor's queries at concurrency {concurrency} with nothing but the SQL "
+         f"(each waits for those ahead of it); CPU/req: the server process's CPU time per "
          f"request")  # fmt: skip
     return ok
 
@@ -588,12 +617,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's log level (info, the default of agi-app serve, writes the "
         "access log; warn does not)",
     )
+    parser.add_argument(
+        "--read-budget-us",
+        type=int,
+        default=2000,
+        help="the store's [store] read_budget_us (0: every read on the store's worker "
+        "thread, as before inline reads)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--server-log", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.cpu, args.server_log, args.log_level)
+        serve(args.serve, args.cpu, args.server_log, args.log_level, args.read_budget_us)
         return 0
     import psutil
 
@@ -603,12 +639,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--calls must be at least {DEEP_PAGE * PER_PAGE} for page {DEEP_PAGE}")
     path, counts = ensure_store(args.calls)
     cases = build_cases(counts, requests)
-    server, port = start_server(path, cpu=-1 if args.no_pin else 1, log_level=args.log_level)
+    server, port = start_server(
+        path, cpu=-1 if args.no_pin else 1, log_level=args.log_level,
+        read_budget_us=args.read_budget_us,
+    )  # fmt: skip
     if not args.no_pin:
         _pin(0)
     where = "any CPU" if args.no_pin else "CPU 1, load generator on CPU 0"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    _say(f"server pid {server.pid} on {where}, log level {args.log_level}; load average {load}")
+    _say(f"server pid {server.pid} on {where}, log level {args.log_level}, read budget "
+         f"{args.read_budget_us} us; load average {load}")  # fmt: skip
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         process = psutil.Process(server.pid)
@@ -628,7 +668,11 @@ def main(argv: list[str] | None = None) -> int:
         conn.close()
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        rest, _ = server.communicate(timeout=10)
+    moved = [line.split()[1] for line in rest.splitlines() if line.startswith("MOVED ")]
+    if moved:
+        _say(f"store: {moved[0]} reads ran over the read budget and were done again on the "
+             f"worker thread")  # fmt: skip
     return 0 if report(cases, args.concurrency) else 1
 
 

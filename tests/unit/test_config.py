@@ -175,6 +175,9 @@ def test_a_bad_environment_value_names_the_key() -> None:
         ("AMI_PING_INTERVAL", "0", r"\[ami\] ping_interval: must be positive"),
         ("AMI_MAX_BACKOFF", "-3", r"\[ami\] max_backoff: must be positive"),
         ("AGI_COMMAND_TIMEOUT", "", r"\[agi\] command_timeout: expected a number"),
+        ("STORE_READ_BUDGET_US", "-1", r"\[store\] read_budget_us: must not be negative"),
+        ("STORE_READ_BUDGET_US", "100001", r"\[store\] read_budget_us: must be 0\.\.100000"),
+        ("STORE_READ_BUDGET_US", "2ms", r"\[store\] read_budget_us: expected a whole number"),
     ],
 )
 def test_bad_numbers_are_refused_naming_the_key(key: str, value: str, message: str) -> None:

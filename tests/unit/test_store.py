@@ -140,7 +140,7 @@ async def test_connection_settings(store: SQLiteStore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sql_runs_only_on_the_worker_thread(store: SQLiteStore):
+async def test_writes_run_only_on_the_worker_thread(store: SQLiteStore):
     threads: set[int] = set()
     await store._run(store._conn.set_trace_callback, lambda sql: threads.add(threading.get_ident()))
     await make_call(store)
@@ -148,6 +148,78 @@ async def test_sql_runs_only_on_the_worker_thread(store: SQLiteStore):
     await store.order_history("order-15")
     assert threads and threading.get_ident() not in threads
     assert len(threads) == 1
+
+
+async def _seen_by(store: SQLiteStore, read) -> tuple[set[int], object, bool, bool]:
+    """Which threads ran SQL on the inline reader and the writer during ``read``."""
+    inline: set[int] = set()
+    worker: set[int] = set()
+    store._reader.set_trace_callback(lambda sql: inline.add(threading.get_ident()))
+    await store._run(store._conn.set_trace_callback, lambda sql: worker.add(threading.get_ident()))
+    result = await read()
+    store._reader.set_trace_callback(None)
+    await store._run(store._conn.set_trace_callback, None)
+    return inline | worker, result, bool(inline), bool(worker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_reads_run_inline_and_see_every_committed_write(store: SQLiteStore):
+    await make_call(store)
+    for status in ("OPERATOR_CALLTO", "OPERATOR_PICKUP"):
+        entry = await store.add_status("c1", status)
+        # the write's Deferred has fired: an inline read sees it at once
+        page = await store.history_after_json(entry["id"] - 1, 10)
+        assert [e["status"] for e in page.entries()] == [status]
+    threads, page, inline, worker = await _seen_by(
+        store, lambda: store.order_history_json("order-15")
+    )
+    assert threads == {threading.get_ident()} and inline and not worker
+    assert page.count == 3
+    for read in (
+        lambda: store.recordings_json(1, 20, "/r/"),
+        lambda: store.recordings(1, 20),
+        lambda: store.order_calls("order-15"),
+        lambda: store.operators(1, 20),
+        lambda: store.operator_history(None, 1, 20),
+        lambda: store.operator_history("1000", 1, 20),
+    ):
+        threads, _, inline, worker = await _seen_by(store, read)
+        assert inline and not worker and threads == {threading.get_ident()}
+    assert store.reads_moved == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_over_its_budget_is_done_again_on_the_worker(store: SQLiteStore):
+    await make_call(store)
+    for _ in range(200):
+        await store.add_status("c1", "OPERATOR_CALLTO")
+    expected = await store.statuses("c1")  # worker thread
+    store.read_budget = 0.0  # any read that reaches a progress check is over
+    threads, page, inline, worker = await _seen_by(store, lambda: store.history_after_json(0, 500))
+    assert inline and worker, "begun inline, finished on the worker"
+    assert page.entries() == expected
+    assert store.reads_moved == 1
+    # a small read finishes before its first check: inline
+    _, small, inline, worker = await _seen_by(store, lambda: store.operators(1, 20))
+    assert small == (0, []) and inline and not worker
+    assert store.reads_moved == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_all_on_the_worker_without_a_budget(tmp_path: Path):
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor=_reactor(), read_budget_us=0)
+    store.open()
+    try:
+        assert store._reader is None
+        await make_call(store)
+        threads: set[int] = set()
+        await store._run(
+            store._conn.set_trace_callback, lambda sql: threads.add(threading.get_ident())
+        )
+        assert (await store.order_history_json("order-15")).count == 1
+        assert threads and threading.get_ident() not in threads
+    finally:
+        await store.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -362,12 +434,14 @@ def test_entry_list_is_sorted_when_the_aggregate_was_not(store: SQLiteStore, mon
         {"id": 3, "call_id": "a", "order_id": None, "status": "CALL", "time": "t",
          "detail": '{"id":99,'},
     ], separators=(",", ":"))  # fmt: skip
-    monkeypatch.setattr(store, "_scalar", lambda sql, params: unordered)
-    got = store._entry_list("call_id = ?", ("a",))
+    monkeypatch.setattr(store, "_scalar", lambda sql, params, conn=None: unordered)
+    got = store._entry_list(store._conn, "call_id = ?", ("a",))
     assert [e["id"] for e in got.entries()] == [3, 7]
     assert got.count == 2 and got.last_id == 7
-    monkeypatch.setattr(store, "_scalar", lambda sql, params: unordered.replace("7", "1", 1))
-    assert store._entry_list("call_id = ?", ("a",)).last_id == 3
+    monkeypatch.setattr(
+        store, "_scalar", lambda sql, params, conn=None: unordered.replace("7", "1", 1)
+    )
+    assert store._entry_list(store._conn, "call_id = ?", ("a",)).last_id == 3
 
 
 @pytest_twisted.ensureDeferred
