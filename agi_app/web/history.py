@@ -312,21 +312,9 @@ def openapi_schemas() -> dict[str, Any]:
     }
 
 
-def _body_required_when_fields_are(paths: dict[str, Any]) -> dict[str, Any]:
-    """A POST whose form has a required field cannot go without a body."""
-    for item in paths.values():
-        post = item.get("post")
-        if post is None:
-            continue
-        forms = post["requestBody"]["content"].values()
-        if any(form["schema"].get("required") for form in forms):
-            post["requestBody"]["required"] = True
-    return paths
-
-
 def openapi_paths() -> dict[str, Any]:
     """OpenAPI path items of this module."""
-    return _body_required_when_fields_are(_paths())
+    return _paths()
 
 
 def _paths() -> dict[str, Any]:

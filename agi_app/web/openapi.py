@@ -160,7 +160,8 @@ def api_operation(
             op["parameters"] = [dict(p) for p in parameters]
         else:
             op["requestBody"] = {
-                "required": False,
+                # a form with a required field cannot go without a body
+                "required": bool(body_schema["required"]),
                 "content": {
                     "application/json": {"schema": body_schema},
                     "application/x-www-form-urlencoded": {"schema": body_schema},

@@ -468,3 +468,15 @@ async def test_garbage_parameters_never_cause_5xx(http, path, suffix, query, bod
             assert ET.fromstring(raw).find("error/code") is not None
         else:
             assert "error" in json.loads(raw)
+
+
+def test_a_post_body_is_required_when_it_has_required_fields():
+    from agi_app.web.calls import CallEndpoints
+
+    document = openapi.build_document([history, CallEndpoints])
+    make_call = document["paths"]["/api/makeCall"]["post"]["requestBody"]
+    assert make_call["required"] is True
+    for form in make_call["content"].values():
+        assert set(form["schema"]["required"]) == {"sip", "phone", "order_id", "external_key"}
+    assert document["paths"]["/api/orderHistory"]["post"]["requestBody"]["required"] is True
+    assert document["paths"]["/api/recordList"]["post"]["requestBody"]["required"] is False
