@@ -147,6 +147,8 @@ class ActiveCall:
     recording_path: str | None = None
     #: clock time MixMonitor started (the recording's ``created_at``)
     recording_started: float | None = None
+    #: the file's size is being watched to store its size and duration
+    recording_watched: bool = False
     operator_waiters: list[defer.Deferred] = field(default_factory=list)
     lock: defer.DeferredLock = field(default_factory=defer.DeferredLock)
     #: the Originate of the first leg has not reported its outcome yet: its
@@ -461,10 +463,14 @@ class CallService:
             return ms / 1000.0
         return _seconds(await agi.get_variable("ANSWEREDTIME"))
 
-    async def _start_recording(self, agi, active: ActiveCall) -> None:
-        req = active.request
+    @staticmethod
+    def _recording_name(active: ActiveCall) -> str:
         # Built only from checked ids: [A-Za-z0-9_.:-]; ':' is kept out of file names.
-        base = f"{req.order_id or 'call'}_{active.call_id}".replace(":", "-") + ".wav"
+        order = active.request.order_id or "call"
+        return f"{order}_{active.call_id}".replace(":", "-") + ".wav"
+
+    async def _start_recording(self, agi, active: ActiveCall) -> None:
+        base = self._recording_name(active)
         pbx_path = f"{self.dialing.pbx_recordings.rstrip('/')}/{base}"
         try:
             await agi.exec_("MixMonitor", pbx_path, "b")
@@ -473,6 +479,26 @@ class CallService:
             return
         active.recording_path = os.path.join(self.dialing.recordings_dir, base)
         active.recording_started = self.clock.seconds()
+
+    async def _restore_recording(self, active: ActiveCall) -> None:
+        """After a restart: what became of the call's recording.  MixMonitor
+        is started just before CLIENT_CALLTO is logged, into a file named
+        from the call; one stored already is taken up (its size and duration
+        are still to come), one the client answered before the restart but
+        that was not stored yet is stored now."""
+        if st.CLIENT_CALLTO not in active.logged:
+            return
+        stored = await self.store.call_recordings(active.call_id)
+        if stored:
+            active.recording_id = stored[0]["record_id"]
+            active.recording_path = stored[0]["path"]
+            return
+        active.recording_path = os.path.join(
+            self.dialing.recordings_dir, self._recording_name(active)
+        )
+        active.recording_started = active.logged_at.get(st.CLIENT_CALLTO)
+        if st.CLIENT_PICKUP in active.logged:
+            await self._register_recording(active)
 
     async def _register_recording(self, active: ActiveCall) -> None:
         """Store the recording of a call whose client answered (MixMonitor
@@ -495,6 +521,9 @@ class CallService:
         """MixMonitor closes the file only when the channel is gone: poll its
         size for a while and store size and duration once it stops growing;
         the empty file of a call whose client never answered is removed."""
+        if active.recording_watched:
+            return
+        active.recording_watched = True
         if active.recording_id is None:
             if active.recording_path is not None and st.CLIENT_PICKUP not in active.logged:
                 self._drop_empty_recording(active, tries)
@@ -555,6 +584,15 @@ class CallService:
         leg that never answered ends in ERROR."""
         if active.final:
             return
+        try:
+            await self._end_from_what_was_reached(active, why, ended_at, failed)
+        finally:
+            if active.final and not active.agi_sessions:
+                self._watch_recording(active)
+
+    async def _end_from_what_was_reached(
+        self, active: ActiveCall, why: str, ended_at: float | None, failed: bool
+    ) -> None:
         if st.CLIENT_PICKUP in active.logged:
             await self._finish(active, None, ended_at)
         elif failed and st.OPERATOR_PICKUP in active.logged:
@@ -684,6 +722,10 @@ class CallService:
                 active.logged_at[e["status"]] = at
         active.pickup_time = active.logged_at.get(st.CLIENT_PICKUP)
         self._active[call_id] = active
+        try:
+            await self._restore_recording(active)
+        except Exception as e:  # the call is followed all the same
+            log.warn("recording of {call_id} not restored: {e}", call_id=call_id, e=e)
         return active
 
     # -- AMI events -------------------------------------------------------------

@@ -316,6 +316,10 @@ class Store(abc.ABC):
     def get_recording(self, record_id: int) -> Deferred[dict[str, Any] | None]:
         """The recording with this id, or None."""
 
+    @abc.abstractmethod
+    def call_recordings(self, call_id: str) -> Deferred[list[dict[str, Any]]]:
+        """The recordings of one call, ascending record_id."""
+
     # -- operators --------------------------------------------------------
 
     @abc.abstractmethod

@@ -656,6 +656,13 @@ class SQLiteStore(Store, EventsSQLiteMixin):
     def get_recording(self, record_id: int) -> Deferred[dict[str, Any] | None]:
         return self._run(self._recording, record_id)
 
+    def call_recordings(self, call_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._run(
+            self._select,
+            f"SELECT {_RECORD_COLUMNS} FROM recordings WHERE call_id = ? ORDER BY record_id",
+            (call_id,),
+        )
+
     # -- operators --------------------------------------------------------
 
     def set_operator_status(

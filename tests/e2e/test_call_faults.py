@@ -507,6 +507,19 @@ async def test_agi_app_killed_while_connected(sandbox, process):
     talk = talk_seconds(followed[-1])
     assert talk is not None and 6 <= talk <= 8, followed[-1]
     assert closed[-1]["detail"] == "talk time unknown"
+    # Both recordings are listed with their size and duration, though one
+    # call ended while no agi_app ran and the other after the restart.
+    deadline = time.monotonic() + 10
+    while True:
+        code, body = await process.api.get("/api/orderRecords.json", order_id="f-kill")
+        assert code == 200, body
+        records = {c["call_id"]: c["records"] for c in body["calls"]}
+        if all(r and r[0]["size"] for r in records.values()):
+            break
+        assert time.monotonic() < deadline, records
+        await task.deferLater(reactor(), 0.2, lambda: None)
+    assert 5.5 <= records[follows][0]["duration"] <= 8, records[follows]
+    assert 0.3 <= records[ends][0]["duration"] <= 2.5, records[ends]
 
 
 @pytest_twisted.ensureDeferred

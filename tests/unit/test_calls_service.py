@@ -896,3 +896,55 @@ async def test_an_unanswered_call_stores_no_recording_and_loses_its_empty_file(h
     h.channel_down(operator)
     h.clock.advance(1)
     assert path.exists() == kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
+    """Two conversations go on while agi_app restarts: one's recording was
+    stored before, the other's not yet (the process died right after the
+    client answered).  After the restart both are in the store, and each gets
+    its size and duration once its call ends."""
+    await h.connect()
+    stored = await h.place(playback_waiting=False, order_id="rec-1")
+    unstored = await h.place(first="1001", playback_waiting=False, order_id="rec-2")
+    for n, call_id in enumerate((stored, unstored)):
+        agi = h.session(call_id, uniqueid=f"{call_id}.op")
+        await agi.up_to_dial(playback=False)
+        operator = h.channel_up(call_id, f"PJSIP/100{n}-0000000{n}", f"{call_id}.op")
+        h.client_answered(operator)
+        await h.reached(call_id, "CLIENT_PICKUP")
+    await h.until(lambda: h.calls._active[unstored].recording_id, "the recording stored")
+    await h.store._run(
+        h.store._conn.execute, "DELETE FROM recordings WHERE call_id = ?", (unstored,)
+    )
+    h.clock.advance(3)
+    await h.restart(
+        {
+            "s.op": ("PJSIP/1000-0000000a", stored, "Up"),
+            "u.op": ("PJSIP/1001-0000000b", unstored, "Up"),
+        }
+    )
+    for call_id in (stored, unstored):
+        await h.until(
+            lambda c=call_id: getattr(h.calls._active.get(c), "recording_id", None),
+            f"the recording of {call_id} taken up",
+        )
+    [before] = await h.store.call_recordings(stored)
+    assert before["size"] is None and before["duration"] is None
+    [restored] = await h.store.call_recordings(unstored)
+    assert restored["path"].endswith(f"rec-2_{unstored}.wav")
+    assert restored["created_at"] == (await h.entries(unstored))[3]["time"]  # CLIENT_CALLTO
+    audio = 44 + 16000 * 3  # three seconds of 8 kHz 16-bit audio
+    for order, call_id in (("rec-1", stored), ("rec-2", unstored)):
+        (h.tmp_path / "monitor").mkdir(exist_ok=True)
+        (h.tmp_path / "monitor" / f"{order}_{call_id}.wav").write_bytes(b"\0" * audio)
+    h.channel_down(h.pbx.channels["s.op"])
+    h.channel_down(h.pbx.channels["u.op"])
+    h.clock.advance(3)
+    assert await h.final(stored) == HAPPY and await h.final(unstored) == HAPPY
+    for _ in range(3):  # the size is read twice, half a second apart
+        h.clock.advance(0.5)
+        await h.barrier()
+    for call_id in (stored, unstored):
+        [record] = await h.store.call_recordings(call_id)
+        assert (record["size"], record["duration"]) == (audio, 3.0), record
