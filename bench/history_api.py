@@ -12,8 +12,9 @@ reruns skip the ~2 minutes of generation.
 
 The server: a separate process running the application's real HTTP stack on
 a TCP port on 127.0.0.1 -- ``build_site`` with an API key, the history
-endpoints, the SQLite store on its worker thread, the epoll reactor, the
-access log written as in production -- pinned to CPU 1 (``--no-pin``: any).
+endpoints, the SQLite store (reads inline within ``--read-budget-us``, the
+rest on its worker thread), the epoll reactor, the access log written as in
+production -- pinned to CPU 1 (``--no-pin``: any).
 
 The load: this process, on CPU 0, keeps 10 keep-alive HTTP/1.1 connections
 busy (one request in flight on each) with
@@ -29,8 +30,10 @@ in ``--rounds`` rounds taken in turn (the round with the lowest p99 is kept:
 other work on the machine only ever makes a round slower).  It prints p50/p99
 latency and the server's CPU time per request and, from the same run, the
 time of the bare SQL that produces the same answer -- the statements the
-store runs, on one connection, one request at a time: the floor.  The first
-20 answers of each endpoint are checked against that SQL.
+store runs, on one connection, one request at a time: the floor -- and that
+floor queued as the requests are (``queued``: each of the 10 requests in
+flight waits for the queries ahead of it).  The first 20 answers of each
+endpoint are checked against that SQL.
 
 Usage::
 
