@@ -39,7 +39,6 @@ what would be out of order.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from twisted.python.failure import Failure
 
 from agi_app import validation
 from agi_app.calls import statuses as st
+from agi_app.calls.recording import Recorder, Recording
 from agi_app.store.base import iso_time
 
 __all__ = ["CallRequest", "CallService", "PBXUnavailable", "ActiveCall"]
@@ -72,8 +72,6 @@ GROUP_CONTEXT = "agi-app-group"
 #: (``PJSIP/200&PJSIP/201``) and their ring time in seconds
 GROUP_DIAL_VAR = "AGI_APP_GROUP"
 GROUP_RING_VAR = "AGI_APP_RING"
-#: bytes of the header of the WAV files MixMonitor writes
-WAV_HEADER = 44
 
 
 class PBXUnavailable(Exception):
@@ -141,14 +139,9 @@ class ActiveCall:
     agi_sessions: int = 0
     channels: set[str] = field(default_factory=set)
     pickup_time: float | None = None
-    recording_id: int | None = None
-    #: the file MixMonitor writes (set once it started); it goes into the
-    #: store only when the client answers (CLIENT_PICKUP)
-    recording_path: str | None = None
-    #: clock time MixMonitor started (the recording's ``created_at``)
-    recording_started: float | None = None
-    #: the file's size is being watched to store its size and duration
-    recording_watched: bool = False
+    #: the conversation's recording, once MixMonitor started on it; it goes
+    #: into the store only when the client answers (CLIENT_PICKUP)
+    recording: Recording | None = None
     operator_waiters: list[defer.Deferred] = field(default_factory=list)
     lock: defer.DeferredLock = field(default_factory=defer.DeferredLock)
     #: the Originate of the first leg has not reported its outcome yet: its
@@ -194,7 +187,7 @@ class CallService:
         self._active: dict[str, ActiveCall] = {}
         self._hangup_grace = hangup_grace
         self._unsubscribe: list[Callable[[], None]] = []
-        self._timers: set = set()
+        self.recorder = Recorder(store=store, dialing=dialing, clock=clock, live=self._is_live)
         #: call id -> Deferreds of callers waiting for the same _adopt()
         self._adopting: dict[str, list[defer.Deferred]] = {}
 
@@ -212,20 +205,7 @@ class CallService:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
-        for call in list(self._timers):
-            if call.active():
-                call.cancel()
-        self._timers.clear()
-
-    def _later(self, seconds: float, fn: Callable[[], object]) -> None:
-        """``clock.callLater`` that :meth:`stop` cancels."""
-
-        def run() -> None:
-            self._timers.discard(call)
-            fn()
-
-        call = self.clock.callLater(seconds, run)
-        self._timers.add(call)
+        self.recorder.stop()
 
     def register_scripts(self, registry) -> None:
         """Register this service's FastAGI scripts in ``registry``."""
@@ -407,7 +387,7 @@ class CallService:
                 pass  # the session is gone (a timeout closes it)
         finally:
             active.agi_sessions -= 1
-            self._watch_recording(active)
+            self.recorder.finish(active.recording)
 
     async def _connect_client(self, agi, active: ActiveCall) -> None:
         req = active.request
@@ -463,22 +443,10 @@ class CallService:
             return ms / 1000.0
         return _seconds(await agi.get_variable("ANSWEREDTIME"))
 
-    @staticmethod
-    def _recording_name(active: ActiveCall) -> str:
-        # Built only from checked ids: [A-Za-z0-9_.:-]; ':' is kept out of file names.
-        order = active.request.order_id or "call"
-        return f"{order}_{active.call_id}".replace(":", "-") + ".wav"
-
     async def _start_recording(self, agi, active: ActiveCall) -> None:
-        base = self._recording_name(active)
-        pbx_path = f"{self.dialing.pbx_recordings.rstrip('/')}/{base}"
-        try:
-            await agi.exec_("MixMonitor", pbx_path, "b")
-        except Exception as e:  # a recording problem must not stop the call
-            log.warn("MixMonitor for {call_id} failed: {e}", call_id=active.call_id, e=e)
-            return
-        active.recording_path = os.path.join(self.dialing.recordings_dir, base)
-        active.recording_started = self.clock.seconds()
+        active.recording = await self.recorder.start(
+            agi, active.call_id, active.request.order_id
+        )
 
     async def _restore_recording(self, active: ActiveCall) -> None:
         """After a restart: what became of the call's recording.  MixMonitor
@@ -490,85 +458,15 @@ class CallService:
             return
         stored = await self.store.call_recordings(active.call_id)
         if stored:
-            active.recording_id = stored[0]["record_id"]
-            active.recording_path = stored[0]["path"]
-            return
-        active.recording_path = os.path.join(
-            self.dialing.recordings_dir, self._recording_name(active)
-        )
-        active.recording_started = active.logged_at.get(st.CLIENT_CALLTO)
-        if st.CLIENT_PICKUP in active.logged:
-            await self._register_recording(active)
-
-    async def _register_recording(self, active: ActiveCall) -> None:
-        """Store the recording of a call whose client answered (MixMonitor
-        with ``b`` records nothing before that: a call whose client never
-        answered would list an empty file).  Never fails the call."""
-        if active.recording_path is None or active.recording_id is not None:
-            return
-        try:
-            rec = await self.store.add_recording(
-                call_id=active.call_id,
-                path=active.recording_path,
-                created_at=iso_time(active.recording_started or self.clock.seconds()),
+            active.recording = Recording(
+                active.call_id, stored[0]["path"], record_id=stored[0]["record_id"]
             )
-        except Exception as e:
-            log.warn("recording of {call_id} not stored: {e}", call_id=active.call_id, e=e)
             return
-        active.recording_id = rec["record_id"]
-
-    def _watch_recording(self, active: ActiveCall, tries: int = 20) -> None:
-        """MixMonitor closes the file only when the channel is gone: poll its
-        size for a while and store size and duration once it stops growing;
-        the empty file of a call whose client never answered is removed."""
-        if active.recording_watched:
-            return
-        active.recording_watched = True
-        if active.recording_id is None:
-            if active.recording_path is not None and st.CLIENT_PICKUP not in active.logged:
-                self._drop_empty_recording(active, tries)
-            return
-        state = {"size": -1, "tries": tries}
-
-        def check() -> None:
-            try:
-                size = os.path.getsize(active.recording_path)
-            except OSError:
-                size = -1
-            if size > 0 and size == state["size"]:
-                duration = max(0.0, (size - WAV_HEADER) / 16000.0)  # 8 kHz 16-bit mono WAV
-                d = self.store.update_recording(active.recording_id, duration=duration, size=size)
-                d.addErrback(lambda f: log.failure("recording update", f))
-                return
-            state["size"] = size
-            state["tries"] -= 1
-            if state["tries"] > 0:
-                self._later(0.5, check)
-
-        self._later(0.5, check)
-
-    def _drop_empty_recording(self, active: ActiveCall, tries: int) -> None:
-        """Best effort: once no channel of the call is left (MixMonitor has
-        closed the file), remove the file if it holds no audio."""
-        path = active.recording_path
-        state = {"tries": tries}
-
-        def check() -> None:
-            state["tries"] -= 1
-            gone = self.ami.connected and not self._live_channels(active.call_id)
-            if gone and active.recording_id is None:
-                try:
-                    if os.path.getsize(path) <= WAV_HEADER:
-                        os.remove(path)
-                        return
-                except OSError:
-                    pass  # not written yet (or not visible from here): look again
-                else:
-                    return  # it has audio after all: keep it
-            if state["tries"] > 0:
-                self._later(0.5, check)
-
-        self._later(0.5, check)
+        active.recording = self.recorder.expected(
+            active.call_id, active.request.order_id, active.logged_at.get(st.CLIENT_CALLTO)
+        )
+        if st.CLIENT_PICKUP in active.logged:
+            await self.recorder.store_it(active.recording)
 
     async def _end_after_hangup(
         self,
@@ -588,7 +486,7 @@ class CallService:
             await self._end_from_what_was_reached(active, why, ended_at, failed)
         finally:
             if active.final and not active.agi_sessions:
-                self._watch_recording(active)
+                self.recorder.finish(active.recording)
 
     async def _end_from_what_was_reached(
         self, active: ActiveCall, why: str, ended_at: float | None, failed: bool
@@ -658,7 +556,7 @@ class CallService:
             active.logged_at[status] = at if at is not None else now
             if status == st.CLIENT_PICKUP:
                 active.pickup_time = active.logged_at[status]
-                await self._register_recording(active)
+                await self.recorder.store_it(active.recording)
             if status in st.FINAL:
                 self._ended(active, status)
             elif status == st.OPERATOR_PICKUP:
@@ -795,6 +693,9 @@ class CallService:
         )
         d.addErrback(lambda f: log.failure("settle", f))
 
+    def _is_live(self, call_id: str) -> bool | None:
+        return call_is_live(self.ami, call_id)
+
     def _live_channels(self, call_id: str) -> list:
         return [c for c in self.ami.channels.values() if _event_call_id(c) == call_id]
 
@@ -859,6 +760,14 @@ def _is_group_dial(channel: str) -> bool:
     """``channel`` is the ``;2`` half of a group's Local channel (its Dial
     rings the members; the ``;1`` half dials the client)."""
     return channel.startswith(f"Local/s@{GROUP_CONTEXT}-") and channel.endswith(";2")
+
+
+def call_is_live(ami, call_id: str) -> bool | None:
+    """Whether a channel of the call (by its ``AGI_APP_CALL_ID``) is on the
+    PBX as the AMI link lists them; None while the link is down."""
+    if not ami.connected:
+        return None
+    return any(_event_call_id(c) == call_id for c in ami.channels.values())
 
 
 def _event_call_id(event) -> str | None:

@@ -44,6 +44,8 @@ from agi_app.calls.outbound import (
     CallSessions,
     Tracked,
 )
+from agi_app.calls.recording import Recorder, Recording
+from agi_app.calls.service import call_is_live
 from agi_app.ivr.engine import Connect, MenuRunner
 from agi_app.ivr.menus import MENU_NAME, MenuError, Menus, load_menus
 
@@ -101,8 +103,12 @@ class IVRService:
         self._menus = menus if menus is not None else Menus({}, None)
         self._stamp: tuple[float, int] | None = None
         self._new_id = new_id or (lambda: f"{int(clock.seconds() * 1000):x}{uuid.uuid4().hex[:12]}")
-        #: call id -> the history of a call whose caller is being connected
-        self._connecting: dict[str, CallLog] = {}
+        #: call id -> the history of a call whose caller is being connected,
+        #: and the recording of that conversation
+        self._connecting: dict[str, tuple[CallLog, Recording | None]] = {}
+        self.recorder = Recorder(
+            store=store, dialing=dialing, clock=clock, live=lambda c: call_is_live(ami, c)
+        )
         self.sessions = CallSessions(
             store=store, ami=ami, clock=clock, kinds={INCOMING_KIND}, settle=self._settle,
             pbx=pbx, grace=grace, requires=INCOMING_REQUIRES,
@@ -173,11 +179,12 @@ class IVRService:
         self.sessions.start()
 
     def stop(self) -> None:
-        """Drop the AMI subscriptions."""
+        """Drop the AMI subscriptions and pending recording checks."""
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
         self.sessions.stop()
+        self.recorder.stop()
 
     def register_scripts(self, registry: Any) -> None:
         """Register the FastAGI script ``ivr_incoming``."""
@@ -215,19 +222,24 @@ class IVRService:
                 phone=target.target, trunk=self.dialing.default_trunk
             )
             ring = self.dialing.call_time_to_client
+        call = await self.store.get_call(call_log.call_id)
+        recording = await self.recorder.start(
+            agi, call_log.call_id, call["order_id"] if call else None
+        )
         await call_log.add(st.OPERATOR_CALLTO, f"{target.kind} {target.target}")
-        self._connecting[call_log.call_id] = call_log
+        self._connecting[call_log.call_id] = (call_log, recording)
         try:
             await agi.exec_("Dial", dial, ring, "g", timeout=None)
             dialstatus = ((await agi.get_variable("DIALSTATUS")) or "").upper()
             if dialstatus == "ANSWER":
-                await call_log.add(st.OPERATOR_PICKUP)
+                await self._picked_up(call_log, recording)
                 answered = await agi.get_variable("ANSWEREDTIME")
                 await call_log.add(st.FINISH, f"talk with {target.kind} {target.target}",
                                    talk_seconds=_seconds(answered))  # fmt: skip
                 return
         finally:
             self._connecting.pop(call_log.call_id, None)
+            self.recorder.finish(recording)
         status, detail = _DIAL_OUTCOME.get(dialstatus, (st.ERROR, f"dial status {dialstatus}"))
         await call_log.add(status, f"{target.kind} {target.target}: {detail}")
         if not agi.hungup and goodbye:
@@ -239,10 +251,15 @@ class IVRService:
         if (event.get("DialStatus") or "").upper() != "ANSWER":
             return
         call_id = (getattr(event, "variables", {}) or {}).get(CALL_ID_VAR)
-        call_log = self._connecting.get(call_id) if call_id else None
-        if call_log is not None:
-            d = defer.ensureDeferred(call_log.add(st.OPERATOR_PICKUP))
+        connecting = self._connecting.get(call_id) if call_id else None
+        if connecting is not None:
+            d = defer.ensureDeferred(self._picked_up(*connecting))
             d.addErrback(lambda f: log.failure("OPERATOR_PICKUP", f))
+
+    async def _picked_up(self, call_log: CallLog, recording: Recording | None) -> None:
+        """The extension or number answered: the conversation is recorded."""
+        if await call_log.add(st.OPERATOR_PICKUP) is not None:
+            await self.recorder.store_it(recording)
 
     # -- incoming calls -------------------------------------------------------------
 

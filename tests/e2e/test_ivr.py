@@ -6,7 +6,7 @@ Three callers at once:
 - a callWithInteractiveVoiceResponse client presses an invalid digit, lets
   the menu time out, goes to the second level and asks for an operator, who
   answers -- the history holds every choice, the timeout and the invalid
-  digit, then the operator's statuses;
+  digit, then the operator's statuses, and the conversation is recorded;
 - a client who presses nothing: the retries run out and agi_app hangs up;
 - a client calling in from the trunk into ``[agi-app-ivr]``: a call of kind
   ``incoming`` with its own history.
@@ -19,7 +19,7 @@ lands in the window it is meant for with about a second to spare.
 from __future__ import annotations
 
 import pytest_twisted
-from callflow import Api, reactor, seconds_between, wait_final, words
+from callflow import Api, reactor, recording_settled, seconds_between, wait_final, words
 from test_call_control import start_control_app
 from twisted.internet import defer
 
@@ -112,6 +112,12 @@ async def test_two_level_menu_with_timeout_retries_invalid_and_an_operator(sandb
     assert 2.0 <= waited <= 3.6, waited
     op_call = await operator.wait_for_hangup(reactor=reactor())
     assert op_call["from_number"] == "380631230001"
+    # The conversation with the operator is recorded and tied to the order.
+    [call] = (await app.store.order_calls("ivr-1"))
+    [record] = call["records"]
+    record = await recording_settled(app, record["record_id"])
+    assert record["path"].endswith(f"ivr-1_{chosen['generalCallID']}.wav"), record
+    assert 0.4 <= record["duration"] <= 2.5, record  # the operator talked for 1 s
     phone = await sandbox.pstn.wait_for_hangup(number="380631230001", reactor=reactor())
     assert phone["dtmf"] == "125"
 

@@ -867,7 +867,7 @@ async def test_the_recording_is_stored_when_the_client_answers_dated_from_its_st
     assert call["records"] == []  # nothing recorded yet: not stored
     h.client_answered(operator)
     await h.reached(call_id, "CLIENT_PICKUP")
-    await h.until(lambda: h.calls._active[call_id].recording_id, "the recording stored")
+    await h.until(lambda: h.calls._active[call_id].recording.record_id, "the recording stored")
     [call] = await h.store.order_calls("order-15")
     [record] = call["records"]
     assert record["created_at"] == iso_time(T0 + 1)
@@ -913,7 +913,7 @@ async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
         operator = h.channel_up(call_id, f"PJSIP/100{n}-0000000{n}", f"{call_id}.op")
         h.client_answered(operator)
         await h.reached(call_id, "CLIENT_PICKUP")
-    await h.until(lambda: h.calls._active[unstored].recording_id, "the recording stored")
+    await h.until(lambda: h.calls._active[unstored].recording.record_id, "the recording stored")
     await h.store._run(
         h.store._conn.execute, "DELETE FROM recordings WHERE call_id = ?", (unstored,)
     )
@@ -926,7 +926,9 @@ async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
     )
     for call_id in (stored, unstored):
         await h.until(
-            lambda c=call_id: getattr(h.calls._active.get(c), "recording_id", None),
+            lambda c=call_id: getattr(
+                getattr(h.calls._active.get(c), "recording", None), "record_id", None
+            ),
             f"the recording of {call_id} taken up",
         )
     [before] = await h.store.call_recordings(stored)

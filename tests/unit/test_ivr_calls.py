@@ -30,6 +30,7 @@ class FakeStore:
     def __init__(self):
         self.calls: dict[str, dict] = {}
         self.entries: list[dict] = []
+        self.recordings: list[dict] = []
 
     async def create_call(self, *, call_id, kind, sip, phone, order_id, external_key, params,
                           pbx="default"):  # fmt: skip
@@ -60,6 +61,17 @@ class FakeStore:
 
     async def get_call(self, call_id):
         return self.calls.get(call_id)
+
+    async def add_recording(self, *, call_id, path, created_at=None, duration=None, size=None):
+        record = {"record_id": len(self.recordings) + 1, "call_id": call_id, "path": path,
+                  "created_at": created_at, "duration": duration, "size": size}  # fmt: skip
+        self.recordings.append(record)
+        return record
+
+    async def update_recording(self, record_id, *, duration=None, size=None):
+        record = self.recordings[record_id - 1]
+        record.update({k: v for k, v in (("duration", duration), ("size", size)) if v is not None})
+        return record
 
     async def statuses(self, call_id):
         return [e for e in self.entries if e["call_id"] == call_id]
@@ -212,12 +224,20 @@ class AnnouncementTests(CallsTestCase):
 
 class IVRCallTests(CallsTestCase):
     def test_two_levels_then_an_operator_answers(self):
-        call_id = self.place(self.calls.call_with_ivr, "380501234567", "main")
+        call_id = self.place(self.calls.call_with_ivr, "380501234567", "main", order_id="ivr-7")
         [orig] = self.originates()
         self.assertEqual(orig["Context"], "agi-app-ivr-call")
         agi = FakeAGI(["1", "w9", None, "0"], args=[call_id])
         self.successResultOf(self.d(self.calls.ivr_call(agi)))
         self.assertIn(("exec", "Dial", "PJSIP/1000", 30, "g"), agi.commands)
+        # the conversation is recorded, tied to the call (and its order)
+        mixmonitor = ("exec", "MixMonitor", f"/var/spool/asterisk/monitor/ivr-7_{call_id}.wav",
+                      "b")  # fmt: skip
+        self.assertLess(agi.commands.index(mixmonitor), agi.commands.index(
+            ("exec", "Dial", "PJSIP/1000", 30, "g")))
+        [record] = self.store.recordings
+        self.assertEqual((record["call_id"], record["path"]),
+                         (call_id, f"/var/spool/asterisk/monitor/ivr-7_{call_id}.wav"))
         # the operator sees the client's number
         self.assertIn(("set", "CALLERID(num)", "380501234567"), agi.commands)
         self.assertEqual(self.store.words(call_id), [
@@ -240,20 +260,25 @@ class IVRCallTests(CallsTestCase):
         self.assertEqual(self.store.words(call_id)[-3:],
                          [IVR_CHOICE, "OPERATOR_CALLTO", "OPERATOR_BUSY"])
         self.assertEqual(agi.plays()[-1], "ivr-goodbye")
+        self.assertEqual(self.store.recordings, [])  # nobody answered: nothing stored
 
     def test_operator_pickup_is_logged_when_the_phone_answers(self):
         call_id = self.place(self.calls.call_with_ivr, "380501234567", "main")
         agi = FakeAGI(["0"], args=[call_id])
         dialing = defer.Deferred()
-        agi.exec_ = lambda app, *a, **k: dialing
+        agi.exec_ = lambda app, *a, **k: dialing if app == "Dial" else defer.succeed(None)
         d = self.d(self.calls.ivr_call(agi))
         self.assertEqual(self.store.words(call_id)[-1], "OPERATOR_CALLTO")
+        self.assertEqual(self.store.recordings, [])
         self.server.emit("DialEnd", [("Uniqueid", "u1"), ("DialStatus", "ANSWER"),
                                      ("ChanVariable", f"AGI_APP_CALL_ID={call_id}")])
         self.assertEqual(self.store.words(call_id)[-1], "OPERATOR_PICKUP")
+        [record] = self.store.recordings  # stored the moment the phone answered
         dialing.callback(None)
         self.successResultOf(d)
         self.assertEqual(self.store.words(call_id)[-2:], ["OPERATOR_PICKUP", "FINISH"])
+        self.assertEqual(len(self.store.recordings), 1)
+        self.assertEqual(record["path"], f"/var/spool/asterisk/monitor/call_{call_id}.wav")
 
     def test_caller_hangs_up_in_the_menu(self):
         call_id = self.place(self.calls.call_with_ivr, "380501234567", "main")

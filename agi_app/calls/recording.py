@@ -1,0 +1,189 @@
+"""Recordings of conversations: MixMonitor started from a FastAGI session,
+stored once the other party answers, completed with size and duration when
+the file is.
+
+MixMonitor runs with ``b``: it writes only while the channel is bridged, so
+a call nobody answered leaves a file with nothing but a WAV header.  Such a
+call gets no recording in the store, and its empty file is removed once no
+channel of the call is left.  The file name comes from the call
+(``<order id or "call">_<call id>.wav``), so a restarted process finds it
+again.
+
+A :class:`Recorder` keeps no state of its own: what it knows of a call's
+recording lives on the object that follows the call (see
+:class:`Recording`), and timers it starts are cancelled by :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from agi_app.store import iso_time
+
+__all__ = ["WAV_HEADER", "Recorder", "Recording", "recording_name"]
+
+log = Logger(namespace="agi_app.calls")
+
+#: bytes of the header of the WAV files MixMonitor writes
+WAV_HEADER = 44
+#: bytes of audio per second: 8 kHz, 16-bit, mono
+WAV_BYTES_PER_SECOND = 16000
+
+
+def recording_name(order_id: str | None, call_id: str) -> str:
+    """The file name of a call's recording.  Built only from checked ids
+    (``[A-Za-z0-9_.:-]``); ``:`` is kept out of file names."""
+    return f"{order_id or 'call'}_{call_id}".replace(":", "-") + ".wav"
+
+
+@dataclass
+class Recording:
+    """A call's recording, as far as this process knows it."""
+
+    call_id: str
+    #: the file, as this process sees it (``[dialing] recordings_dir``)
+    path: str
+    #: clock time MixMonitor started (the stored ``created_at``)
+    started: float | None = None
+    #: set once stored
+    record_id: int | None = None
+    #: the size watch (or the empty-file removal) has begun
+    watched: bool = False
+
+
+class Recorder:
+    """Starts, stores and completes recordings.
+
+    :param store: the call log
+    :param dialing: ``recordings_dir`` (where this process reads the files)
+        and ``pbx_recordings`` (the same folder as Asterisk sees it)
+    :param clock: time and timers
+    :param live: whether any channel of a call (by id) is still on the PBX;
+        None while that cannot be known (AMI link down)
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Any,
+        dialing: Any,
+        clock: Any,
+        live: Callable[[str], bool | None],
+        checks: int = 20,
+        interval: float = 0.5,
+    ):
+        self.store = store
+        self.dialing = dialing
+        self.clock = clock
+        self._live = live
+        self._checks = checks
+        self._interval = interval
+        self._timers: set = set()
+
+    def stop(self) -> None:
+        """Cancel the pending file checks."""
+        for call in list(self._timers):
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+
+    def expected(self, call_id: str, order_id: str | None, started: float | None) -> Recording:
+        """The recording MixMonitor was started on for this call (after a restart)."""
+        path = os.path.join(self.dialing.recordings_dir, recording_name(order_id, call_id))
+        return Recording(call_id, path, started)
+
+    async def start(self, agi: Any, call_id: str, order_id: str | None) -> Recording | None:
+        """MixMonitor on the session's channel; None if it could not start
+        (a recording problem never stops the call)."""
+        name = recording_name(order_id, call_id)
+        pbx_path = f"{self.dialing.pbx_recordings.rstrip('/')}/{name}"
+        try:
+            await agi.exec_("MixMonitor", pbx_path, "b")
+        except Exception as e:
+            log.warn("MixMonitor for {call_id} failed: {e}", call_id=call_id, e=e)
+            return None
+        return Recording(
+            call_id, os.path.join(self.dialing.recordings_dir, name), self.clock.seconds()
+        )
+
+    async def store_it(self, rec: Recording | None) -> None:
+        """Put the recording in the store (the other party answered).  Never fails."""
+        if rec is None or rec.record_id is not None:
+            return
+        started = rec.started if rec.started is not None else self.clock.seconds()
+        try:
+            stored = await self.store.add_recording(
+                call_id=rec.call_id, path=rec.path, created_at=iso_time(started)
+            )
+        except Exception as e:
+            log.warn("recording of {call_id} not stored: {e}", call_id=rec.call_id, e=e)
+            return
+        rec.record_id = stored["record_id"]
+
+    def finish(self, rec: Recording | None) -> None:
+        """The conversation is over: once the file stops growing, store its
+        size and duration; a file of a recording that was never stored is
+        removed if it holds no audio.  Once per recording."""
+        if rec is None or rec.watched:
+            return
+        rec.watched = True
+        if rec.record_id is None:
+            self._drop_if_empty(rec)
+        else:
+            self._complete(rec)
+
+    def _later(self, fn: Callable[[], object]) -> None:
+        def run() -> None:
+            self._timers.discard(call)
+            fn()
+
+        call = self.clock.callLater(self._interval, run)
+        self._timers.add(call)
+
+    def _complete(self, rec: Recording) -> None:
+        # MixMonitor closes the file only when the channel is gone: look at
+        # its size until two looks agree.
+        state = {"size": -1, "tries": self._checks}
+
+        def check() -> None:
+            try:
+                size = os.path.getsize(rec.path)
+            except OSError:
+                size = -1
+            if size > 0 and size == state["size"]:
+                duration = max(0.0, (size - WAV_HEADER) / WAV_BYTES_PER_SECOND)
+                d = self.store.update_recording(rec.record_id, duration=duration, size=size)
+                d.addErrback(lambda f: log.failure("recording update", f))
+                return
+            state["size"] = size
+            state["tries"] -= 1
+            if state["tries"] > 0:
+                self._later(check)
+
+        self._later(check)
+
+    def _drop_if_empty(self, rec: Recording) -> None:
+        # Best effort: once no channel of the call is left (MixMonitor has
+        # closed the file), remove it if it holds no audio.
+        state = {"tries": self._checks}
+
+        def check() -> None:
+            state["tries"] -= 1
+            if self._live(rec.call_id) is False and rec.record_id is None:
+                try:
+                    if os.path.getsize(rec.path) <= WAV_HEADER:
+                        os.remove(rec.path)
+                        return
+                except OSError:
+                    pass  # not written yet (or not visible from here): look again
+                else:
+                    return  # it has audio after all: keep it
+            if state["tries"] > 0:
+                self._later(check)
+
+        self._later(check)
