@@ -20,6 +20,7 @@ import tempfile
 import wave
 from pathlib import Path
 
+from agi_app.shipped import shipped_dir
 from agi_app.validation import InvalidInput
 
 __all__ = [
@@ -58,12 +59,12 @@ class SoundsError(ValueError):
 
 
 def default_source_dir() -> Path:
-    """The prompts folder: ``$AGI_APP_SOUNDS_DIR`` if set, else ``<repo>/sounds``
-    next to the ``agi_app`` package of a checkout."""
+    """The prompts folder: ``$AGI_APP_SOUNDS_DIR`` if set, else the shipped
+    ``sounds/`` (of the checkout, or installed: :func:`agi_app.shipped.shipped_dir`)."""
     env = os.environ.get(ENV_SOURCE_DIR)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / "sounds"
+    return shipped_dir() / "sounds"
 
 
 def _is_name(value: str) -> bool:

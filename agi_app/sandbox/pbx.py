@@ -28,6 +28,7 @@ from typing import Any
 
 from agi_app.sandbox import _util
 from agi_app.sandbox.provision import ensure_language_links
+from agi_app.shipped import shipped_dir
 
 __all__ = ["OPERATORS", "PBX", "PBXError", "PROFILES", "Profile", "TRUNK", "project_dir"]
 
@@ -140,12 +141,9 @@ def test_profile(environ: dict[str, str] | None = None) -> Profile:
 
 
 def project_dir() -> Path:
-    """The project checkout (holds ``dialplan/`` and ``sounds/``): the folder
-    above the ``agi_app`` package when it has them, else the cwd."""
-    here = Path(__file__).resolve().parent.parent.parent
-    if (here / "dialplan").is_dir() or (here / "sounds").is_dir():
-        return here
-    return Path.cwd()
+    """The folder holding ``dialplan/`` and ``sounds/`` (see
+    :func:`agi_app.shipped.shipped_dir`)."""
+    return shipped_dir()
 
 
 def _print(line: str) -> None:
