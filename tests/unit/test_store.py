@@ -206,6 +206,30 @@ async def test_a_read_over_its_budget_is_done_again_on_the_worker(store: SQLiteS
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_read_the_reader_cannot_do_now_is_done_on_the_worker(store: SQLiteStore):
+    """The inline reader never waits for a lock: a busy file sends the read
+    to the worker thread, which may wait; other errors fail the read."""
+    await make_call(store)
+    seen = []
+
+    def busy_inline(conn, *args):
+        seen.append(conn is store._reader)
+        if conn is store._reader:
+            raise sqlite3.OperationalError("database is locked")
+        return store._entry_list(conn, *args)
+
+    page = await store._read(busy_inline, "call_id = ?", ("c1",))
+    assert seen == [True, False] and page.count == 1 and store.reads_moved == 1
+
+    def broken(conn):
+        raise ValueError("not a store problem")
+
+    with pytest.raises(ValueError):
+        await store._read(broken)
+    assert store.reads_moved == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_reads_all_on_the_worker_without_a_budget(tmp_path: Path):
     store = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor=_reactor(), read_budget_us=0)
     store.open()
