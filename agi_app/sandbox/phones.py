@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import os
 import re
 import select
 import socket
+import struct
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +67,45 @@ _REASONS = {
 }
 _PHONE_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
 _DIGIT_FILES = {"*": "star", "#": "pound", **{d: d for d in "0123456789"}}
+#: where the re-numbered DTMF captures are kept (see :func:`dtmf_pcap`)
+DTMF_CACHE = Path(tempfile.gettempdir()) / "agi_app-dtmf"
+#: RTP sequence numbers and timestamps a key press takes up in a call
+_SEQ_PER_KEY, _TS_PER_KEY = 64, 16000
+
+
+def _renumbered(capture: bytes, step: int) -> bytes:
+    """SIPp's capture of one RFC 2833 key press with its RTP sequence numbers
+    and timestamps moved to the ``step``-th key of a call: Asterisk takes a
+    key only if its RTP comes after the previous key's, and the shipped
+    captures are numbered in the order 1, 2 ... 9 of one recording."""
+    if len(capture) < 24 or struct.unpack("<I", capture[:4])[0] != 0xA1B2C3D4:
+        raise PhoneError("not a little-endian pcap file")
+    out, offset, first_seq = bytearray(capture[:24]), 24, None
+    while offset + 16 <= len(capture):
+        length = struct.unpack("<I", capture[offset + 8 : offset + 12])[0]
+        frame = bytearray(capture[offset + 16 : offset + 16 + length])
+        rtp = 14 + (frame[14] & 0x0F) * 4 + 8  # Ethernet, IPv4 header, UDP header
+        seq = struct.unpack(">H", frame[rtp + 2 : rtp + 4])[0]
+        first_seq = seq if first_seq is None else first_seq
+        frame[rtp + 2 : rtp + 8] = struct.pack(
+            ">HI", 1000 + _SEQ_PER_KEY * step + (seq - first_seq), _TS_PER_KEY * (step + 1)
+        )
+        out += capture[offset : offset + 16] + frame
+        offset += 16 + length
+    return bytes(out)
+
+
+def dtmf_pcap(digit: str, step: int) -> Path:
+    """The capture SIPp plays for ``digit`` as the ``step``-th key of a call
+    (any order of keys works), made once from SIPp's own capture."""
+    path = DTMF_CACHE / f"v1-{_DIGIT_FILES[digit]}-{step}.pcap"
+    if not path.exists():
+        DTMF_CACHE.mkdir(parents=True, exist_ok=True)
+        data = _renumbered((PCAPS / f"dtmf_2833_{_DIGIT_FILES[digit]}.pcap").read_bytes(), step)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
 
 
 class PhoneError(RuntimeError):
@@ -157,8 +199,8 @@ def dtmf(
     answer_after: float = 0.0,
     hangup_after: float | None = None,
 ) -> Behaviour:
-    """Answer, then send ``digits`` as RFC 2833 events (``after`` s after the
-    answer, ``gap`` s apart)."""
+    """Answer, then send ``digits`` (0-9, ``*``, ``#``, in any order) as
+    RFC 2833 events (``after`` s after the answer, ``gap`` s apart)."""
     return Behaviour(
         "answer",
         answer_after=answer_after,
@@ -232,7 +274,7 @@ def _branch(i: int, b: Behaviour, audio_port: int) -> str:
     parts.append(_fragment("answer", branch=i, audio_port=audio_port, audio=speech))
     for step, digit in enumerate(b.dtmf):
         wait = b.dtmf_after if step == 0 else b.dtmf_gap
-        pcap = PCAPS / f"dtmf_2833_{_DIGIT_FILES[digit]}.pcap"
+        pcap = dtmf_pcap(digit, step)
         parts.append(
             _fragment("dtmf_digit", branch=i, step=step, wait_ms=_ms(wait), pcap=pcap, digit=digit)
         )

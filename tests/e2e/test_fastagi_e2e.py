@@ -184,18 +184,18 @@ async def test_get_data_collects_the_phones_dtmf_and_times_out_with_none(sandbox
     with nobody pressing anything: ``None`` once the digit timeout ran out."""
 
     async def body(agi: AGISession, seen: dict) -> None:
-        # the phone presses 1, 2, 3 from 1 s after answering, 0.3 s apart
+        # the phone presses 9, 3, 1 (any order) from 1 s after answering, 0.3 s apart
         seen["digits"] = await agi.get_data("beep", timeout_ms=4000, max_digits=3, timeout=10)
         started = time.monotonic()
         seen["quiet"] = await agi.get_data("beep", timeout_ms=1000, max_digits=3, timeout=10)
         seen["quiet_after"] = time.monotonic() - started
 
-    seen, call = await _run_script(sandbox, ami, "1001", dtmf("123", after=1.0, gap=0.3), body)
-    assert seen["digits"] == "123", seen
+    seen, call = await _run_script(sandbox, ami, "1001", dtmf("931", after=1.0, gap=0.3), body)
+    assert seen["digits"] == "931", seen
     assert seen["quiet"] is None, seen
     # the beep (about 0.25 s) plus the 1 s digit timeout, not the default 6 s
     assert 1.0 <= seen["quiet_after"] < 2.5, seen
-    assert call["dtmf"] == "123", call
+    assert call["dtmf"] == "931", call
     assert call["hung_up_by"] == "remote", call
 
 

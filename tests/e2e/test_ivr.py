@@ -50,10 +50,7 @@ retries = 2
 1 = hangup
 """
 
-#: digits are sent 0.5 s after answering, then every GAP s.  (The phones
-#: replay one RFC 2833 capture per key, all from one RTP stream: Asterisk
-#: takes a key only if its capture comes later in that stream than the one
-#: before, so each caller presses keys in the order 1, 2 ... 9.)
+#: digits are sent 0.5 s after answering, then every GAP s
 GAP = 4.3
 
 
