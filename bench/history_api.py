@@ -17,7 +17,7 @@ rest on its worker thread), the epoll reactor, the access log written as in
 production -- pinned to CPU 1 (``--no-pin``: any).
 
 The load: this process, on CPU 0, keeps 10 keep-alive HTTP/1.1 connections
-busy (one request in flight on each) with
+busy (one request in flight on each, from a plain epoll loop) with
 
 * ``orderHistory`` of a random order (3 calls, 18 entries),
 * ``callHistory`` polling: ``after_id`` anywhere in the history, ``limit=100``,
@@ -33,7 +33,9 @@ time of the bare SQL that produces the same answer -- the statements the
 store runs, on one connection, one request at a time: the floor -- and that
 floor queued as the requests are (``queued``: each of the 10 requests in
 flight waits for the queries ahead of it).  The first 20 answers of each
-endpoint are checked against that SQL.
+endpoint are checked against that SQL.  Last, the same load on a fixed
+answer: from a plain epoll loop (what the machine's sockets and scheduling
+add) and from a bare twisted.web ``Site`` (what the HTTP stack alone takes).
 
 Usage::
 
@@ -50,6 +52,7 @@ import heapq
 import json
 import os
 import random
+import select
 import socket
 import sqlite3
 import statistics
@@ -313,6 +316,97 @@ def serve(
     print(f"MOVED {store.reads_moved}", flush=True)
 
 
+def serve_fixed(cpu: int) -> None:
+    """The transport floor: answer every request on keep-alive connections
+    with one fixed JSON body, from a plain epoll loop (no HTTP stack, no
+    store; about 10 us of CPU a request).  What the same load measures
+    against it is what this machine's sockets and scheduling add."""
+    body = b'{"page":1,"per_page":20,"total":0,"sips":[]}'
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    listener.setblocking(False)
+    poller = select.epoll()
+    poller.register(listener.fileno(), select.EPOLLIN)
+    conns: dict[int, socket.socket] = {}
+    pending: dict[int, bytes] = {}
+    _pin(cpu)
+    print(f"READY {listener.getsockname()[1]}", flush=True)
+    while True:
+        for fd, _event in poller.poll():
+            if fd == listener.fileno():
+                sock, _ = listener.accept()
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conns[sock.fileno()], pending[sock.fileno()] = sock, b""
+                poller.register(sock.fileno(), select.EPOLLIN)
+                continue
+            sock = conns[fd]
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                poller.unregister(fd)
+                sock.close()
+                del conns[fd], pending[fd]
+                continue
+            buf = pending[fd] + data
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                buf = buf[end + 4 :]
+                sock.sendall(answer)
+            pending[fd] = buf
+
+
+def serve_fixed_web(cpu: int) -> None:
+    """The twisted.web floor: the same fixed answer from a bare twisted.web
+    ``Site`` (HTTP parsing and answer writing only: no API key check,
+    routing, store or access log) on the epoll reactor."""
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+    from twisted.web import resource, server
+
+    body = b'{"page":1,"per_page":20,"total":0,"sips":[]}'
+
+    class Fixed(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request):  # noqa: N802 - twisted.web's name
+            request.setHeader(b"content-type", b"application/json")
+            return body
+
+    site = server.Site(Fixed())
+    site.log = lambda request: None
+    port = reactor.listenTCP(0, site, backlog=1024, interface="127.0.0.1")
+    _pin(cpu)
+    print(f"READY {port.getHost().port}", flush=True)
+    reactor.run()
+
+
+def transport_floor(
+    cpu: int, case: Case, concurrency: int, warmup: int, web: bool = False
+) -> Round:
+    """The load of ``case`` against :func:`serve_fixed` (``web``:
+    :func:`serve_fixed_web`) in its own process."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-fixed-web" if web else "--serve-fixed",
+         "--cpu", str(cpu)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        return _load(port, case, concurrency, warmup, psutil.Process(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def start_server(
     path: Path, cpu: int, log_level: str, read_budget_us: int
 ) -> tuple[subprocess.Popen, int]:
@@ -487,34 +581,84 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path:
     return status, await reader.readexactly(length)
 
 
-async def _load(port: int, case: Case, concurrency: int, warmup: int, server) -> Round:
+def _load(port: int, case: Case, concurrency: int, warmup: int, server) -> Round:
     """Send every request of ``case`` over ``concurrency`` keep-alive
     connections, one request in flight on each; the first ``warmup``
-    requests are not counted."""
+    requests are not counted.
+
+    A plain epoll loop over non-blocking sockets, requests encoded up front:
+    about 10 us of this process's CPU per request, so the server sets the
+    pace, even the fixed-answer floors that spend about that much."""
     todo = iter(enumerate(case.requests))
     latencies: list[float] = []
     errors = 0
+    poller = select.epoll()
+    conns: dict[int, dict] = {}
 
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            for i, (path, _) in todo:
-                started = time.perf_counter()
-                status, _body = await _get(reader, writer, path)
-                elapsed = (time.perf_counter() - started) * 1000
-                errors += status != 200
-                if i >= warmup:
-                    latencies.append(elapsed)
-        finally:
-            writer.close()
+    def send_next(c: dict) -> bool:
+        item = next(todo, None)
+        if item is None:
+            return False
+        i, (path, _) = item
+        c["i"], c["buf"], c["started"] = i, b"", time.perf_counter()
+        c["sock"].sendall(_request(path))
+        return True
 
+    for _ in range(concurrency):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        c = {"sock": sock}
+        conns[sock.fileno()] = c
+        poller.register(sock.fileno(), select.EPOLLIN)
     cpu = sum(server.cpu_times()[:2])
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    live = sum(send_next(c) for c in conns.values())
+    while live:
+        for fd, _event in poller.poll():
+            c = conns[fd]
+            try:
+                data = c["sock"].recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise SystemExit(f"{case.name}: the server closed a connection")
+            c["buf"] += data
+            done = _complete(c["buf"])
+            if done is None:
+                continue
+            status = done
+            elapsed = (time.perf_counter() - c["started"]) * 1000
+            errors += status != 200
+            if c["i"] >= warmup:
+                latencies.append(elapsed)
+            if not send_next(c):
+                live -= 1
     seconds = time.perf_counter() - started
+    for c in conns.values():
+        c["sock"].close()
+    poller.close()
     return Round(latencies, seconds, sum(server.cpu_times()[:2]) - cpu, errors)
+
+
+def _request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}\r\n\r\n".encode()
+
+
+def _complete(buf: bytes) -> int | None:
+    """The status of the answer in ``buf`` once it is whole, else None."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end].lower()
+    at = head.find(b"content-length:")
+    if at < 0:
+        raise SystemExit(f"an answer without Content-Length: {buf[:200]!r}")
+    stop = head.find(b"\r\n", at)
+    length = int(head[at + 15 : stop if stop >= 0 else len(head)])
+    if len(buf) < end + 4 + length:
+        return None
+    return int(buf[9:12])
 
 
 async def _check_answers(port: int, case: Case, conn: sqlite3.Connection, n: int) -> None:
@@ -628,11 +772,19 @@ def main(argv: list[str] | None = None) -> int:
         "thread, as before inline reads)",
     )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-fixed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-fixed-web", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--server-log", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve, args.cpu, args.server_log, args.log_level, args.read_budget_us)
+        return 0
+    if args.serve_fixed:
+        serve_fixed(args.cpu)
+        return 0
+    if args.serve_fixed_web:
+        serve_fixed_web(args.cpu)
         return 0
     import psutil
 
@@ -663,9 +815,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"round {n + 1}/{rounds}: {len(cases[0].requests):,} requests per endpoint "
                  f"at concurrency {args.concurrency}")  # fmt: skip
             for case in cases:
-                case.rounds.append(
-                    asyncio.run(_load(port, case, args.concurrency, warmup, process))
-                )
+                case.rounds.append(_load(port, case, args.concurrency, warmup, process))
         for case in cases:
             _floor(case, conn, warmup)
         conn.close()
@@ -676,7 +826,25 @@ def main(argv: list[str] | None = None) -> int:
     if moved:
         _say(f"store: {moved[0]} reads ran over the read budget and were done again on the "
              f"worker thread")  # fmt: skip
-    return 0 if report(cases, args.concurrency) else 1
+    reference, cpu = cases[-1], -1 if args.no_pin else 1
+    floors = {
+        web: min(
+            (transport_floor(cpu, reference, args.concurrency, warmup, web)
+             for _ in range(rounds)),
+            key=lambda r: r.p99,
+        )
+        for web in (False, True)
+    }  # fmt: skip
+    met = report(cases, args.concurrency)
+    for web, what in (
+        (False, "a plain epoll loop: what sockets and scheduling on this machine add"),
+        (True, "a bare twisted.web Site: HTTP parsing and writing, nothing else"),
+    ):
+        r = floors[web]
+        cpu_us = r.server_cpu / len(reference.requests) * 1e6
+        _say(f"fixed answer from {what}: p50 {statistics.median(r.http_ms):.2f} ms, "
+             f"p99 {r.p99:.2f} ms, {cpu_us:.0f} us CPU/req")  # fmt: skip
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
