@@ -724,6 +724,14 @@ class Pstn(Phone):
         self.default: Behaviour = answer()
         self.rules: dict[str, Behaviour] = {}
 
+    def start(self, behaviour: Behaviour | None = None, register: bool = True) -> Pstn:
+        """Start (or restart) the PSTN; a ``behaviour`` given here becomes
+        the default, how numbers without a rule answer (see :meth:`set_default`)."""
+        if behaviour is not None:
+            self.default = behaviour
+        super().start(self.default, register)
+        return self
+
     def _scenario(self, behaviour: Behaviour) -> str:
         groups: dict[Behaviour, list[str]] = {}
         for number, b in self.rules.items():

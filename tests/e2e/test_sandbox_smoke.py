@@ -182,3 +182,16 @@ def test_pstn_behaviour_per_number(sandbox):
     call = sandbox.pstn.wait_for_hangup_blocking(timeout=5, count=2)
     assert (call["number"], call["end"], call["code"]) == ("380639920002", "rejected", 486)
     sandbox.pbx.wait_for_channels_blocking(0, timeout=3)
+
+
+def test_the_pstn_started_with_a_behaviour_uses_it_for_every_number(sandbox):
+    """What `make run`'s demo relies on: ``pstn.start(behaviour)`` makes it
+    the default for numbers without a rule of their own."""
+    sandbox.pstn.start(answer(after=0.4, hangup_after=0.5))
+    sandbox.cli("channel originate PJSIP/380639920077@pstn extension echo@sandbox-test")
+    call = sandbox.pstn.wait_for_hangup_blocking(timeout=5)
+    assert call["number"] == "380639920077"
+    assert call["hung_up_by"] == "phone"
+    assert call["answer_time"] - call["invite_time"] == pytest.approx(0.4, abs=0.15)
+    assert call["end_time"] - call["answer_time"] == pytest.approx(0.5, abs=0.2)
+    sandbox.pbx.wait_for_channels_blocking(0, timeout=3)
