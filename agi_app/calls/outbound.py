@@ -208,6 +208,7 @@ class CallSessions:
         self.grace = grace
         self._calls: dict[str, Tracked] = {}
         self._unsubscribe: list[Callable[[], None]] = []
+        self.stopping = False
 
     def start(self) -> None:
         """Follow the AMI events; reconcile after every (re)connect."""
@@ -215,7 +216,9 @@ class CallSessions:
         self._unsubscribe.append(self.ami.on_connect(lambda _ami: self._reconcile_logged()))
 
     def stop(self) -> None:
-        """Stop following the AMI events."""
+        """Stop following the AMI events; a session lost from now on is this
+        process going away (``stopping``), not the call ending."""
+        self.stopping = True
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
@@ -492,6 +495,8 @@ class OutboundCalls:
                 await agi.answer()
                 await agi.stream_file(sounds.playback_name(voice), "", timeout=3600)
             except agi_errors.AGIHangup:
+                if self.sessions.stopping:
+                    raise  # left open: the next start takes the call up again
                 played = self.clock.seconds() - started
                 await self._end(tracked, st.FINISH,
                                 f"{voice}: the client hung up after {played:.1f} s",
@@ -522,7 +527,8 @@ class OutboundCalls:
                 params = tracked.params
                 await self.ivr.run(agi, tracked.log, params["ivrName"], params["phone_number"])
             except agi_errors.AGIHangup:
-                await self._finish(tracked, "the client hung up")
+                if not self.sessions.stopping:  # else left open for the next start
+                    await self._finish(tracked, "the client hung up")
                 raise
             await self._finish(tracked, "the IVR ended the call")
         finally:

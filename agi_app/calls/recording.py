@@ -84,9 +84,11 @@ class Recorder:
         self._checks = checks
         self._interval = interval
         self._timers: set = set()
+        self._stopped = False
 
     def stop(self) -> None:
-        """Cancel the pending file checks."""
+        """Cancel the pending file checks (and start no more)."""
+        self._stopped = True
         for call in list(self._timers):
             if call.active():
                 call.cancel()
@@ -129,7 +131,7 @@ class Recorder:
         """The conversation is over: once the file stops growing, store its
         size and duration; a file of a recording that was never stored is
         removed if it holds no audio.  Once per recording."""
-        if rec is None or rec.watched:
+        if rec is None or rec.watched or self._stopped:
             return
         rec.watched = True
         if rec.record_id is None:

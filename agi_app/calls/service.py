@@ -187,6 +187,9 @@ class CallService:
         self._active: dict[str, ActiveCall] = {}
         self._hangup_grace = hangup_grace
         self._unsubscribe: list[Callable[[], None]] = []
+        #: set by stop(): a session lost from now on is this process going
+        #: away, not the call ending (the next start takes the call up again)
+        self._stopping = False
         self.recorder = Recorder(store=store, dialing=dialing, clock=clock, live=self._is_live)
         #: call id -> Deferreds of callers waiting for the same _adopt()
         self._adopting: dict[str, list[defer.Deferred]] = {}
@@ -201,7 +204,9 @@ class CallService:
         self.ami.on_connect(lambda _ami: self._reconcile_logged())
 
     def stop(self) -> None:
-        """Drop the AMI subscriptions and pending recording checks."""
+        """Drop the AMI subscriptions and pending recording checks; calls
+        still going are left open in the store for the next start."""
+        self._stopping = True
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
@@ -371,12 +376,16 @@ class CallService:
         try:
             await self._connect_client(agi, active)
         except agi_errors.AGIHangup:
+            if self._stopping:
+                return _left_open(active.call_id)
             # also a lost FastAGI connection (Asterisk stopped): the call
             # ended now, as far as anyone will ever tell us
             await self._end_after_hangup(
                 active, "the first leg hung up", ended_at=self.clock.seconds()
             )
         except agi_errors.AGIError as e:
+            if self._stopping:
+                return _left_open(active.call_id)
             await self._end_after_hangup(
                 active, f"FastAGI: {e}", ended_at=self.clock.seconds(), failed=True
             )
@@ -760,6 +769,11 @@ def _is_group_dial(channel: str) -> bool:
     """``channel`` is the ``;2`` half of a group's Local channel (its Dial
     rings the members; the ``;1`` half dials the client)."""
     return channel.startswith(f"Local/s@{GROUP_CONTEXT}-") and channel.endswith(";2")
+
+
+def _left_open(call_id: str) -> None:
+    log.info("{call_id}: agi_app is stopping; the call stays open and the next start "
+             "takes it up again", call_id=call_id)  # fmt: skip
 
 
 def call_is_live(ami, call_id: str) -> bool | None:

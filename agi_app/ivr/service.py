@@ -292,7 +292,8 @@ class IVRService:
             try:
                 await self.run(agi, tracked.log, menu)
             except agi_errors.AGIHangup:
-                await self._finish(tracked, "the caller hung up")
+                if not self.sessions.stopping:  # else left open for the next start
+                    await self._finish(tracked, "the caller hung up")
                 raise
             await self._finish(tracked, "the IVR ended the call")
         finally:

@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from agi_app.agi import FastAGIFactory, ScriptRegistry
@@ -950,3 +951,34 @@ async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
     for call_id in (stored, unstored):
         [record] = await h.store.call_recordings(call_id)
         assert (record["size"], record["duration"]) == (audio, 3.0), record
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_lost_because_agi_app_stops_leaves_the_call_open(h):
+    """Stopping agi_app drops its FastAGI connections; the conversation goes
+    on on the PBX, so nothing is concluded: the call stays open for the next
+    start to take up (see the restart tests), and no error is logged."""
+    await h.connect()
+    call_id = await h.place()
+    operator = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    errors: list[dict] = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        h.calls.stop()  # agi_app is stopping...
+        agi.lose()  # ...and its FastAGI connections go with it
+        for _ in range(5):
+            await h.barrier()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert await h.history(call_id) == CONNECTED
+    assert (await h.store.get_call(call_id))["final_status"] is None
+    assert errors == []

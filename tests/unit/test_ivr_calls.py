@@ -286,6 +286,28 @@ class IVRCallTests(CallsTestCase):
         self.failureResultOf(self.d(self.calls.ivr_call(agi)), AGIHangup)
         self.assertEqual(self.store.words(call_id)[-2:], [IVR_CHOICE, "FINISH"])
 
+    def test_sessions_lost_because_agi_app_stops_leave_the_calls_open(self):
+        """Stopping drops the FastAGI connections while the calls go on on
+        the PBX: nothing is concluded, the next start takes them up."""
+        ivr = self.place(self.calls.call_with_ivr, "380501234567", "main")
+        message = self.place(self.calls.call_with_announcement, "380501234568", "announcement")
+        in_menu = FakeAGI(["1"], args=[ivr])
+        listening = FakeAGI(args=[message])
+        waiting, playing = defer.Deferred(), defer.Deferred()
+        in_menu.wait_for_digit = lambda ms, timeout=None: waiting
+        listening.stream_file = lambda name, escape="", timeout=None: playing
+        d1, d2 = self.d(self.calls.ivr_call(in_menu)), self.d(self.calls.announcement(listening))
+        self.calls.stop()
+        self.ivr.stop()
+        for lost in (waiting, playing):
+            lost.errback(AGIHangup("connection lost"))
+        self.failureResultOf(d1, AGIHangup)
+        self.failureResultOf(d2, AGIHangup)
+        self.assertEqual(self.store.words(ivr)[-1], IVR_CHOICE)
+        self.assertEqual(self.store.words(message), ["CALL", "CLIENT_CALLTO", "CLIENT_PICKUP"])
+        self.assertIsNone(self.store.calls[ivr]["final_status"])
+        self.assertIsNone(self.store.calls[message]["final_status"])
+
     def test_ivr_names_are_checked(self):
         self.assertEqual(self.calls.check_ivr("sales"), "sales")
         for bad, code in (("nope", "unknown_ivrName"), ("a/b", "invalid_ivrName"),
