@@ -175,6 +175,10 @@ class Tracked:
     channels: set[str] = field(default_factory=set)
     pickup_time: float | None = None
 
+    def talk_seconds(self, now: float) -> float | None:
+        """Seconds since the pickup, if it was seen."""
+        return None if self.pickup_time is None else max(0.0, now - self.pickup_time)
+
 
 class CallSessions:
     """The calls of some kinds this process drives, and how each ends.
@@ -247,6 +251,29 @@ class CallSessions:
         entries = await self.store.statuses(call_id)
         return self.add(call_id, call["kind"], call.get("params") or {},
                         [e["status"] for e in entries])
+
+    async def finish_after(
+        self,
+        tracked: Tracked,
+        body: Callable[[], Awaitable[object]],
+        *,
+        hung_up: str,
+        ended: str,
+        finish: Callable[[Tracked, str], Awaitable[object]],
+    ) -> None:
+        """Run a FastAGI session's ``body()``, then ``finish(tracked, ended)``;
+        if the caller hangs up meanwhile, ``finish(tracked, hung_up)`` and the
+        hangup goes on -- unless this process is stopping: then the session
+        was lost with it, and the call stays open for the next start."""
+        from agi_app.agi import errors as agi_errors
+
+        try:
+            await body()
+        except agi_errors.AGIHangup:
+            if not self.stopping:
+                await finish(tracked, hung_up)
+            raise
+        await finish(tracked, ended)
 
     def forget(self, tracked: Tracked) -> None:
         """Stop following a call that has ended."""
@@ -463,9 +490,7 @@ class OutboundCalls:
     async def _settle(self, tracked: Tracked, why: str) -> None:
         """No channel and no FastAGI session left: end the call from what was reached."""
         if tracked.log.reached(st.CLIENT_PICKUP):
-            talk = None
-            if tracked.pickup_time is not None:
-                talk = max(0.0, self.clock.seconds() - tracked.pickup_time)
+            talk = tracked.talk_seconds(self.clock.seconds())
             await tracked.log.add(st.FINISH, why, talk_seconds=talk)
         elif tracked.log.reached(st.CLIENT_CALLTO):
             await tracked.log.add(st.CLIENT_CANCEL, why)
@@ -514,8 +539,6 @@ class OutboundCalls:
 
     async def ivr_call(self, agi: Any) -> None:
         """FastAGI ``ivr_call``: the client answered; run the call's menu."""
-        from agi_app.agi import errors as agi_errors
-
         tracked = await self._session_call(agi, IVR_KIND)
         if self.ivr is None:
             raise LookupError("no IVR menus are configured")
@@ -523,21 +546,19 @@ class OutboundCalls:
         try:
             await self._picked_up(tracked)
             await agi.answer()
-            try:
-                params = tracked.params
-                await self.ivr.run(agi, tracked.log, params["ivrName"], params["phone_number"])
-            except agi_errors.AGIHangup:
-                if not self.sessions.stopping:  # else left open for the next start
-                    await self._finish(tracked, "the client hung up")
-                raise
-            await self._finish(tracked, "the IVR ended the call")
+            params, ivr = tracked.params, self.ivr
+            await self.sessions.finish_after(
+                tracked,
+                lambda: ivr.run(agi, tracked.log, params["ivrName"], params["phone_number"]),
+                hung_up="the client hung up",
+                ended="the IVR ended the call",
+                finish=self._finish,
+            )
         finally:
             tracked.agi_sessions -= 1
 
     async def _finish(self, tracked: Tracked, why: str) -> None:
-        talk = None
-        if tracked.pickup_time is not None:
-            talk = max(0.0, self.clock.seconds() - tracked.pickup_time)
+        talk = tracked.talk_seconds(self.clock.seconds())
         await self._end(tracked, st.FINISH, why, talk_seconds=talk)
 
 

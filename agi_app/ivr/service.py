@@ -265,8 +265,6 @@ class IVRService:
 
     async def incoming(self, agi: Any) -> None:
         """FastAGI ``ivr_incoming``: a call from a trunk reached menu ``agi.args[0]``."""
-        from agi_app.agi import errors as agi_errors
-
         menu = agi.args[0] if agi.args else ""
         if not isinstance(menu, str) or menu not in self.menus:
             raise UnknownMenu(f"no IVR menu {menu!r}")
@@ -289,20 +287,18 @@ class IVRService:
             await agi.set_variable(f"__{CALL_ID_VAR}", call_id)
             await tracked.log.add(st.CLIENT_PICKUP, f"menu {menu}")
             tracked.pickup_time = self.clock.seconds()
-            try:
-                await self.run(agi, tracked.log, menu)
-            except agi_errors.AGIHangup:
-                if not self.sessions.stopping:  # else left open for the next start
-                    await self._finish(tracked, "the caller hung up")
-                raise
-            await self._finish(tracked, "the IVR ended the call")
+            await self.sessions.finish_after(
+                tracked,
+                lambda: self.run(agi, tracked.log, menu),
+                hung_up="the caller hung up",
+                ended="the IVR ended the call",
+                finish=self._finish,
+            )
         finally:
             tracked.agi_sessions -= 1
 
     async def _finish(self, tracked: Tracked, why: str) -> None:
-        talk = None
-        if tracked.pickup_time is not None:
-            talk = max(0.0, self.clock.seconds() - tracked.pickup_time)
+        talk = tracked.talk_seconds(self.clock.seconds())
         await tracked.log.add(st.FINISH, why, talk_seconds=talk)
 
     async def _settle(self, tracked: Tracked, why: str) -> None:
