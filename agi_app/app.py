@@ -10,6 +10,7 @@ application is meant to grow several PBX links.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -26,24 +27,111 @@ from agi_app.ami.service import AMIService
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
-from agi_app.control import CallControl
-from agi_app.events.parts import EventParts
+from agi_app.events.delivery import DeliverySettings, TreqSender
+from agi_app.events.generator import CallInfo, EventGenerator
+from agi_app.events.service import EventService
 from agi_app.ivr.service import IVRService
-from agi_app.operators import OperatorTracker
+from agi_app.live.control import CallControl
+from agi_app.live.operators import OperatorTracker
+from agi_app.live.tracker import CallTracker
 from agi_app.store.sqlite import SQLiteStore
-from agi_app.tracker import CallTracker
 from agi_app.web import extensions_events, openapi
 from agi_app.web import history as history_module
 from agi_app.web.api import Router
 from agi_app.web.calls import CallEndpoints
 from agi_app.web.calls_control import CallControlEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
+from agi_app.web.extensions_events import ExtensionEventEndpoints
 from agi_app.web.history import HistoryEndpoints
 from agi_app.web.site import build_site
+from agi_app.ws.server import WidgetFactory, WidgetHub
 
-__all__ = ["Application", "run"]
+__all__ = ["Application", "EventParts", "run", "settings_from_config"]
 
 log = Logger(namespace="agi_app")
+
+
+def settings_from_config(config: Any) -> DeliverySettings:
+    """The delivery settings of the ``[events]`` section, where the
+    configuration has one (keys named as :class:`DeliverySettings` fields);
+    the defaults otherwise."""
+    section = getattr(config, "events", None)
+    if section is None:
+        return DeliverySettings()
+    names = {f.name for f in dataclasses.fields(DeliverySettings)}
+    return DeliverySettings(**{n: getattr(section, n) for n in names if hasattr(section, n)})
+
+
+class EventParts:
+    """Webhooks and the widget feed of one application.
+
+    :param config: the whole :class:`~agi_app.config.Config`
+    :param store: the store (an :class:`~agi_app.events.store.EventStore` too)
+    :param calls: the :class:`~agi_app.calls.service.CallService`
+    :param tracker: the :class:`~agi_app.live.tracker.CallTracker`
+    :param control: call control for the widget's ``transfer()`` (or None)
+    :param settings: delivery settings (default: from ``config``)
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        store: Any,
+        calls: Any,
+        tracker: Any,
+        reactor: Any,
+        control: Any = None,
+        settings: DeliverySettings | None = None,
+    ):
+        self.config = config
+        self.reactor = reactor
+        settings = settings or settings_from_config(config)
+        self.info = CallInfo(store, public_url=config.http.public_url)
+        self.sender = TreqSender(reactor, timeout=settings.timeout)
+        self.service = EventService(store, send=self.sender, clock=reactor, settings=settings)
+        self.generator = EventGenerator(tracker, self.service, self.info)
+        self.hub = WidgetHub(
+            client_ids=config.websocket.client_ids,
+            tracker=tracker,
+            calls=calls,
+            control=control,
+            info=self.info,
+            default_trunk=config.dialing.default_trunk,
+            call_time_to_ext=config.dialing.call_time_to_ext,
+        )
+        self.endpoints = ExtensionEventEndpoints(
+            self.service,
+            calls,
+            default_trunk=config.dialing.default_trunk,
+            call_time_to_ext=config.dialing.call_time_to_ext,
+        )
+        self.ws_port: Any = None
+
+    def add_routes(self, router: Any) -> None:
+        """The HTTP routes of events and callbacks."""
+        self.endpoints.add_routes(router)
+
+    async def start(self) -> None:
+        """Resume deliveries, follow the tracker, listen for widgets.
+        The store must be open."""
+        await self.service.start()
+        self.generator.start()
+        self.hub.start()
+        endpoint = serverFromString(self.reactor, self.config.websocket.listen)
+        self.ws_port = await endpoint.listen(WidgetFactory(self.hub, reactor=self.reactor))
+        log.info("widget WebSocket on {listen}", listen=self.config.websocket.listen)
+
+    async def stop(self) -> None:
+        """Close the widgets, stop listening and delivering (the outbox keeps
+        what is undelivered)."""
+        self.hub.stop()
+        if self.ws_port is not None:
+            await defer.maybeDeferred(self.ws_port.stopListening)
+            self.ws_port = None
+        self.generator.stop()
+        self.service.stop()
+        await self.sender.close()
 
 
 class Application:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from agi_app.errors import InvalidInput
+
 __all__ = [
     "InvalidInput",
     "phone",
@@ -27,19 +29,6 @@ _EXTENSION = re.compile(r"^[A-Za-z0-9_-]{1,32}$", re.ASCII)
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$", re.ASCII)
 # Characters that must never travel into a dial string, AGI command or AMI action.
 FORBIDDEN = frozenset('\r\n\x00,&|()/@"\'`\\;')
-
-
-class InvalidInput(ValueError):
-    """A value from outside broke an input rule.
-
-    ``code`` is the machine-readable error code, ``field`` the parameter at fault.
-    """
-
-    def __init__(self, field: str, message: str, code: str | None = None):
-        super().__init__(message)
-        self.field = field
-        self.code = code or f"invalid_{field}"
-        self.message = message
 
 
 def _text(field: str, value: object) -> str:

@@ -29,8 +29,6 @@ any number of ``IVR_CHOICE`` entries) and nothing after the final status.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +38,8 @@ from twisted.logger import Logger
 
 from agi_app import sounds, validation
 from agi_app.calls import statuses as st
+from agi_app.calls.lifecycle import REQUIRES, new_call_id
+from agi_app.errors import PBXUnavailable
 
 if TYPE_CHECKING:
     from agi_app.ivr.service import IVRService
@@ -51,7 +51,6 @@ __all__ = [
     "CallLog",
     "CallSessions",
     "OutboundCalls",
-    "PBXUnavailable",
     "Tracked",
     "client_status_for_reason",
 ]
@@ -67,20 +66,6 @@ IVR_CALL_CONTEXT = "agi-app-ivr-call"
 ANNOUNCEMENT_KIND = "callWithAnnouncement"
 IVR_KIND = "callWithInteractiveVoiceResponse"
 
-#: a status may only follow the one it requires
-REQUIRES = {
-    st.CLIENT_PICKUP: st.CLIENT_CALLTO,
-    st.OPERATOR_PICKUP: st.OPERATOR_CALLTO,
-    st.FINISH: st.CLIENT_PICKUP,
-}
-
-
-class PBXUnavailable(Exception):
-    """The AMI link is down: the call was logged (CALL then ERROR), not placed."""
-
-    def __init__(self, call_id: str):
-        super().__init__("the PBX is unreachable")
-        self.call_id = call_id
 
 
 def client_status_for_reason(reason: int) -> tuple[str, str]:
@@ -115,7 +100,7 @@ class CallLog:
         self.store = store
         self.call_id = call_id
         self.logged: list[str] = list(logged)
-        self.requires = REQUIRES if requires is None else requires
+        self.requires = REQUIRES[st.ANNOUNCEMENT] if requires is None else requires
         self.final = any(s in st.FINAL for s in self.logged)
         self._lock = defer.DeferredLock()
         self._waiters: list[tuple[str, defer.Deferred]] = []
@@ -368,7 +353,7 @@ class OutboundCalls:
         self.ivr = ivr
         self.pbx = pbx
         self._voice_files = voice_files or _shipped_prompts
-        self._new_id = new_id or _new_call_id
+        self._new_id = new_id or new_call_id
         self.sessions = CallSessions(
             store=store, ami=ami, clock=clock, kinds={ANNOUNCEMENT_KIND, IVR_KIND},
             settle=self._settle, pbx=pbx, grace=grace,
@@ -567,8 +552,3 @@ def _shipped_prompts() -> Collection[str] | None:
         return set(sounds.prompt_names())
     except sounds.SoundsError:
         return None
-
-
-def _new_call_id() -> str:
-    """A sortable, unique call id (time-prefixed), like click-to-call's."""
-    return f"{int(time.time() * 1000):x}{uuid.uuid4().hex[:12]}"

@@ -39,8 +39,6 @@ what would be out of order.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -52,10 +50,12 @@ from twisted.python.failure import Failure
 
 from agi_app import validation
 from agi_app.calls import statuses as st
+from agi_app.calls.lifecycle import REQUIRES, new_call_id
 from agi_app.calls.recording import Recorder, Recording
+from agi_app.errors import PBXUnavailable
 from agi_app.store.base import iso_time
 
-__all__ = ["CallRequest", "CallService", "PBXUnavailable", "ActiveCall"]
+__all__ = ["CallRequest", "CallService", "ActiveCall"]
 
 log = Logger(namespace="agi_app.calls")
 
@@ -72,14 +72,6 @@ GROUP_CONTEXT = "agi-app-group"
 #: (``PJSIP/200&PJSIP/201``) and their ring time in seconds
 GROUP_DIAL_VAR = "AGI_APP_GROUP"
 GROUP_RING_VAR = "AGI_APP_RING"
-
-
-class PBXUnavailable(Exception):
-    """The AMI link is down: the call was logged (CALL then ERROR) but not placed."""
-
-    def __init__(self, call_id: str):
-        super().__init__("the PBX is unreachable")
-        self.call_id = call_id
 
 
 @dataclass(frozen=True)
@@ -183,7 +175,7 @@ class CallService:
         self.dialing = dialing
         self.clock = clock
         self.pbx = pbx
-        self._new_id = new_id or monotonic_id
+        self._new_id = new_id or new_call_id
         self._active: dict[str, ActiveCall] = {}
         self._hangup_grace = hangup_grace
         self._unsubscribe: list[Callable[[], None]] = []
@@ -544,7 +536,7 @@ class CallService:
         try:
             if active.final or status in active.logged:
                 return None
-            need = st.REQUIRES.get(status)
+            need = REQUIRES[active.request.kind].get(status)
             if need is not None and need not in active.logged:
                 log.warn(
                     "{call_id}: {status} skipped, {need} not reached",
@@ -830,8 +822,3 @@ def _parse_time(text: str) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except (ValueError, AttributeError):
         return None
-
-
-def monotonic_id() -> str:
-    """A sortable, unique call id (time-prefixed)."""
-    return f"{int(time.time() * 1000):x}{uuid.uuid4().hex[:12]}"

@@ -1,9 +1,13 @@
-"""The status words of CONTRACT section 2 and the mappings from what Asterisk
-reports (Originate reasons, ``DIALSTATUS``) to them."""
+"""The status words of CONTRACT section 2, the kinds of call, and the
+mappings from what Asterisk reports (Originate reasons, ``DIALSTATUS``) to
+statuses.
+
+The calls domain owns these words: the store, the web layer and the docs
+import them from here.  Which status may follow which, per kind of call, is
+:data:`agi_app.calls.lifecycle.REQUIRES`.
+"""
 
 from __future__ import annotations
-
-from agi_app.store.base import FINAL_STATUSES, STATUSES
 
 CALL = "CALL"
 OPERATOR_CALLTO = "OPERATOR_CALLTO"
@@ -18,19 +22,62 @@ CLIENT_NOANSWER = "CLIENT_NOANSWER"
 CLIENT_CANCEL = "CLIENT_CANCEL"
 ERROR = "ERROR"
 FINISH = "FINISH"
+#: one choice of a caller in an IVR menu (never final; may repeat)
+IVR_CHOICE = "IVR_CHOICE"
 
-#: every status word, in the order a successful call goes through them
+#: Every call status word, in the order a call normally goes through them.
+STATUSES: tuple[str, ...] = (
+    CALL,
+    OPERATOR_CALLTO,
+    OPERATOR_PICKUP,
+    OPERATOR_BUSY,
+    OPERATOR_NOANSWER,
+    OPERATOR_OFFLINE,
+    CLIENT_CALLTO,
+    CLIENT_PICKUP,
+    CLIENT_BUSY,
+    CLIENT_NOANSWER,
+    CLIENT_CANCEL,
+    ERROR,
+    FINISH,
+    IVR_CHOICE,
+)
+
+#: The statuses that end a call; a call gets exactly one of them.
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {
+        OPERATOR_BUSY,
+        OPERATOR_NOANSWER,
+        OPERATOR_OFFLINE,
+        CLIENT_BUSY,
+        CLIENT_NOANSWER,
+        CLIENT_CANCEL,
+        ERROR,
+        FINISH,
+    }
+)
+
+#: short names used across the calls domain
 ALL = STATUSES
-#: a call ends in exactly one of these
 FINAL = FINAL_STATUSES
 
-#: a status may only be logged after its predecessor (PICKUP never before CALLTO)
-REQUIRES = {
-    OPERATOR_PICKUP: OPERATOR_CALLTO,
-    CLIENT_CALLTO: OPERATOR_PICKUP,
-    CLIENT_PICKUP: CLIENT_CALLTO,
-    FINISH: CLIENT_PICKUP,
-}
+# The kinds of call (``calls.kind``): what created it.
+MAKE_CALL = "makeCall"
+EXT_TO_PHONE = "extToPhone"
+PHONE_TO_PHONE = "phoneToPhone"
+CALLBACK = "callback"
+ANNOUNCEMENT = "callWithAnnouncement"
+IVR_CALL = "callWithInteractiveVoiceResponse"
+INCOMING = "incoming"
+
+#: Every kind of call.
+CALL_KINDS: frozenset[str] = frozenset(
+    {MAKE_CALL, EXT_TO_PHONE, PHONE_TO_PHONE, CALLBACK, ANNOUNCEMENT, IVR_CALL, INCOMING}
+)
+#: the kinds that ring an operator (or a first number) first, then the client
+OPERATOR_FIRST_KINDS: frozenset[str] = frozenset(
+    {MAKE_CALL, EXT_TO_PHONE, PHONE_TO_PHONE, CALLBACK}
+)
 
 # Originate reasons (Asterisk's ast_control_frame_type of the outcome).
 REASON_OTHER = 0

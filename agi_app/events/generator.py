@@ -1,6 +1,6 @@
 """CRM events from the live call tracker (seed 004 generation rules).
 
-The tracker reports every leg of every call (:class:`agi_app.tracker.CallEvent`:
+The tracker reports every leg of every call (:class:`agi_app.live.tracker.CallEvent`:
 ``ringing``, ``answered``, ``hungup``, with the extension whose device the
 leg is and the direction seen from it).  :func:`crm_event` turns one of them
 into the event of one extension:
@@ -63,7 +63,7 @@ def _ext_id(value: Any) -> str | None:
 def crm_event(event: Any, leg: Any = None) -> tuple[str, str, dict[str, Any]] | None:
     """``(extension, event_type, fields)`` for a tracker event, or None when
     it gives no extension an event.  ``leg`` is the tracker's
-    :class:`~agi_app.tracker.Leg` of the event (for forwarding outside).
+    :class:`~agi_app.live.tracker.Leg` of the event (for forwarding outside).
 
     ``fields`` are the CONTRACT 6 fields after EventType/EventID/EventTime,
     except ``OrderID``, ``ExternalKey`` and ``RecordURL`` (from the store)."""
@@ -237,7 +237,7 @@ class LegMemory:
 class EventGenerator:
     """Publishes the CRM events of every call the tracker reports.
 
-    :param tracker: a :class:`~agi_app.tracker.CallTracker` (``subscribe``, ``leg``)
+    :param tracker: a :class:`~agi_app.live.tracker.CallTracker` (``subscribe``, ``leg``)
     :param events: the :class:`EventService` that queues them
     :param info: where OrderID/ExternalKey/RecordURL come from
     """

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from agi_app.errors import AppError, InvalidInput
 from agi_app.events.delivery import Deliverer, DeliverySettings, Sender
 from agi_app.events.signing import new_secret
 from agi_app.events.store import EventStore
-from agi_app.validation import InvalidInput
 
 __all__ = [
     "EVENT_TYPES",
@@ -113,8 +113,14 @@ def _public(sub: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class TooManySubscriptions(Exception):
-    """The extension has :data:`MAX_SUBSCRIPTIONS` already."""
+class TooManySubscriptions(AppError):
+    """The extension has :data:`MAX_SUBSCRIPTIONS` already (400)."""
+
+    status = 400
+    code = "too_many_subscriptions"
+
+    def __init__(self) -> None:
+        super().__init__(f"an extension can have at most {MAX_SUBSCRIPTIONS} subscriptions")
 
 
 class EventService:
@@ -171,7 +177,7 @@ class EventService:
         """Add a subscription (values already checked); fires ``{"id", "url",
         "method", "event_type", "secret"}``."""
         if sum(1 for s in self._subs.values() if s["extension"] == extension) >= MAX_SUBSCRIPTIONS:
-            raise TooManySubscriptions(extension)
+            raise TooManySubscriptions()
         sub = await self._store.add_subscription(
             extension=extension, url=url, method=method, event_type=event_type, secret=new_secret()
         )

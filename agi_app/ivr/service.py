@@ -27,7 +27,6 @@ section and key.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from twisted.logger import Logger
 
 from agi_app import validation
 from agi_app.calls import statuses as st
+from agi_app.calls.lifecycle import REQUIRES, new_call_id
 from agi_app.calls.outbound import (
     CALL_ID_VAR,
     IVR_CHOICE,
@@ -54,8 +54,6 @@ __all__ = ["IVRService", "UnknownMenu"]
 log = Logger(namespace="agi_app.ivr")
 
 INCOMING_KIND = "incoming"
-#: the caller called in: it is connected (CLIENT_PICKUP) without a CLIENT_CALLTO
-INCOMING_REQUIRES = {st.OPERATOR_PICKUP: st.OPERATOR_CALLTO, st.FINISH: st.CLIENT_PICKUP}
 #: DIALSTATUS of a connection -> (status, detail)
 _DIAL_OUTCOME = {
     "BUSY": (st.OPERATOR_BUSY, "busy"),
@@ -102,7 +100,7 @@ class IVRService:
         self.pbx = pbx
         self._menus = menus if menus is not None else Menus({}, None)
         self._stamp: tuple[float, int] | None = None
-        self._new_id = new_id or (lambda: f"{int(clock.seconds() * 1000):x}{uuid.uuid4().hex[:12]}")
+        self._new_id = new_id or new_call_id
         #: call id -> the history of a call whose caller is being connected,
         #: and the recording of that conversation
         self._connecting: dict[str, tuple[CallLog, Recording | None]] = {}
@@ -111,7 +109,7 @@ class IVRService:
         )
         self.sessions = CallSessions(
             store=store, ami=ami, clock=clock, kinds={INCOMING_KIND}, settle=self._settle,
-            pbx=pbx, grace=grace, requires=INCOMING_REQUIRES,
+            pbx=pbx, grace=grace, requires=REQUIRES[st.INCOMING],
         )  # fmt: skip
         self._unsubscribe: list[Callable[[], None]] = []
         # A missing or broken file is logged, not fatal: the rest of agi_app

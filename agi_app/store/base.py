@@ -31,6 +31,9 @@ from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 
+from agi_app.calls.statuses import CALL_KINDS, FINAL_STATUSES, STATUSES
+from agi_app.errors import Conflict
+
 __all__ = [
     "CALL_KINDS",
     "FINAL_STATUSES",
@@ -49,52 +52,6 @@ __all__ = [
     "iso_time",
 ]
 
-#: Every call status word, in the order a call normally goes through them.
-STATUSES: tuple[str, ...] = (
-    "CALL",
-    "OPERATOR_CALLTO",
-    "OPERATOR_PICKUP",
-    "OPERATOR_BUSY",
-    "OPERATOR_NOANSWER",
-    "OPERATOR_OFFLINE",
-    "CLIENT_CALLTO",
-    "CLIENT_PICKUP",
-    "CLIENT_BUSY",
-    "CLIENT_NOANSWER",
-    "CLIENT_CANCEL",
-    "ERROR",
-    "FINISH",
-    # not final: one entry per choice a caller makes in an IVR menu
-    "IVR_CHOICE",
-)
-
-#: The statuses that end a call; a call gets exactly one of them.
-FINAL_STATUSES: frozenset[str] = frozenset(
-    {
-        "OPERATOR_BUSY",
-        "OPERATOR_NOANSWER",
-        "OPERATOR_OFFLINE",
-        "CLIENT_BUSY",
-        "CLIENT_NOANSWER",
-        "CLIENT_CANCEL",
-        "ERROR",
-        "FINISH",
-    }
-)
-
-#: What created a call (``calls.kind``).
-CALL_KINDS: frozenset[str] = frozenset(
-    {
-        "makeCall",
-        "extToPhone",
-        "phoneToPhone",
-        "callWithAnnouncement",
-        "callWithInteractiveVoiceResponse",
-        "callback",
-        "incoming",
-    }
-)
-
 #: Operator states of ``/api/sipList`` (CONTRACT 3.6).
 OPERATOR_STATES: tuple[str, ...] = ("online", "inuse", "offline")
 
@@ -105,14 +62,20 @@ class StoreError(Exception):
     """The store cannot do what was asked (closed, newer schema, ...)."""
 
 
-class ExternalKeyConflict(StoreError):
+class ExternalKeyConflict(Conflict):
     """A call with this ``external_key`` exists and was made with other parameters.
 
     ``call_id`` is the existing call's id (the API answers 409 with it).
     """
 
+    code = "external_key_conflict"
+
     def __init__(self, call_id: str):
-        super().__init__(f"external_key already used by call {call_id}")
+        super().__init__(
+            "external_key was used before with other parameters",
+            field="external_key",
+            extra={"call_id": call_id},
+        )
         self.call_id = call_id
 
 

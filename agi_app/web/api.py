@@ -11,8 +11,9 @@ around it does the rest the same way for every endpoint:
   parameter, compared in constant time; open when no keys are configured;
 - parameters: the query string merged with a form (urlencoded or multipart)
   or JSON object body; a body over 64 KiB is 413, a malformed one 400;
-- errors: :class:`ApiError` and :class:`agi_app.validation.InvalidInput`
-  become ``{"error": {"code", "message", "field"?}}`` in the requested
+- errors: any :class:`agi_app.errors.AppError` a handler raises (and
+  :class:`ApiError`, the HTTP layer's own) becomes its status with
+  ``{"error": {"code", "message", "field"?}}`` in the requested
   format; anything unexpected is a 500 with no detail (the trace is logged).
 """
 
@@ -36,7 +37,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from agi_app.validation import InvalidInput
+from agi_app.errors import AppError
 from agi_app.web.render import render
 
 __all__ = [
@@ -59,9 +60,11 @@ _FORMATS = ("json", "xml")
 _MISSING: Any = object()
 
 
-class ApiError(Exception):
-    """An error answer: HTTP ``status`` with ``{"error": {"code", "message",
-    "field"?}, **extra}``.  Raise it from a handler."""
+class ApiError(AppError):
+    """An error answer of the HTTP layer itself (routing, body, auth): HTTP
+    ``status`` with ``{"error": {"code", "message", "field"?}, **extra}``.
+    Handlers raise the :class:`~agi_app.errors.AppError` of their domain;
+    this one keeps the HTTP-flavoured argument order."""
 
     def __init__(
         self,
@@ -72,20 +75,9 @@ class ApiError(Exception):
         extra: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.extra = dict(extra or {})
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        """The answer body."""
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return {"error": error, **self.extra}
+        super().__init__(
+            message, code=code, field=field, status=status, extra=extra, headers=headers
+        )
 
 
 @dataclass
@@ -495,9 +487,7 @@ class ApiResource(Resource):
             # Too late for an error answer: the status line is out already.
             failure.raiseException()
         error = failure.value
-        if isinstance(error, InvalidInput):
-            error = ApiError(400, error.code, error.message, field=error.field)
-        if not isinstance(error, ApiError):
+        if not isinstance(error, AppError):
             self._log.failure(
                 "{method} {path} failed",
                 failure,

@@ -18,10 +18,9 @@ from twisted.internet import defer
 
 from agi_app import validation as v
 from agi_app.calls import statuses as st
-from agi_app.calls.service import CallRequest, CallService, PBXUnavailable
-from agi_app.store.base import ExternalKeyConflict
+from agi_app.calls.service import CallRequest, CallService
 from agi_app.web import openapi as oa
-from agi_app.web.api import ApiError, ApiRequest, ApiResponse, Router
+from agi_app.web.api import ApiRequest, ApiResponse, Router
 
 __all__ = ["CallEndpoints"]
 
@@ -140,20 +139,7 @@ class CallEndpoints:
     # -- helpers ----------------------------------------------------------------
 
     async def _place(self, call: CallRequest) -> tuple[str, bool]:
-        try:
-            return await self.calls.place(call)
-        except ExternalKeyConflict as e:
-            raise ApiError(
-                409,
-                "external_key_conflict",
-                "external_key was used before with other parameters",
-                field="external_key",
-                extra={"call_id": e.call_id},
-            ) from None
-        except PBXUnavailable as e:
-            raise ApiError(
-                503, "pbx_unavailable", "the PBX is unreachable", extra={"call_id": e.call_id}
-            ) from None
+        return await self.calls.place(call)
 
     async def _last_status(self, call_id: str) -> str | None:
         entries = await self.calls.store.statuses(call_id)

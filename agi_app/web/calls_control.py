@@ -14,11 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from agi_app import validation as v
-from agi_app.calls.outbound import OutboundCalls, PBXUnavailable
-from agi_app.control import CallControl, ControlError
-from agi_app.store.base import ExternalKeyConflict
-from agi_app.web.api import ApiError, ApiRequest, Router
-from agi_app.web.extensions import control_error
+from agi_app.calls.outbound import OutboundCalls
+from agi_app.live.control import CallControl
+from agi_app.web.api import ApiRequest, Router
 
 __all__ = ["CallControlEndpoints"]
 
@@ -47,19 +45,13 @@ class CallControlEndpoints:
     async def attended_transfer(self, req: ApiRequest) -> dict[str, Any]:
         """Move a live call to ``phone_number`` (an extension or a number)."""
         call_id = v.identifier(req.params.get("generalCallID"), "generalCallID")
-        try:
-            await self.control.transfer_call(call_id, req.params.get("phone_number"))
-        except ControlError as e:
-            raise control_error(e) from None
+        await self.control.transfer_call(call_id, req.params.get("phone_number"))
         return {"status": "success", "generalCallID": call_id}
 
     async def hangup(self, req: ApiRequest) -> dict[str, Any]:
         """End a live call."""
         call_id = v.identifier(req.params.get("generalCallID"), "generalCallID")
-        try:
-            await self.control.hangup_call(call_id)
-        except ControlError as e:
-            raise control_error(e) from None
+        await self.control.hangup_call(call_id)
         return {"status": "success", "generalCallID": call_id}
 
     async def with_announcement(self, req: ApiRequest) -> dict[str, Any]:
@@ -86,18 +78,7 @@ class CallControlEndpoints:
 
     @staticmethod
     async def _place(coro: Any) -> dict[str, Any]:
-        try:
-            call_id, _created = await coro
-        except ExternalKeyConflict as e:
-            raise ApiError(
-                409, "external_key_conflict",
-                "external_key was used before with other parameters",
-                field="external_key", extra={"call_id": e.call_id},
-            ) from None  # fmt: skip
-        except PBXUnavailable as e:
-            raise ApiError(
-                503, "pbx_unavailable", "the PBX is unreachable", extra={"call_id": e.call_id}
-            ) from None
+        call_id, _created = await coro
         return {"status": "success", "generalCallID": call_id}
 
     # -- OpenAPI ----------------------------------------------------------------

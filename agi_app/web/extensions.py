@@ -6,7 +6,7 @@
 - ``DELETE /extension/{extension_id}/current_calls/{call_api_id}`` -> 204
 
 The handlers only read parameters and hand them to
-:class:`agi_app.control.CallControl`, which checks every value before
+:class:`agi_app.live.control.CallControl`, which checks every value before
 anything reaches the PBX; its errors become the API's 4xx/503 answers.
 ``extension_id`` may be written ``@200`` as in seed 004's paths.
 """
@@ -15,15 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agi_app.control import ACTIONS, CallControl, ControlError
-from agi_app.web.api import ApiError, ApiRequest, ApiResponse, Router
+from agi_app.live.control import ACTIONS, CallControl
+from agi_app.web.api import ApiRequest, ApiResponse, Router
 
-__all__ = ["CurrentCallsEndpoints", "control_error"]
-
-
-def control_error(e: ControlError) -> ApiError:
-    """The API answer of a call-control refusal."""
-    return ApiError(e.status, e.code, e.message, field=e.field)
+__all__ = ["CurrentCallsEndpoints"]
 
 
 def _extension(value: str) -> str:
@@ -46,29 +41,20 @@ class CurrentCallsEndpoints:
 
     async def list_calls(self, req: ApiRequest, extension_id: str) -> dict[str, Any]:
         """The extension's live calls as ``call_mdl`` objects."""
-        try:
-            return {"call_list": self.control.current_calls(_extension(extension_id))}
-        except ControlError as e:
-            raise control_error(e) from None
+        return {"call_list": self.control.current_calls(_extension(extension_id))}
 
     async def update(self, req: ApiRequest, extension_id: str, call_api_id: str
                      ) -> dict[str, Any]:  # fmt: skip
         """One call-control action on the call."""
-        try:
-            extra = await self.control.act(
-                _extension(extension_id), call_api_id, req.params.get("action"),
-                req.params.get("send_dst"),
-            )  # fmt: skip
-        except ControlError as e:
-            raise control_error(e) from None
+        extra = await self.control.act(
+            _extension(extension_id), call_api_id, req.params.get("action"),
+            req.params.get("send_dst"),
+        )  # fmt: skip
         return {"status": "success", **extra}
 
     async def hang_up(self, req: ApiRequest, extension_id: str, call_api_id: str) -> ApiResponse:
         """Hang the call up."""
-        try:
-            await self.control.hangup(_extension(extension_id), call_api_id)
-        except ControlError as e:
-            raise control_error(e) from None
+        await self.control.hangup(_extension(extension_id), call_api_id)
         return ApiResponse(None, status=204)
 
     # -- OpenAPI ----------------------------------------------------------------

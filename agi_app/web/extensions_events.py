@@ -25,9 +25,7 @@ from agi_app import validation as v
 from agi_app.calls.service import CallRequest, CallService, PBXUnavailable
 from agi_app.events.service import (
     EVENT_TYPES,
-    MAX_SUBSCRIPTIONS,
     EventService,
-    TooManySubscriptions,
     check_event_type,
     check_method,
     check_url,
@@ -99,16 +97,7 @@ class ExtensionEventEndpoints:
         url = check_url(req.params.get("url"))
         method = check_method(req.params.get("method"))
         event_type = check_event_type(req.params.get("event_type"))
-        try:
-            sub = await self.events.subscribe(
-                extension, url=url, method=method, event_type=event_type
-            )
-        except TooManySubscriptions:
-            raise ApiError(
-                400,
-                "too_many_subscriptions",
-                f"an extension can have at most {MAX_SUBSCRIPTIONS} subscriptions",
-            ) from None
+        sub = await self.events.subscribe(extension, url=url, method=method, event_type=event_type)
         return ApiResponse(sub, status=201)
 
     async def list_subscriptions(self, req: ApiRequest, extension_id: str) -> dict[str, Any]:
@@ -166,7 +155,7 @@ class ExtensionEventEndpoints:
                 field="src_num",
             )
         if self.calls is None:
-            raise ApiError(503, "pbx_unavailable", "calls cannot be placed")
+            raise PBXUnavailable(message="calls cannot be placed")
         call = CallRequest(
             kind="callback",
             first=sources[0],
@@ -176,12 +165,7 @@ class ExtensionEventEndpoints:
             trunk=self.default_trunk,
             call_time_to_ext=self.call_time_to_ext,
         )
-        try:
-            call_id, _created = await self.calls.place(call)
-        except PBXUnavailable as e:
-            raise ApiError(
-                503, "pbx_unavailable", "the PBX is unreachable", extra={"call_id": e.call_id}
-            ) from None
+        call_id, _created = await self.calls.place(call)
         if self._on_callback is not None:
             self._on_callback(call_id, owner, sources)
         return ApiResponse({"call_api_id": call_id, "call_id": call_id}, status=201)

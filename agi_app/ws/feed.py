@@ -43,7 +43,7 @@ def _timestamp(gmt: str | None) -> int | None:
 def widget_event(
     event: Any, *, answered_elsewhere: bool = False, record_url: str | None = None
 ) -> dict[str, Any] | None:
-    """The widget event of a tracker :class:`~agi_app.tracker.CallEvent` for
+    """The widget event of a tracker :class:`~agi_app.live.tracker.CallEvent` for
     the widgets of ``event.extension``, or None.
 
     ``answered_elsewhere``: another leg of the call was already talking

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from agi_app import __version__
 from agi_app import validation as v
+from agi_app.errors import AppError
 from agi_app.events.generator import LegMemory
 from agi_app.ws.feed import widget_event
 
@@ -57,13 +58,14 @@ MAX_MESSAGE = 4096
 MAX_FRAME = 65536
 
 
-class WidgetError(Exception):
-    """A request of a widget cannot be done: answered as an ``error`` message."""
+class WidgetError(AppError):
+    """A request of a widget cannot be done: answered as an ``error`` message
+    (as is any other :class:`~agi_app.errors.AppError`)."""
+
+    status = 409
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 class WidgetHub:
@@ -73,7 +75,7 @@ class WidgetHub:
     :param tracker: the call tracker whose events reach the widgets (optional)
     :param calls: the :class:`~agi_app.calls.service.CallService` behind ``call()``
     :param control: call control behind ``transfer()`` (a
-        :class:`~agi_app.control.CallControl`), or None
+        :class:`~agi_app.live.control.CallControl`), or None
     :param info: :class:`~agi_app.events.generator.CallInfo` for record links
     """
 
@@ -235,16 +237,13 @@ class WidgetHub:
     async def place_call(self, user_phone: str | None, number: object) -> str:
         """``pz.call(phone)``: an operator-first call from the user's phone to
         ``number``; returns the call id."""
-        from agi_app.calls.service import CallRequest, PBXUnavailable
+        from agi_app.calls.service import CallRequest
 
         if not user_phone:
             raise WidgetError("no_user_phone", "setUserPhone() first")
         if self._calls is None:
             raise WidgetError("calls_unavailable", "calls cannot be placed on this server")
-        try:
-            phone = v.phone(number, "phone")
-        except v.InvalidInput as e:
-            raise WidgetError(e.code, e.message) from None
+        phone = v.phone(number, "phone")
         request = CallRequest(
             kind="extToPhone",
             first=user_phone,
@@ -252,10 +251,7 @@ class WidgetHub:
             trunk=self._default_trunk,
             call_time_to_ext=self._call_time_to_ext,
         )
-        try:
-            call_id, _created = await self._calls.place(request)
-        except PBXUnavailable:
-            raise WidgetError("pbx_unavailable", "the PBX is unreachable") from None
+        call_id, _created = await self._calls.place(request)
         return call_id
 
     async def transfer(self, user_phone: str | None, call_id: object, number: object) -> None:
@@ -263,24 +259,12 @@ class WidgetHub:
         user's calls to ``number`` (an extension or an outside number)."""
         if not user_phone:
             raise WidgetError("no_user_phone", "setUserPhone() first")
-        try:
-            call = v.identifier(call_id, "call_id")
-        except v.InvalidInput as e:
-            raise WidgetError(e.code, e.message) from None
+        call = v.identifier(call_id, "call_id")
         if self._control is None:
             raise WidgetError(
                 "transfer_unavailable", "call transfer is not available on this server"
             )
-        try:
-            await self._control.act(user_phone, call, "transfer", number)
-        except v.InvalidInput as e:
-            raise WidgetError(e.code, e.message) from None
-        except Exception as e:
-            # Call control's errors carry the code the HTTP API answers with.
-            code = getattr(e, "code", None)
-            if code is None:
-                raise
-            raise WidgetError(code, getattr(e, "message", str(e))) from None
+        await self._control.act(user_phone, call, "transfer", number)
 
 
 class WidgetProtocol(WebSocketServerProtocol):
@@ -417,7 +401,7 @@ class WidgetProtocol(WebSocketServerProtocol):
             self.send_json(answer)
 
     def _failed(self, failure: Any, request_id: Any) -> None:
-        if failure.check(WidgetError):
+        if failure.check(AppError):
             code, message = failure.value.code, failure.value.message
         else:
             log.failure("widget request failed", failure)

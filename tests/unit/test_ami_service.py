@@ -19,7 +19,7 @@ from agi_app.ami import (
     OriginateReason,
     OriginateResult,
 )
-from agi_app.testing import FakeAMIServer, OriginateOutcome
+from agi_app.ami.testing import FakeAMIServer, OriginateOutcome
 
 USER, SECRET = "agi_app", "s3cret"
 

@@ -22,10 +22,11 @@ from twisted.python.failure import Failure
 
 from agi_app.agi import FastAGIFactory, ScriptRegistry
 from agi_app.ami.service import AMIService
-from agi_app.calls.service import CALL_ID_VAR, CallRequest, CallService, PBXUnavailable
+from agi_app.ami.testing import FakeAMIServer, OriginateOutcome
+from agi_app.calls.service import CALL_ID_VAR, CallRequest, CallService
 from agi_app.config import DialingConfig
+from agi_app.errors import PBXUnavailable
 from agi_app.store import ExternalKeyConflict, SQLiteStore, iso_time
-from agi_app.testing import FakeAMIServer, OriginateOutcome
 
 T0 = 1795640677.0  # 2026-11-25T21:04:37Z
 HAPPY = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]

@@ -9,17 +9,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from agi_app.ami import AMIService
+from agi_app.ami.testing import FakeAMIServer
 from agi_app.config import DialingConfig
-from agi_app.control import (
+from agi_app.errors import PBXUnavailable
+from agi_app.live.control import (
     ActionNotPossible,
     CallControl,
     CallNotFound,
     PBXRefused,
-    PBXUnavailable,
     UnknownExtension,
 )
-from agi_app.testing import FakeAMIServer
-from agi_app.tracker import CallTracker
+from agi_app.live.tracker import CallTracker
 from agi_app.validation import InvalidInput
 
 # Actions the client sends by itself: not caused by call control.

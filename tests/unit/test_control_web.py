@@ -15,12 +15,12 @@ from test_tracker import SECRET, T0, USER, Sim
 from twisted.internet.testing import MemoryReactorClock
 
 from agi_app.ami import AMIService
+from agi_app.ami.testing import FakeAMIServer
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.config import DialingConfig
-from agi_app.control import CallControl
 from agi_app.ivr.service import IVRService
-from agi_app.testing import FakeAMIServer
-from agi_app.tracker import CallTracker
+from agi_app.live.control import CallControl
+from agi_app.live.tracker import CallTracker
 from agi_app.web import Router, build_site, openapi
 from agi_app.web.calls_control import CallControlEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints

@@ -9,7 +9,7 @@ from agi_app.events.delivery import DeliverySettings
 from agi_app.events.generator import CallInfo, EventGenerator, crm_event
 from agi_app.events.service import EVENT_TYPES, EventService
 from agi_app.events.testing import MemoryEventStore
-from agi_app.tracker import CallEvent
+from agi_app.live.tracker import CallEvent
 
 
 class AutoSender:

@@ -12,12 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from agi_app.agi import AGIHangup
 from agi_app.ami import AMIService
-from agi_app.calls.outbound import IVR_CHOICE, OutboundCalls, PBXUnavailable
+from agi_app.ami.testing import FakeAMIServer, OriginateOutcome
+from agi_app.calls.outbound import IVR_CHOICE, OutboundCalls
 from agi_app.config import DialingConfig
+from agi_app.errors import PBXUnavailable
 from agi_app.ivr.menus import MenuError, load_menus
 from agi_app.ivr.service import IVRService, UnknownMenu
 from agi_app.store.base import FINAL_STATUSES, STATUSES, ExternalKeyConflict
-from agi_app.testing import FakeAMIServer, OriginateOutcome
 from agi_app.validation import InvalidInput
 
 USER, SECRET = "agi_app", "s3cret"

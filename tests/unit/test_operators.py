@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from agi_app.operators import DEVICE_STATES, OperatorTracker, operator_state
+from agi_app.live.operators import DEVICE_STATES, OperatorTracker, operator_state
 from agi_app.store import SQLiteStore
 
 T0 = 1795640677.123

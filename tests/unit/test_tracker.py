@@ -8,8 +8,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from agi_app.ami import AMIService
-from agi_app.testing import FakeAMIServer
-from agi_app.tracker import CallEvent, CallTracker, gmt
+from agi_app.ami.testing import FakeAMIServer
+from agi_app.live.tracker import CallEvent, CallTracker, gmt
 
 USER, SECRET = "agi_app", "s3cret"
 T0 = 1_795_644_000.0

@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from agi_app.calls.service import PBXUnavailable
-from agi_app.tracker import CallEvent
+from agi_app.live.tracker import CallEvent
 from agi_app.ws.server import CLOSE_BAD_CLIENT_ID, CLOSE_NO_HELLO, WidgetFactory, WidgetHub
 from agi_app.ws.testing import connect_widget
 
@@ -42,7 +42,7 @@ class FakeControl:
         self.transfers = []
 
     async def act(self, extension, call_api_id, action, send_dst=None):
-        from agi_app.control import CallNotFound
+        from agi_app.live.control import CallNotFound
 
         if call_api_id == "nope":
             raise CallNotFound("no such call")

@@ -53,7 +53,7 @@ __all__ = [
     "gmt",
 ]
 
-log = Logger(namespace="agi_app.tracker")
+log = Logger(namespace="agi_app.live.tracker")
 
 #: the inherited channel variable agi_app puts on every channel of its calls
 CALL_ID_VAR = "AGI_APP_CALL_ID"

@@ -5,7 +5,7 @@ Every input is checked before anything is sent to the PBX: the action name,
 ``send_dst`` (an extension of this PBX or a phone number,
 :mod:`agi_app.validation` rules), the extension (it must exist on the PBX)
 and the call (the extension must take part in it, as the
-:class:`~agi_app.tracker.CallTracker` sees it).  Then each action is a few
+:class:`~agi_app.live.tracker.CallTracker` sees it).  Then each action is a few
 AMI actions on channel uniqueids, into the contexts of
 ``dialplan/extensions.conf``:
 
@@ -48,7 +48,15 @@ from twisted.logger import Logger
 from agi_app import validation
 from agi_app.ami.errors import AMIActionError, AMIDisconnected, AMITimeout
 from agi_app.ami.message import variable_assignment
-from agi_app.tracker import HOLD_CONTEXT, STATE_RING, STATE_RINGING, CallTracker, Leg, TrackedCall
+from agi_app.errors import AppError, PBXUnavailable
+from agi_app.live.tracker import (
+    HOLD_CONTEXT,
+    STATE_RING,
+    STATE_RINGING,
+    CallTracker,
+    Leg,
+    TrackedCall,
+)
 
 __all__ = [
     "ACTIONS",
@@ -62,7 +70,7 @@ __all__ = [
     "UnknownExtension",
 ]
 
-log = Logger(namespace="agi_app.control")
+log = Logger(namespace="agi_app.live.control")
 
 #: every action of ``PUT /extension/{id}/current_calls/{call_api_id}``
 ACTIONS = (
@@ -89,7 +97,7 @@ PICKUP_CONTEXT = "agi-app-pickup"
 _SHOWN = re.compile(r"[^0-9A-Za-z _.+-]")
 
 
-class ControlError(Exception):
+class ControlError(AppError):
     """A call-control request that cannot be carried out; ``status`` is the
     HTTP status the API answers with, ``code`` its error code."""
 
@@ -97,11 +105,7 @@ class ControlError(Exception):
     code = "not_possible"
 
     def __init__(self, message: str, code: str | None = None, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        if code is not None:
-            self.code = code
+        super().__init__(message, code=code, field=field)
 
 
 class UnknownExtension(ControlError):
@@ -133,13 +137,6 @@ class PBXRefused(ControlError):
     code = "pbx_refused"
 
 
-class PBXUnavailable(ControlError):
-    """The AMI link is down (503)."""
-
-    status = 503
-    code = "pbx_unavailable"
-
-
 @dataclass(frozen=True)
 class Destination:
     """Where ``send_dst`` leads: a dial string built from checked input."""
@@ -158,7 +155,7 @@ class CallControl:
     """Carries out call-control actions on the calls the tracker sees.
 
     :param ami: the PBX link (:class:`agi_app.ami.service.AMIService`)
-    :param tracker: the live calls (:class:`agi_app.tracker.CallTracker`)
+    :param tracker: the live calls (:class:`agi_app.live.tracker.CallTracker`)
     :param dialing: the ``[dialing]`` section (dial string templates, ring times)
     :param clock: an ``IReactorTime``
     :param store: the call log, for ``hangupCall`` of a call that has ended
@@ -244,7 +241,7 @@ class CallControl:
 
     def _connected(self) -> None:
         if not self.ami.connected:
-            raise PBXUnavailable("the PBX is unreachable (AMI link down)")
+            raise PBXUnavailable(message="the PBX is unreachable (AMI link down)")
 
     # -- the API's entry points -------------------------------------------------
 
@@ -277,9 +274,9 @@ class CallControl:
         try:
             result = await handler(own, dst)
         except AMIDisconnected:
-            raise PBXUnavailable("the PBX is unreachable (AMI link down)") from None
+            raise PBXUnavailable(message="the PBX is unreachable (AMI link down)") from None
         except AMITimeout:
-            raise PBXUnavailable("the PBX did not answer in time") from None
+            raise PBXUnavailable(message="the PBX did not answer in time") from None
         except AMIActionError as e:
             raise PBXRefused(f"the PBX refused the {name}: {e.message}") from None
         log.info("{action} on call {call} of {ext}{dst}", action=name, call=call.call_api_id,
@@ -320,7 +317,7 @@ class CallControl:
         try:
             return await self._attended_transfer(own, dst) or {}
         except AMIDisconnected:
-            raise PBXUnavailable("the PBX is unreachable (AMI link down)") from None
+            raise PBXUnavailable(message="the PBX is unreachable (AMI link down)") from None
         except AMIActionError as e:
             raise PBXRefused(f"the PBX refused the transfer: {e.message}") from None
 
@@ -497,7 +494,7 @@ class CallControl:
         for ok, failure in results:
             if not ok:
                 if failure.check(AMIDisconnected, AMITimeout):
-                    raise PBXUnavailable("the PBX is unreachable (AMI link down)")
+                    raise PBXUnavailable(message="the PBX is unreachable (AMI link down)")
                 failure.raiseException()
 
     async def _hangup_quietly(self, leg: Leg) -> None:
