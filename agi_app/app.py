@@ -24,6 +24,7 @@ from agi_app import __version__
 from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
 from agi_app.ami.service import AMIService
+from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
@@ -154,10 +155,11 @@ class Application:
             max_backoff=config.ami.max_backoff,
         )
         self.scripts = ScriptRegistry()
-        self.calls = CallService(
+        # Every call of every kind follows one lifecycle to its one final status.
+        self.lifecycle = Lifecycle(
             store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor
         )
-        self.calls.register_scripts(self.scripts)
+        self.calls = CallService(lifecycle=self.lifecycle, dialing=config.dialing)
         # Trunks are endpoints too, but not operators.
         self.operators = OperatorTracker(
             self.ami, self.store, reactor, exclude=config.dialing.all_trunks
@@ -170,14 +172,13 @@ class Application:
             store=self.store,
         )  # fmt: skip
         self.ivr = IVRService(
-            store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor,
-            path=config.ivr.path,
-        )  # fmt: skip
-        self.outbound = OutboundCalls(
-            store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor, ivr=self.ivr
+            lifecycle=self.lifecycle, dialing=config.dialing, path=config.ivr.path
         )
-        self.ivr.register_scripts(self.scripts)
-        self.outbound.register_scripts(self.scripts)
+        self.outbound = OutboundCalls(
+            lifecycle=self.lifecycle, dialing=config.dialing, menus=self.ivr
+        )
+        for part in (self.calls, self.ivr, self.outbound):
+            part.register_scripts(self.scripts)
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
@@ -243,12 +244,10 @@ class Application:
         folder = os.path.dirname(os.path.abspath(self.config.store.path))
         os.makedirs(folder, exist_ok=True)
         self.store.open()
-        self.calls.start()
+        self.lifecycle.start()
         self.operators.start()
         self.tracker.start()
         await self.events.start()
-        self.ivr.start()
-        self.outbound.start()
         self.ami.startService()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
@@ -270,11 +269,9 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         await self.events.stop()
-        self.calls.stop()
+        self.lifecycle.stop()
         self.operators.stop()
         self.tracker.stop()
-        self.ivr.stop()
-        self.outbound.stop()
         await defer.maybeDeferred(self.ami.stopService)
         await self.store.close()
 

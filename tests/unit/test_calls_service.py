@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from agi_app.agi import FastAGIFactory, ScriptRegistry
 from agi_app.ami.service import AMIService
 from agi_app.ami.testing import FakeAMIServer, OriginateOutcome
-from agi_app.calls.service import CALL_ID_VAR, CallRequest, CallService
+from agi_app.calls.lifecycle import CALL_ID_VAR, Lifecycle
+from agi_app.calls.service import CallRequest, CallService
 from agi_app.config import DialingConfig
 from agi_app.errors import PBXUnavailable
 from agi_app.store import ExternalKeyConflict, SQLiteStore, iso_time
@@ -79,14 +80,15 @@ class Harness:
         self.ami = AMIService(
             "127.0.0.1", 5038, "agi_app", "secret", reactor=self.clock, ping_interval=3600
         )
-        self.calls = CallService(
+        self.lifecycle = Lifecycle(
             store=self.store,
             ami=self.ami,
             dialing=self.dialing,
             clock=self.clock,
             new_id=lambda: f"call{next(self._ids)}",
         )
-        self.calls.start()
+        self.lifecycle.start()
+        self.calls = CallService(lifecycle=self.lifecycle, dialing=self.dialing)
         registry = ScriptRegistry()
         self.calls.register_scripts(registry)
         self.agi = FastAGIFactory(registry, self.clock, command_timeout=30)
@@ -114,7 +116,7 @@ class Harness:
         """A new process on the same store (the old one simply vanished),
         with a PBX that has the ``live`` channels: Uniqueid -> (channel,
         call id, state)."""
-        self.calls.stop()
+        self.lifecycle.stop()
         self.link.drop()
         await self.ami.stopService()
         self._build()
@@ -256,15 +258,12 @@ class AsteriskAGI:
         await self.expect('SET VARIABLE "CALLERID(all)"', "200 result=1")
         return await self.expect("EXEC Dial", reply="")
 
-    async def after_dial(self, dialstatus: str, answered_ms: int | None = None) -> None:
+    async def after_dial(self, dialstatus: str) -> None:
+        """Dial returned with ``dialstatus``.  Nothing more is asked: Dial's
+        ANSWEREDTIME is the operator leg's time up, not the talk time."""
         self.send("200 result=0")
         await self.expect('GET VARIABLE "DIALSTATUS"', f"200 result=1 ({dialstatus})")
         await self.expect('GET VARIABLE "AGI_APP_HANDOFF"', "200 result=0")
-        if dialstatus == "ANSWER":
-            value = "200 result=0" if answered_ms is None else f"200 result=1 ({answered_ms})"
-            await self.expect('GET VARIABLE "ANSWEREDTIME_MS"', value)
-            if answered_ms is None:
-                await self.expect('GET VARIABLE "ANSWEREDTIME"', "200 result=0")
         await self.finished("OK")
 
     async def finished(self, outcome: str = "OK") -> None:
@@ -311,13 +310,13 @@ async def test_a_connected_call_is_logged_in_order(h):
     h.client_answered(operator)
     await h.reached(call_id, "CLIENT_PICKUP")
     h.clock.advance(12)
-    await agi.after_dial("ANSWER", answered_ms=12345)
+    await agi.after_dial("ANSWER")
     entries = await h.entries(call_id)
     assert [e["status"] for e in entries] == HAPPY
     assert entries[4]["time"] == iso_time(T0 + 5)  # when DialEnd came
     assert entries[5]["detail"] == "talk 12 s"
     call = await h.store.get_call(call_id)
-    assert call["final_status"] == "FINISH" and call["talk_seconds"] == pytest.approx(12.345)
+    assert call["final_status"] == "FINISH" and call["talk_seconds"] == pytest.approx(12)
     # MixMonitor got the PBX's path; the store has the same file as seen here.
     [calls] = await h.store.order_calls("order-15")
     [record] = calls["records"]
@@ -330,7 +329,7 @@ async def test_without_the_announcement_the_client_is_dialled_at_once(h):
     call_id = await h.place(playback_waiting=False)
     agi = h.session(call_id)
     await agi.up_to_dial(playback=False)
-    await agi.after_dial("ANSWER", answered_ms=1000)
+    await agi.after_dial("ANSWER")
     assert await h.history(call_id) == HAPPY
 
 
@@ -501,18 +500,22 @@ async def test_a_missing_dial_application_is_an_error(h):
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_pickup_missed_while_ami_was_down_is_dated_from_dial(h):
+async def test_client_pickup_missed_while_ami_was_down_has_no_made_up_talk_time(h):
     await h.connect()
     call_id = await h.place()
     agi = h.session(call_id)
     await agi.up_to_dial()
     h.drop()  # the DialEnd of the answer is lost with the link
     h.clock.advance(10)
-    await agi.after_dial("ANSWER", answered_ms=4000)
+    await agi.after_dial("ANSWER")
     entries = await h.entries(call_id)
     assert [e["status"] for e in entries] == HAPPY
-    assert entries[4]["time"] == iso_time(T0 + 6)
-    assert entries[5]["detail"] == "talk 4 s"
+    # Dial's ANSWEREDTIME is the operator leg's time up: the moment the
+    # client answered is not known, and no talk time is made up from it.
+    assert entries[4]["time"] == entries[3]["time"] == iso_time(T0)
+    assert entries[4]["detail"] == "answer time not seen"
+    assert entries[5]["detail"] == "talk time unknown"
+    assert (await h.store.get_call(call_id))["talk_seconds"] is None
 
 
 @pytest_twisted.ensureDeferred
@@ -523,7 +526,7 @@ async def test_a_late_pickup_is_never_dated_before_the_client_was_dialled(h):
     await agi.up_to_dial()
     h.drop()
     h.clock.advance(2)
-    await agi.after_dial("ANSWER", answered_ms=9000)  # more than the 2 s since CLIENT_CALLTO
+    await agi.after_dial("ANSWER")  # more than the 2 s since CLIENT_CALLTO
     entries = await h.entries(call_id)
     assert entries[4]["time"] == entries[3]["time"] == iso_time(T0)
 
@@ -546,13 +549,13 @@ async def test_duplicate_and_late_events_add_no_second_final_status(h):
     h.channel_down(client)
     h.channel_down(operator)
     h.clock.advance(5)
-    await agi.after_dial("ANSWER", answered_ms=5000)
+    await agi.after_dial("ANSWER")
     assert await h.final(call_id) == HAPPY
     # Everything after the end is ignored.
     h.client_answered(operator)
     h.channel_down(operator, cause=17)
     h.clock.advance(10)
-    assert await h.calls.reconcile() == 0
+    assert await h.lifecycle.reconcile() == 0
     late = h.session(call_id)
     await late.finished("NOTFOUND")
     assert await h.history(call_id) == HAPPY
@@ -595,7 +598,7 @@ async def test_ami_lost_while_ringing_then_the_leg_rings_out(h):
     h.drop()
     ringing = h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1", state="Ringing")
     await h.reconnect()
-    assert await h.calls.reconcile() == 0
+    assert await h.lifecycle.reconcile() == 0
     h.channel_down(ringing, cause=19)
     h.clock.advance(3)
     assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_NOANSWER"]
@@ -621,8 +624,8 @@ async def test_ami_lost_while_the_operator_answers_the_fastagi_session_carries_o
     await agi.up_to_dial()
     h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
     await h.reconnect()
-    assert await h.calls.reconcile() == 0  # live channel and session: kept
-    await agi.after_dial("ANSWER", answered_ms=3000)
+    assert await h.lifecycle.reconcile() == 0  # live channel and session: kept
+    await agi.after_dial("ANSWER")
     assert await h.final(call_id) == HAPPY
 
 
@@ -638,7 +641,7 @@ async def test_hangups_missed_while_the_link_was_down_do_not_keep_a_call_open(h)
     h.drop()
     h.pbx.channels.pop("1700000000.2")  # hung up unseen
     await h.reconnect()
-    assert await h.calls.reconcile() == 0  # the operator's leg is still up
+    assert await h.lifecycle.reconcile() == 0  # the operator's leg is still up
     h.channel_down(operator)
     h.clock.advance(3)
     assert await h.final(call_id) == [*PICKED_UP, "CLIENT_CANCEL"]
@@ -664,7 +667,7 @@ async def test_reconcile_leaves_a_call_being_placed_alone(h):
     call_id = await h.place()
     # No channel carries the call id yet (Asterisk sets the variables after
     # Newchannel): reconcile must not take that for a call that ended.
-    assert await h.calls.reconcile() == 0
+    assert await h.lifecycle.reconcile() == 0
     h.clock.advance(2)
     assert await h.final(call_id) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_BUSY"]
 
@@ -757,7 +760,7 @@ async def test_reconcile_closes_a_call_it_cannot_resume_once_its_channels_are_go
     h.pbx.add_channel("PJSIP/1000-00000001", variables={CALL_ID_VAR: "old2"})
     await h.connect()
     assert await h.final("old1") == ["CALL", "ERROR"]
-    assert await h.calls.reconcile() == 0
+    assert await h.lifecycle.reconcile() == 0
     assert await h.history("old2") == ["CALL"]  # something on the PBX still belongs to it
 
 
@@ -801,7 +804,7 @@ async def test_a_group_rings_every_member_through_the_group_context(h):
     assert await h.history(call_id) == DIALLED
     h.client_answered(operator)
     await h.reached(call_id, "CLIENT_PICKUP")
-    await agi.after_dial("ANSWER", answered_ms=4000)
+    await agi.after_dial("ANSWER")
     assert await h.history(call_id) == HAPPY
 
 
@@ -812,7 +815,7 @@ async def test_a_group_call_survives_the_store_round_trip(h):
     h.pbx.default_outcome = OriginateOutcome(delay=None)
     call_id = await h.place(kind="callback", group=("1000", "1001"))
     await h.restart({"1.op": ("Local/s@agi-app-group-00000001;1", call_id, "Up")})
-    active = await h.until(lambda: h.calls._active.get(call_id), "the call adopted")
+    active = await h.until(lambda: h.lifecycle.get(call_id), "the call adopted")
     assert active.request.group == ("1000", "1001") and active.request.is_group
 
 
@@ -869,11 +872,11 @@ async def test_the_recording_is_stored_when_the_client_answers_dated_from_its_st
     assert call["records"] == []  # nothing recorded yet: not stored
     h.client_answered(operator)
     await h.reached(call_id, "CLIENT_PICKUP")
-    await h.until(lambda: h.calls._active[call_id].recording.record_id, "the recording stored")
+    await h.until(lambda: h.lifecycle.get(call_id).recording.record_id, "the recording stored")
     [call] = await h.store.order_calls("order-15")
     [record] = call["records"]
     assert record["created_at"] == iso_time(T0 + 1)
-    await agi.after_dial("ANSWER", answered_ms=1000)
+    await agi.after_dial("ANSWER")
 
 
 @pytest.mark.parametrize("size,kept", [(44, False), (44 + 3200, True)])
@@ -915,7 +918,7 @@ async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
         operator = h.channel_up(call_id, f"PJSIP/100{n}-0000000{n}", f"{call_id}.op")
         h.client_answered(operator)
         await h.reached(call_id, "CLIENT_PICKUP")
-    await h.until(lambda: h.calls._active[unstored].recording.record_id, "the recording stored")
+    await h.until(lambda: h.lifecycle.get(unstored).recording.record_id, "the recording stored")
     await h.store._run(
         h.store._conn.execute, "DELETE FROM recordings WHERE call_id = ?", (unstored,)
     )
@@ -929,7 +932,7 @@ async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
     for call_id in (stored, unstored):
         await h.until(
             lambda c=call_id: getattr(
-                getattr(h.calls._active.get(c), "recording", None), "record_id", None
+                getattr(h.lifecycle.get(c), "recording", None), "record_id", None
             ),
             f"the recording of {call_id} taken up",
         )
@@ -974,7 +977,7 @@ async def test_a_session_lost_because_agi_app_stops_leaves_the_call_open(h):
 
     globalLogPublisher.addObserver(observer)
     try:
-        h.calls.stop()  # agi_app is stopping...
+        h.lifecycle.stop()  # agi_app is stopping...
         agi.lose()  # ...and its FastAGI connections go with it
         for _ in range(5):
             await h.barrier()

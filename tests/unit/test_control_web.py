@@ -16,6 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from agi_app.ami import AMIService
 from agi_app.ami.testing import FakeAMIServer
+from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.config import DialingConfig
 from agi_app.ivr.service import IVRService
@@ -50,10 +51,9 @@ class Stack:
         dialing = DialingConfig()
         self.control = CallControl(ami=self.ami, tracker=self.tracker, dialing=dialing,
                                    clock=self.clock, store=self.store)
-        ivr = IVRService(store=self.store, ami=self.ami, dialing=dialing, clock=self.clock,
-                         path=EXAMPLE)
-        self.outbound = OutboundCalls(store=self.store, ami=self.ami, dialing=dialing,
-                                      clock=self.clock, ivr=ivr,
+        lifecycle = Lifecycle(store=self.store, ami=self.ami, dialing=dialing, clock=self.clock)
+        ivr = IVRService(lifecycle=lifecycle, dialing=dialing, path=EXAMPLE)
+        self.outbound = OutboundCalls(lifecycle=lifecycle, dialing=dialing, menus=ivr,
                                       voice_files=lambda: {"announcement"})
         self.ami.startService()
         self.link = self.server.accept(self.clock)

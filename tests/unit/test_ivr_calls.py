@@ -13,7 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from agi_app.agi import AGIHangup
 from agi_app.ami import AMIService
 from agi_app.ami.testing import FakeAMIServer, OriginateOutcome
-from agi_app.calls.outbound import IVR_CHOICE, OutboundCalls
+from agi_app.calls.lifecycle import Lifecycle
+from agi_app.calls.outbound import OutboundCalls
+from agi_app.calls.statuses import IVR_CHOICE
 from agi_app.config import DialingConfig
 from agi_app.errors import PBXUnavailable
 from agi_app.ivr.menus import MenuError, load_menus
@@ -97,13 +99,12 @@ class CallsTestCase(SynchronousTestCase):
         self.ami = AMIService("127.0.0.1", 5038, USER, SECRET, reactor=self.reactor)
         self.store = FakeStore()
         ids = iter(f"c{i}" for i in range(1, 100))
-        self.ivr = IVRService(store=self.store, ami=self.ami, dialing=DialingConfig(),
-                              clock=self.reactor, path=EXAMPLE, new_id=lambda: next(ids))
-        self.calls = OutboundCalls(store=self.store, ami=self.ami, dialing=DialingConfig(),
-                                   clock=self.reactor, ivr=self.ivr, new_id=lambda: next(ids),
-                                   voice_files=lambda: {"announcement", "offer"})
-        self.ivr.start()
-        self.calls.start()
+        self.lifecycle = Lifecycle(store=self.store, ami=self.ami, dialing=DialingConfig(),
+                                   clock=self.reactor, new_id=lambda: next(ids))
+        self.ivr = IVRService(lifecycle=self.lifecycle, dialing=DialingConfig(), path=EXAMPLE)
+        self.calls = OutboundCalls(lifecycle=self.lifecycle, dialing=DialingConfig(),
+                                   menus=self.ivr, voice_files=lambda: {"announcement", "offer"})
+        self.lifecycle.start()
         self.ami.startService()
         self.link = self.server.accept(self.reactor)
         self.addCleanup(self.ami.stopService)
@@ -229,6 +230,14 @@ class IVRCallTests(CallsTestCase):
         [orig] = self.originates()
         self.assertEqual(orig["Context"], "agi-app-ivr-call")
         agi = FakeAGI(["1", "w9", None, "0"], args=[call_id])
+        dial = agi.exec_
+
+        def talk_12_s(app, *args, **kw):  # the connected conversation lasts 12 s
+            if app == "Dial":
+                self.reactor.advance(12)
+            return dial(app, *args, **kw)
+
+        agi.exec_ = talk_12_s
         self.successResultOf(self.d(self.calls.ivr_call(agi)))
         self.assertIn(("exec", "Dial", "PJSIP/1000", 30, "g"), agi.commands)
         # the conversation is recorded, tied to the call (and its order)
@@ -251,6 +260,7 @@ class IVRCallTests(CallsTestCase):
             "menu=main timeout (attempt 1 of 3)",
             "menu=main digit=0 -> extension 1000",
         ])  # fmt: skip
+        # talk time from the client's pickup (Dial's ANSWEREDTIME is not asked)
         self.assertEqual(self.store.calls[call_id]["talk_seconds"], 12.0)
 
     def test_busy_operator_is_the_final_status(self):
@@ -298,8 +308,7 @@ class IVRCallTests(CallsTestCase):
         in_menu.wait_for_digit = lambda ms, timeout=None: waiting
         listening.stream_file = lambda name, escape="", timeout=None: playing
         d1, d2 = self.d(self.calls.ivr_call(in_menu)), self.d(self.calls.announcement(listening))
-        self.calls.stop()
-        self.ivr.stop()
+        self.lifecycle.stop()
         for lost in (waiting, playing):
             lost.errback(AGIHangup("connection lost"))
         self.failureResultOf(d1, AGIHangup)
@@ -362,7 +371,7 @@ class ReloadTests(SynchronousTestCase):
         path = os.path.join(folder, "ivr.conf")
         with open(path, "w") as f:
             f.write("[one]\nprompt = ivr-main\n1 = hangup\n")
-        ivr = IVRService(store=None, ami=None, dialing=DialingConfig(), clock=None, path=path)
+        ivr = IVRService(lifecycle=None, dialing=DialingConfig(), path=path)
         self.assertEqual(set(ivr.menus), {"one"})
         with open(path, "w") as f:
             f.write("[two]\nprompt = ivr-main\n1 = hangup\n")
@@ -384,7 +393,7 @@ class ReloadTests(SynchronousTestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         path = os.path.join(folder, "ivr.conf")
-        ivr = IVRService(store=None, ami=None, dialing=DialingConfig(), clock=None, path=path)
+        ivr = IVRService(lifecycle=None, dialing=DialingConfig(), path=path)
         self.assertEqual(len(ivr.menus), 0)
         with self.assertRaises(InvalidInput):
             ivr.check_menu("main")
