@@ -23,7 +23,7 @@ from agi_app.store import (
     UnknownCall,
     iso_time,
 )
-from agi_app.store.sqlite import MIGRATIONS
+from agi_app.store.schema import MIGRATIONS
 
 T0 = 1795640677.123  # 2026-11-25T21:04:37.123Z
 
