@@ -1,10 +1,10 @@
-"""SQLite tables and queries of the events service (:class:`EventStore`).
+"""SQLite queries of the events service (:class:`EventStore`).
 
 :class:`EventsSQLiteMixin` is one of :class:`~agi_app.store.sqlite.SQLiteStore`'s
 bases: it uses the store's worker thread (``_run``) and row helpers, so its
 writes are serialised with every other write of the store.
 
-Tables (schema step :func:`migration_events`):
+Tables (schema step :func:`agi_app.store.schema.migration_events`):
 
 - ``event_subscriptions``: who wants which event type of which extension, and
   running counters of what happened to the deliveries;
@@ -18,7 +18,6 @@ Tables (schema step :func:`migration_events`):
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,77 +25,12 @@ from twisted.internet.defer import Deferred
 
 from agi_app.events.store import DELIVERY_OUTCOMES, EventStore
 from agi_app.store.base import iso_time
+from agi_app.store.engine import SQLiteEngine
 
-__all__ = ["LOG_KEEP", "EventsSQLiteMixin", "migration_events"]
+__all__ = ["LOG_KEEP", "EventsSQLiteMixin"]
 
 #: Delivery log entries kept per subscription (older ones are deleted).
 LOG_KEEP = 1000
-
-_SCHEMA = (
-    """
-    CREATE TABLE event_subscriptions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        extension TEXT NOT NULL,
-        url TEXT NOT NULL,
-        method TEXT NOT NULL,
-        event_type TEXT NOT NULL,
-        secret TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        delivered INTEGER NOT NULL DEFAULT 0,
-        given_up INTEGER NOT NULL DEFAULT 0,
-        last_delivered_at REAL,
-        last_error TEXT,
-        last_error_at REAL
-    )
-    """,
-    "CREATE INDEX event_subscriptions_ext ON event_subscriptions (extension, event_type)",
-    """
-    CREATE TABLE events (
-        event_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_type TEXT NOT NULL,
-        extension TEXT NOT NULL,
-        time_us INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        fields TEXT NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE event_outbox (
-        outbox_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        subscription_id INTEGER NOT NULL
-            REFERENCES event_subscriptions (id) ON DELETE CASCADE,
-        event_id INTEGER NOT NULL REFERENCES events (event_id),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL DEFAULT 0,
-        last_error TEXT
-    )
-    """,
-    "CREATE INDEX event_outbox_sub ON event_outbox (subscription_id, outbox_id)",
-    "CREATE INDEX event_outbox_event ON event_outbox (event_id)",
-    """
-    CREATE TABLE event_deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        subscription_id INTEGER NOT NULL
-            REFERENCES event_subscriptions (id) ON DELETE CASCADE,
-        event_id INTEGER NOT NULL,
-        event_type TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        http_status INTEGER,
-        error TEXT,
-        created_at REAL NOT NULL,
-        finished_at REAL NOT NULL
-    )
-    """,
-    "CREATE INDEX event_deliveries_sub ON event_deliveries (subscription_id, outcome, id)",
-)
-
-
-def migration_events(conn: sqlite3.Connection) -> None:
-    """Schema step: event subscriptions, events, outbox, delivery log."""
-    for statement in _SCHEMA:
-        conn.execute(statement)
-
 
 _SUB_COLUMNS = (
     "id, extension, url, method, event_type, secret, created_at, delivered, given_up, "
@@ -114,10 +48,9 @@ _LOG_COLUMNS = (
 )
 
 
-class EventsSQLiteMixin(EventStore):
-    """The :class:`EventStore` methods of :class:`~agi_app.store.sqlite.SQLiteStore`.
-
-    Relies on the store's ``_run``, ``_select``, ``_scalar``, ``_insert``,
+class EventsSQLiteMixin(SQLiteEngine, EventStore):
+    """The :class:`EventStore` methods of :class:`~agi_app.store.sqlite.SQLiteStore`,
+    on the engine's ``_run``, ``_select``, ``_scalar``, ``_insert``,
     ``_conn``, ``_db`` and ``_clock``.
     """
 

@@ -20,18 +20,11 @@ from agi_app.live.control import (
     UnknownExtension,
 )
 from agi_app.live.tracker import CallTracker
+from agi_app.store.testing import MemoryStore
 from agi_app.validation import InvalidInput
 
 # Actions the client sends by itself: not caused by call control.
 _BACKGROUND = {"login", "coreshowchannels", "devicestatelist", "pjsipshowcontacts", "ping"}
-
-
-class FakeStore:
-    def __init__(self, calls=None):
-        self.calls = calls or {}
-
-    async def get_call(self, call_id):
-        return self.calls.get(call_id)
 
 
 class ControlTestCase(SynchronousTestCase):
@@ -47,7 +40,8 @@ class ControlTestCase(SynchronousTestCase):
         self.ami = AMIService("127.0.0.1", 5038, USER, SECRET, reactor=self.reactor)
         self.tracker = CallTracker(self.ami, clock=self.reactor, trunks={"pstn"})
         self.tracker.start()
-        self.store = FakeStore()
+        self.store = MemoryStore(self.reactor)
+        self.addCleanup(self.store.close)
         self.control = CallControl(
             ami=self.ami, tracker=self.tracker, dialing=DialingConfig(), clock=self.reactor,
             store=self.store, new_id=lambda: "agiapp-new",
@@ -262,11 +256,19 @@ class HangupTests(ControlTestCase):
         self.successResultOf(self._d(self.control.hangup_call("c-9")))
         self.assertEqual([h["Channel"] for n, h in self.sent()], ["op-5"])
 
-    def test_hangup_call_of_an_ended_or_unknown_call(self):
-        self.store.calls["c-old"] = {"call_id": "c-old", "final_status": "FINISH"}
+    def test_hangup_call_of_an_ended_a_lost_or_an_unknown_call(self):
+        for call_id in ("c-old", "c-open"):
+            self.successResultOf(self.store.create_call(
+                call_id=call_id, kind="makeCall", sip="1000", phone="380501234567",
+                order_id=None, external_key=None, params={},
+            ))  # fmt: skip
+        self.successResultOf(self.store.add_status("c-old", "FINISH"))
         e = self.failureResultOf(self._d(self.control.hangup_call("c-old")),
                                  ActionNotPossible).value
         self.assertEqual(e.code, "call_ended")
+        e = self.failureResultOf(self._d(self.control.hangup_call("c-open")),
+                                 ActionNotPossible).value
+        self.assertEqual(e.code, "not_live")  # in the log, but on no channel of the PBX
         self.failureResultOf(self._d(self.control.hangup_call("c-none")), CallNotFound)
         self.assertEqual(self.sent(), [])
 

@@ -9,7 +9,6 @@ import json
 
 import pytest
 import pytest_twisted
-from test_ivr_calls import FakeStore
 from test_ivr_engine import EXAMPLE
 from test_tracker import SECRET, T0, USER, Sim
 from twisted.internet.testing import MemoryReactorClock
@@ -22,6 +21,7 @@ from agi_app.config import DialingConfig
 from agi_app.ivr.service import IVRService
 from agi_app.live.control import CallControl
 from agi_app.live.tracker import CallTracker
+from agi_app.store.testing import MemoryStore
 from agi_app.web import Router, build_site, openapi
 from agi_app.web.calls_control import CallControlEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
@@ -47,7 +47,7 @@ class Stack:
         self.ami = AMIService("127.0.0.1", 5038, USER, SECRET, reactor=self.clock)
         self.tracker = CallTracker(self.ami, clock=self.clock)
         self.tracker.start()
-        self.store = FakeStore()
+        self.store = MemoryStore(self.clock)
         dialing = DialingConfig()
         self.control = CallControl(ami=self.ami, tracker=self.tracker, dialing=dialing,
                                    clock=self.clock, store=self.store)
@@ -85,6 +85,7 @@ def stack():
     s = Stack()
     yield s
     s.ami.stopService()
+    s.store.close()
 
 
 @pytest_twisted.ensureDeferred

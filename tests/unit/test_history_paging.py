@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 
 from agi_app.store import SQLiteStore, Store
-from agi_app.store.sqlite import MIGRATIONS
+from agi_app.store.schema import MIGRATIONS
 from agi_app.web import Router, build_site, history
 from agi_app.web.testing import MemoryHTTP
 

@@ -3,6 +3,7 @@ operators, history queries, the worker thread and crash safety."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sqlite3
 import subprocess
@@ -23,7 +24,8 @@ from agi_app.store import (
     UnknownCall,
     iso_time,
 )
-from agi_app.store.sqlite import MIGRATIONS
+from agi_app.store.schema import MIGRATIONS
+from agi_app.store.testing import MemoryStore, fired
 
 T0 = 1795640677.123  # 2026-11-25T21:04:37.123Z
 
@@ -644,3 +646,87 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path):
     stored = {r[0] for r in conn.execute("SELECT id FROM call_status")}
     conn.close()
     assert set(acknowledged) <= stored
+
+
+# -- the in-memory store of unit tests ------------------------------------------
+
+#: The contract tests above that need no file and no thread: MemoryStore, the
+#: real SQLiteStore driven without threads, passes them too.
+_CONTRACT = [
+    test_create_call_writes_the_call_and_its_CALL_entry,
+    test_external_key_is_idempotent_for_the_same_parameters,
+    test_calls_without_external_key_never_conflict,
+    test_bad_kind_and_status_words_raise,
+    test_add_status_until_the_final_one,
+    test_add_status_of_an_unknown_call_fails,
+    test_racing_final_statuses_leave_exactly_one,
+    test_open_calls,
+    test_order_history_and_calls,
+    test_history_as_json_text_is_the_same_history,
+    test_history_after_pages_by_id,
+    test_polling_while_writing_never_misses_or_repeats,
+    test_recordings,
+    test_operator_state_changes_only,
+]
+
+
+@pytest.mark.parametrize("contract", _CONTRACT, ids=lambda t: t.__name__[len("test_"):])
+def test_the_memory_store_keeps_the_contract(contract, clock: task.Clock):
+    store = MemoryStore(clock)
+    given = {"store": store, "clock": clock}
+    outcome = contract(**{name: given[name] for name in inspect.signature(contract).parameters})
+    if inspect.iscoroutine(outcome):
+        # No reactor turns: fired() fails if the test waited for anything.
+        fired(defer.ensureDeferred(outcome))
+    fired(store.close())
+
+
+def test_the_memory_store_answers_before_returning_and_starts_no_thread(clock: task.Clock):
+    threads = threading.active_count()
+    store = MemoryStore(clock)
+    d = store.create_call(
+        call_id="a", kind="incoming", sip=None, phone="123", order_id=None, external_key=None,
+        params={},
+    )
+    call, created = fired(d)
+    assert created and call["created_at"] == iso_time(T0)
+    assert threading.active_count() == threads
+    fired(store.close())
+    assert threading.active_count() == threads
+
+
+def test_the_memory_store_readers(clock: task.Clock):
+    store = MemoryStore(clock)
+    for call_id in ("b", "a"):
+        fired(defer.ensureDeferred(make_call(store, call_id)))
+    fired(store.add_status("a", "OPERATOR_CALLTO", "ringing 1000"))
+    fired(store.add_status("a", "OPERATOR_BUSY", "busy", talk_seconds=None))
+    fired(store.add_status("b", "FINISH", "normal clearing", talk_seconds=12.5))
+    fired(store.add_recording(call_id="b", path="/rec/b.wav"))
+    fired(store.add_recording(call_id="a", path="/rec/a.wav"))
+    assert store.words("a") == ["CALL", "OPERATOR_CALLTO", "OPERATOR_BUSY"]
+    assert store.details("a", "OPERATOR_BUSY") == ["busy"]
+    assert store.history("b") == fired(store.statuses("b"))
+    assert [c["call_id"] for c in store.all_calls()] == ["b", "a"]
+    assert store.call("b")["talk_seconds"] == 12.5 and store.call("nope") is None
+    assert [r["path"] for r in store.all_recordings()] == ["/rec/b.wav", "/rec/a.wav"]
+    other = MemoryStore(clock)  # each store is a database of its own
+    assert other.all_calls() == [] and other.all_recordings() == []
+    fired(other.close())
+    fired(store.close())
+
+
+def test_a_closed_memory_store_fails_calls(clock: task.Clock):
+    store = MemoryStore(clock)
+    fired(store.close())
+    with pytest.raises(StoreError):
+        fired(store.get_call("a"))
+    fired(store.close())  # closing twice is harmless
+
+
+def test_fired_gives_the_result_or_raises():
+    assert fired(defer.succeed(3)) == 3
+    with pytest.raises(UnknownCall):
+        fired(defer.fail(UnknownCall("c")))
+    with pytest.raises(AssertionError):
+        fired(defer.Deferred())
