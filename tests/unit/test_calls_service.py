@@ -27,19 +27,14 @@ from agi_app.calls.lifecycle import CALL_ID_VAR, Lifecycle
 from agi_app.calls.service import CallRequest, CallService
 from agi_app.config import DialingConfig
 from agi_app.errors import PBXUnavailable
-from agi_app.store import ExternalKeyConflict, SQLiteStore, iso_time
+from agi_app.store import ExternalKeyConflict, iso_time
+from agi_app.store.testing import MemoryStore
 
 T0 = 1795640677.0  # 2026-11-25T21:04:37Z
 HAPPY = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]
 PICKED_UP = HAPPY[:3]
 DIALLED = HAPPY[:4]
 CONNECTED = HAPPY[:5]
-
-
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def request(**over) -> CallRequest:
@@ -64,10 +59,7 @@ class Harness:
         self.tmp_path = tmp_path
         self.clock = MemoryReactorClock()
         self.clock.advance(T0)
-        self.store = SQLiteStore(
-            str(tmp_path / "calls.sqlite3"), reactor=_reactor(), clock=self.clock
-        )
-        self.store.open()
+        self.store = MemoryStore(self.clock)
         self.dialing = DialingConfig(
             recordings_dir=str(tmp_path / "monitor"), pbx_recordings_dir="/pbx/monitor"
         )

@@ -20,75 +20,11 @@ from agi_app.config import DialingConfig
 from agi_app.errors import PBXUnavailable
 from agi_app.ivr.menus import MenuError, load_menus
 from agi_app.ivr.service import IVRService, UnknownMenu
-from agi_app.store.base import FINAL_STATUSES, STATUSES, ExternalKeyConflict
+from agi_app.store.base import ExternalKeyConflict
+from agi_app.store.testing import MemoryStore
 from agi_app.validation import InvalidInput
 
 USER, SECRET = "agi_app", "s3cret"
-
-
-class FakeStore:
-    """The parts of the Store the services use, in memory, with its rules:
-    known status words only, nothing after the final status."""
-
-    def __init__(self):
-        self.calls: dict[str, dict] = {}
-        self.entries: list[dict] = []
-        self.recordings: list[dict] = []
-
-    async def create_call(self, *, call_id, kind, sip, phone, order_id, external_key, params,
-                          pbx="default"):  # fmt: skip
-        for call in self.calls.values():
-            if external_key and call["external_key"] == external_key:
-                if call["kind"] == kind and call["params"] == params:
-                    return call, False
-                raise ExternalKeyConflict(call["call_id"])
-        call = dict(call_id=call_id, kind=kind, sip=sip, phone=phone, order_id=order_id,
-                    external_key=external_key, params=params, pbx=pbx, final_status=None,
-                    talk_seconds=None)  # fmt: skip
-        self.calls[call_id] = call
-        await self.add_status(call_id, "CALL")
-        return call, True
-
-    async def add_status(self, call_id, status, detail=None, *, time=None, talk_seconds=None):
-        if status not in STATUSES and status != IVR_CHOICE:
-            raise ValueError(status)
-        call = self.calls[call_id]
-        if call["final_status"]:
-            return None
-        entry = {"id": len(self.entries) + 1, "call_id": call_id, "status": status,
-                 "detail": detail}  # fmt: skip
-        self.entries.append(entry)
-        if status in FINAL_STATUSES:
-            call["final_status"], call["talk_seconds"] = status, talk_seconds
-        return entry
-
-    async def get_call(self, call_id):
-        return self.calls.get(call_id)
-
-    async def add_recording(self, *, call_id, path, created_at=None, duration=None, size=None):
-        record = {"record_id": len(self.recordings) + 1, "call_id": call_id, "path": path,
-                  "created_at": created_at, "duration": duration, "size": size}  # fmt: skip
-        self.recordings.append(record)
-        return record
-
-    async def update_recording(self, record_id, *, duration=None, size=None):
-        record = self.recordings[record_id - 1]
-        record.update({k: v for k, v in (("duration", duration), ("size", size)) if v is not None})
-        return record
-
-    async def statuses(self, call_id):
-        return [e for e in self.entries if e["call_id"] == call_id]
-
-    async def open_calls(self, pbx=None):
-        return [c for c in self.calls.values()
-                if not c["final_status"] and (pbx is None or c["pbx"] == pbx)]
-
-    def words(self, call_id):
-        return [e["status"] for e in self.entries if e["call_id"] == call_id]
-
-    def details(self, call_id, status):
-        return [e["detail"] for e in self.entries if e["call_id"] == call_id
-                and e["status"] == status]
 
 
 class CallsTestCase(SynchronousTestCase):
@@ -97,7 +33,8 @@ class CallsTestCase(SynchronousTestCase):
         self.reactor.advance(1_795_644_000)
         self.server = FakeAMIServer(users={USER: SECRET}, clock=self.reactor)
         self.ami = AMIService("127.0.0.1", 5038, USER, SECRET, reactor=self.reactor)
-        self.store = FakeStore()
+        self.store = MemoryStore(self.reactor)
+        self.addCleanup(self.store.close)
         ids = iter(f"c{i}" for i in range(1, 100))
         self.lifecycle = Lifecycle(store=self.store, ami=self.ami, dialing=DialingConfig(),
                                    clock=self.reactor, new_id=lambda: next(ids))
@@ -145,7 +82,7 @@ class AnnouncementTests(CallsTestCase):
         self.assertEqual(self.store.words(call_id),
                          ["CALL", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"])
         self.assertEqual(self.store.details(call_id, "FINISH"), ["announcement played (3.3 s)"])
-        self.assertAlmostEqual(self.store.calls[call_id]["talk_seconds"], 3.3)
+        self.assertAlmostEqual(self.store.call(call_id)["talk_seconds"], 3.3)
 
     def test_busy_noanswer_and_refused(self):
         self.server.originate_outcomes["PJSIP/380500000486@pstn"] = OriginateOutcome.busy()
@@ -245,7 +182,7 @@ class IVRCallTests(CallsTestCase):
                       "b")  # fmt: skip
         self.assertLess(agi.commands.index(mixmonitor), agi.commands.index(
             ("exec", "Dial", "PJSIP/1000", 30, "g")))
-        [record] = self.store.recordings
+        [record] = self.store.all_recordings()
         self.assertEqual((record["call_id"], record["path"]),
                          (call_id, f"/var/spool/asterisk/monitor/ivr-7_{call_id}.wav"))
         # the operator sees the client's number
@@ -261,7 +198,7 @@ class IVRCallTests(CallsTestCase):
             "menu=main digit=0 -> extension 1000",
         ])  # fmt: skip
         # talk time from the client's pickup (Dial's ANSWEREDTIME is not asked)
-        self.assertEqual(self.store.calls[call_id]["talk_seconds"], 12.0)
+        self.assertEqual(self.store.call(call_id)["talk_seconds"], 12.0)
 
     def test_busy_operator_is_the_final_status(self):
         call_id = self.place(self.calls.call_with_ivr, "380501234567", "main")
@@ -271,7 +208,7 @@ class IVRCallTests(CallsTestCase):
         self.assertEqual(self.store.words(call_id)[-3:],
                          [IVR_CHOICE, "OPERATOR_CALLTO", "OPERATOR_BUSY"])
         self.assertEqual(agi.plays()[-1], "ivr-goodbye")
-        self.assertEqual(self.store.recordings, [])  # nobody answered: nothing stored
+        self.assertEqual(self.store.all_recordings(), [])  # nobody answered: nothing stored
 
     def test_operator_pickup_is_logged_when_the_phone_answers(self):
         call_id = self.place(self.calls.call_with_ivr, "380501234567", "main")
@@ -280,15 +217,15 @@ class IVRCallTests(CallsTestCase):
         agi.exec_ = lambda app, *a, **k: dialing if app == "Dial" else defer.succeed(None)
         d = self.d(self.calls.ivr_call(agi))
         self.assertEqual(self.store.words(call_id)[-1], "OPERATOR_CALLTO")
-        self.assertEqual(self.store.recordings, [])
+        self.assertEqual(self.store.all_recordings(), [])
         self.server.emit("DialEnd", [("Uniqueid", "u1"), ("DialStatus", "ANSWER"),
                                      ("ChanVariable", f"AGI_APP_CALL_ID={call_id}")])
         self.assertEqual(self.store.words(call_id)[-1], "OPERATOR_PICKUP")
-        [record] = self.store.recordings  # stored the moment the phone answered
+        [record] = self.store.all_recordings()  # stored the moment the phone answered
         dialing.callback(None)
         self.successResultOf(d)
         self.assertEqual(self.store.words(call_id)[-2:], ["OPERATOR_PICKUP", "FINISH"])
-        self.assertEqual(len(self.store.recordings), 1)
+        self.assertEqual(len(self.store.all_recordings()), 1)
         self.assertEqual(record["path"], f"/var/spool/asterisk/monitor/call_{call_id}.wav")
 
     def test_caller_hangs_up_in_the_menu(self):
@@ -315,8 +252,8 @@ class IVRCallTests(CallsTestCase):
         self.failureResultOf(d2, AGIHangup)
         self.assertEqual(self.store.words(ivr)[-1], IVR_CHOICE)
         self.assertEqual(self.store.words(message), ["CALL", "CLIENT_CALLTO", "CLIENT_PICKUP"])
-        self.assertIsNone(self.store.calls[ivr]["final_status"])
-        self.assertIsNone(self.store.calls[message]["final_status"])
+        self.assertIsNone(self.store.call(ivr)["final_status"])
+        self.assertIsNone(self.store.call(message)["final_status"])
 
     def test_ivr_names_are_checked(self):
         self.assertEqual(self.calls.check_ivr("sales"), "sales")
@@ -333,7 +270,7 @@ class IncomingTests(CallsTestCase):
     def test_an_incoming_call_gets_a_history_of_its_choices(self):
         agi = FakeAGI(["7", "2"], args=["main"], env=self.ENV)
         self.successResultOf(self.d(self.ivr.incoming(agi)))
-        [call] = self.store.calls.values()
+        [call] = self.store.all_calls()
         self.assertEqual((call["kind"], call["phone"]), ("incoming", "380507654321"))
         self.assertEqual(call["params"]["did"], "0443334023")
         self.assertIn(("set", "__AGI_APP_CALL_ID", call["call_id"]), agi.commands)
@@ -350,12 +287,12 @@ class IncomingTests(CallsTestCase):
     def test_unknown_menu_fails_the_script(self):
         self.failureResultOf(self.d(self.ivr.incoming(FakeAGI(args=["nope"], env=self.ENV))),
                              UnknownMenu)
-        self.assertEqual(self.store.calls, {})
+        self.assertEqual(self.store.all_calls(), [])
 
     def test_a_caller_id_that_is_no_phone_number_is_not_stored(self):
         agi = FakeAGI(["#"], args=["main"], env={"agi_callerid": "<script>"})
         self.successResultOf(self.d(self.ivr.incoming(agi)))
-        [call] = self.store.calls.values()
+        [call] = self.store.all_calls()
         self.assertIsNone(call["phone"])
         self.assertEqual(self.store.words(call["call_id"])[-1], "FINISH")
 
