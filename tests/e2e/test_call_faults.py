@@ -553,3 +553,56 @@ async def test_agi_app_killed_while_operators_ring(sandbox, process):
     for call_id, entries in zip((answered, unanswered), results, strict=True):
         assert_one_final(entries)
         assert_kept(before[call_id], entries)
+
+
+@pytest_twisted.ensureDeferred
+async def test_agi_app_killed_with_every_kind_of_call_in_progress(sandbox, process):
+    """SIGKILL while an announcement call, an IVR call, a click-to-call and a
+    callback to a group are each connected; every one of them ends on the
+    PBX while no agi_app runs (the dialplan plays the message or the error
+    prompt on, the clients hang up).  The new process gives each the final
+    status its own kind's rules give -- FINISH, since each client was
+    connected -- and none is closed as "not resumable"."""
+    # the process reads ivr.conf from its working folder (the default path)
+    (process.folder / "ivr.conf").write_text("[menu]\nprompt = ivr-main\ntimeout = 6\n1 = hangup\n")
+    process.start()
+    await process.ready()
+    sandbox.phones.start("1001", answer(after=0.2))
+    sandbox.phones.start("1002", answer(after=0.3))
+    sandbox.phones.start("1003", no_answer())
+    for number in ("380639930020", "380639930021"):  # they listen until hung up
+        sandbox.pstn.set(number, answer_after=0.2)
+    for number in ("380639930022", "380639930023"):
+        sandbox.pstn.set(number, answer_after=0.2, hangup_after=3)
+    api = process.api
+    code, body = await api.post("/api/calls/callWithAnnouncement", {
+        "phone_number": "380639930020", "voiceFileID": "announcement", "order_id": "f-kinds"})
+    assert code == 200, body
+    announcement = body["generalCallID"]
+    code, body = await api.post("/api/calls/callWithInteractiveVoiceResponse", {
+        "phone_number": "380639930021", "ivrName": "menu", "order_id": "f-kinds"})
+    assert code == 200, body
+    ivr = body["generalCallID"]
+    click = await process.place(sip="1001", phone="380639930022", order_id="f-kinds",
+                                external_key="k-kinds", playback_waiting="0")  # fmt: skip
+    code, body = await api.post("/extension/1002/callback/",
+                                {"dst_num": "380639930023", "src_num": ["1002", "1003"]})
+    assert code == 201, body
+    group = body["call_id"]
+    calls = {"announcement": announcement, "ivr": ivr, "click-to-call": click, "group": group}
+    before = {c: await process.wait(c, "CLIENT_PICKUP") for c in calls.values()}
+    await process.wait(ivr, "CLIENT_PICKUP")
+    process.kill()
+    # Every call ends on the PBX while no agi_app runs.
+    await sandbox.wait_for_channels(0, timeout=25, reactor=reactor())
+    process.start()
+    await process.ready()
+    for kind, call_id in calls.items():
+        entries = await process.wait(call_id, None, timeout=10)
+        have = words(entries)
+        finals = [s for s in have if s in st.FINAL]
+        assert finals == ["FINISH"] and have[-1] == "FINISH", (kind, entries, process.logs())
+        assert not any("not resumable" in (e["detail"] or "") for e in entries), (kind, entries)
+        assert_kept(before[call_id], entries)
+        if kind in ("click-to-call", "group"):
+            assert_one_final(entries)
