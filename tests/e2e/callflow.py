@@ -17,10 +17,12 @@ from twisted.web.client import HTTPConnectionPool
 from agi_app.app import Application
 from agi_app.config import load
 
-#: the test session's HTTP port (the sandbox's test profile uses 2xxxx ports;
-#: AGI_APP_SANDBOX_PORT_OFFSET moves both)
+#: the test session's HTTP and WebSocket ports (the sandbox's test profile
+#: uses 2xxxx ports; AGI_APP_SANDBOX_PORT_OFFSET moves them all, 10 apart
+#: per offset step, so sessions side by side never share one)
 _OFFSET = int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "0") or 0)
 HTTP_PORT = 28080 if not _OFFSET else 27080 + _OFFSET // 20
+WS_PORT = HTTP_PORT + 2
 
 
 def reactor():
@@ -36,6 +38,7 @@ def app_config(sandbox, tmp_path, **overrides: str):
         {
             "AGI_APP_HTTP_LISTEN": f"tcp:{HTTP_PORT}:interface=127.0.0.1",
             "AGI_APP_HTTP_PUBLIC_URL": f"http://127.0.0.1:{HTTP_PORT}",
+            "AGI_APP_WEBSOCKET_LISTEN": f"tcp:{WS_PORT}:interface=127.0.0.1",
             "AGI_APP_STORE_PATH": str(tmp_path / "agi_app.sqlite3"),
             "AGI_APP_AMI_PING_INTERVAL": "2",
             "AGI_APP_AMI_ACTION_TIMEOUT": "3",
