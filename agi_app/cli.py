@@ -65,5 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("target", help="ASTERISK_SOUNDS_DIR, e.g. /usr/share/asterisk/sounds")
     p.set_defaults(func=_install_sounds)
 
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "sandbox":
+        # REMAINDER does not take a leading option: ``sandbox --help`` is
+        # the sandbox parser's to answer, not this one's
+        args.sandbox_args = unknown + args.sandbox_args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args.func(args)

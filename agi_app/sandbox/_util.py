@@ -160,3 +160,23 @@ def poll(
             await task.deferLater(reactor, interval, lambda: None)
 
     return defer.ensureDeferred(loop())
+
+
+def poll_blocking(
+    check: Callable[[], Any],
+    timeout: float,
+    describe: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> Any:
+    """:func:`poll` for code without a reactor: the first true result of
+    ``check``, called every ``interval`` seconds; :class:`TimeoutError`
+    after ``timeout`` seconds, the message from ``describe``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            what = describe() if describe else "condition not met"
+            raise TimeoutError(f"{what} (waited {timeout} s)")
+        time.sleep(interval)

@@ -35,22 +35,27 @@ def _pbx(args: argparse.Namespace) -> PBX:
     return PBX(prov.root_dir(), PROFILES[args.profile])
 
 
-def _provision(args: argparse.Namespace) -> int:
+def _provisioned() -> Path | None:
+    """The tree, built when needed; ``None`` (the reason told) when this
+    machine lacks what building it takes."""
     reason = prov.missing_prerequisites()
     if reason:
         _err(reason)
+        return None
+    return prov.provision()
+
+
+def _provision(args: argparse.Namespace) -> int:
+    root = _provisioned()
+    if root is None:
         return 2
-    root = prov.provision()
     print(f"sandbox: tree ready at {root}")
     return 0
 
 
 def _start(args: argparse.Namespace) -> int:
-    reason = prov.missing_prerequisites()
-    if reason:
-        _err(reason)
+    if _provisioned() is None:
         return 2
-    prov.provision()
     pbx = _pbx(args)
     if pbx.is_running():
         print(f"sandbox: the {pbx.name} instance is running: restarting it")

@@ -1,13 +1,14 @@
 """One sandbox Asterisk instance inside the shared chroot.
 
 Several instances may share one tree: each has a name and a
-:class:`Profile` of ports, and keeps its configuration, logs, run files,
-spool and recordings under ``/srv/agi_app/<name>/`` inside the chroot.
-The configuration is rendered from ``templates/`` the way an admin would
-set up a PBX for agi_app (CONTRACT 1.2): the project's
+:class:`~agi_app.sandbox.pbx_config.Profile` of ports, and keeps its
+configuration, logs, run files, spool and recordings under
+``/srv/agi_app/<name>/`` inside the chroot.  What the configuration says is
+rendered by :mod:`agi_app.sandbox.pbx_config` (the project's
 ``dialplan/extensions.conf`` is ``#include``d, ``AGI_APP_URL`` is set in
 ``[globals]`` after it, an AMI user is added with
-``channelvars = AGI_APP_CALL_ID`` and the prompts are copied in.
+``channelvars = AGI_APP_CALL_ID``); this module lays the instance out on
+disk (configuration, dialplan, prompts), runs Asterisk and talks to it.
 """
 
 from __future__ import annotations
@@ -21,41 +22,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from agi_app.sandbox import _util
+from agi_app.sandbox import _util, pbx_config
+from agi_app.sandbox.pbx_config import OPERATORS, PROFILES, TRUNK, Profile
 from agi_app.sandbox.provision import ensure_language_links
 from agi_app.shipped import shipped_dir
 
 __all__ = ["OPERATORS", "PBX", "PBXError", "PROFILES", "Profile", "TRUNK", "project_dir"]
 
-#: the operator extensions every sandbox has (PJSIP endpoints that REGISTER)
-OPERATORS = tuple(str(n) for n in range(1000, 1010))
-#: the PJSIP endpoint of the simulated public network
-TRUNK = "pstn"
-#: module name prefixes never loaded: they bind fixed ports, reach outside
-#: services or only slow the boot down
-_NOLOAD_PREFIXES = (
-    "app_adsiprog", "app_alarmreceiver", "app_audiosocket", "app_directory", "app_festival",
-    "app_followme", "app_getcpeid", "app_jack", "app_minivm", "app_mp3", "app_sms",
-    "app_stasis", "app_voicemail", "cdr_", "cel_", "chan_audiosocket", "chan_console",
-    "chan_dahdi", "chan_iax2", "chan_mobile", "chan_motif", "chan_ooh323", "chan_rtp",
-    "chan_unistim", "chan_websocket", "func_curl", "func_odbc", "func_realtime", "pbx_ael",
-    "pbx_dundi", "pbx_lua", "pbx_realtime", "res_adsi", "res_aeap", "res_ari",
-    "res_audiosocket", "res_calendar", "res_clialiases", "res_config_", "res_corosync",
-    "res_curl", "res_fax", "res_geolocation", "res_hep", "res_http_media_cache",
-    "res_http_post", "res_http_websocket", "res_odbc", "res_pgsql", "res_phoneprov",
-    "res_pjsip_geolocation", "res_pjsip_phoneprov", "res_pjsip_send_to_voicemail",
-    "res_pjsip_stir_shaken", "res_pjsip_transport_websocket", "res_prometheus", "res_realtime",
-    "res_resolver_unbound", "res_rtp_multicast", "res_security_log", "res_smdi", "res_snmp",
-    "res_sorcery_realtime", "res_speech_aeap", "res_stasis", "res_statsd", "res_stir_shaken",
-    "res_stun_monitor", "res_websocket_client", "res_xmpp",
-)  # fmt: skip
-#: Debian's own files, used as they are (tones, answering machine detection...)
-_STOCK_CONFIGS = ("indications.conf", "amd.conf", "pjsip_notify.conf")
 _CHANNEL_FIELDS = (
     "channel", "context", "exten", "priority", "state", "application", "data",
     "caller_id", "accountcode", "peeraccount", "amaflags", "duration", "bridge_id",
@@ -65,51 +41,6 @@ _CHANNEL_FIELDS = (
 
 class PBXError(RuntimeError):
     """The sandbox Asterisk could not be configured, started or reached."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The ports of one sandbox instance.
-
-    Operator ``1000+i`` listens for SIP on ``phone_port + i``; its SIPp
-    process gets media ports from ``media_port + 10*i``; the PSTN SIPp uses
-    ``pstn_port`` and the media block after the operators'.
-    """
-
-    name: str
-    ami_port: int
-    sip_port: int
-    agi_port: int
-    phone_port: int
-    pstn_port: int
-    rtp_start: int
-    rtp_end: int
-    media_port: int
-
-    def operator_port(self, number: str) -> int:
-        """SIP port of an operator phone's SIPp (UAS) process."""
-        return self.phone_port + OPERATORS.index(number)
-
-    def register_port(self, number: str) -> int:
-        """SIP port the operator's REGISTER is sent from."""
-        return self.phone_port + 100 + OPERATORS.index(number)
-
-    def operator_media_port(self, number: str) -> int:
-        """First of the media ports reserved for an operator phone."""
-        return self.media_port + 10 * OPERATORS.index(number)
-
-    @property
-    def pstn_media_port(self) -> int:
-        """First of the media ports reserved for the PSTN SIPp."""
-        return self.media_port + 10 * len(OPERATORS)
-
-
-#: ``run`` is what ``make run`` uses (the application's default ports);
-#: ``test`` is a distinct range so a test session never collides with it.
-PROFILES = {
-    "run": Profile("run", 5038, 5060, 4573, 5071, 5090, 10000, 10999, 16000),
-    "test": Profile("test", 25038, 25060, 24573, 25071, 25090, 30000, 30999, 26000),
-}
 
 
 def test_profile(environ: dict[str, str] | None = None) -> Profile:
@@ -218,32 +149,19 @@ class PBX:
             raise PBXError(f"no Asterisk module folder in {self.root}")
         return "/" + str(found[0].relative_to(self.root))
 
-    def _noload(self, module_dir: str) -> str:
-        names = sorted(p.name for p in (self.root / module_dir.lstrip("/")).glob("*.so"))
-        return "\n".join(f"noload => {n}" for n in names if n.startswith(_NOLOAD_PREFIXES))
-
-    def _values(self) -> dict[str, Any]:
-        p = self.profile
+    def configs(self) -> dict[str, str]:
+        """This instance's Asterisk configuration files, ``{file name: text}``
+        (see :func:`agi_app.sandbox.pbx_config.asterisk_configs`)."""
         module_dir = self._module_dir()
-        operators = "\n".join(
-            f"[{n}](operator)\naors = {n}\ncallerid = Operator {n} <{n}>\n\n[{n}](operator-aor)\n"
-            for n in OPERATORS
+        return pbx_config.asterisk_configs(
+            self.profile,
+            name=self.name,
+            pbx_dir=self.pbx_dir,
+            module_dir=module_dir,
+            modules=[p.name for p in (self.root / module_dir.lstrip("/")).glob("*.so")],
+            ami_username=self.ami_username,
+            ami_secret=self.ami_secret,
         )
-        return {
-            "name": self.name,
-            "pbx_dir": self.pbx_dir,
-            "module_dir": module_dir,
-            "noload": self._noload(module_dir),
-            "ami_port": p.ami_port,
-            "ami_username": self.ami_username,
-            "ami_secret": self.ami_secret,
-            "sip_port": p.sip_port,
-            "agi_port": p.agi_port,
-            "pstn_port": p.pstn_port,
-            "rtp_start": p.rtp_start,
-            "rtp_end": p.rtp_end,
-            "operators": operators,
-        }
 
     def render(self) -> None:
         """Write the instance's whole configuration and folders, copy the
@@ -264,13 +182,9 @@ class PBX:
                 shutil.rmtree(old)
             else:
                 old.unlink()
-        values = self._values()
-        templates = resources.files("agi_app.sandbox") / "templates"
-        for item in templates.iterdir():
-            if item.name.endswith(".conf"):
-                text = _util.render(item.read_text(encoding="utf-8"), values)
-                (self.etc_dir / item.name).write_text(text, encoding="utf-8")
-        for name in _STOCK_CONFIGS:
+        for name, text in self.configs().items():
+            (self.etc_dir / name).write_text(text, encoding="utf-8")
+        for name in pbx_config.STOCK_CONFIGS:
             stock = self.root / "etc/asterisk" / name
             if stock.is_file():
                 shutil.copyfile(stock, self.etc_dir / name)
@@ -559,16 +473,18 @@ class PBX:
 
     def wait_for_channels_blocking(self, count: int, timeout: float = 5.0) -> list[dict]:
         """:meth:`wait_for_channels` for code without a reactor."""
-        deadline = time.monotonic() + timeout
-        while True:
-            chans = self.channels()
-            if len(chans) == count:
-                return chans
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"expected {count} channels, found {[c['channel'] for c in chans]}"
-                )
-            time.sleep(0.05)
+        last: list[list[dict[str, str]]] = [[]]
+
+        def check() -> bool:
+            last[0] = self.channels()
+            return len(last[0]) == count
+
+        _util.poll_blocking(
+            check,
+            timeout,
+            lambda: f"expected {count} channels, found {[c['channel'] for c in last[0]]}",
+        )
+        return last[0]
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of this instance's Asterisk log (messages.log, else stdout)."""
@@ -579,23 +495,14 @@ class PBX:
 
     def agi_app_config(self) -> dict[str, str]:
         """``AGI_APP_<SECTION>_<KEY>`` overrides for an agi_app talking to this instance."""
-        return {
-            "AGI_APP_AMI_HOST": "127.0.0.1",
-            "AGI_APP_AMI_PORT": str(self.ami_port),
-            "AGI_APP_AMI_USERNAME": self.ami_username,
-            "AGI_APP_AMI_SECRET": self.ami_secret,
-            "AGI_APP_AGI_LISTEN": f"tcp:{self.agi_port}:interface=127.0.0.1",
-            "AGI_APP_DIALING_OPERATOR_CHANNEL": "PJSIP/{sip}",
-            "AGI_APP_DIALING_CLIENT_CHANNEL": "PJSIP/{phone}@{trunk}",
-            "AGI_APP_DIALING_DEFAULT_TRUNK": TRUNK,
-            "AGI_APP_DIALING_RECORDINGS_DIR": str(self.recordings_dir),
-            "AGI_APP_DIALING_PBX_RECORDINGS_DIR": self.pbx_recordings_dir,
-        }
+        return pbx_config.agi_app_settings(
+            self.profile,
+            ami_username=self.ami_username,
+            ami_secret=self.ami_secret,
+            recordings_dir=str(self.recordings_dir),
+            pbx_recordings_dir=self.pbx_recordings_dir,
+        )
 
     def agi_app_ini(self) -> str:
         """The same overrides as an INI text (for ``agi-app serve --config``)."""
-        sections: dict[str, list[str]] = {}
-        for key, value in self.agi_app_config().items():
-            section, _, name = key[len("AGI_APP_") :].partition("_")
-            sections.setdefault(section.lower(), []).append(f"{name.lower()} = {value}")
-        return "".join(f"[{s}]\n" + "\n".join(lines) + "\n\n" for s, lines in sections.items())
+        return pbx_config.settings_ini(self.agi_app_config())

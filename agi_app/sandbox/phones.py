@@ -5,40 +5,52 @@ REGISTERed with the PBX by a one-shot SIPp UAC (``Expires: 0`` takes it
 back: the operator is then really offline).  The PSTN is one SIPp UAS
 behind the ``pstn`` trunk whose behaviour is chosen per dialled number.
 
-A behaviour (:class:`Behaviour`) is rendered into a SIPp scenario from the
-fragments in ``scenarios/``; every step of a call becomes a ``<log>`` line
-that :meth:`Phone.calls` parses back.  The audio a phone answers with goes
-to a small UDP sink (:class:`MediaSink`) that counts what arrived per call,
-so a test can tell whether media really flowed.
+This module runs the processes: their ports, folders and log files.  What
+a phone does (:class:`~agi_app.sandbox.scenarios.Behaviour`) and the SIPp
+scenario and command line it becomes are rendered by
+:mod:`agi_app.sandbox.scenarios`; the behaviours are re-exported here.
+Every step of a call becomes a ``<log>`` line that :meth:`Phone.calls`
+parses back.  The audio a phone answers with goes to a small UDP sink
+(:class:`MediaSink`) that counts what arrived per call, so a test can tell
+whether media really flowed.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
-import os
 import re
 import select
 import socket
-import struct
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agi_app.sandbox import _util
-from agi_app.sandbox.pbx import OPERATORS, PBX
+from agi_app.sandbox import _util, scenarios
+from agi_app.sandbox.pbx import PBX
+from agi_app.sandbox.pbx_config import OPERATORS
+from agi_app.sandbox.scenarios import (
+    SIPP,
+    Behaviour,
+    answer,
+    busy,
+    decline,
+    dtmf,
+    make_behaviour,
+    no_answer,
+    reject,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
 __all__ = [
+    "SIPP",
     "Behaviour",
     "MediaSink",
     "Phone",
@@ -56,270 +68,9 @@ __all__ = [
     "reject",
 ]
 
-SIPP = "/usr/bin/sipp"
-PCAPS = Path("/usr/share/sip-tester")
-_REASONS = {
-    480: "Temporarily Unavailable",
-    486: "Busy Here",
-    503: "Service Unavailable",
-    600: "Busy Everywhere",
-    603: "Decline",
-}
-_PHONE_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
-_DIGIT_FILES = {"*": "star", "#": "pound", **{d: d for d in "0123456789"}}
-#: where the re-numbered DTMF captures are kept (see :func:`dtmf_pcap`)
-DTMF_CACHE = Path(tempfile.gettempdir()) / "agi_app-dtmf"
-#: RTP sequence numbers and timestamps a key press takes up in a call
-_SEQ_PER_KEY, _TS_PER_KEY = 64, 16000
-
-
-def _renumbered(capture: bytes, step: int) -> bytes:
-    """SIPp's capture of one RFC 2833 key press with its RTP sequence numbers
-    and timestamps moved to the ``step``-th key of a call: Asterisk takes a
-    key only if its RTP comes after the previous key's, and the shipped
-    captures are numbered in the order 1, 2 ... 9 of one recording."""
-    if len(capture) < 24 or struct.unpack("<I", capture[:4])[0] != 0xA1B2C3D4:
-        raise PhoneError("not a little-endian pcap file")
-    out, offset, first_seq = bytearray(capture[:24]), 24, None
-    while offset + 16 <= len(capture):
-        length = struct.unpack("<I", capture[offset + 8 : offset + 12])[0]
-        frame = bytearray(capture[offset + 16 : offset + 16 + length])
-        rtp = 14 + (frame[14] & 0x0F) * 4 + 8  # Ethernet, IPv4 header, UDP header
-        seq = struct.unpack(">H", frame[rtp + 2 : rtp + 4])[0]
-        first_seq = seq if first_seq is None else first_seq
-        frame[rtp + 2 : rtp + 8] = struct.pack(
-            ">HI", 1000 + _SEQ_PER_KEY * step + (seq - first_seq), _TS_PER_KEY * (step + 1)
-        )
-        out += capture[offset : offset + 16] + frame
-        offset += 16 + length
-    return bytes(out)
-
-
-def dtmf_pcap(digit: str, step: int) -> Path:
-    """The capture SIPp plays for ``digit`` as the ``step``-th key of a call
-    (any order of keys works), made once from SIPp's own capture."""
-    path = DTMF_CACHE / f"v1-{_DIGIT_FILES[digit]}-{step}.pcap"
-    if not path.exists():
-        DTMF_CACHE.mkdir(parents=True, exist_ok=True)
-        data = _renumbered((PCAPS / f"dtmf_2833_{_DIGIT_FILES[digit]}.pcap").read_bytes(), step)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return path
-
 
 class PhoneError(RuntimeError):
     """A SIPp phone could not be started, registered or stopped."""
-
-
-# ------------------------------------------------------------------ behaviours
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    """What a phone does with an INVITE.
-
-    ``kind`` is ``answer`` (ring ``answer_after`` s, answer, optionally send
-    ``dtmf`` digits starting ``dtmf_after`` s after the answer with
-    ``dtmf_gap`` s between them, then hang up after ``hangup_after`` s or,
-    when that is ``None``, talk until the other side hangs up),
-    ``reject`` (final response ``code`` at once: 486 busy, 603 decline...)
-    or ``no_answer`` (ring until the caller cancels).
-    """
-
-    kind: str = "answer"
-    answer_after: float = 0.0
-    hangup_after: float | None = None
-    code: int = 486
-    dtmf: str = ""
-    dtmf_after: float = 0.5
-    dtmf_gap: float = 0.3
-    #: send 7 s of recorded speech (A-law) after answering, so a recording
-    #: of the call has sound from this side too
-    audio: bool = True
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("answer", "reject", "no_answer"):
-            raise ValueError(f"unknown behaviour {self.kind!r}")
-        if self.kind == "reject" and not 400 <= self.code <= 699:
-            raise ValueError(f"a rejection needs a 4xx-6xx code, not {self.code}")
-        bad = [d for d in self.dtmf if d not in _DIGIT_FILES]
-        if bad:
-            raise ValueError(f"DTMF digits must be 0-9 * #, not {''.join(bad)!r}")
-        for name in ("answer_after", "dtmf_after", "dtmf_gap"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        if self.hangup_after is not None and self.hangup_after < 0:
-            raise ValueError("hangup_after must not be negative")
-
-    def describe(self) -> str:
-        """A short human description (used in scenario names and reports)."""
-        if self.kind == "reject":
-            return f"reject {self.code}"
-        if self.kind == "no_answer":
-            return "ring, never answer"
-        text = f"answer after {self.answer_after:g} s"
-        if self.dtmf:
-            text += f", send DTMF {self.dtmf}"
-        if self.hangup_after is None:
-            return text + ", talk until the other side hangs up"
-        return text + f", hang up after {self.hangup_after:g} s"
-
-
-def answer(after: float = 0.0, hangup_after: float | None = None) -> Behaviour:
-    """Ring ``after`` s, answer, hang up after ``hangup_after`` s (``None``:
-    wait for the other side's BYE)."""
-    return Behaviour("answer", answer_after=after, hangup_after=hangup_after)
-
-
-def busy() -> Behaviour:
-    """Answer 486 Busy Here (Originate reason 5, DIALSTATUS BUSY)."""
-    return Behaviour("reject", code=486)
-
-
-def decline() -> Behaviour:
-    """Answer 603 Decline."""
-    return Behaviour("reject", code=603)
-
-
-def reject(code: int) -> Behaviour:
-    """Answer with any final error ``code`` (480, 503, 600...)."""
-    return Behaviour("reject", code=code)
-
-
-def no_answer() -> Behaviour:
-    """Ring (180) until the caller gives up (CANCEL)."""
-    return Behaviour("no_answer")
-
-
-def dtmf(
-    digits: str,
-    after: float = 0.5,
-    gap: float = 0.3,
-    answer_after: float = 0.0,
-    hangup_after: float | None = None,
-) -> Behaviour:
-    """Answer, then send ``digits`` (0-9, ``*``, ``#``, in any order) as
-    RFC 2833 events (``after`` s after the answer, ``gap`` s apart)."""
-    return Behaviour(
-        "answer",
-        answer_after=answer_after,
-        hangup_after=hangup_after,
-        dtmf=digits,
-        dtmf_after=after,
-        dtmf_gap=gap,
-        # one RTP stream at a time: speech and DTMF events would interleave
-        audio=False,
-    )
-
-
-_KINDS: dict[str, Callable[..., Behaviour]] = {
-    "answer": answer,
-    "busy": lambda: busy(),
-    "decline": lambda: decline(),
-    "no_answer": lambda: no_answer(),
-    "reject": reject,
-    "dtmf": dtmf,
-}
-
-
-def make_behaviour(behaviour: Behaviour | str = "answer", **kwargs: Any) -> Behaviour:
-    """A :class:`Behaviour` from an instance or a name (``answer``, ``busy``,
-    ``decline``, ``no_answer``, ``reject``, ``dtmf``) plus its arguments."""
-    if isinstance(behaviour, Behaviour):
-        return replace(behaviour, **kwargs) if kwargs else behaviour
-    if behaviour not in _KINDS:
-        raise ValueError(f"unknown behaviour {behaviour!r} (known: {', '.join(_KINDS)})")
-    if behaviour == "answer" and "answer_after" in kwargs:
-        kwargs["after"] = kwargs.pop("answer_after")
-    return _KINDS[behaviour](**kwargs)
-
-
-# ------------------------------------------------------------------ scenarios
-
-
-def _fragment(name: str, **values: object) -> str:
-    text = (resources.files("agi_app.sandbox") / "scenarios" / f"{name}.xml").read_text()
-    return _util.render(text, values)
-
-
-def _ms(seconds: float) -> int:
-    # SIPp reads a timeout of 0 as "no timeout"
-    return max(1, round(seconds * 1000))
-
-
-def _branch(i: int, b: Behaviour, audio_port: int) -> str:
-    parts = [f'  <label id="b{i}"/>']
-    if b.kind == "reject":
-        parts.append(
-            _fragment("reject", branch=i, code=b.code, reason=_REASONS.get(b.code, "Nope"))
-        )
-        return "\n".join(parts)
-    parts.append(_fragment("ringing", branch=i))
-    if b.kind == "no_answer":
-        parts.append(f'  <recv request="CANCEL" next="b{i}_cancel"/>')
-        parts.append(_fragment("cancelled", branch=i))
-        return "\n".join(parts)
-    if b.answer_after > 0:
-        parts.append(
-            f'  <recv request="CANCEL" timeout="{_ms(b.answer_after)}" '
-            f'ontimeout="b{i}_answer" next="b{i}_cancel"/>'
-        )
-        parts.append(_fragment("cancelled", branch=i))
-    speech = (
-        f'  <nop><action><exec play_pcap_audio="{PCAPS / "g711a.pcap"}"/></action></nop>\n'
-        if b.audio
-        else ""
-    )
-    parts.append(_fragment("answer", branch=i, audio_port=audio_port, audio=speech))
-    for step, digit in enumerate(b.dtmf):
-        wait = b.dtmf_after if step == 0 else b.dtmf_gap
-        pcap = dtmf_pcap(digit, step)
-        parts.append(
-            _fragment("dtmf_digit", branch=i, step=step, wait_ms=_ms(wait), pcap=pcap, digit=digit)
-        )
-    if b.hangup_after is None:
-        parts.append(_fragment("wait_bye", branch=i))
-    else:
-        parts.append(_fragment("hangup", branch=i, wait_ms=_ms(b.hangup_after)))
-    parts.append(_fragment("bye_received", branch=i))
-    return "\n".join(parts)
-
-
-def build_uas_scenario(
-    default: Behaviour,
-    audio_port: int,
-    rules: list[tuple[list[str], Behaviour]] | None = None,
-    title: str = "phone",
-) -> str:
-    """A SIPp UAS scenario: ``rules`` maps dialled numbers to behaviours
-    (checked in order on the INVITE's request URI), ``default`` is for
-    every other number."""
-    rules = rules or []
-    rule_actions, dispatch, branches = [], [], []
-    for i, (numbers, behaviour) in enumerate(rules):
-        for n in numbers:
-            if not _PHONE_NUMBER.match(n):
-                raise ValueError(f"not a phone number: {n!r}")
-        alternatives = "|".join(sorted({n.lstrip("+") for n in numbers}))
-        rule_actions.append(
-            f'      <ereg regexp="^INVITE sip:[+]?({alternatives})@" search_in="msg" '
-            f'check_it="false" assign_to="r{i}"/>'
-        )
-        dispatch.append(f'  <nop test="r{i}" next="b{i}"/>')
-        branches.append(_branch(i, behaviour, audio_port))
-    d = len(rules)
-    if rules:
-        dispatch.append(f'  <nop next="b{d}"/>')
-    branches.append(_branch(d, default, audio_port))
-    return _fragment(
-        "uas",
-        title=title,
-        rules="\n".join(rule_actions),
-        dispatch="\n".join(dispatch),
-        branches="\n".join(branches),
-        rule_vars="".join(f",r{i}" for i in range(len(rules))),
-    )
 
 
 # ------------------------------------------------------------------ the log
@@ -506,7 +257,7 @@ class Phone:
         return self._run is not None and self._run.proc.poll() is None
 
     def _scenario(self, behaviour: Behaviour) -> str:
-        return build_uas_scenario(
+        return scenarios.uas_scenario(
             behaviour, self.audio_port, title=f"{self.name}: {behaviour.describe()}"
         )
 
@@ -535,11 +286,7 @@ class Phone:
         xml.write_text(scenario)
         log = self.folder / f"uas-{n}.log"
         errors = self.folder / f"uas-{n}.errors"
-        argv = [
-            SIPP, "-sf", str(xml), "-i", "127.0.0.1", "-p", str(self.sip_port),
-            "-mp", str(self.media_port), "-bind_local", "-nostdin", "-aa",
-            "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(errors),
-        ]  # fmt: skip
+        argv = scenarios.uas_argv(xml, self.sip_port, self.media_port, log, errors)
         if _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
             raise PhoneError(f"{self.name}: SIP port 127.0.0.1:{self.sip_port}/udp is in use")
         log.touch()
@@ -579,16 +326,11 @@ class Phone:
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
         xml = self.folder / "register.xml"
-        xml.write_text(
-            _fragment("register", user=self.name, contact_port=self.sip_port, expires=expires)
-        )
+        xml.write_text(scenarios.register_scenario(self.name, self.sip_port, expires))
         errors = self.folder / "register.errors"
-        argv = [
-            SIPP, f"127.0.0.1:{self.pbx.sip_port}", "-sf", str(xml), "-i", "127.0.0.1",
-            "-p", str(self.register_port), "-mp", str(self.media_port + 6), "-bind_local",
-            "-m", "1", "-nostdin", "-timeout", "5s", "-timeout_error",
-            "-trace_err", "-error_file", str(errors),
-        ]  # fmt: skip
+        argv = scenarios.register_argv(
+            xml, self.pbx.sip_port, self.register_port, self.media_port + 6, errors
+        )
         r = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15, cwd=self.folder
         )
@@ -690,14 +432,11 @@ class Phone:
         return self._wait(lambda c: self._nth(c, count, "end", number), what, timeout, reactor)
 
     def _block(self, key: str | None, what: str, timeout: float, count: int) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self._nth(self.calls(), count, key)
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no {what} in {timeout} s: {self.calls()}")
-            time.sleep(0.05)
+        return _util.poll_blocking(
+            lambda: self._nth(self.calls(), count, key),
+            timeout,
+            lambda: f"{self.name}: no {what}; calls seen: {self.calls()}",
+        )
 
     def wait_for_call_blocking(self, timeout: float = 5.0, count: int = 1) -> dict:
         """:meth:`wait_for_call` for code without a reactor."""
@@ -733,15 +472,7 @@ class Pstn(Phone):
         return self
 
     def _scenario(self, behaviour: Behaviour) -> str:
-        groups: dict[Behaviour, list[str]] = {}
-        for number, b in self.rules.items():
-            groups.setdefault(b, []).append(number)
-        return build_uas_scenario(
-            self.default,
-            self.audio_port,
-            rules=[(numbers, b) for b, numbers in groups.items()],
-            title="pstn",
-        )
+        return scenarios.pstn_scenario(self.default, self.rules, self.audio_port)
 
     def _apply(self) -> None:
         if self.running:
@@ -751,9 +482,7 @@ class Pstn(Phone):
         """How calls to ``number`` go, e.g. ``set("380639920001",
         answer_after=0.5, hangup_after=2)``, ``set(n, "busy")``,
         ``set(n, "no_answer")``, ``set(n, "decline")``, ``set(n, dtmf("12#"))``."""
-        if not _PHONE_NUMBER.match(number):
-            raise ValueError(f"not a phone number: {number!r}")
-        self.rules[number.lstrip("+")] = make_behaviour(behaviour, **kwargs)
+        self.rules[scenarios.phone_number(number)] = make_behaviour(behaviour, **kwargs)
         self._apply()
         return self
 

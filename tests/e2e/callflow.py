@@ -1,26 +1,31 @@
 """Helpers for end-to-end tests of call flows: the whole agi_app running in
 the test's reactor against the sandbox PBX, an HTTP client for its API, and
-waits on the call log."""
+waits on the call log and the PBX."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
-import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import treq
-from twisted.internet import task
+from twisted.internet import defer
 from twisted.web.client import HTTPConnectionPool
 
+from agi_app.agi import ScriptRegistry, listen
 from agi_app.app import Application
-from agi_app.config import load
+from agi_app.config import AGIConfig, load
+from agi_app.sandbox import poll
 
-#: the test session's HTTP port (the sandbox's test profile uses 2xxxx ports;
-#: AGI_APP_SANDBOX_PORT_OFFSET moves both)
+#: the test session's HTTP and WebSocket ports (the sandbox's test profile
+#: uses 2xxxx ports; AGI_APP_SANDBOX_PORT_OFFSET moves them all, 10 apart
+#: per offset step, so sessions side by side never share one)
 _OFFSET = int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "0") or 0)
 HTTP_PORT = 28080 if not _OFFSET else 27080 + _OFFSET // 20
+WS_PORT = HTTP_PORT + 2
 
 
 def reactor():
@@ -36,6 +41,7 @@ def app_config(sandbox, tmp_path, **overrides: str):
         {
             "AGI_APP_HTTP_LISTEN": f"tcp:{HTTP_PORT}:interface=127.0.0.1",
             "AGI_APP_HTTP_PUBLIC_URL": f"http://127.0.0.1:{HTTP_PORT}",
+            "AGI_APP_WEBSOCKET_LISTEN": f"tcp:{WS_PORT}:interface=127.0.0.1",
             "AGI_APP_STORE_PATH": str(tmp_path / "agi_app.sqlite3"),
             "AGI_APP_AMI_PING_INTERVAL": "2",
             "AGI_APP_AMI_ACTION_TIMEOUT": "3",
@@ -54,6 +60,22 @@ async def start_app(config) -> Application:
     return app
 
 
+async def start_sandbox_app(sandbox, tmp_path, ivr_path=None, **overrides: str) -> Application:
+    """:func:`start_app` with :func:`app_config`'s settings plus
+    ``overrides`` (``AGI_APP_*``), and IVR menus from ``ivr_path``."""
+    if ivr_path is not None:
+        overrides["AGI_APP_IVR_PATH"] = str(ivr_path)
+    return await start_app(app_config(sandbox, tmp_path, **overrides))
+
+
+async def listen_fastagi(sandbox, scripts: ScriptRegistry):
+    """A FastAGI server for ``scripts`` on the port the sandbox's dialplan
+    calls (``AGI(${AGI_APP_URL}/...)``); its listening port, to stop."""
+    return await listen(
+        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), scripts
+    )
+
+
 class Api:
     """A small client of the running app's HTTP API."""
 
@@ -64,16 +86,31 @@ class Api:
         self.pool = HTTPConnectionPool(reactor(), persistent=False)
 
     async def get(self, path: str, **params: Any) -> tuple[int, Any]:
-        response = await treq.get(self.base + path, params=params or None, pool=self.pool)
-        return response.code, await _body(response)
+        return await self.request("GET", path, params=params)
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        response = await treq.post(
-            self.base + path,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            pool=self.pool,
-        )
+        return await self.request("POST", path, body)
+
+    async def put(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        return await self.request("PUT", path, body)
+
+    async def delete(self, path: str) -> tuple[int, Any]:
+        return await self.request("DELETE", path)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        """``method`` on ``path`` with the query ``params`` and ``body`` as
+        JSON; (status, the body parsed as JSON, else its bytes)."""
+        kwargs: dict[str, Any] = {"params": params or None}
+        if body is not None:
+            kwargs["data"] = json.dumps(body).encode()
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        response = await treq.request(method, self.base + path, pool=self.pool, **kwargs)
         return response.code, await _body(response)
 
 
@@ -92,42 +129,68 @@ async def _body(response) -> Any:
         return content
 
 
+async def wait_until(
+    fetch: Callable[[], Any],
+    done: Callable[[Any], Any] = bool,
+    timeout: float = 10.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> Any:
+    """Call ``fetch`` (plain, async or returning a Deferred) every
+    ``interval`` s, without blocking the reactor, until ``done`` is true
+    of what it returned; returns that.  :class:`TimeoutError` after
+    ``timeout`` s names ``what`` and the last value seen."""
+    seen: list[Any] = []
+
+    async def check() -> bool:
+        value = fetch()
+        if inspect.isawaitable(value):
+            value = await value
+        seen[:] = [value]
+        return bool(done(value))
+
+    await poll(
+        lambda: defer.ensureDeferred(check()),
+        timeout,
+        reactor(),
+        lambda: f"{what}: not met; last seen: {seen[0] if seen else None!r}",
+        interval,
+    )
+    return seen[0]
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"):
-    """Poll an async-free ``predicate`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not met within {timeout} s")
-        await task.deferLater(reactor(), 0.05, lambda: None)
+    """Wait until ``predicate()`` returns something truthy; returns it."""
+    return await wait_until(predicate, timeout=timeout, what=what)
 
 
 async def wait_final(app: Application, call_id: str, timeout: float = 30.0) -> list[dict]:
     """The call's history once it has its final status."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def history() -> tuple[bool, list[dict]]:
         call = await app.store.get_call(call_id)
-        if call is not None and call.get("final_status"):
-            return await app.store.statuses(call_id)
-        if time.monotonic() > deadline:
-            entries = await app.store.statuses(call_id)
-            raise TimeoutError(f"call {call_id} not final after {timeout} s: {entries}")
-        await task.deferLater(reactor(), 0.1, lambda: None)
+        return bool(call and call.get("final_status")), await app.store.statuses(call_id)
+
+    _final, entries = await wait_until(
+        history, lambda h: h[0], timeout, f"call {call_id} final", interval=0.1
+    )
+    return entries
 
 
 async def wait_status(app: Application, call_id: str, status: str, timeout: float = 15.0) -> dict:
     """The call's first entry with ``status``, once logged."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for entry in await app.store.statuses(call_id):
-            if entry["status"] == status:
-                return entry
-        if time.monotonic() > deadline:
-            entries = await app.store.statuses(call_id)
-            raise TimeoutError(f"call {call_id}: no {status} after {timeout} s: {entries}")
-        await task.deferLater(reactor(), 0.1, lambda: None)
+
+    def first(entries: list[dict]) -> dict | None:
+        return next((e for e in entries if e["status"] == status), None)
+
+    entries = await wait_until(
+        lambda: app.store.statuses(call_id),
+        first,
+        timeout,
+        f"call {call_id}: {status}",
+        interval=0.1,
+    )
+    return first(entries)
 
 
 def words(entries: list[dict]) -> list[str]:
@@ -137,7 +200,6 @@ def words(entries: list[dict]) -> list[str]:
 
 def seconds_between(a: dict, b: dict) -> float:
     """Seconds from entry ``a`` to entry ``b`` (their ``time`` fields)."""
-    from datetime import datetime
 
     def parse(text: str) -> float:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -148,11 +210,20 @@ def seconds_between(a: dict, b: dict) -> float:
 async def recording_settled(app: Application, record_id: int, timeout: float = 15.0) -> dict:
     """The recording once its size is stored (MixMonitor closes the file
     only after the channel is gone)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rec = await app.store.get_recording(record_id)
-        if rec and rec.get("size"):
-            return rec
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"recording {record_id} never settled: {rec}")
-        await task.deferLater(reactor(), 0.1, lambda: None)
+    return await wait_until(
+        lambda: app.store.get_recording(record_id),
+        lambda rec: rec and rec.get("size"),
+        timeout,
+        f"recording {record_id} settled",
+        interval=0.1,
+    )
+
+
+async def wait_pbx(
+    sandbox, predicate: Callable[[list[dict]], Any], timeout: float = 10.0, what: str = "PBX state"
+) -> list[dict[str, str]]:
+    """The PBX's own channel list (``core show channels concise``) once
+    ``predicate`` is true of it."""
+    return await wait_until(
+        lambda: sandbox.pbx.channels_deferred(reactor()), predicate, timeout, what, interval=0.1
+    )

@@ -6,6 +6,11 @@ sandbox may be up at the same time).  After every test that used it, its
 channels are hung up, the phones the test started are stopped and the PSTN
 answers every number again.  Without root or debootstrap the tests skip,
 except under ``CI=true``, where they fail with the reason.
+
+``app`` is the whole agi_app started against it (a module changes its
+settings by overriding ``app_settings``), ``api`` a client of its HTTP API
+and ``ami`` an AMI session of the test's own; the helpers behind them and
+the waits on the call log and the PBX are in ``callflow.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 
 from agi_app.sandbox import provision as prov
 from agi_app.sandbox.pbx import PBX, PBXError, test_profile
@@ -149,6 +155,49 @@ def api():
     from callflow import Api
 
     return Api()
+
+
+@pytest.fixture
+def app_settings() -> dict[str, str]:
+    """``AGI_APP_*`` settings the ``app`` fixture's agi_app gets on top of
+    :func:`callflow.app_config`'s; a test module overrides this fixture to
+    change them (a short ring time, API keys...)."""
+    return {}
+
+
+@pytest_twisted.async_yield_fixture
+async def app(sandbox, tmp_path, app_settings):
+    """The whole agi_app running in the test's reactor against the sandbox
+    (logged in to its AMI, FastAGI on its port, HTTP API on ``HTTP_PORT``)."""
+    from callflow import start_sandbox_app
+
+    application = await start_sandbox_app(sandbox, tmp_path, **app_settings)
+    yield application
+    await application.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def ami(sandbox):
+    """An AMI session of its own with the sandbox PBX, logged in (for tests
+    that drive the PBX without agi_app)."""
+    from callflow import reactor
+
+    from agi_app.ami import AMIService
+
+    service = AMIService(
+        sandbox.ami_host,
+        sandbox.ami_port,
+        sandbox.ami_username,
+        sandbox.ami_secret,
+        reactor=reactor(),
+        name="e2e",
+    )
+    service.startService()
+    try:
+        await service.when_connected().addTimeout(10, reactor())
+        yield service
+    finally:
+        await service.stopService()
 
 
 @pytest.fixture(autouse=True)

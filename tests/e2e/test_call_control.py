@@ -16,67 +16,26 @@ operator's phone and for agi_app that is a call from the trunk.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest_twisted
-from callflow import Api, app_config, reactor, wait_final, words
-from twisted.internet import task
+from callflow import Api, reactor, wait_final, wait_for, wait_pbx, words
 
-from agi_app.app import Application
+# test_announcement and test_ivr start their agi_app with this name
+from callflow import start_sandbox_app as start_control_app  # noqa: F401
+
 from agi_app.sandbox.phones import answer, no_answer
 
 CLIENT = "380501234567"
 
-
-async def start_control_app(sandbox, tmp_path, ivr_path=None, **overrides) -> Application:
-    if ivr_path is not None:
-        overrides["AGI_APP_IVR_PATH"] = str(ivr_path)
-    config = app_config(sandbox, tmp_path, **overrides)
-    app = Application(config, reactor())
-    await app.start()
-    await app.ami.when_connected().addTimeout(10, reactor())
-    return app
-
-
-@pytest_twisted.async_yield_fixture
-async def app(sandbox, tmp_path):
-    application = await start_control_app(sandbox, tmp_path)
-    yield application
-    await application.stop()
-
+# Every test runs against the ``app`` fixture (conftest.py): the whole
+# agi_app with the settings of callflow.app_config.
 
 # -- helpers -------------------------------------------------------------------
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"):
-    """Wait until ``predicate()`` is truthy; it is re-checked whenever an AMI
-    event has been processed (so no fixed sleep), at the latest every 0.1 s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not met within {timeout} s")
-        await task.deferLater(reactor(), 0.05, lambda: None)
-
-
 async def pbx_channels(sandbox) -> list[dict[str, str]]:
     return await sandbox.pbx.channels_deferred(reactor())
-
-
-async def wait_pbx(sandbox, predicate, timeout: float = 10.0, what: str = "PBX state"):
-    """Poll the PBX's own channel list (``core show channels concise``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        chans = await pbx_channels(sandbox)
-        if predicate(chans):
-            return chans
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not seen; channels: {chans}")
-        await task.deferLater(reactor(), 0.1, lambda: None)
 
 
 def chan(chans: list[dict], prefix: str) -> dict | None:
@@ -109,36 +68,28 @@ async def talking(app, ext: str) -> dict:
     ))[0]  # fmt: skip
 
 
+async def client_talking(app, sandbox, ext: str) -> str:
+    """A client calls ``ext`` from the trunk and the operator answers;
+    returns the call's call_api_id once the tracker sees them talking."""
+    call_api_id = await client_calls_in(app, sandbox, ext)
+    await talking(app, ext)
+    return call_api_id
+
+
 async def put(api: Api, ext: str, call_api_id: str, body: dict) -> tuple[int, Any]:
-    import json
-
-    import treq
-
-    response = await treq.request(
-        "PUT", f"{api.base}/extension/{ext}/current_calls/{call_api_id}",
-        data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
-        pool=api.pool,
-    )  # fmt: skip
-    content = await response.content()
-    return response.code, (json.loads(content) if content else None)
+    return await api.put(f"/extension/{ext}/current_calls/{call_api_id}", body)
 
 
 async def delete(api: Api, ext: str, call_api_id: str) -> int:
-    import treq
-
-    response = await treq.delete(
-        f"{api.base}/extension/{ext}/current_calls/{call_api_id}", pool=api.pool
-    )
-    await response.content()
-    return response.code
+    code, _ = await api.delete(f"/extension/{ext}/current_calls/{call_api_id}")
+    return code
 
 
 # -- the tests -------------------------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_current_calls_of_an_incoming_and_a_click_to_call(sandbox, app):
-    api = Api()
+async def test_current_calls_of_an_incoming_and_a_click_to_call(sandbox, app, api):
     sandbox.phones.start("1000", answer(after=0.2))
     sandbox.phones.start("1001", answer(after=0.2))
     events = []
@@ -185,12 +136,10 @@ async def test_current_calls_of_an_incoming_and_a_click_to_call(sandbox, app):
 
 
 @pytest_twisted.ensureDeferred
-async def test_blind_transfer_moves_the_client_and_releases_the_operator(sandbox, app):
-    api = Api()
+async def test_blind_transfer_moves_the_client_and_releases_the_operator(sandbox, app, api):
     operator = sandbox.phones.start("1000", answer(after=0.2))
     target = sandbox.phones.start("1001", answer(after=0.3))
-    call_api_id = await client_calls_in(app, sandbox, "1000")
-    await talking(app, "1000")
+    call_api_id = await client_talking(app, sandbox, "1000")
     code, body = await put(api, "1000", call_api_id, {"action": "transfer", "send_dst": "1001"})
     assert (code, body) == (200, {"status": "success"})
     chans = await wait_pbx(sandbox, lambda c: bridged(c, "PJSIP/pstn-", "PJSIP/1001-"),
@@ -206,12 +155,10 @@ async def test_blind_transfer_moves_the_client_and_releases_the_operator(sandbox
 
 
 @pytest_twisted.ensureDeferred
-async def test_attended_transfer_consults_then_hands_over(sandbox, app):
-    api = Api()
+async def test_attended_transfer_consults_then_hands_over(sandbox, app, api):
     operator = sandbox.phones.start("1000", answer(after=0.2))
     target = sandbox.phones.start("1002", answer(after=0.3))
-    call_api_id = await client_calls_in(app, sandbox, "1000")
-    await talking(app, "1000")
+    call_api_id = await client_talking(app, sandbox, "1000")
     code, body = await put(api, "1000", call_api_id,
                            {"action": "attended_transfer", "send_dst": "1002"})
     assert code == 200, body
@@ -232,8 +179,7 @@ async def test_attended_transfer_consults_then_hands_over(sandbox, app):
 
 
 @pytest_twisted.ensureDeferred
-async def test_attended_call_transfer_and_hangup_call_of_make_call(sandbox, app):
-    api = Api()
+async def test_attended_call_transfer_and_hangup_call_of_make_call(sandbox, app, api):
     sandbox.phones.start("1003", answer(after=0.2))
     target = sandbox.phones.start("1004", answer(after=0.2))
     sandbox.phones.start("1005", answer(after=0.2))
@@ -268,8 +214,7 @@ async def test_attended_call_transfer_and_hangup_call_of_make_call(sandbox, app)
 
 
 @pytest_twisted.ensureDeferred
-async def test_eavesdrop_whisper_and_conference(sandbox, app):
-    api = Api()
+async def test_eavesdrop_whisper_and_conference(sandbox, app, api):
     for ext in ("1000", "1002", "1004"):
         sandbox.phones.start(ext, answer(after=0.2))
     listeners = {"eavesdrop": "1001", "whisper": "1003", "conference": "1005"}
@@ -305,11 +250,9 @@ async def test_eavesdrop_whisper_and_conference(sandbox, app):
 
 
 @pytest_twisted.ensureDeferred
-async def test_hold_and_offhold_bring_the_client_back_to_the_same_operator(sandbox, app):
-    api = Api()
+async def test_hold_and_offhold_bring_the_client_back_to_the_same_operator(sandbox, app, api):
     sandbox.phones.start("1006", answer(after=0.2))
-    call_api_id = await client_calls_in(app, sandbox, "1006")
-    await talking(app, "1006")
+    call_api_id = await client_talking(app, sandbox, "1006")
     before = await pbx_channels(sandbox)
     client_id = chan(before, "PJSIP/pstn-")["uniqueid"]
     op_id = chan(before, "PJSIP/1006-")["uniqueid"]
@@ -338,12 +281,10 @@ async def test_hold_and_offhold_bring_the_client_back_to_the_same_operator(sandb
 
 
 @pytest_twisted.ensureDeferred
-async def test_park_and_retrieve(sandbox, app):
-    api = Api()
+async def test_park_and_retrieve(sandbox, app, api):
     operator = sandbox.phones.start("1007", answer(after=0.2))
     retriever = sandbox.phones.start("1008", answer(after=0.2))
-    call_api_id = await client_calls_in(app, sandbox, "1007")
-    await talking(app, "1007")
+    call_api_id = await client_talking(app, sandbox, "1007")
     code, body = await put(api, "1007", call_api_id, {"action": "park"})
     assert code == 200, body
     space = body["parking_space"]
@@ -362,8 +303,7 @@ async def test_park_and_retrieve(sandbox, app):
 
 
 @pytest_twisted.ensureDeferred
-async def test_pickup_of_a_call_ringing_elsewhere(sandbox, app):
-    api = Api()
+async def test_pickup_of_a_call_ringing_elsewhere(sandbox, app, api):
     ringing = sandbox.phones.start("1009", no_answer())
     picker = sandbox.phones.start("1000", answer(after=0.2))
     call_api_id = await client_calls_in(app, sandbox, "1009")
@@ -382,11 +322,9 @@ async def test_pickup_of_a_call_ringing_elsewhere(sandbox, app):
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_input_is_4xx_and_nothing_happens_on_the_pbx(sandbox, app):
-    api = Api()
+async def test_bad_input_is_4xx_and_nothing_happens_on_the_pbx(sandbox, app, api):
     sandbox.phones.start("1001", answer(after=0.2))
-    call_api_id = await client_calls_in(app, sandbox, "1001")
-    await talking(app, "1001")
+    call_api_id = await client_talking(app, sandbox, "1001")
     before = await pbx_channels(sandbox)
     cases = [
         ("1001", call_api_id, {"action": "teleport", "send_dst": "1002"}, 400, "action"),

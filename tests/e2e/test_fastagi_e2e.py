@@ -7,30 +7,22 @@ from __future__ import annotations
 import time
 
 import pytest_twisted
-from callflow import reactor, wait_for
+from callflow import listen_fastagi, reactor, wait_for
 from twisted.internet import defer
 
-from agi_app.agi import AGISession, ScriptRegistry, listen
+from agi_app.agi import AGISession, ScriptRegistry
 from agi_app.agi.errors import AGICommandFailed, AGIHangup, AGIUsageError
-from agi_app.ami import AMIService
-from agi_app.config import AGIConfig
 from agi_app.sandbox.phones import answer, dtmf
 
 
-@pytest_twisted.async_yield_fixture
-async def ami(sandbox):
-    service = AMIService(
-        sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, sandbox.ami_secret,
-        reactor=reactor(), name="e2e-agi",
-    )  # fmt: skip
-    service.startService()
-    await service.when_connected().addTimeout(10, reactor())
-    yield service
-    await service.stopService()
-
-
-@pytest_twisted.ensureDeferred
-async def test_session_sees_hangup_during_playback(sandbox, ami):
+async def _run_script(
+    sandbox, ami, number: str, behaviour, body, arg: str | None = None
+) -> tuple[dict, dict]:
+    """Run ``body(agi, seen)`` as the FastAGI script of a call originated to
+    operator ``number`` (answering with ``behaviour``) into
+    ``[sandbox-test]`` ``agi`` (with ``arg`` as the script's first
+    argument); returns what it recorded and what the phone saw, once the
+    session closed and every channel is gone."""
     seen: dict = {}
     done: defer.Deferred = defer.Deferred()
     registry = ScriptRegistry()
@@ -38,38 +30,23 @@ async def test_session_sees_hangup_during_playback(sandbox, ami):
     @registry.script("fastagi-e2e")
     async def script(agi: AGISession) -> None:
         try:
-            seen["env"] = dict(agi.env)
-            seen["args"] = list(agi.args)
-            await agi.set_variable("E2E_VALUE", 'quoted "value" with spaces')
-            seen["value"] = await agi.get_variable("E2E_VALUE")
-            seen["missing"] = await agi.get_variable("E2E_NOT_SET")
-            # about 5 s of speech; the phone hangs up after 1 s
-            started = time.monotonic()
-            reply = await agi.exec_("Playback", "agi_app/ivr-sales", timeout=20)
-            seen["playback_result"] = reply.result
-            await agi.wait_hangup()
-            seen["hangup_after"] = time.monotonic() - started
-            seen["hungup"] = agi.hungup
-            # still allowed on a dead channel
-            seen["after_hangup"] = await agi.get_variable("E2E_VALUE")
+            await body(agi, seen)
         finally:
             done.callback(None)
 
-    port = await listen(
-        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), registry
-    )
+    variables = {"SANDBOX_AGI_SCRIPT": "fastagi-e2e"}
+    if arg is not None:
+        variables["SANDBOX_AGI_ARG1"] = arg
+    port = await listen_fastagi(sandbox, registry)
     try:
-        phone = sandbox.phones.start("1005", answer(after=0.1, hangup_after=1.0))
+        phone = sandbox.phones.start(number, behaviour)
         result = await ami.originate(
-            "PJSIP/1005",
-            context="sandbox-test",
-            exten="agi",
-            priority=1,
-            timeout_ms=5000,
-            variables={"SANDBOX_AGI_SCRIPT": "fastagi-e2e", "SANDBOX_AGI_ARG1": "one"},
-        )
+            f"PJSIP/{number}", context="sandbox-test", exten="agi", priority=1,
+            timeout_ms=5000, variables=variables,
+        )  # fmt: skip
         assert result.success, result
-        await done.addTimeout(15, reactor())
+        await done.addTimeout(20, reactor())
+        # the script returned (or the phone hung up): the call ends
         call = await phone.wait_for_hangup(timeout=5)
         # The server reports the outcome and closes; only then does Asterisk
         # let the dead channel go.
@@ -77,6 +54,29 @@ async def test_session_sees_hangup_during_playback(sandbox, ami):
         await sandbox.wait_for_channels(0, timeout=5, reactor=reactor())
     finally:
         await port.stopListening()
+    return seen, call
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_sees_hangup_during_playback(sandbox, ami):
+    async def body(agi: AGISession, seen: dict) -> None:
+        seen["env"] = dict(agi.env)
+        seen["args"] = list(agi.args)
+        await agi.set_variable("E2E_VALUE", 'quoted "value" with spaces')
+        seen["value"] = await agi.get_variable("E2E_VALUE")
+        seen["missing"] = await agi.get_variable("E2E_NOT_SET")
+        # about 5 s of speech; the phone hangs up after 1 s
+        started = time.monotonic()
+        reply = await agi.exec_("Playback", "agi_app/ivr-sales", timeout=20)
+        seen["playback_result"] = reply.result
+        await agi.wait_hangup()
+        seen["hangup_after"] = time.monotonic() - started
+        seen["hungup"] = agi.hungup
+        # still allowed on a dead channel
+        seen["after_hangup"] = await agi.get_variable("E2E_VALUE")
+
+    phone_hangs_up = answer(after=0.1, hangup_after=1.0)
+    seen, call = await _run_script(sandbox, ami, "1005", phone_hangs_up, body, arg="one")
     assert seen["env"]["agi_network_script"] == "fastagi-e2e"
     assert seen["env"]["agi_channel"].startswith("PJSIP/1005-")
     assert seen["args"][0] == "one"
@@ -126,10 +126,9 @@ async def test_unknown_call_gets_notfound_and_the_fallback(sandbox, ami, tmp_pat
 
     from agi_app.app import Application
 
+    # only its FastAGI scripts and its (empty) store: no AMI, no HTTP
     app = Application(app_config(sandbox, tmp_path), reactor())
-    port = await listen(
-        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), app.scripts
-    )
+    port = await listen_fastagi(sandbox, app.scripts)
     app.store.open()
     try:
         call = await _operator_leg_without_agi_app(sandbox, ami, "1007")
@@ -140,42 +139,6 @@ async def test_unknown_call_gets_notfound_and_the_fallback(sandbox, ami, tmp_pat
     assert call["hung_up_by"] == "remote", call
     assert call["media_received"], "the error prompt never played"
     assert "agi_app unavailable: AGISTATUS=SUCCESS RESULT=NOTFOUND" in sandbox.log_tail(200)
-
-
-async def _run_script(sandbox, ami, number: str, behaviour, body) -> tuple[dict, dict]:
-    """Run ``body(agi, seen)`` as the FastAGI script of a call originated to
-    operator ``number`` (answering with ``behaviour``) into
-    ``[sandbox-test]`` ``agi``; returns what it recorded and what the phone
-    saw, once the session closed and every channel is gone."""
-    seen: dict = {}
-    done: defer.Deferred = defer.Deferred()
-    registry = ScriptRegistry()
-
-    @registry.script("fastagi-e2e")
-    async def script(agi: AGISession) -> None:
-        try:
-            await body(agi, seen)
-        finally:
-            done.callback(None)
-
-    port = await listen(
-        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), registry
-    )
-    try:
-        phone = sandbox.phones.start(number, behaviour)
-        result = await ami.originate(
-            f"PJSIP/{number}", context="sandbox-test", exten="agi", priority=1,
-            timeout_ms=5000, variables={"SANDBOX_AGI_SCRIPT": "fastagi-e2e"},
-        )  # fmt: skip
-        assert result.success, result
-        await done.addTimeout(20, reactor())
-        # the script returned: the dialplan hangs up on the phone
-        call = await phone.wait_for_hangup(timeout=5)
-        await wait_for(lambda: port.factory.active == 0, timeout=5, what="session closed")
-        await sandbox.wait_for_channels(0, timeout=5, reactor=reactor())
-    finally:
-        await port.stopListening()
-    return seen, call
 
 
 @pytest_twisted.ensureDeferred
@@ -291,9 +254,7 @@ async def test_thirty_concurrent_sessions_all_complete(sandbox, ami):
         await agi.verbose(f"fastagi e2e session {tag}", level=3)
         finished[tag] = {"value": value, "uniqueid": agi.uniqueid}
 
-    port = await listen(
-        reactor(), AGIConfig(listen=f"tcp:{sandbox.agi_port}:interface=127.0.0.1"), registry
-    )
+    port = await listen_fastagi(sandbox, registry)
     started = time.monotonic()
     try:
         results = await defer.gatherResults([

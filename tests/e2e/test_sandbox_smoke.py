@@ -8,32 +8,24 @@ import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.protocols.basic import LineOnlyReceiver
 
-from agi_app.ami import AMIService, OriginateReason
+from agi_app.ami import OriginateReason
 from agi_app.sandbox import poll
 from agi_app.sandbox.phones import answer, busy
 
 CRM_CALLER = '"CRM client 3320" <380639920000>'
 
 
-@pytest_twisted.async_yield_fixture
-async def ami(sandbox):
-    """A logged-in AMI session with the sandbox PBX."""
-    from twisted.internet import reactor
-
-    service = AMIService(
-        sandbox.ami_host,
-        sandbox.ami_port,
-        sandbox.ami_username,
-        sandbox.ami_secret,
-        reactor=reactor,
-        name="smoke",
+def call_operator(ami, number: str):
+    """Originate a call from the CRM's client to operator ``number`` into
+    ``[sandbox-test]`` ``hello`` (a prompt, then the PBX hangs up)."""
+    return ami.originate(
+        f"PJSIP/{number}",
+        context="sandbox-test",
+        exten="hello",
+        priority=1,
+        caller_id=CRM_CALLER,
+        timeout_ms=5000,
     )
-    service.startService()
-    try:
-        await service.when_connected().addTimeout(10, reactor)
-        yield service
-    finally:
-        await service.stopService()
 
 
 @pytest_twisted.ensureDeferred
@@ -46,14 +38,7 @@ async def test_ami_login(ami):
 @pytest_twisted.ensureDeferred
 async def test_originate_reaches_answering_operator_with_caller_id(sandbox, ami):
     phone = sandbox.phones.start("1000", answer())
-    result = await ami.originate(
-        "PJSIP/1000",
-        context="sandbox-test",
-        exten="hello",
-        priority=1,
-        caller_id=CRM_CALLER,
-        timeout_ms=5000,
-    )
+    result = await call_operator(ami, "1000")
     assert result.success, result
     assert result.reason == OriginateReason.ANSWERED
     call = await phone.wait_for_hangup(timeout=5)
@@ -124,14 +109,7 @@ async def test_busy_operator_fails_the_originate_with_reason_5(sandbox, ami):
     unsubscribe = ami.subscribe(events.append)
     try:
         phone = sandbox.phones.start("1001", busy())
-        result = await ami.originate(
-            "PJSIP/1001",
-            context="sandbox-test",
-            exten="hello",
-            priority=1,
-            caller_id=CRM_CALLER,
-            timeout_ms=5000,
-        )
+        result = await call_operator(ami, "1001")
         call = await phone.wait_for_hangup(timeout=5)
         await poll(lambda: any(e.event == "Hangup" for e in events), timeout=5)
     finally:
@@ -155,14 +133,7 @@ async def test_offline_operator_fails_at_once_without_ringing_anything(sandbox, 
     sandbox.phones.offline("1002")
     assert "1002" not in sandbox.pbx.contacts()
     assert "1000" in sandbox.pbx.contacts()
-    result = await ami.originate(
-        "PJSIP/1002",
-        context="sandbox-test",
-        exten="hello",
-        priority=1,
-        caller_id=CRM_CALLER,
-        timeout_ms=5000,
-    )
+    result = await call_operator(ami, "1002")
     assert not result.success
     assert result.reason == OriginateReason.OTHER
     assert sandbox.phones.all_calls() == {}

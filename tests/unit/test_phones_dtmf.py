@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from agi_app.sandbox import phones
+from agi_app.sandbox.scenarios import Captures, renumber_dtmf
 
 
 def _capture(seq0: int, ts: int, event: int, packets: int = 4) -> bytes:
@@ -39,7 +39,7 @@ def _rtp(capture: bytes) -> list[tuple[int, int, int, bytes]]:
 def test_a_later_key_always_comes_after_an_earlier_one_whatever_the_digits():
     nine = _capture(seq0=8300, ts=90000, event=9)
     one = _capture(seq0=7984, ts=13280, event=1)
-    first, second = _rtp(phones._renumbered(nine, 0)), _rtp(phones._renumbered(one, 1))
+    first, second = _rtp(renumber_dtmf(nine, 0)), _rtp(renumber_dtmf(one, 1))
     # the key pressed second has later sequence numbers and a later timestamp
     assert max(p[0] for p in first) < min(p[0] for p in second)
     assert first[0][1] < second[0][1]
@@ -52,7 +52,7 @@ def test_a_later_key_always_comes_after_an_earlier_one_whatever_the_digits():
 
 def test_everything_but_seq_and_timestamp_is_kept():
     one = _capture(seq0=7984, ts=13280, event=1)
-    out = phones._renumbered(one, 3)
+    out = renumber_dtmf(one, 3)
     assert len(out) == len(one)
     changed = [i for i, (a, b) in enumerate(zip(one, out, strict=True)) if a != b]
     # only bytes inside the RTP header's seq/timestamp fields differ
@@ -66,16 +66,15 @@ def test_everything_but_seq_and_timestamp_is_kept():
 
 
 def test_not_a_pcap_is_refused():
-    with pytest.raises(phones.PhoneError):
-        phones._renumbered(b"\x0a\x0d\x0d\x0a" + bytes(40), 0)
+    with pytest.raises(ValueError, match="pcap"):
+        renumber_dtmf(b"\x0a\x0d\x0d\x0a" + bytes(40), 0)
 
 
-def test_the_captures_are_made_once_per_digit_and_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(phones, "DTMF_CACHE", tmp_path / "cache")
-    monkeypatch.setattr(phones, "PCAPS", tmp_path)
+def test_the_captures_are_made_once_per_digit_and_step(tmp_path):
+    captures = Captures(pcaps=tmp_path, cache=tmp_path / "cache")
     (tmp_path / "dtmf_2833_pound.pcap").write_bytes(_capture(100, 500, 11))
-    path = phones.dtmf_pcap("#", 2)
+    path = captures.key("#", 2)
     assert path.parent == tmp_path / "cache" and path.exists()
     assert _rtp(path.read_bytes())[0][:2] == (1000 + 64 * 2, 16000 * 3)
     (tmp_path / "dtmf_2833_pound.pcap").unlink()
-    assert phones.dtmf_pcap("#", 2) == path  # kept: not made again
+    assert captures.key("#", 2) == path  # kept: not made again
