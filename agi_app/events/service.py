@@ -56,8 +56,10 @@ MAX_SUBSCRIPTIONS = 100
 # The characters of a properly percent-encoded URL (RFC 3986), no others.
 _URL_CHARS = re.compile(r"^[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+$", re.ASCII)
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A name may end in the root's dot (``crm.example.com.``); whether the host
+# is a target at all is the guard's question (agi_app.netguard).
 _HOST = re.compile(
-    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$", re.ASCII
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\.?)$", re.ASCII
 )
 
 
