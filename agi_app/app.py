@@ -35,6 +35,7 @@ from agi_app.ivr.service import IVRService
 from agi_app.live.control import CallControl
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
+from agi_app.netguard import TargetGuard
 from agi_app.store.sqlite import SQLiteStore
 from agi_app.web import extensions_events, openapi
 from agi_app.web import history as history_module
@@ -89,8 +90,12 @@ class EventParts:
         self.reactor = reactor
         settings = settings or settings_from_config(config)
         self.info = CallInfo(store, public_url=config.http.public_url)
-        self.sender = TreqSender(reactor, timeout=settings.timeout)
-        self.service = EventService(store, send=self.sender, clock=reactor, settings=settings)
+        # Webhook targets: public addresses, [events] allowed_networks, never our own ports.
+        self.guard = TargetGuard.from_config(config)
+        self.sender = TreqSender(reactor, timeout=settings.timeout, guard=self.guard)
+        self.service = EventService(
+            store, send=self.sender, clock=reactor, settings=settings, guard=self.guard
+        )
         self.generator = EventGenerator(tracker, self.service, self.info)
         self.hub = WidgetHub(
             client_ids=config.websocket.client_ids,

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from agi_app.netguard import parse_networks
+
 __all__ = [
     "AMIConfig",
     "AGIConfig",
@@ -61,6 +63,8 @@ class AGIConfig:
     listen: str = "tcp:4573:interface=127.0.0.1"
     #: seconds one AGI command may wait for its reply
     command_timeout: float = 30.0
+    #: networks (CIDRs) FastAGI connections may come from; others are closed at once
+    allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ class EventsConfig:
     give_up_after: float = 86400.0
     #: seconds one delivery request may take
     timeout: float = 10.0
+    #: networks (CIDRs) webhook targets may resolve to besides public addresses
+    allowed_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[store] read_budget_us: must be 0..100000 microseconds")
     if not 1 <= cfg.dialing.call_time_to_ext <= 600:
         raise ConfigError("[dialing] call_time_to_ext: must be 1..600 seconds")
+    for sec, key in (("agi", "allowed_peers"), ("events", "allowed_networks")):
+        try:
+            parse_networks(getattr(getattr(cfg, sec), key))
+        except ValueError as e:
+            raise ConfigError(f"[{sec}] {key}: {e}") from None
+    if not cfg.agi.allowed_peers:
+        raise ConfigError(
+            "[agi] allowed_peers: empty would refuse every FastAGI connection "
+            "(0.0.0.0/0,::/0 allows any)"
+        )
     for key in ("client_ids",):
         if not getattr(cfg.websocket, key):
             raise ConfigError(f"[websocket] {key}: at least one is needed")

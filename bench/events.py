@@ -292,11 +292,14 @@ from twisted.internet import reactor, defer, task
 from agi_app.store import SQLiteStore
 from agi_app.events.delivery import TreqSender, DeliverySettings
 from agi_app.events.service import EventService
+from agi_app.netguard import TargetGuard
 folder = tempfile.mkdtemp()
 store = SQLiteStore(os.path.join(folder, "bench.sqlite3"), reactor=reactor)
 store.open()
-sender = TreqSender(reactor, timeout=10, per_host={max(4, min(subs, 100))})
-service = EventService(store, send=sender, clock=reactor, settings=DeliverySettings())
+loopback = TargetGuard(["127.0.0.0/8"])  # the receiver is on 127.0.0.1
+sender = TreqSender(reactor, timeout=10, per_host={max(4, min(subs, 100))}, guard=loopback)
+service = EventService(store, send=sender, clock=reactor, settings=DeliverySettings(),
+                       guard=loopback)
 out = {{}}
 async def run():
     await service.start()

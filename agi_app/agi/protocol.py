@@ -45,6 +45,14 @@ so the dialplan must check both::
     same => n,AGI(${AGI_APP_URL}/operator-answered,${CALL_ID})
     same => n,GotoIf($["${AGISTATUS}" != "SUCCESS" | "${AGI_APP_RESULT}" != "OK"]?fallback)
 
+Who may connect
+---------------
+The factory's ``allowed_peers`` (``[agi] allowed_peers``, loopback by
+default) are the networks Asterisk connects from.  A connection from
+anywhere else is closed at once, before a byte is read or written, and
+logged once per peer address and minute: a script must never run on the
+word of whoever reaches the port.
+
 Closing
 -------
 If Asterisk disconnects while a command is pending, that command fails with
@@ -56,10 +64,12 @@ is gone.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from types import CoroutineType
 from typing import Any
 from urllib.parse import parse_qs
 
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
@@ -82,6 +92,7 @@ from agi_app.agi.registry import ScriptRegistry
 from agi_app.agi.session import DEFAULT_TIMEOUT, AGISession, Convert, Timeout
 from agi_app.agi.wire import DEAD_CHANNEL_COMMANDS, AGIReply, build_command, parse_success
 from agi_app.config import AGIConfig
+from agi_app.netguard import NetworkSet
 
 __all__ = ["FastAGIProtocol", "FastAGIFactory", "RESULT_VARIABLE", "OUTCOMES", "listen"]
 
@@ -137,6 +148,7 @@ class FastAGIProtocol(Protocol):
         self._hangup_waiters: list[Deferred[None]] | None = None
         self._closed = False
         self._lost = False
+        self._counted = False  # in the factory's ``active``
         #: True once Asterisk sent ``HANGUP`` or the connection is gone
         self.hungup = False
         #: the id in this session's log lines (agi_uniqueid, else the channel)
@@ -149,8 +161,15 @@ class FastAGIProtocol(Protocol):
     # -- connection --------------------------------------------------------
 
     def connectionMade(self) -> None:
-        if self._factory is not None:
-            self._factory.active += 1
+        factory = self._factory
+        if factory is not None:
+            if not factory.admits(self.transport.getPeer()):
+                self._closed = True
+                self._state = _DONE
+                self.transport.abortConnection()
+                return
+            factory.active += 1
+            self._counted = True
         self._arm(self._timeout)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -167,8 +186,9 @@ class FastAGIProtocol(Protocol):
                 AGIConnectionLost(f"connection closed while {self._pending_verb} was pending")
             )
         self._fire_hangup()
-        if self._factory is not None:
-            self._factory.active -= 1
+        if self._counted:
+            self._counted = False
+            self._factory.active -= 1  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Close the connection (idempotent); later commands fail at once."""
@@ -228,6 +248,8 @@ class FastAGIProtocol(Protocol):
     # -- bytes to lines ----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
         if self._buffer:
             searched = len(self._buffer)
             data = self._buffer + data
@@ -626,35 +648,80 @@ class FastAGIFactory(Factory):
 
     ``clock`` is the reactor (or a ``task.Clock`` in tests);
     ``command_timeout`` is ``[agi] command_timeout``, the default for every
-    command of every session (``None``: no timeout).  ``active``, ``total``
-    and ``outcomes`` count connections and how sessions ended, for health
-    reports.
+    command of every session (``None``: no timeout).  ``allowed_peers``
+    (``[agi] allowed_peers``) are the networks connections may come from;
+    others are closed at once (``None``: from anywhere).  ``active``,
+    ``total``, ``refused`` and ``outcomes`` count connections and how
+    sessions ended, for health reports.
     """
 
     noisy = False
+    log = Logger()
+    #: a refused peer is logged at most once per this many seconds
+    REFUSAL_LOG_INTERVAL = 60.0
+    #: peers remembered for that; past it, refusals are only counted
+    MAX_REFUSAL_PEERS = 4096
 
     def __init__(
         self,
         registry: ScriptRegistry,
         clock: IReactorTime,
         command_timeout: float | None = 30.0,
+        allowed_peers: Iterable[str] | None = None,
     ):
         self.registry = registry
         self.clock = clock
         self.command_timeout = command_timeout
+        self.allowed_peers = None if allowed_peers is None else NetworkSet(allowed_peers)
         #: connections open now
         self.active = 0
         #: sessions started (environment received) since the factory was made
         self.total = 0
+        #: connections closed at once because of their peer address
+        self.refused = 0
         #: sessions per outcome
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self._refusals_logged: dict[str, float] = {}
 
     def buildProtocol(self, addr: IAddress) -> FastAGIProtocol:
         return FastAGIProtocol(self.registry, self.clock, self.command_timeout, self)
 
+    def admits(self, peer: IAddress | None) -> bool:
+        """Whether a connection from ``peer`` may speak FastAGI; counts and
+        logs (once per peer and minute) the ones that may not."""
+        if self.allowed_peers is None or isinstance(peer, UNIXAddress):
+            return True  # no list; a UNIX socket is this host
+        host = getattr(peer, "host", None)
+        if host is not None and host in self.allowed_peers:
+            return True
+        self.refused += 1
+        self._log_refusal(str(host))
+        return False
+
+    def _log_refusal(self, host: str) -> None:
+        now = self.clock.seconds()
+        logged = self._refusals_logged
+        last = logged.get(host)
+        if last is not None and now - last < self.REFUSAL_LOG_INTERVAL:
+            return
+        if last is None and len(logged) >= self.MAX_REFUSAL_PEERS:
+            for peer in [p for p, t in logged.items() if now - t >= self.REFUSAL_LOG_INTERVAL]:
+                del logged[peer]
+            if len(logged) >= self.MAX_REFUSAL_PEERS:
+                return  # a flood from many addresses: counted, not logged
+        logged[host] = now
+        self.log.warn(
+            "FastAGI connection from {peer} refused: not in [agi] allowed_peers "
+            "({refused} refused so far)",
+            peer=host,
+            refused=self.refused,
+        )
+
 
 def listen(reactor: Any, config: AGIConfig, registry: ScriptRegistry) -> Deferred[IListeningPort]:
-    """Start the FastAGI listener of ``[agi]`` (``listen``, ``command_timeout``)
-    on ``reactor``; fires with the listening port."""
-    factory = FastAGIFactory(registry, reactor, config.command_timeout)
+    """Start the FastAGI listener of ``[agi]`` (``listen``, ``command_timeout``,
+    ``allowed_peers``) on ``reactor``; fires with the listening port."""
+    factory = FastAGIFactory(
+        registry, reactor, config.command_timeout, allowed_peers=config.allowed_peers
+    )
     return serverFromString(reactor, config.listen).listen(factory)

@@ -14,6 +14,11 @@ redirect) is retried after ``retry_delay`` seconds, doubling each time up
 to ``max_retry_delay``.  A delivery still failing once its event is
 ``give_up_after`` seconds old is given up: it leaves the outbox as
 ``given_up`` in the delivery log, and the next one is sent.
+
+A delivery whose URL the :class:`~agi_app.netguard.TargetGuard` refuses
+when connecting (its host resolves to a loopback, private... address; see
+:mod:`agi_app.netguard`) is given up at once, with an error starting
+``forbidden_target:``.  Nothing was sent then.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from twisted.python.failure import Failure
 from agi_app import __version__
 from agi_app.events.signing import SIGNATURE_HEADER, sign
 from agi_app.events.store import EventStore
+from agi_app.netguard import FORBIDDEN, ForbiddenTarget, GuardedEndpointFactory, TargetGuard
 
 __all__ = [
     "DeliverySettings",
@@ -128,18 +134,34 @@ class TreqSender:
     """:class:`Sender` over treq with a shared pool of keep-alive connections.
 
     Redirects are not followed (a delivery is signed for its URL); cookies
-    are not kept between requests.
+    are not kept between requests.  Every connection goes through ``guard``
+    (default: public addresses only): the URL's host is resolved with
+    ``resolver`` (default: the reactor's) and only an address the guard lets
+    through is connected to; otherwise the request fails with
+    :class:`~agi_app.netguard.ForbiddenTarget`.
     """
 
-    def __init__(self, reactor: Any, *, timeout: float = 10.0, per_host: int = 4):
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        timeout: float = 10.0,
+        per_host: int = 4,
+        guard: TargetGuard | None = None,
+        resolver: Any = None,
+    ):
         from twisted.web.client import Agent, HTTPConnectionPool
 
         self._reactor = reactor
         self._timeout = timeout
+        self.guard = guard if guard is not None else TargetGuard()
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = per_host
         self._pool.cachedConnectionTimeout = 30
-        self._agent = Agent(reactor, connectTimeout=timeout, pool=self._pool)
+        endpoints = GuardedEndpointFactory(
+            reactor, self.guard, resolver=resolver, connect_timeout=timeout
+        )
+        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
 
     def __call__(self, request: OutgoingRequest) -> defer.Deferred[int]:
         return defer.ensureDeferred(self._send(request))
@@ -293,7 +315,7 @@ class Deliverer:
             sub = self._subscription(sub_id)
             if sub is None:
                 return
-            status, error = await self._attempt(sub_id, worker, sub, row)
+            status, error, final = await self._attempt(sub_id, worker, sub, row)
             now = self._clock.seconds()
             row["attempts"] += 1
             self.stats["attempts"] += 1
@@ -309,7 +331,7 @@ class Deliverer:
                 )
                 return
             self.stats["failed"] += 1
-            if now >= deadline:
+            if now >= deadline or final:
                 self.stats["given_up"] += 1
                 log.warn(
                     "event {event_id} to subscription {sub_id} given up after {n} attempts: "
@@ -341,7 +363,8 @@ class Deliverer:
 
     async def _attempt(
         self, sub_id: int, worker: _Worker, sub: Mapping[str, Any], row: Mapping[str, Any]
-    ) -> tuple[int | None, str | None]:
+    ) -> tuple[int | None, str | None, bool]:
+        """``(HTTP status, error, final)``: ``final`` when retrying is pointless."""
         request = build_request(sub, row, self._clock.seconds())
         worker.current = d = self._send(request)
         d.addTimeout(self.settings.timeout + 1, self._clock)
@@ -351,14 +374,16 @@ class Deliverer:
             if not self._alive(sub_id, worker):
                 raise  # stop() or forget()
             # treq's own timeout cancels the request too
-            return None, f"no answer within {self.settings.timeout:g} s"
+            return None, f"no answer within {self.settings.timeout:g} s", False
+        except ForbiddenTarget as e:
+            return None, f"{FORBIDDEN}: {e.message}"[:300], True
         except Exception as e:  # noqa: BLE001 - any failure of the receiver is a retry
-            return None, _describe(e)
+            return None, _describe(e), False
         finally:
             worker.current = None
         if 200 <= status < 300:
-            return status, None
-        return status, f"HTTP {status}"
+            return status, None, False
+        return status, f"HTTP {status}", False
 
 
 def _describe(error: BaseException) -> str:

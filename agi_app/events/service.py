@@ -4,7 +4,10 @@
 :class:`EventService` holds the rules and knows nothing of HTTP: the web
 layer hands it checked values (:func:`check_url`, :func:`check_method`,
 :func:`check_event_type` raise :class:`~agi_app.validation.InvalidInput`),
-and the event generator calls :meth:`EventService.publish`.  The
+and the event generator calls :meth:`EventService.publish`.  A subscription
+URL whose host denotes a loopback, private... address is refused with
+:class:`~agi_app.netguard.ForbiddenTarget` (400 ``forbidden_target``), and
+checked again, resolved, when each delivery connects.  The
 subscriptions are cached in memory, so publishing an event nobody asked for
 costs nothing; an event somebody asked for is one store transaction (the
 event and one outbox row per matching subscription), after which the
@@ -26,6 +29,7 @@ from agi_app.errors import AppError, InvalidInput
 from agi_app.events.delivery import Deliverer, DeliverySettings, Sender
 from agi_app.events.signing import new_secret
 from agi_app.events.store import EventStore
+from agi_app.netguard import TargetGuard
 
 __all__ = [
     "EVENT_TYPES",
@@ -52,8 +56,10 @@ MAX_SUBSCRIPTIONS = 100
 # The characters of a properly percent-encoded URL (RFC 3986), no others.
 _URL_CHARS = re.compile(r"^[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+$", re.ASCII)
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A name may end in the root's dot (``crm.example.com.``); whether the host
+# is a target at all is the guard's question (agi_app.netguard).
 _HOST = re.compile(
-    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$", re.ASCII
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\.?)$", re.ASCII
 )
 
 
@@ -129,6 +135,8 @@ class EventService:
     :param store: an :class:`~agi_app.events.store.EventStore`
     :param send: how a delivery goes out (a :class:`~agi_app.events.delivery.TreqSender`)
     :param clock: an ``IReactorTime``
+    :param guard: where subscription URLs may point (default: public
+        addresses only); the sender checks each connection with its own
     """
 
     def __init__(
@@ -138,9 +146,11 @@ class EventService:
         send: Sender,
         clock: IReactorTime,
         settings: DeliverySettings | None = None,
+        guard: TargetGuard | None = None,
     ):
         self._store = store
         self._clock = clock
+        self.guard = guard if guard is not None else TargetGuard()
         self._subs: dict[int, dict[str, Any]] = {}
         self._index: dict[tuple[str, str], list[int]] = {}
         self.deliverer = Deliverer(
@@ -174,8 +184,11 @@ class EventService:
     async def subscribe(
         self, extension: str, *, url: str, method: str, event_type: str
     ) -> dict[str, Any]:
-        """Add a subscription (values already checked); fires ``{"id", "url",
-        "method", "event_type", "secret"}``."""
+        """Add a subscription (values already checked with :func:`check_url`
+        ...); fires ``{"id", "url", "method", "event_type", "secret"}``.
+        Raises :class:`~agi_app.netguard.ForbiddenTarget` for a URL the
+        guard refuses."""
+        self.guard.check_url(url)
         if sum(1 for s in self._subs.values() if s["extension"] == extension) >= MAX_SUBSCRIPTIONS:
             raise TooManySubscriptions()
         sub = await self._store.add_subscription(

@@ -271,8 +271,9 @@ class CallTracker:
     :param clock: an ``IReactorTime`` (event times and creation times)
     :param party_techs: channel technologies of devices (``PJSIP``); other
         channels (Local...) only tie calls together
-    :param trunks: endpoint names that are outside lines, not extensions;
-        endpoints dialled as ``number@endpoint`` are added as seen
+    :param trunks: endpoint names that are outside lines, not extensions
+        (``[dialing] default_trunk`` and ``trunks``); fixed for the tracker's
+        life, never learnt from the calls it sees
     :param extension_tech: the technology of extensions (``PJSIP``): an
         extension ``1000`` is the device ``PJSIP/1000``
     """
@@ -289,7 +290,7 @@ class CallTracker:
         self.ami = ami
         self.clock = clock
         self.party_techs = frozenset(party_techs)
-        self.trunks = set(trunks)
+        self.trunks = frozenset(trunks)
         self.extension_tech = extension_tech
         self._legs: dict[str, Leg] = {}
         self._calls: dict[str, TrackedCall] = {}
@@ -332,7 +333,7 @@ class CallTracker:
             ami,
             clock=clock,
             party_techs=techs or {"PJSIP"},
-            trunks=set(getattr(dialing, "all_trunks", (dialing.default_trunk,))),
+            trunks=dialing.all_trunks,
             extension_tech=dialing.operator_channel.split("/", 1)[0],
             **kwargs,
         )
@@ -597,13 +598,11 @@ class CallTracker:
         dest = self._leg_from(msg, "Dest")
         if dest is None:
             return
+        # The dial string ("number@endpoint") says nothing of what the
+        # endpoint is: a request can route a call through any endpoint
+        # (trunk=101), and 101 stays an extension.  Trunks come from the
+        # configuration only.
         dial_string = msg.get("DialString") or ""
-        if "@" in dial_string:
-            # "number@endpoint": that endpoint is an outside line
-            endpoint = dial_string.rsplit("@", 1)[1]
-            if endpoint and endpoint not in self.trunks:
-                self.trunks.add(endpoint)
-                self._classify(dest)
         dest.dial_string = dial_string or dest.dial_string
         caller = self._leg_from(msg, "") if msg.get("Uniqueid") else None
         if caller is None:

@@ -182,6 +182,9 @@ def agi_app_settings(
         "AGI_APP_DIALING_DEFAULT_TRUNK": TRUNK,
         "AGI_APP_DIALING_RECORDINGS_DIR": recordings_dir,
         "AGI_APP_DIALING_PBX_RECORDINGS_DIR": pbx_recordings_dir,
+        # Everything here runs on this host: webhook receivers on loopback
+        # are the norm (agi_app's own ports stay refused).
+        "AGI_APP_EVENTS_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
 
 

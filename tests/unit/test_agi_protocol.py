@@ -3,10 +3,12 @@ dispatch, reply matching, HANGUP, timeouts, closing, AGI_APP_RESULT."""
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -735,6 +737,81 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
 
+class PeerTests(SynchronousTestCase):
+    """``allowed_peers``: a connection from elsewhere is closed before a
+    byte is read or written, and logged once per peer and minute."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.registry = ScriptRegistry()
+        self.ran: list[AGISession] = []
+        self.registry.register("test", lambda agi: self.ran.append(agi))
+        self.factory = FastAGIFactory(
+            self.registry, self.clock, 30, allowed_peers=("127.0.0.0/8", "::1/128")
+        )
+        self.logged: list[dict] = []
+        self.factory.log = Logger(observer=self.logged.append)
+
+    def connect(self, peer) -> tuple[FastAGIProtocol, StringTransport]:
+        transport = StringTransport(peerAddress=peer)
+        proto = self.factory.buildProtocol(peer)
+        proto.makeConnection(transport)
+        proto.dataReceived(env_block())
+        return proto, transport
+
+    def test_a_stranger_is_closed_at_once(self):
+        proto, transport = self.connect(IPv4Address("TCP", "10.0.0.7", 40000))
+        self.assertTrue(transport.disconnected, "aborted, not closed after a flush")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.ran, [])
+        self.assertEqual((self.factory.active, self.factory.total, self.factory.refused),
+                         (0, 0, 1))  # fmt: skip
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.active, 0)
+
+    def test_allowed_peers_speak_fastagi(self):
+        peers = [IPv4Address("TCP", "127.0.0.1", 40000), IPv4Address("TCP", "127.9.9.9", 1),
+                 IPv6Address("TCP", "::1", 40000), IPv6Address("TCP", "::ffff:127.0.0.1", 2),
+                 UNIXAddress(b"/run/agi.sock")]  # fmt: skip
+        for n, peer in enumerate(peers, 1):
+            proto, transport = self.connect(peer)
+            self.assertFalse(transport.disconnecting, peer)
+            self.assertEqual(len(self.ran), n)
+            self.assertEqual(transport.value(), b'SET VARIABLE "AGI_APP_RESULT" "OK"\n')
+        self.assertEqual(self.factory.refused, 0)
+        self.assertEqual(self.logged, [])
+
+    def test_refusals_are_logged_once_per_peer_and_minute(self):
+        for host in ("10.0.0.7", "10.0.0.7", "10.0.0.8", "10.0.0.7", "::ffff:10.0.0.7"):
+            self.connect(IPv4Address("TCP", host, 40000) if "." in host and ":" not in host
+                         else IPv6Address("TCP", host, 40000))  # fmt: skip
+            self.clock.advance(10)
+        self.assertEqual([e["peer"] for e in self.logged],
+                         ["10.0.0.7", "10.0.0.8", "::ffff:10.0.0.7"])  # fmt: skip
+        self.clock.advance(20)  # 60 s after the first
+        self.connect(IPv4Address("TCP", "10.0.0.7", 40001))
+        self.assertEqual(len(self.logged), 4)
+        self.assertEqual(self.factory.refused, 6)
+        self.assertIn("not in [agi] allowed_peers", self.logged[0]["log_format"])
+
+    def test_many_peers_at_once_are_counted_without_unbounded_memory(self):
+        self.patch(FastAGIFactory, "MAX_REFUSAL_PEERS", 3)
+        for i in range(5):
+            self.connect(IPv4Address("TCP", f"10.0.0.{i}", 1))
+        self.assertEqual((self.factory.refused, len(self.logged)), (5, 3))
+        self.clock.advance(60)
+        self.connect(IPv4Address("TCP", "10.0.0.4", 1))  # the old entries are dropped
+        self.assertEqual(len(self.logged), 4)
+
+    def test_without_a_list_anyone_may_connect(self):
+        factory = FastAGIFactory(self.registry, self.clock, 30)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.5", 1))
+        factory.buildProtocol(None).makeConnection(transport)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(factory.active, 1)
+
+
 class ListenTests(SynchronousTestCase):
     def test_listen_uses_the_agi_section(self):
         from twisted.internet.testing import MemoryReactorClock
@@ -753,3 +830,5 @@ class ListenTests(SynchronousTestCase):
         self.assertIs(factory.registry, registry)
         self.assertEqual(factory.command_timeout, 7.5)
         self.assertIs(factory.clock, reactor)
+        self.assertIn("127.0.0.1", factory.allowed_peers)
+        self.assertNotIn("10.0.0.1", factory.allowed_peers)

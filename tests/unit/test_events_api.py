@@ -13,6 +13,7 @@ from agi_app.calls.service import PBXUnavailable
 from agi_app.events.delivery import DeliverySettings
 from agi_app.events.service import EventService
 from agi_app.events.testing import MemoryEventStore
+from agi_app.netguard import TargetGuard
 from agi_app.web.api import Router
 from agi_app.web.extensions_events import ExtensionEventEndpoints, openapi_paths
 from agi_app.web.openapi import build_document
@@ -55,6 +56,8 @@ def parts():
         send=Failing(),
         clock=clock,
         settings=DeliverySettings(give_up_after=10, max_retry_delay=4),
+        # the URLs below are on loopback and 10.0.0.0/8 (the sender is a fake)
+        guard=TargetGuard(["127.0.0.0/8", "10.0.0.0/8"]),
     )
     calls = FakeCalls()
     endpoints = ExtensionEventEndpoints(service, calls, default_trunk="pstn", call_time_to_ext=25)

@@ -20,9 +20,12 @@ from agi_app.events.delivery import (
 )
 from agi_app.events.service import EventService
 from agi_app.events.testing import MemoryEventStore, Receiver
+from agi_app.netguard import ForbiddenTarget, TargetGuard
 
 T0 = 1795640677.0
 SETTINGS = DeliverySettings(retry_delay=1, max_retry_delay=8, give_up_after=60, timeout=5)
+#: the receivers of these tests are on loopback
+LOOPBACK = TargetGuard(["127.0.0.0/8"])
 
 
 class FakeSender:
@@ -72,7 +75,7 @@ def sender() -> FakeSender:
 
 @pytest.fixture
 def service(store, sender, clock) -> EventService:
-    svc = EventService(store, send=sender, clock=clock, settings=SETTINGS)
+    svc = EventService(store, send=sender, clock=clock, settings=SETTINGS, guard=LOOPBACK)
     svc.deliverer._stopped = False  # started with nothing pending
     return svc
 
@@ -188,6 +191,42 @@ def test_given_up_at_the_documented_age_then_the_next_goes(service, sender, stor
     assert [f["event_id"] for f in failures] == [1]
 
 
+def test_a_forbidden_target_is_given_up_at_once_then_the_next_goes(
+    service, sender, store, clock
+):
+    sub = subscribe(service)
+    publish(service, n="0")
+    publish(service, n="1")
+    sender.pending.pop(0).errback(
+        ForbiddenTarget("url", "url: rebind.test resolves to 127.0.0.1, a loopback address")
+    )
+    # No retry, however young the event: the next one is sent at once.
+    [given_up] = store.log
+    assert given_up["outcome"] == "given_up" and given_up["attempts"] == 1
+    assert given_up["error"] == (
+        "forbidden_target: url: rebind.test resolves to 127.0.0.1, a loopback address"
+    )
+    assert len(sender.requests) == 2 and sender.fields(1)["n"] == "1"
+    assert clock.seconds() == T0
+    detail = run(service.subscription("200", sub["id"]))["delivery"]
+    assert detail["given_up"] == 1 and detail["last_error"].startswith("forbidden_target: ")
+    assert service.deliverer.stats["given_up"] == 1
+
+
+def test_subscribing_to_a_forbidden_target_creates_nothing(store, sender, clock):
+    strict = EventService(store, send=sender, clock=clock, settings=SETTINGS)  # default guard
+    failures: list = []
+    d = defer.ensureDeferred(
+        strict.subscribe("200", url="http://0x7f000001:9/hook", method="POST", event_type="hangup")
+    )
+    d.addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(ForbiddenTarget)
+    assert failure.value.code == "forbidden_target" and failure.value.field == "url"
+    assert store.subs == {}
+    assert subscribe(strict, url="https://crm.example.com/hook")["id"] == 1
+
+
 def test_a_dead_receiver_does_not_hold_up_another(service, sender, store, clock):
     slow = subscribe(service, url="http://127.0.0.1:8/slow")
     fast = subscribe(service, url="http://127.0.0.1:8/fast")
@@ -218,7 +257,7 @@ def test_unsubscribe_drops_what_is_queued(service, sender, store):
 
 
 def test_restart_resumes_the_outbox(store, sender, clock):
-    first = EventService(store, send=sender, clock=clock, settings=SETTINGS)
+    first = EventService(store, send=sender, clock=clock, settings=SETTINGS, guard=LOOPBACK)
     run(first.start())
     subscribe(first)
     publish(first, n="0")
@@ -227,7 +266,7 @@ def test_restart_resumes_the_outbox(store, sender, clock):
     assert len(store.outbox) == 2
     again = FakeSender()
     again.auto = 200
-    second = EventService(store, send=again, clock=clock, settings=SETTINGS)
+    second = EventService(store, send=again, clock=clock, settings=SETTINGS, guard=LOOPBACK)
     run(second.start())
     assert [again.fields(i)["n"] for i in range(2)] == ["0", "1"]
     assert store.outbox == {}
@@ -246,7 +285,7 @@ async def test_treq_sender_against_a_real_receiver():
 
     receiver = Receiver()
     port = reactor.listenTCP(0, receiver.site(), interface="127.0.0.1")
-    sender = TreqSender(reactor, timeout=5)
+    sender = TreqSender(reactor, timeout=5, guard=LOOPBACK)
     try:
         url = f"http://127.0.0.1:{port.getHost().port}/hook?myid=175"
         sub = {"id": 1, "url": url, "method": "GET", "secret": "k"}
@@ -270,4 +309,4 @@ async def test_treq_sender_against_a_real_receiver():
         await sender.close()
         await port.stopListening()
     with pytest.raises(ConnectionRefusedError):
-        await TreqSender(reactor, timeout=5)(OutgoingRequest("GET", url, {}, None))
+        await TreqSender(reactor, timeout=5, guard=LOOPBACK)(OutgoingRequest("GET", url, {}, None))

@@ -10,6 +10,7 @@ from agi_app.events.generator import CallInfo, EventGenerator, crm_event
 from agi_app.events.service import EVENT_TYPES, EventService
 from agi_app.events.testing import MemoryEventStore
 from agi_app.live.tracker import CallEvent
+from agi_app.netguard import TargetGuard
 
 
 class AutoSender:
@@ -29,7 +30,8 @@ class GeneratorTests(TrackerTestCase):
         self.store = MemoryEventStore()
         self.sender = AutoSender()
         self.service = EventService(
-            self.store, send=self.sender, clock=self.reactor, settings=DeliverySettings()
+            self.store, send=self.sender, clock=self.reactor, settings=DeliverySettings(),
+            guard=TargetGuard(["127.0.0.0/8"]),
         )
         self.successResultOf(
             __import__("twisted").internet.defer.ensureDeferred(self.service.start())

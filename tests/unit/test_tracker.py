@@ -277,6 +277,41 @@ class OutgoingCallTests(TrackerTestCase):
         self.assertTrue(all(e.call_id == "c-77" for e in self.events if e.extension == "1000"))
 
 
+class TrunkTests(TrackerTestCase):
+    def test_trunks_come_from_the_dialing_section(self):
+        from agi_app.config import DialingConfig
+
+        dialing = DialingConfig(default_trunk="pstn", trunks=("pstn2", "pstn"))
+        tracker = CallTracker.for_dialing(self.ami, dialing, self.reactor)
+        self.assertEqual(tracker.trunks, {"pstn", "pstn2"})
+        self.assertFalse(tracker.is_trunk("101"))
+
+    def test_a_dial_string_through_an_extension_does_not_make_it_a_trunk(self):
+        sim = self.sim
+        # A request with trunk=101: 1001's call to an outside number goes out
+        # as 380501112233@101, i.e. rings extension 101.
+        sim.new("PJSIP/1001-00000017", "op-2", state="Ring", context="sandbox-operators",
+                exten="380501112233", num="1001", cname="Anna")
+        sim.new("PJSIP/101-00000018", "via-101", linkedid="op-2", num="380501112233")
+        sim.dial("op-2", "via-101", "380501112233@101")
+        sim.state("via-101", "Ringing")
+        self.assertFalse(self.tracker.is_trunk("101"))
+        self.assertEqual(self.tracker.trunks, {"pstn"})
+        [mdl] = self.tracker.calls_of_extension("101")
+        self.assertEqual(mdl["caller_extension"], {"id": "1001", "name": "Anna"})
+        sim.hangup("via-101")
+        sim.hangup("op-2")
+        # A later call to extension 101 is still a call of extension 101.
+        sim.new("PJSIP/1000-00000019", "a", state="Ring", context="ops", exten="101",
+                num="1000", cname="Boris")
+        sim.new("PJSIP/101-0000001a", "b", linkedid="a", num="101")
+        sim.dial("a", "b", "101")
+        sim.state("b", "Ringing")
+        [mdl] = self.tracker.calls_of_extension("101")
+        self.assertEqual(mdl["called_extension"]["id"], "101")
+        self.assertEqual(mdl["caller_extension"]["id"], "1000")
+
+
 class GroupingTests(TrackerTestCase):
     def test_pickup_merges_the_picker_into_the_call(self):
         sim = self.sim
