@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest_twisted
-from callflow import HTTP_PORT, Api, app_config, reactor, wait_final
+from callflow import HTTP_PORT, Api, app_config, reactor, recording_settled, wait_final, words
 from twisted.internet import defer, task
 
 from agi_app.app import Application
@@ -29,9 +29,11 @@ from agi_app.client import verify_signature
 from agi_app.events.delivery import DeliverySettings
 from agi_app.events.testing import Receiver
 from agi_app.sandbox.phones import SIPP, answer
+from agi_app.ws.testing import connect_widget
 
-RECEIVER_PORT = 28090
-WS_PORT = 28150
+# beside the HTTP port, so they move with AGI_APP_SANDBOX_PORT_OFFSET
+RECEIVER_PORT = HTTP_PORT + 5
+WS_PORT = HTTP_PORT + 6
 RECEIVER = f"http://127.0.0.1:{RECEIVER_PORT}"
 #: quick retries so recovery is seen within a second of the receiver's return
 SETTINGS = DeliverySettings(retry_delay=0.2, max_retry_delay=1.0, give_up_after=3600, timeout=2)
@@ -177,6 +179,45 @@ async def test_click_to_call_gives_dial_out_answer_hangup_in_order_signed(sandbo
     for sub in subs["subscriptions"]:
         code, one = await api.get(f"/extension/1000/event/{sub['id']}")
         assert one["delivery"]["delivered"] == 1 and one["delivery"]["pending"] == 0, one
+
+
+@pytest_twisted.ensureDeferred
+async def test_talk_time_is_the_conversation_with_the_client_everywhere(sandbox, app, api, crm):
+    """FINISH's talk time, the recording's duration, the hangup webhook's
+    Duration and the widget's duration all measure the conversation with the
+    client, from CLIENT_PICKUP.  The operator hears the waiting announcement
+    (about 2.7 s) and the client rings 1 s first, so the operator's leg is up
+    about 4 s longer than the conversation: none of them may count that."""
+    talk = 5
+    await subscribe(api, "1002", "hangup")
+    widget = await connect_widget(reactor(), WS_PORT)
+    await widget.hello(user_phone="1002")
+    sandbox.phones.start("1002", answer(after=0.3))
+    sandbox.pstn.set("380639920031", answer_after=1.0, hangup_after=talk)
+    code, body = await api.get(
+        "/api/makeCall.json", sip="1002", phone="380639920031", order_id="ord-talk",
+        external_key="k-talk",
+    )  # fmt: skip
+    assert code == 200, body
+    call_id = body["call_id"]
+    entries = await wait_final(app, call_id)
+    assert words(entries)[-1] == "FINISH", entries
+    assert entries[-1]["detail"] == f"talk {talk} s", entries
+    call = await app.store.get_call(call_id)
+    assert abs(call["talk_seconds"] - talk) < 0.5, call
+    [hangup] = [r.fields for r in await wait_requests(crm.receiver, 1)]
+    assert hangup["EventType"] == "hangup" and int(hangup["Duration"]) == talk, hangup
+    while True:
+        message = await widget.next().addTimeout(10, reactor())
+        event = message.get("event") or {}
+        if message.get("type") == "event" and event.get("type") == 3:
+            break
+    assert event["callID"] == call_id and event["duration"] == talk, event
+    [order] = await app.store.order_calls("ord-talk")
+    record = await recording_settled(app, order["records"][0]["record_id"])
+    assert abs(record["duration"] - talk) < 0.5, record
+    widget.sendClose()
+    await widget.closed
 
 
 async def call_in_from_trunk(sandbox, number: str, talk_ms: int = 2000) -> None:
