@@ -35,6 +35,7 @@ from agi_app.ivr.service import IVRService
 from agi_app.live.control import CallControl
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
+from agi_app.logs import service_log_observer
 from agi_app.netguard import TargetGuard
 from agi_app.store.sqlite import SQLiteStore
 from agi_app.web import extensions_events, openapi
@@ -284,8 +285,6 @@ class Application:
 def run(config: Config, reactor: Any = None) -> int:
     """Run the service until SIGINT/SIGTERM; returns the exit code."""
     from twisted.logger import LogLevel, globalLogBeginner
-
-    from agi_app.logs import service_log_observer
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor

@@ -39,7 +39,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from twisted.internet import defer
@@ -48,7 +47,7 @@ from twisted.python.failure import Failure
 
 from agi_app.calls import statuses as st
 from agi_app.calls.recording import Recorder, Recording
-from agi_app.store.base import iso_time
+from agi_app.times import iso_time, parse_time
 
 __all__ = [
     "CALL_ID_VAR",
@@ -365,7 +364,7 @@ class Lifecycle:
         call = Call(call_id, kind, dict(params), request=request)
         for entry in entries:
             call.logged.append(entry["status"])
-            at = _parse_time(entry["time"])
+            at = parse_time(entry["time"])
             if at is not None:
                 call.logged_at.setdefault(entry["status"], at)
         self._calls[call_id] = call
@@ -628,11 +627,4 @@ def _int(value: str | None) -> int | None:
     try:
         return int(value) if value else None
     except ValueError:
-        return None
-
-
-def _parse_time(text: str) -> float | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except (ValueError, AttributeError):
         return None

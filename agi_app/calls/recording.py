@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from agi_app.store import iso_time
+from agi_app.times import iso_time
 
 __all__ = ["WAV_HEADER", "Recorder", "Recording", "recording_name"]
 

@@ -29,6 +29,7 @@ from agi_app.sandbox import _util, pbx_config
 from agi_app.sandbox.pbx_config import OPERATORS, PROFILES, TRUNK, Profile
 from agi_app.sandbox.provision import ensure_language_links
 from agi_app.shipped import shipped_dir
+from agi_app.sounds import install as install_sounds
 
 __all__ = ["OPERATORS", "PBX", "PBXError", "PROFILES", "Profile", "TRUNK", "project_dir"]
 
@@ -204,26 +205,10 @@ class PBX:
             main.write_text("; the project's dialplan/extensions.conf is missing or empty\n")
 
     def _install_sounds(self) -> None:
-        sounds = _util.in_root(self.root, "/usr/share/asterisk/sounds")
-        try:
-            from agi_app.sounds import install  # type: ignore[import-not-found]
-        except ImportError:
-            install = None
+        # The prompts go in the way an admin installs them (README step 3).
         source = self.project / "sounds"
-        if not source.is_dir():
-            return
-        if install is not None:
-            install(sounds, source)
-            return
-        for lang in sorted(p for p in source.iterdir() if p.is_dir()):
-            files = [f for f in lang.rglob("*") if f.is_file()]
-            if not files:
-                continue
-            dest = _util.in_root(self.root, f"/usr/share/asterisk/sounds/{lang.name}") / "agi_app"
-            for f in files:
-                out = dest / f.relative_to(lang)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, out)
+        if source.is_dir():
+            install_sounds(_util.in_root(self.root, "/usr/share/asterisk/sounds"), source)
 
     # ------------------------------------------------------------ process
 

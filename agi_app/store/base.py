@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import abc
 import json
-import math
-import re
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 
 from agi_app.calls.statuses import CALL_KINDS, FINAL_STATUSES, STATUSES
 from agi_app.errors import Conflict
+from agi_app.times import check_time, iso_time
 
 __all__ = [
     "CALL_KINDS",
@@ -54,9 +52,6 @@ __all__ = [
 
 #: Operator states of ``/api/sipList`` (CONTRACT 3.6).
 OPERATOR_STATES: tuple[str, ...] = ("online", "inuse", "offline")
-
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$", re.ASCII)
-
 
 class StoreError(Exception):
     """The store cannot do what was asked (closed, newer schema, ...)."""
@@ -149,24 +144,6 @@ def api_record(recording: dict[str, Any], url_prefix: str) -> dict[str, Any]:
     out = {k: recording[k] for k in API_RECORD_FIELDS}
     out["url"] = f"{url_prefix}{recording['record_id']}"
     return out
-
-
-def iso_time(seconds: float) -> str:
-    """Format a POSIX time as ``2026-11-25T21:04:37.123Z`` (milliseconds, UTC).
-
-    Milliseconds are truncated, never rounded, so a time never moves forward
-    into the next second.
-    """
-    total_ms = math.floor(seconds * 1000)
-    whole, ms = divmod(total_ms, 1000)
-    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
-
-
-def check_time(value: str) -> str:
-    """Return ``value`` if it is a time in the store's format, else raise ValueError."""
-    if not isinstance(value, str) or not _TIME.match(value):
-        raise ValueError(f"not a UTC millisecond time like 2026-11-25T21:04:37.123Z: {value!r}")
-    return value
 
 
 def canonical_json(value: Any) -> str:
