@@ -7,7 +7,9 @@
 * :mod:`~agi_app.agi.registry` -- :class:`ScriptRegistry`, script name -> handler;
 * :mod:`~agi_app.agi.wire` -- command quoting and reply parsing;
 * :mod:`~agi_app.agi.errors` -- the exceptions;
-* ``agi_app.agi.scripts`` -- the application's scripts.
+* the scripts themselves live with their services: ``operator_call`` in
+  :mod:`agi_app.calls.service`, ``announcement`` and ``ivr_call`` in
+  :mod:`agi_app.calls.outbound`, ``ivr_incoming`` in :mod:`agi_app.ivr.service`.
 
 A script::
 
