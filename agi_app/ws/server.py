@@ -336,12 +336,15 @@ class WidgetHub:
         await self._control.act(user_phone, call, "transfer", number)
 
     def takes_part(self, phone: str, call_api_id: str) -> bool:
-        """Whether ``phone``'s device is a leg of the live call ``call_api_id``
-        (True when the hub follows no tracker: call control checks it then)."""
+        """Whether ``phone``'s device is a party of the live call
+        ``call_api_id`` (one listening in on it is not).  True when the hub
+        follows no tracker: call control checks the call's legs then."""
         if self._tracker is None:
             return True
         call = self._tracker.call(call_api_id)
-        return call is not None and self._tracker.leg_of(call, phone) is not None
+        if call is None:
+            return False
+        return any(leg.extension == phone and leg.party for leg in call.legs.values())
 
 
 class WidgetProtocol(WebSocketServerProtocol):
