@@ -165,7 +165,10 @@ class WidgetHub:
             self._unsubscribe()
             self._unsubscribe = None
         for proto in list(self._connections):
-            proto.sendClose(1001, "server shutting down")
+            # 1001 "going away" is the code for this (RFC 6455 7.4.1), which
+            # autobahn's sendClose() keeps for itself: write the frame directly.
+            if proto.state == WebSocketServerProtocol.STATE_OPEN:
+                proto.sendCloseFrame(1001, b"server shutting down")
 
     @property
     def connections(self) -> int:

@@ -197,3 +197,102 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
         if r.seconds() > deadline:
             raise AssertionError("condition not met in time")
         await task.deferLater(r, 0.02, lambda: None)
+
+
+# -- headless Chromium --------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def browser_missing() -> str | None:
+    """Why headless Chromium cannot run here, or None."""
+    import shutil
+
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    if not shutil.which(CHROMIUM):
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    return None
+
+
+class BrowserThread:
+    """Debian's Chromium driven by Playwright's blocking API from one thread
+    of its own (that API belongs to the thread that started it), while the
+    service runs on the reactor.  :meth:`run` hands the thread a function of
+    the browser and fires with its result.
+
+    Every host name resolves to 127.0.0.1 inside this browser, so a page can
+    be loaded from a foreign origin (``http://crm.test:PORT``) that is in
+    fact agi_app on loopback, and nothing ever leaves the machine.
+    """
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="chromium", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        pw = browser = None
+        broken: BaseException | None = None
+        try:
+            pw = sync_playwright().start()
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run",
+                      "--host-resolver-rules=MAP * 127.0.0.1"],
+            )  # fmt: skip
+        except BaseException as e:  # noqa: BLE001 - every job is told
+            broken = e
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                fn, d = job
+                try:
+                    if broken is not None:
+                        raise RuntimeError(f"Chromium did not start: {broken}")
+                    result = fn(browser)
+                except BaseException as e:  # noqa: BLE001 - handed to the test
+                    reactor().callFromThread(d.errback, e)
+                else:
+                    reactor().callFromThread(d.callback, result)
+        finally:
+            if browser is not None:
+                browser.close()
+            if pw is not None:
+                pw.stop()
+
+    def run(self, fn: Any) -> defer.Deferred:
+        """Run ``fn(browser)`` in the browser's thread."""
+        d: defer.Deferred = defer.Deferred()
+        self._jobs.put((fn, d))
+        return d
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(30)
+
+
+def in_reactor(fn: Any, *args: Any) -> Any:
+    """From the browser's thread: run ``fn`` (a function, or a coroutine
+    function) on the reactor and wait for its result."""
+    import inspect
+
+    from twisted.internet.threads import blockingCallFromThread
+
+    def call() -> defer.Deferred:
+        result = fn(*args)
+        if inspect.iscoroutine(result):
+            return defer.ensureDeferred(result)
+        return defer.succeed(result)
+
+    return blockingCallFromThread(reactor(), call)

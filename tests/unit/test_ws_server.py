@@ -558,3 +558,11 @@ def test_the_origin_policy_from_the_configuration():
     )
     assert public.allows("https://pbx.example.com")
     assert not public.allows("http://localhost:3000"), "off loopback, loopback pages are foreign"
+
+
+def test_stopping_the_hub_closes_every_widget_with_1001(stack):
+    ours, theirs = stack.hello(token("1000")), stack.hello("password")
+    ours.frames(), theirs.frames()
+    stack.hub.stop()
+    assert closed_with(ours) == (1001, "server shutting down")
+    assert closed_with(theirs) == (1001, "server shutting down")
