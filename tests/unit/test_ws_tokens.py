@@ -128,3 +128,50 @@ def test_looks_like_token():
     assert not tokens.looks_like_token("password")
     assert not tokens.looks_like_token(None)
     assert not tokens.looks_like_token(["v1."])
+
+
+# -- agi-app widget-token -------------------------------------------------------
+
+
+def _cli(tmp_path, capsys, *args, secret=SECRET):
+    import json as _json
+
+    from agi_app.cli import main
+
+    config = tmp_path / "agi_app.conf"
+    config.write_text(f"[websocket]\ntoken_secret = {secret}\n" if secret else "")
+    code = main(["widget-token", "--config", str(config), *args])
+    out, err = capsys.readouterr()
+    try:
+        parsed = _json.loads(out) if out.startswith("{") else out.strip()
+    except ValueError:
+        parsed = out
+    return code, parsed, err
+
+
+def test_the_cli_prints_a_token_for_the_extension(tmp_path, capsys):
+    import time
+
+    before = int(time.time())
+    code, token, err = _cli(tmp_path, capsys, "--sip", "1000", "--ttl", "120")
+    assert code == 0 and err == ""
+    assert tokens.verify(SECRET, token, before + 119) == "1000"
+    with pytest.raises(TokenExpired):
+        tokens.verify(SECRET, token, int(time.time()) + 121)
+    code, answer, _ = _cli(tmp_path, capsys, "--sip", "1001", "--json")
+    assert code == 0 and tokens.verify(SECRET, answer["client_id"], before) == "1001"
+    assert before + tokens.DEFAULT_TTL <= answer["expires"] <= int(time.time()) + 3600
+
+
+@pytest.mark.parametrize(
+    "args, secret, message",
+    [
+        (("--sip", "10.00"), SECRET, "sip must be"),
+        (("--sip", "1000", "--ttl", "30"), SECRET, "ttl must be between 60 and 86400"),
+        (("--sip", "1000"), "", "[websocket] token_secret is not set"),
+        (("--sip", "1000"), "short", "configuration error: [websocket] token_secret"),
+    ],
+)
+def test_the_cli_refuses_with_a_reason(tmp_path, capsys, args, secret, message):
+    code, out, err = _cli(tmp_path, capsys, *args, secret=secret)
+    assert code == 2 and out == "" and message in err
