@@ -47,7 +47,8 @@ from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.extensions_events import ExtensionEventEndpoints
 from agi_app.web.history import HistoryEndpoints
 from agi_app.web.site import build_site
-from agi_app.ws.server import WidgetFactory, WidgetHub
+from agi_app.web.widget import WidgetTokenEndpoints
+from agi_app.ws import OriginPolicy, WidgetFactory, WidgetHub
 
 __all__ = ["Application", "EventParts", "run", "settings_from_config"]
 
@@ -100,6 +101,8 @@ class EventParts:
         self.generator = EventGenerator(tracker, self.service, self.info)
         self.hub = WidgetHub(
             client_ids=config.websocket.client_ids,
+            token_secret=config.websocket.token_secret,
+            clock=reactor,
             tracker=tracker,
             calls=calls,
             control=control,
@@ -126,8 +129,11 @@ class EventParts:
         self.generator.start()
         self.hub.start()
         endpoint = serverFromString(self.reactor, self.config.websocket.listen)
-        self.ws_port = await endpoint.listen(WidgetFactory(self.hub, reactor=self.reactor))
-        log.info("widget WebSocket on {listen}", listen=self.config.websocket.listen)
+        origins = OriginPolicy.from_config(self.config)
+        factory = WidgetFactory(self.hub, reactor=self.reactor, origins=origins)
+        self.ws_port = await endpoint.listen(factory)
+        log.info("widget WebSocket on {listen} for {origins}",
+                 listen=self.config.websocket.listen, origins=origins.describe())  # fmt: skip
 
     async def stop(self) -> None:
         """Close the widgets, stop listening and delivering (the outbox keeps
@@ -237,7 +243,9 @@ class Application:
         control = CallControlEndpoints(self.control, self.outbound)
         control.add_routes(router)
         self.events.add_routes(router)
-        parts = [history_module, calls, current, control, extensions_events]
+        widget = WidgetTokenEndpoints(self.config.websocket.token_secret, clock=self.reactor)
+        widget.add_routes(router)
+        parts = [history_module, calls, current, control, extensions_events, widget]
         openapi.add_routes(router, openapi.build_document(parts))
         return router
 

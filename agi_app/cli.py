@@ -1,4 +1,4 @@
-"""Command line: ``agi-app serve|sandbox|install-sounds``."""
+"""Command line: ``agi-app serve|demo|sandbox|install-sounds|widget-token``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,36 @@ def _install_sounds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _widget_token(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from agi_app.config import ConfigError, load
+    from agi_app.validation import InvalidInput
+    from agi_app.ws.tokens import issue
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"agi-app: configuration error: {e}", file=sys.stderr)
+        return 2
+    secret = config.websocket.token_secret
+    if not secret:
+        print("agi-app: [websocket] token_secret is not set: no token can be minted",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        client_id, expires = issue(secret, args.sip, args.ttl, time.time())
+    except InvalidInput as e:
+        print(f"agi-app: {e.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"client_id": client_id, "expires": expires}))
+    else:
+        print(client_id)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``agi-app`` console script."""
     parser = argparse.ArgumentParser(prog="agi-app", description=__doc__)
@@ -64,6 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("install-sounds", help="copy the prompts into Asterisk's sounds folder")
     p.add_argument("target", help="ASTERISK_SOUNDS_DIR, e.g. /usr/share/asterisk/sounds")
     p.set_defaults(func=_install_sounds)
+
+    from agi_app.ws.tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL
+
+    p = sub.add_parser(
+        "widget-token",
+        help="mint a widget token (the widget's client_id) for one extension",
+        description="Print a widget token for extension SIP, valid TTL seconds, signed "
+        "with [websocket] token_secret of the configuration.",
+    )
+    p.add_argument("--config", "-c", default=None, help="INI file (see agi_app.conf.example)")
+    p.add_argument("--sip", required=True, help="the extension the widget acts as")
+    p.add_argument("--ttl", type=int, default=DEFAULT_TTL,
+                   help=f"seconds the token is valid ({MIN_TTL}..{MAX_TTL}, "
+                        f"default {DEFAULT_TTL})")  # fmt: skip
+    p.add_argument("--json", action="store_true", help='print {"client_id", "expires"}')
+    p.set_defaults(func=_widget_token)
 
     args, unknown = parser.parse_known_args(argv)
     if args.command == "sandbox":

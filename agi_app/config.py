@@ -9,6 +9,7 @@ validates, and every validation error names the offending ``[section] key``.
 from __future__ import annotations
 
 import configparser
+import inspect
 import ipaddress
 import math
 import os
@@ -17,6 +18,9 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from twisted.internet import endpoints
 
 from agi_app.netguard import parse_networks
 
@@ -33,6 +37,8 @@ __all__ = [
     "WebSocketConfig",
     "load",
     "is_loopback_endpoint",
+    "is_loopback_host",
+    "web_origin",
 ]
 
 
@@ -78,10 +84,22 @@ class HTTPConfig:
 
 @dataclass(frozen=True)
 class WebSocketConfig:
-    """``[websocket]``: the browser widget feed."""
+    """``[websocket]``: the browser widget feed (see docs/widget.md)."""
 
     listen: str = "tcp:10150:interface=127.0.0.1"
+    #: static widget passwords; accepted only while ``listen`` is loopback
     client_ids: tuple[str, ...] = ("password",)
+    #: the shared secret of widget tokens; empty: no token is accepted
+    token_secret: str = ""
+    #: origins of the pages that may connect; empty: the origin of
+    #: ``[http] public_url`` (and, on a loopback listener, pages served from
+    #: loopback); ``*``: any page
+    allowed_origins: tuple[str, ...] = ()
+
+
+#: ``[websocket] token_secret``: a shorter one could be found from a single
+#: token by trying every secret
+MIN_TOKEN_SECRET = 16
 
 
 @dataclass(frozen=True)
@@ -252,23 +270,76 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
     return cfg
 
 
-def is_loopback_endpoint(description: str) -> bool:
-    """True when a Twisted server endpoint string listens on loopback only
-    (``interface=`` names a loopback address, or it is a UNIX socket)."""
-    kind = description.split(":", 1)[0].lower()
-    if kind == "unix":
-        return True
-    # Colons inside a value are escaped with a backslash (``\:\:1``).
-    m = re.search(r"(?:^|:)interface=((?:\\.|[^:\\])+)", description)
-    if not m:
-        return False
-    addr = re.sub(r"\\(.)", r"\1", m.group(1)).strip("[]")
-    if addr == "localhost":
+# Twisted's own parser of each kind of server endpoint string; binding an
+# endpoint's arguments to it tells where its interface is, as Twisted reads it.
+_SERVER_PARSERS = {
+    "tcp": endpoints._parseTCP,
+    "ssl": endpoints._parseSSL,
+    "tcp6": endpoints._TCP6ServerParser()._parseServer,
+}
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and the loopback addresses (127.0.0.0/8, ::1),
+    written as they are (no name is resolved)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(addr).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """True when a Twisted server endpoint string listens on loopback only
+    (its interface is a loopback address, or it is a UNIX socket).
+
+    The string is read by Twisted's own endpoint parser, so escapes
+    (``interface=\\:\\:1``), keyword and positional arguments and each kind's
+    default interface (every address, for ``tcp`` and ``tcp6``) count as
+    they do when the endpoint listens."""
+    try:
+        args, kwargs = endpoints._parse(description)
+    except (ValueError, IndexError):
+        return False
+    if not args:
+        return False
+    kind = args[0].lower()
+    if kind == "unix":
+        return True
+    parser = _SERVER_PARSERS.get(kind)
+    if parser is None:
+        return False
+    try:
+        # The first parameter is the factory (or reactor) the endpoint gets.
+        bound = inspect.signature(parser).bind(None, *args[1:], **kwargs)
+    except TypeError:
+        return False
+    bound.apply_defaults()
+    interface = bound.arguments.get("interface")
+    return isinstance(interface, str) and bool(interface) and is_loopback_host(interface)
+
+
+def web_origin(url: str, *, exact: bool = False) -> str:
+    """The origin of an ``http``/``https`` URL as browsers send it in an
+    ``Origin`` header: ``scheme://host[:port]``, in lower case, without the
+    scheme's default port.  ``exact``: the URL must be an origin itself (no
+    path, query or user).  Raises ValueError for anything else."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port  # ValueError when it is not a port number
+    if exact and (parts.path not in ("", "/") or parts.query or parts.fragment
+                  or parts.username is not None):  # fmt: skip
+        raise ValueError(f"not an origin (scheme://host[:port]): {url!r}")
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def _validate(cfg: Config) -> None:
@@ -312,6 +383,40 @@ def _validate(cfg: Config) -> None:
             "[agi] allowed_peers: empty would refuse every FastAGI connection "
             "(0.0.0.0/0,::/0 allows any)"
         )
-    for key in ("client_ids",):
-        if not getattr(cfg.websocket, key):
-            raise ConfigError(f"[websocket] {key}: at least one is needed")
+    _validate_websocket(cfg)
+
+
+def _validate_websocket(cfg: Config) -> None:
+    ws = cfg.websocket
+    if not ws.client_ids and not ws.token_secret:
+        raise ConfigError(
+            "[websocket] client_ids: at least one is needed while [websocket] token_secret "
+            "is empty (no widget could connect)"
+        )
+    if ws.token_secret and len(ws.token_secret) < MIN_TOKEN_SECRET:
+        raise ConfigError(f"[websocket] token_secret: at least {MIN_TOKEN_SECRET} characters")
+    if ws.client_ids and not is_loopback_endpoint(ws.listen):
+        # A page's JavaScript shows its client_id to whoever loads it: off
+        # loopback only a token, which binds one extension, is safe.
+        raise ConfigError(
+            "[websocket] client_ids: static client ids (the default is 'password') are "
+            f"accepted only while [websocket] listen is loopback, not {ws.listen!r}; set "
+            "client_ids = (empty) and token_secret, and give each widget a token"
+        )
+    if not ws.allowed_origins:
+        try:
+            web_origin(cfg.http.public_url)
+        except ValueError:
+            raise ConfigError(
+                "[http] public_url: has no origin for [websocket] allowed_origins to default to"
+            ) from None
+    for origin in ws.allowed_origins:
+        if origin == "*":
+            continue
+        try:
+            web_origin(origin, exact=True)
+        except ValueError:
+            raise ConfigError(
+                f"[websocket] allowed_origins: {origin!r} is not an origin "
+                "(scheme://host[:port], or *)"
+            ) from None

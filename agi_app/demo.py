@@ -9,6 +9,7 @@ service, then the sandbox PBX and its phones.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ __all__ = ["main"]
 SANDBOX_INI = Path("var/sandbox.ini")
 
 
-def _banner(url: str) -> str:
+def _banner(url: str, widget: str) -> str:
     return "\n".join(
         [
             "",
@@ -30,6 +31,8 @@ def _banner(url: str) -> str:
             f"    curl '{url}/api/orderHistory.json?order_id=15'",
             f"    curl '{url}/api/sipList.json'",
             f"    curl '{url}/health'",
+            "  the browser widget of extension 1000 (the page asks the server for its token):",
+            f"    {widget}",
             "  Ctrl-C stops the service, the sandbox PBX and the demo phones.",
             "",
         ]
@@ -53,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"agi-app demo: configuration error: {e}", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, store=StoreConfig(path="var/agi_app.sqlite3"))
-        print(_banner(config.http.public_url), flush=True)
+        if not config.websocket.token_secret:
+            # Widget tokens for the demo page; a new secret each run.
+            websocket = dataclasses.replace(config.websocket, token_secret=secrets.token_hex(32))
+            config = dataclasses.replace(config, websocket=websocket)
+        url = config.http.public_url.rstrip("/")
+        print(_banner(url, f"{url}/static/demo.html?phone=1000&connect=1"), flush=True)
         return run(config)
     finally:
         sandbox(["stop", "--profile", "run"])

@@ -1,42 +1,61 @@
 """The widget's WebSocket server and the hub routing events to widgets.
 
 The wire protocol (``docs/widget.md``) is JSON text messages, one object
-each with a ``type``.  A connection must first say ``hello`` with a
-``client_id`` from ``[websocket] client_ids``; a wrong one is closed with
-code 4001 and the reason ``invalid client_id``, no hello within
-:data:`HELLO_TIMEOUT` seconds with 4000.  After that a widget sets its
-user's phone (``set_phone``), places calls (``call``), transfers
-(``transfer``) and receives ``event`` messages for the calls its user's
-phone takes part in.  A malformed, oversized or unknown message is answered
-with an ``error`` message and the connection stays open; only messages
-over :data:`MAX_FRAME` bytes make autobahn close it (1009).
+each with a ``type``.
+
+Who may connect (``docs/security.md``, "Browser widget"):
+
+- the opening handshake's ``Origin`` must be allowed by the factory's
+  :class:`~agi_app.ws.origins.OriginPolicy` (``[websocket]
+  allowed_origins``), else HTTP 403;
+- the first message must be ``hello`` with a ``client_id``: a widget token
+  (:mod:`agi_app.ws.tokens`), which binds the connection to its extension,
+  or one of the static ``[websocket] client_ids`` (loopback listeners only,
+  see :mod:`agi_app.config`), which does not.  Refusals close the
+  connection with a code of 4000-4099 and a reason saying why (the
+  ``CLOSE_*`` constants).
+
+After that a widget sets its user's phone (``set_phone``; with a token only
+its own extension), places calls (``call``), transfers (``transfer``, only
+calls its user's phone takes part in) and receives ``event`` messages for
+the calls its user's phone takes part in.  A malformed, oversized or unknown
+message is answered with an ``error`` message and the connection stays
+open; only messages over :data:`MAX_FRAME` bytes make autobahn close it
+(1009).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from agi_app import __version__
 from agi_app import validation as v
-from agi_app.errors import AppError
+from agi_app.errors import AppError, NotFound
 from agi_app.events.generator import LegMemory
+from agi_app.ws import tokens
 from agi_app.ws.feed import widget_event
+from agi_app.ws.origins import OriginPolicy
 
 __all__ = [
     "CLOSE_BAD_CLIENT_ID",
     "CLOSE_NO_HELLO",
+    "CLOSE_OTHER_EXTENSION",
+    "CLOSE_TOKEN_EXPIRED",
     "HELLO_TIMEOUT",
     "MAX_FRAME",
     "MAX_MESSAGE",
     "PROTOCOL_VERSION",
+    "Refused",
     "WidgetError",
     "WidgetFactory",
     "WidgetHub",
@@ -46,10 +65,15 @@ __all__ = [
 log = Logger(namespace="agi_app.ws")
 
 PROTOCOL_VERSION = 1
-#: close code and reason: the client_id is not one of [websocket] client_ids
-CLOSE_BAD_CLIENT_ID = 4001
 #: close code: the first message was not a hello, or none came in time
 CLOSE_NO_HELLO = 4000
+#: close code: the client_id is neither a valid token nor a static client id
+#: (reason ``invalid client_id``, or ``invalid token`` for a malformed or forged one)
+CLOSE_BAD_CLIENT_ID = 4001
+#: close code and reason ``token expired``: a genuine token past its ``expires``
+CLOSE_TOKEN_EXPIRED = 4002
+#: close code: a token-bound connection asked for another extension
+CLOSE_OTHER_EXTENSION = 4003
 #: seconds a new connection has to say hello
 HELLO_TIMEOUT = 10.0
 #: largest message handled; larger ones get an error message
@@ -68,10 +92,23 @@ class WidgetError(AppError):
         super().__init__(message, code=code)
 
 
+class Refused(Exception):
+    """A connection is refused: closed with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
 class WidgetHub:
     """The connected widgets by user phone, and what they can ask for.
 
-    :param client_ids: the accepted ``client_id`` values
+    :param client_ids: the accepted static ``client_id`` values (the
+        configuration allows them only on a loopback listener)
+    :param token_secret: the secret of widget tokens; empty: no token is accepted
+    :param clock: an ``IReactorTime`` telling whether a token has expired
+        (needed with ``token_secret``)
     :param tracker: the call tracker whose events reach the widgets (optional)
     :param calls: the :class:`~agi_app.calls.service.CallService` behind ``call()``
     :param control: call control behind ``transfer()`` (a
@@ -83,6 +120,8 @@ class WidgetHub:
         self,
         *,
         client_ids: Iterable[str],
+        token_secret: str = "",
+        clock: Any = None,
         tracker: Any = None,
         calls: Any = None,
         control: Any = None,
@@ -90,7 +129,11 @@ class WidgetHub:
         default_trunk: str = "pstn",
         call_time_to_ext: int = 30,
     ):
+        if token_secret and clock is None:
+            raise ValueError("a clock is needed to check the expiry of tokens")
         self._client_ids = tuple(c.encode("utf-8") for c in client_ids if c)
+        self._token_secret = token_secret
+        self._clock = clock
         self._tracker = tracker
         self._calls = calls
         self._control = control
@@ -105,6 +148,9 @@ class WidgetHub:
         self._legs = LegMemory()
         #: messages sent to widgets since start
         self.sent = 0
+        #: connections refused since start, by reason (``origin``,
+        #: ``invalid client_id``, ``token expired``...)
+        self.refusals: Counter[str] = Counter()
 
     # -- lifetime -----------------------------------------------------------
 
@@ -119,7 +165,10 @@ class WidgetHub:
             self._unsubscribe()
             self._unsubscribe = None
         for proto in list(self._connections):
-            proto.sendClose(1001, "server shutting down")
+            # 1001 "going away" is the code for this (RFC 6455 7.4.1), which
+            # autobahn's sendClose() keeps for itself: write the frame directly.
+            if proto.state == WebSocketServerProtocol.STATE_OPEN:
+                proto.sendCloseFrame(1001, b"server shutting down")
 
     @property
     def connections(self) -> int:
@@ -129,12 +178,32 @@ class WidgetHub:
     # -- connections --------------------------------------------------------
 
     def check_client_id(self, value: object) -> bool:
-        """True for one of the accepted ``client_id`` values (constant time)."""
+        """True for one of the static ``client_id`` values (constant time)."""
         given = value.encode("utf-8") if isinstance(value, str) else b""
         ok = False
         for candidate in self._client_ids:
             ok |= hmac.compare_digest(candidate, given)
         return ok and bool(given)
+
+    def authenticate(self, client_id: object) -> str | None:
+        """The extension a hello's ``client_id`` binds its connection to: a
+        token's ``sip``, or None for a static client id (any extension).
+        Raises :class:`Refused` with the close code and reason."""
+        if self._token_secret and tokens.looks_like_token(client_id):
+            assert isinstance(client_id, str)
+            try:
+                return tokens.verify(self._token_secret, client_id, self._clock.seconds())
+            except tokens.TokenExpired as e:
+                raise Refused(CLOSE_TOKEN_EXPIRED, e.reason) from None
+            except tokens.TokenError as e:
+                raise Refused(CLOSE_BAD_CLIENT_ID, e.reason) from None
+        if self.check_client_id(client_id):
+            return None
+        raise Refused(CLOSE_BAD_CLIENT_ID, "invalid client_id")
+
+    def refused(self, reason: str) -> None:
+        """Count a refused connection."""
+        self.refusals[reason] += 1
 
     def add(self, proto: WidgetProtocol) -> None:
         """A connection opened."""
@@ -264,7 +333,21 @@ class WidgetHub:
             raise WidgetError(
                 "transfer_unavailable", "call transfer is not available on this server"
             )
+        if not self.takes_part(user_phone, call):
+            raise NotFound(f"extension {user_phone} has no current call {call}",
+                           code="unknown_call", field="call_id")  # fmt: skip
         await self._control.act(user_phone, call, "transfer", number)
+
+    def takes_part(self, phone: str, call_api_id: str) -> bool:
+        """Whether ``phone``'s device is a party of the live call
+        ``call_api_id`` (one listening in on it is not).  True when the hub
+        follows no tracker: call control checks the call's legs then."""
+        if self._tracker is None:
+            return True
+        call = self._tracker.call(call_api_id)
+        if call is None:
+            return False
+        return any(leg.extension == phone and leg.party for leg in call.legs.values())
 
 
 class WidgetProtocol(WebSocketServerProtocol):
@@ -275,11 +358,22 @@ class WidgetProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.user_phone: str | None = None
+        #: the extension a token binds this connection to (None: a static client_id)
+        self.bound_phone: str | None = None
         self.client_type: str | None = None
         self.authenticated = False
         self._hello_timer: Any = None
 
     # -- autobahn callbacks -------------------------------------------------
+
+    def onConnect(self, request: Any) -> None:
+        origin = request.origin
+        if not self.factory.origins.allows(origin):
+            self.factory.hub.refused("origin")
+            log.info("widget {peer}: refused, origin {origin!r} not allowed",
+                     peer=self.peer, origin=origin)  # fmt: skip
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        return None
 
     def onOpen(self) -> None:
         self.factory.hub.add(self)
@@ -291,6 +385,8 @@ class WidgetProtocol(WebSocketServerProtocol):
         self.factory.hub.remove(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return  # refused or closing: nothing more is answered
         if isBinary:
             self._error("binary_message", "messages must be JSON text")
             return
@@ -321,8 +417,9 @@ class WidgetProtocol(WebSocketServerProtocol):
     # -- messages -----------------------------------------------------------
 
     def send_json(self, message: dict[str, Any]) -> None:
-        """Send one JSON message."""
-        self.sendMessage(json.dumps(message, separators=(",", ":")).encode(), isBinary=False)
+        """Send one JSON message (dropped once the connection is closing)."""
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(json.dumps(message, separators=(",", ":")).encode(), isBinary=False)
 
     def _error(self, code: str, message: str, request_id: Any = None) -> None:
         answer: dict[str, Any] = {"type": "error", "code": code, "message": message}
@@ -330,26 +427,44 @@ class WidgetProtocol(WebSocketServerProtocol):
             answer["id"] = request_id
         self.send_json(answer)
 
+    def _refuse(self, code: int, reason: str, counted_as: str | None = None) -> None:
+        self.factory.hub.refused(counted_as or reason)
+        log.info("widget {peer}: refused, {reason}", peer=self.peer, reason=reason)
+        self.sendClose(code, reason)
+
     def _no_hello(self) -> None:
-        if not self.authenticated:
-            self.sendClose(CLOSE_NO_HELLO, "hello expected")
+        if not self.authenticated and self.state == WebSocketServerProtocol.STATE_OPEN:
+            self._refuse(CLOSE_NO_HELLO, "hello expected")
+
+    def _other_extension(self) -> None:
+        reason = f"this client_id is for extension {self.bound_phone} only"
+        self._refuse(CLOSE_OTHER_EXTENSION, reason, counted_as="other extension")
 
     def _hello(self, message: dict[str, Any]) -> None:
         if message["type"] != "hello":
-            self.sendClose(CLOSE_NO_HELLO, "hello expected")
+            self._refuse(CLOSE_NO_HELLO, "hello expected")
             return
-        if not self.factory.hub.check_client_id(message.get("client_id")):
-            log.info("widget {peer}: refused, invalid client_id", peer=self.peer)
-            self.sendClose(CLOSE_BAD_CLIENT_ID, "invalid client_id")
+        try:
+            bound = self.factory.hub.authenticate(message.get("client_id"))
+        except Refused as e:
+            self._refuse(e.code, e.reason)
+            return
+        phone = message.get("user_phone")
+        if bound is not None and phone not in (None, "", bound):
+            self.bound_phone = bound
+            self._other_extension()
             return
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         self.authenticated = True
+        self.bound_phone = bound
         client_type = message.get("client_type")
         self.client_type = client_type[:64] if isinstance(client_type, str) else None
-        phone = message.get("user_phone")
         error = None
-        if phone not in (None, ""):
+        if bound is not None:
+            # A token names its extension: that is the user's phone.
+            self.factory.hub.set_phone(self, bound)
+        elif phone not in (None, ""):
             try:
                 self.factory.hub.set_phone(self, v.extension(phone, "phone"))
             except v.InvalidInput as e:
@@ -367,6 +482,9 @@ class WidgetProtocol(WebSocketServerProtocol):
 
     def _set_phone(self, message: dict[str, Any], request_id: Any) -> None:
         phone = message.get("phone")
+        if self.bound_phone is not None and phone not in (None, "", self.bound_phone):
+            self._other_extension()
+            return
         try:
             clean = None if phone in (None, "") else v.extension(phone, "phone")
         except v.InvalidInput as e:
@@ -397,8 +515,7 @@ class WidgetProtocol(WebSocketServerProtocol):
         answer: dict[str, Any] = {"type": "result", "ok": True, **body}
         if request_id is not None:
             answer["id"] = request_id
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.send_json(answer)
+        self.send_json(answer)
 
     def _failed(self, failure: Any, request_id: Any) -> None:
         if failure.check(AppError):
@@ -406,8 +523,7 @@ class WidgetProtocol(WebSocketServerProtocol):
         else:
             log.failure("widget request failed", failure)
             code, message = "internal", "internal error"
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self._error(code, message, request_id)
+        self._error(code, message, request_id)
 
     _handlers: dict[str, Callable[[WidgetProtocol, dict[str, Any], Any], None]] = {
         "set_phone": _set_phone,
@@ -418,7 +534,11 @@ class WidgetProtocol(WebSocketServerProtocol):
 
 
 class WidgetFactory(WebSocketServerFactory):
-    """The autobahn factory of :class:`WidgetProtocol` over a :class:`WidgetHub`."""
+    """The autobahn factory of :class:`WidgetProtocol` over a :class:`WidgetHub`.
+
+    :param origins: the pages allowed to connect (default: any; the
+        application passes :meth:`OriginPolicy.from_config`)
+    """
 
     protocol = WidgetProtocol
 
@@ -427,12 +547,14 @@ class WidgetFactory(WebSocketServerFactory):
         hub: WidgetHub,
         *,
         reactor: Any,
+        origins: OriginPolicy | None = None,
         ping_interval: float = 20.0,
         hello_timeout: float = HELLO_TIMEOUT,
     ):
         super().__init__(reactor=reactor)
         self.hub = hub
         self.clock = reactor
+        self.origins = origins if origins is not None else OriginPolicy(("*",))
         self.hello_timeout = hello_timeout
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_FRAME,

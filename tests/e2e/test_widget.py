@@ -3,6 +3,10 @@ driven by Playwright) loads the demo page served by agi_app, which uses
 ``/static/prostiezvonki.js`` against the real WebSocket server, while the
 sandbox PBX rings real SIPp phones.
 
+Extension 1000's page uses the static ``client_id`` ``password`` (a CRM on
+loopback, unchanged); 1001's page leaves it empty, so the demo asks agi_app
+for a widget token of 1001 -- which cannot transfer 1000's call.
+
 Playwright's API blocks, so the browser is driven from a thread while the
 application runs on the test's reactor; the thread reaches the reactor with
 ``blockingCallFromThread``.
@@ -19,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from callflow import HTTP_PORT, reactor, wait_final
-from test_events import WS_PORT, call_in_from_trunk, start_events_app
+from callflow import HTTP_PORT, app_config, reactor, start_app, wait_final
+from test_events import SETTINGS_ENV, call_in_from_trunk
 from twisted.internet import defer, task, threads
 from twisted.internet.threads import blockingCallFromThread
 
@@ -29,7 +33,7 @@ from agi_app.sandbox.phones import answer
 CHROMIUM = "/usr/bin/chromium"
 #: set to refresh docs/demo.png from a run (otherwise the shot stays in tmp)
 SCREENSHOT_ENV = "AGI_APP_DEMO_SCREENSHOT"
-PAGE = f"http://127.0.0.1:{HTTP_PORT}/static/demo.html?host=ws://127.0.0.1:{WS_PORT}"
+TOKEN_SECRET = "e2e-widget-token-secret"
 COLLECT = """() => {
     window.__events = [];
     pz.onEvent(function (e) {
@@ -81,9 +85,23 @@ def browser():
 
 @pytest_twisted.async_yield_fixture
 async def app(sandbox, tmp_path):
-    application = await start_events_app(sandbox, tmp_path)
+    config = app_config(
+        sandbox,
+        tmp_path,
+        # a port of its own: test sessions with other port offsets run beside
+        AGI_APP_WEBSOCKET_LISTEN="tcp:0:interface=127.0.0.1",
+        AGI_APP_WEBSOCKET_TOKEN_SECRET=TOKEN_SECRET,
+        **SETTINGS_ENV,
+    )
+    application = await start_app(config)
     yield application
     await application.stop()
+
+
+def page_of(app) -> str:
+    """The demo page of ``app``, connecting to its WebSocket."""
+    ws_port = app.events.ws_port.getHost().port
+    return f"http://127.0.0.1:{HTTP_PORT}/static/demo.html?host=ws://127.0.0.1:{ws_port}"
 
 
 def _events(page, kind: int) -> list[dict]:
@@ -96,6 +114,7 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
     screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "demo.png")
     r = reactor()
     results: dict = {}
+    base = page_of(app)
 
     def in_reactor(fn, *args, **kwargs):
         def run():
@@ -112,7 +131,7 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
             page = state["browser"].new_page(viewport={"width": 640, "height": 760})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{PAGE}&client_id=password&phone=1000&connect=1")
+            page.goto(f"{base}&client_id=password&phone=1000&connect=1")
             page.wait_for_function("window.pz && pz.isConnected()", timeout=10_000)
             assert page.evaluate("window.prostiezvonki === window.pz")
             page.evaluate(COLLECT)
@@ -133,9 +152,10 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
             # popup); 1000 answers and transfers it to 1001, whose widget
             # gets type 1; both get type 3 when it ends.
             other = state["browser"].new_page()
-            other.goto(f"{PAGE}&client_id=password&phone=1001&connect=1")
+            other.goto(f"{base}&phone=1001&connect=1")  # asks agi_app for a token
             other.wait_for_function("window.pz && pz.isConnected()", timeout=10_000)
             other.evaluate(COLLECT)
+            results["other_client_id"] = other.input_value("#client_id")
             in_reactor(sandbox.phones.start, "1000", answer(after=2.5))
             in_reactor(sandbox.phones.start, "1001", answer(after=0.5))
             # Started now, awaited at the end (a list keeps the Deferred
@@ -150,6 +170,10 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
             operator = sandbox.operator("1000")
             in_reactor(lambda: operator.wait_for_answer(timeout=10, count=2, reactor=r))
             in_reactor(lambda: task.deferLater(r, 1.0, lambda: None))  # talking a moment
+            # 1001's token does not reach 1000's call.
+            results["outsider_transfer"] = other.evaluate(
+                "id => pz.transfer(id, '1002').then(() => 'ok', e => e.code)", call_api_id
+            )
             page.fill("#transfer-to", "1001")
             page.click("#transfer button")
             page.wait_for_function(
@@ -178,13 +202,22 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
             results["reconnected"] = page.evaluate("window.__status")
             # 3. A wrong client_id is refused, and says why.
             bad = state["browser"].new_page()
-            bad.goto(f"{PAGE}&client_id=wrong&phone=1000&connect=1")
+            bad.goto(f"{base}&client_id=wrong&phone=1000&connect=1")
             bad.wait_for_function(
                 "document.querySelector('#status').textContent.startsWith('refused')",
                 timeout=10_000,
             )
             results["refused"] = bad.text_content("#status")
             results["refused_connected"] = bad.evaluate("pz.isConnected()")
+            # 4. 1001's token asked to follow 1000 is refused.
+            token = results["other_client_id"]
+            foreign = state["browser"].new_page()
+            foreign.goto(f"{base}&client_id={token}&phone=1000&connect=1")
+            foreign.wait_for_function(
+                "document.querySelector('#status').textContent.startsWith('refused')",
+                timeout=10_000,
+            )
+            results["other_extension"] = foreign.text_content("#status")
         finally:
             close()
 
@@ -216,4 +249,7 @@ async def test_widget_in_headless_chromium(sandbox, app, browser, tmp_path):
     assert results["reconnected"][-1] == "connected"
     assert results["refused"] == "refused: invalid client_id"
     assert results["refused_connected"] is False
+    assert results["other_client_id"].startswith("v1.1001.")
+    assert results["outsider_transfer"] == "unknown_call"
+    assert results["other_extension"] == "refused: this client_id is for extension 1001 only"
     assert screenshot.stat().st_size > 10_000

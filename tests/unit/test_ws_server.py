@@ -310,3 +310,259 @@ async def test_a_closing_widget_does_not_stop_the_others_getting_events(server):
     assert hub.send_event("1000", {"type": 2, "callID": "x", "from": "1", "to": "1000"}) == 1
     await until(lambda: any(m["type"] == "event" for w in (a, b) for m in w.messages))
     assert len([m for w in (a, b) for m in w.messages if m["type"] == "event"]) == 1
+
+
+# -- tokens, origins and what a token-bound widget may do ----------------------
+#
+# These drive the protocol through FrameLink: the handshake and frames are
+# written by hand on a StringTransport and time is a MemoryReactorClock.
+
+SECRET = "0123456789abcdef-widget"
+T0 = 1_795_644_000
+
+
+class Stack:
+    """A hub with tokens on a clock, the real call tracker over the fake
+    PBX (a client on the trunk talking to extension 1000, call ``trunk-1``)
+    and call control that records what it was asked."""
+
+    def __init__(self, *, origins=None, control=True):
+        from test_tracker import SECRET as AMI_SECRET
+        from test_tracker import USER, Sim
+        from twisted.internet.testing import MemoryReactorClock
+
+        from agi_app.ami import AMIService
+        from agi_app.ami.testing import FakeAMIServer
+        from agi_app.live.tracker import CallTracker
+
+        self.clock = MemoryReactorClock()
+        self.clock.advance(T0)
+        self.pbx = FakeAMIServer(users={USER: AMI_SECRET}, clock=self.clock)
+        self.ami = AMIService("127.0.0.1", 5038, USER, AMI_SECRET, reactor=self.clock)
+        self.tracker = CallTracker(self.ami, clock=self.clock, trunks={"pstn"})
+        self.tracker.start()
+        self.ami.startService()
+        self.pbx.accept(self.clock)
+        self.sim = Sim(self.pbx)
+        self.calls = FakeCalls()
+        self.control = FakeControl() if control else None
+        self.hub = WidgetHub(
+            client_ids=("password",),
+            token_secret=SECRET,
+            clock=self.clock,
+            tracker=self.tracker,
+            calls=self.calls,
+            control=self.control,
+        )
+        self.hub.start()
+        self.factory = WidgetFactory(self.hub, reactor=self.clock, origins=origins)
+
+    def link(self, origin=None):
+        from agi_app.ws.testing import FrameLink
+
+        return FrameLink(self.factory, origin=origin)
+
+    def hello(self, client_id, user_phone=None, origin=None):
+        link = self.link(origin)
+        assert link.status == 101, link.handshake
+        message = {"type": "hello", "client_id": client_id}
+        if user_phone is not None:
+            message["user_phone"] = user_phone
+        link.send_json(message)
+        return link
+
+
+def token(sip, ttl=600, secret=SECRET, now=T0):
+    from agi_app.ws import tokens
+
+    return tokens.mint(secret, sip, now + ttl)
+
+
+def closed_with(link):
+    [frame] = [f for f in link.frames() if f.opcode == 0x8]
+    return frame.code, frame.reason
+
+
+@pytest.fixture
+def stack():
+    return Stack()
+
+
+def test_a_token_binds_the_connection_to_its_extension(stack):
+    link = stack.hello(token("1000"))
+    [welcome] = link.messages()
+    assert (welcome["type"], welcome["user_phone"]) == ("welcome", "1000")
+    assert stack.hub.widgets_of("1000") == 1
+    link.send_json({"type": "set_phone", "phone": "1000", "id": 1})
+    assert link.messages() == [{"type": "result", "ok": True, "user_phone": "1000", "id": 1}]
+    link.send_json({"type": "set_phone", "phone": "1001", "id": 2})
+    assert closed_with(link) == (4003, "this client_id is for extension 1000 only")
+    assert stack.hub.widgets_of("1001") == 0
+    assert stack.hub.refusals["other extension"] == 1
+
+
+@pytest.mark.parametrize("user_phone", ["1001", "10&00", 1000, ["1000"]])
+def test_a_hello_for_another_extension_is_refused(stack, user_phone):
+    link = stack.hello(token("1000"), user_phone=user_phone)
+    assert closed_with(link) == (4003, "this client_id is for extension 1000 only")
+    assert stack.hub.widgets_of("1000") == 0 and link.closing
+
+
+def test_a_hello_naming_the_tokens_own_extension_is_welcome(stack):
+    link = stack.hello(token("1000"), user_phone="1000")
+    assert link.messages()[0]["user_phone"] == "1000"
+
+
+@pytest.mark.parametrize(
+    "client_id, reason",
+    [
+        (token("1000", secret="someone else's secret"), "invalid token"),
+        (token("1000")[:-1] + "x", "invalid token"),
+        (token("1000").replace("v1.1000.", "v1.1001."), "invalid token"),
+        ("v1.1000", "invalid token"),
+        ("wrong", "invalid client_id"),
+        (None, "invalid client_id"),
+        (42, "invalid client_id"),
+    ],
+)
+def test_forged_tokens_and_wrong_ids_are_refused(stack, client_id, reason):
+    link = stack.hello(client_id)
+    assert closed_with(link) == (4001, reason)
+    assert link.messages() == [] and stack.hub.refusals[reason] == 1
+
+
+def test_an_expired_token_is_refused_and_says_so(stack):
+    almost = token("1000", ttl=1)
+    stack.clock.advance(0.5)
+    assert stack.hello(almost).messages()[0]["type"] == "welcome"
+    stack.clock.advance(0.5)
+    assert closed_with(stack.hello(almost)) == (4002, "token expired")
+
+
+def test_the_static_client_id_still_works_beside_tokens(stack):
+    link = stack.hello("password", user_phone="1001")
+    assert link.messages()[0]["user_phone"] == "1001"
+    link.send_json({"type": "set_phone", "phone": "1002"})
+    assert link.messages()[0]["user_phone"] == "1002"
+
+
+def test_without_a_secret_a_token_is_just_a_wrong_client_id():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from agi_app.ws.testing import FrameLink
+
+    hub = WidgetHub(client_ids=("password",))
+    link = FrameLink(WidgetFactory(hub, reactor=MemoryReactorClock()))
+    link.send_json({"type": "hello", "client_id": token("1000")})
+    assert closed_with(link) == (4001, "invalid client_id")
+
+
+def test_call_acts_as_the_tokens_extension(stack):
+    link = stack.hello(token("1001"))
+    link.send_json({"type": "call", "phone": "380501234567", "id": 1})
+    assert link.messages()[1] == {"type": "result", "ok": True, "call_id": "c-42", "id": 1}
+    assert [r.first for r in stack.calls.placed] == ["1001"]
+
+
+def test_transfer_only_of_a_call_the_extension_takes_part_in(stack):
+    stack.sim.trunk_to_operator()  # trunk-1: the client talks to 1000
+    outsider = stack.hello(token("1001"))
+    outsider.messages()
+    outsider.send_json({"type": "transfer", "call_id": "trunk-1", "phone": "1002", "id": 7})
+    [error] = outsider.messages()
+    assert (error["type"], error["code"], error["id"]) == ("error", "unknown_call", 7)
+    assert stack.control.transfers == [], "nothing reached call control"
+    owner = stack.hello(token("1000"))
+    owner.messages()
+    owner.send_json({"type": "transfer", "call_id": "trunk-1", "phone": "1002", "id": 8})
+    assert owner.messages() == [{"type": "result", "ok": True, "id": 8}]
+    assert stack.control.transfers == [("1000", "trunk-1", "transfer", "1002")]
+
+
+def test_events_reach_only_the_tokens_extension(stack):
+    ours, theirs = stack.hello(token("1000")), stack.hello(token("1001"))
+    ours.messages(), theirs.messages()
+    stack.sim.trunk_to_operator()  # rings 1000
+    [ringing] = ours.messages()
+    assert (ringing["type"], ringing["event"]["type"]) == ("event", 2)
+    assert theirs.messages() == []
+
+
+@pytest.mark.parametrize(
+    "origin, allowed",
+    [
+        (None, True),  # not a browser
+        ("http://127.0.0.1:8080", True),
+        ("HTTP://127.0.0.1:8080", True),
+        ("https://crm.example.com", True),
+        ("https://crm.example.com:443", True),
+        ("http://crm.example.com", False),  # another scheme is another origin
+        ("https://crm.example.com:8443", False),
+        ("https://evil.example", False),
+        ("https://crm.example.com.evil.example", False),
+        ("http://localhost:3000", True),  # a page served from loopback
+        ("http://[::1]:3000", True),
+        ("http://127.9.9.9", True),
+        ("null", None),  # autobahn refuses it first (400)
+        ("file://", None),
+        ("chrome-extension://abc", False),
+    ],
+)
+def test_the_origin_is_checked_at_the_handshake(origin, allowed):
+    from agi_app.ws.origins import OriginPolicy
+
+    policy = OriginPolicy(
+        ("http://127.0.0.1:8080", "https://crm.example.com"), loopback_pages=True
+    )
+    stack = Stack(origins=policy)
+    link = stack.link(origin)
+    if allowed:
+        assert link.status == 101
+        link.send_json({"type": "hello", "client_id": "password"})
+        assert link.messages()[0]["type"] == "welcome"
+    elif allowed is None:
+        assert link.status == 400 and "not allowed" in link.handshake
+        assert stack.hub.connections == 0
+    else:
+        assert link.status == 403, link.handshake
+        assert "origin not allowed" in link.handshake
+        assert stack.hub.connections == 0 and stack.hub.refusals["origin"] == 1
+
+
+def test_the_origin_policy_from_the_configuration():
+    from agi_app.config import load
+    from agi_app.ws.origins import OriginPolicy
+
+    default = OriginPolicy.from_config(load(None, environ={}))
+    assert default.allows("http://127.0.0.1:8080") and default.allows("http://localhost:1")
+    assert not default.allows("https://crm.example.com")
+    listed = OriginPolicy.from_config(
+        load(None, environ={"AGI_APP_WEBSOCKET_ALLOWED_ORIGINS": "https://crm.example.com"})
+    )
+    assert listed.allows("https://crm.example.com")
+    assert not listed.allows("http://127.0.0.1:8080"), "a list is exact"
+    anywhere = OriginPolicy.from_config(
+        load(None, environ={"AGI_APP_WEBSOCKET_ALLOWED_ORIGINS": "*"})
+    )
+    assert anywhere.allows("https://evil.example")
+    public = OriginPolicy.from_config(
+        load(
+            None,
+            environ={
+                "AGI_APP_WEBSOCKET_LISTEN": "tcp:10150",
+                "AGI_APP_WEBSOCKET_CLIENT_IDS": "",
+                "AGI_APP_WEBSOCKET_TOKEN_SECRET": SECRET,
+                "AGI_APP_HTTP_PUBLIC_URL": "https://pbx.example.com/agi/",
+            },
+        )
+    )
+    assert public.allows("https://pbx.example.com")
+    assert not public.allows("http://localhost:3000"), "off loopback, loopback pages are foreign"
+
+
+def test_stopping_the_hub_closes_every_widget_with_1001(stack):
+    ours, theirs = stack.hello(token("1000")), stack.hello("password")
+    ours.frames(), theirs.frames()
+    stack.hub.stop()
+    assert closed_with(ours) == (1001, "server shutting down")
+    assert closed_with(theirs) == (1001, "server shutting down")

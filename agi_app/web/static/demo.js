@@ -1,13 +1,20 @@
 /* The demo page: a softphone-style panel on top of prostiezvonki.js.
- * Query parameters fill the form: ?host=ws://...&client_id=...&phone=1000&connect=1 */
+ * Query parameters fill the form: ?host=ws://...&client_id=...&phone=1000&connect=1
+ *
+ * With client_id left empty the page asks the server that served it for a
+ * widget token of the extension (POST /api/widgetToken). That works where
+ * the HTTP API is open (loopback, no API keys, as under `make run`); a real
+ * CRM page gets its token from the CRM's own server, which keeps the API
+ * key, and never shows a key to the browser. */
 (function () {
     'use strict';
     var $ = function (id) { return document.getElementById(id); };
     var params = new URLSearchParams(location.search);
     var current = null;  // the call shown in the incoming popup
+    var minted = false;  // the client_id in use is a token this page asked for
 
     $('host').value = params.get('host') || ('ws://' + (location.hostname || '127.0.0.1') + ':10150');
-    $('client_id').value = params.get('client_id') || $('client_id').value;
+    $('client_id').value = params.get('client_id') || '';
     $('user_phone').value = params.get('phone') || '';
 
     function say(text, isError) {
@@ -29,7 +36,47 @@
         var el = $('status');
         el.textContent = name + (name === 'refused' && reason ? ': ' + reason : '');
         el.className = 'status status-' + name;
+        if (name === 'refused' && reason === 'token expired' && minted) {
+            connect();  // a token this page asked for: ask for a fresh one
+        }
     });
+
+    /* A token for `sip` from this page's own server. */
+    function fetchToken(sip) {
+        return fetch('/api/widgetToken', {
+            method: 'POST',
+            headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({sip: sip, ttl: 3600})
+        }).then(function (response) {
+            return response.json().then(function (body) {
+                if (!response.ok) {
+                    var error = body && body.error || {};
+                    throw new Error(error.message || ('HTTP ' + response.status));
+                }
+                return body.client_id;
+            });
+        });
+    }
+
+    function connect() {
+        var phone = $('user_phone').value.trim();
+        var host = $('host').value.trim();
+        var given = $('client_id').value.trim();
+        pz.setUserPhone(phone);
+        if (given && !minted) {
+            pz.connect({host: host, client_id: given, client_type: 'demo'});
+            return;
+        }
+        say('Asking the server for a token of ' + (phone || '?') + '\u2026');
+        fetchToken(phone).then(function (token) {
+            minted = true;
+            $('client_id').value = token;
+            say('');
+            pz.connect({host: host, client_id: token, client_type: 'demo'});
+        }, function (error) {
+            say('No token: ' + error.message, true);
+        });
+    }
 
     pz.onEvent(function (event) {
         if (event.isIncoming() || event.isTransfer()) {
@@ -73,9 +120,11 @@
 
     $('settings').addEventListener('submit', function (e) {
         e.preventDefault();
-        pz.setUserPhone($('user_phone').value.trim());
-        pz.connect({host: $('host').value.trim(), client_id: $('client_id').value,
-                    client_type: 'demo'});
+        connect();
+    });
+    $('client_id').addEventListener('input', function () { minted = false; });
+    $('user_phone').addEventListener('input', function () {
+        if (minted) { minted = false; $('client_id').value = ''; }  // that token names the old one
     });
     $('disconnect').addEventListener('click', function () { pz.disconnect(); });
 

@@ -20,15 +20,22 @@
  * pz.onStatus(callback) reports the connection state ('connecting',
  * 'connected', 'disconnected', 'refused') with a reason; pz.isConnected().
  * A connection that drops is opened again (1 s, doubling up to 30 s); one
- * the server refused (wrong client_id) is not.
+ * the server refused (close codes 4000-4099: wrong client_id, expired
+ * token, another extension than the token's) is not.
+ *
+ * client_id is a widget token (v1.<sip>.<expires>.<signature>, minted by the
+ * CRM's server for the user's extension) or, while the server listens on
+ * loopback only, one of its static client ids.
  *
  * The JSON wire protocol is described in docs/widget.md.
  */
 (function (root) {
     'use strict';
 
-    var CLOSE_BAD_CLIENT_ID = 4001;
-    var CLOSE_NO_HELLO = 4000;
+    // 4000 hello expected, 4001 invalid client_id or token, 4002 token
+    // expired, 4003 another extension than the token's: the server's refusals.
+    var REFUSED_FIRST = 4000;
+    var REFUSED_LAST = 4099;
     var MIN_RETRY = 1000;
     var MAX_RETRY = 30000;
     var REQUEST_TIMEOUT = 30000;
@@ -170,7 +177,7 @@
             state.socket = null;
             state.connected = false;
             failPending('disconnected', 'the connection was closed');
-            if (close.code === CLOSE_BAD_CLIENT_ID || close.code === CLOSE_NO_HELLO) {
+            if (close.code >= REFUSED_FIRST && close.code <= REFUSED_LAST) {
                 // Refused: trying again with the same client_id cannot help.
                 state.wanted = false;
                 status('refused', close.reason || ('closed with code ' + close.code));
