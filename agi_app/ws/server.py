@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from agi_app import __version__
 from agi_app import validation as v
+from agi_app.calls.service import CallRequest
 from agi_app.errors import AppError, NotFound
 from agi_app.events.generator import LegMemory
 from agi_app.ws import tokens
@@ -306,7 +307,6 @@ class WidgetHub:
     async def place_call(self, user_phone: str | None, number: object) -> str:
         """``pz.call(phone)``: an operator-first call from the user's phone to
         ``number``; returns the call id."""
-        from agi_app.calls.service import CallRequest
 
         if not user_phone:
             raise WidgetError("no_user_phone", "setUserPhone() first")
