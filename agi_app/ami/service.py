@@ -10,6 +10,14 @@ actions this application sends (Originate, Hangup, Redirect, Getvar, Setvar).
 Nothing is ever re-sent after a reconnect: an action in flight when the link
 drops fails with :class:`AMIDisconnected`, since a repeated Originate would
 place a second call.
+
+Asterisk opens its manager port before it loads its modules, so a login
+right after a PBX restart can come a few hundred milliseconds before the
+PBX is up: no ``FullyBooted`` follows it and ``DeviceStateList`` is an
+unknown command until res_manager_devicestate is loaded (the device states
+set before that never come as events either).  The session is only declared
+connected once a device state snapshot was taken after that module loaded
+(see :meth:`AMIService._snapshot`).
 """
 
 from __future__ import annotations
@@ -69,6 +77,9 @@ INITIAL_BACKOFF = 0.5
 #: Each reconnect delay is shortened by up to this fraction at random, so
 #: several clients do not all come back at the same instant.
 BACKOFF_JITTER = 0.25
+#: Seconds a session logged in to a still-booting Asterisk waits for a
+#: DeviceStateList answer before it goes on without device states.
+BOOT_TIMEOUT = 30.0
 
 
 class OriginateReason(IntEnum):
@@ -150,6 +161,22 @@ class _OriginateWatch:
     waiter: Deferred | None = None
 
 
+@dataclass
+class _Link:
+    """What one connection has learnt of the PBX's boot."""
+
+    proto: AMIProtocol
+    #: FullyBooted seen on this connection (Asterisk is up)
+    booted: bool = False
+    #: the first list of the first snapshot has completed; a FullyBooted from
+    #: now on is not the one written right after the Login answer
+    listed: bool = False
+    #: FullyBooted arrived while the snapshot was being taken: take it again
+    stale: bool = False
+    #: fired to end a wait before the next snapshot
+    wake: Deferred | None = None
+
+
 @implementer(IStreamClientEndpoint)
 class _ReportingEndpoint:
     """Wraps an endpoint to hear of failed connection attempts (ClientService
@@ -210,6 +237,10 @@ class AMIService(Service):
     :param name: this PBX link's name, shown in every log line.
     :param endpoint: a client endpoint to use instead of TCP to host:port.
     :param rng: the source of reconnect jitter (``random.Random``).
+    :param boot_timeout: seconds a login to an Asterisk that is still loading
+        its modules waits for ``DeviceStateList`` to be answered (listing
+        again with backoff, and at once on ``FullyBooted``) before it goes
+        on with device states unknown.
 
     State, rebuilt after every login and then kept current from events:
     ``channels`` (Uniqueid -> the latest snapshot message of that channel),
@@ -234,6 +265,7 @@ class AMIService(Service):
         name: str = "default",
         endpoint: IStreamClientEndpoint | None = None,
         rng: random.Random | None = None,
+        boot_timeout: float = BOOT_TIMEOUT,
     ):
         self.host = host
         self.port = port
@@ -243,6 +275,7 @@ class AMIService(Service):
         self.ping_interval = ping_interval
         self.action_timeout = action_timeout
         self.max_backoff = max_backoff
+        self.boot_timeout = boot_timeout
         self.link_name = name
         # Service.name must be unique among siblings of a MultiService.
         self.name = f"ami:{name}"
@@ -261,6 +294,7 @@ class AMIService(Service):
         #: greeting of the current connection, e.g. ``Asterisk Call Manager/11.0.0``
         self.greeting: str | None = None
         self._protocol: AMIProtocol | None = None
+        self._link: _Link | None = None
         self._ready = False
         self._subscribers: dict[str | None, list[Callable[[AMIMessage], object]]] = {}
         self._on_connect: list[Callable[[AMIService], object]] = []
@@ -301,6 +335,13 @@ class AMIService(Service):
         unsubscribes.  Subscriptions survive reconnects; an exception in a
         callback is logged and does not stop the others.  Items of list
         actions (``collect``) are answers, not events, and are not delivered.
+
+        Events are delivered from the login on, also while the snapshot is
+        taken (before ``on_connect``).  The callbacks for one event run one
+        after another: those subscribed to its name, then those subscribed to
+        every event, each group in subscription order.  A callback that fires
+        a Deferred resumes its waiter before the later callbacks have seen
+        the event.
         """
         key = event_name.lower() if event_name is not None else None
         callbacks = self._subscribers.setdefault(key, [])
@@ -524,6 +565,7 @@ class AMIService(Service):
         proto.on_event = self._on_event
         proto.on_lost = lambda reason: self._lost(proto, reason)
         self._protocol = proto
+        self._link = _Link(proto)
         Deferred.fromCoroutine(self._session(proto)).addErrback(
             lambda f: self.log.failure("AMI {ami}: session setup failed", f, ami=self.link_name)
         )
@@ -551,8 +593,11 @@ class AMIService(Service):
             if not proto.closed:
                 proto.transport.abortConnection()
             return
+        link = self._link
+        if link is None or link.proto is not proto:
+            return
         try:
-            await self._resync(proto)
+            await self._snapshot(link)
         except AMIDisconnected:
             return
         except AMIError as e:
@@ -578,32 +623,97 @@ class AMIService(Service):
             for d in waiters:
                 d.callback(self)
 
-    async def _resync(self, proto: AMIProtocol) -> None:
-        """Rebuild the state dicts from list actions.  Asterisk writes the events
-        that happen meanwhile after the list, so replacing the dicts when a
-        list completes and applying later events on top keeps them exact."""
+    async def _snapshot(self, link: _Link) -> None:
+        """Take the snapshot a new session starts from, waiting for Asterisk
+        to finish booting when the login came early.
+
+        Device states are complete once ``DeviceStateList`` is answered:
+        res_manager_devicestate starts forwarding DeviceStateChange events
+        before it registers that action, so that list plus the events after
+        it miss nothing.  Until then the list is taken again with backoff
+        (``FullyBooted`` ends the wait at once).  A refusal after FullyBooted
+        (the module is not loaded, or the user may not list) or past
+        ``boot_timeout`` leaves the device states unknown.  A FullyBooted
+        that arrives while a snapshot is taken (not the one written right
+        after the Login answer) makes it be taken again: that snapshot
+        predates the end of the boot."""
+        started = self.reactor.seconds()
+        attempt = 0
+        while True:
+            link.stale = False
+            refused = await self._resync(link.proto, link)
+            if link.stale:
+                continue
+            if refused is None:
+                return
+            waited = self.reactor.seconds() - started
+            if link.booted or waited >= self.boot_timeout:
+                self.log.warn(
+                    "AMI {ami}: DeviceStateList refused ({why}); device states unknown",
+                    ami=self.link_name, why=refused,
+                )
+                self.device_states.clear()
+                return
+            delay = min(self._backoff(attempt), self.boot_timeout - waited)
+            attempt += 1
+            self.log.info(
+                "AMI {ami}: Asterisk is still loading its modules (DeviceStateList: {why}); "
+                "listing again in {delay:.1f} s or when it reports FullyBooted",
+                ami=self.link_name, why=refused, delay=delay,
+            )
+            await self._pause(link, delay)
+
+    async def _pause(self, link: _Link, delay: float) -> None:
+        """Wait ``delay`` seconds, less if FullyBooted arrives; fails with
+        :class:`AMIDisconnected` if the connection ends meanwhile."""
+        wake: Deferred = Deferred()
+        link.wake = wake
+        timer = self.reactor.callLater(delay, lambda: wake.called or wake.callback(None))
+        try:
+            await wake
+        finally:
+            link.wake = None
+            if timer.active():
+                timer.cancel()
+        if link.proto.closed or link.proto is not self._protocol:
+            raise AMIDisconnected(f"AMI {self.link_name}: connection lost while waiting")
+
+    async def _resync(self, proto: AMIProtocol, link: _Link | None = None) -> str | None:
+        """Rebuild the state dicts from list actions; returns why
+        ``DeviceStateList`` was refused (the device states are then left as
+        they were), or None.
+
+        Asterisk writes a list from its session thread, which writes events
+        only between actions (main/manager.c process_events), and its device
+        state cache is updated before the DeviceStateChange event is made
+        (main/devicestate.c publishes the aggregate from the cache): an event
+        that arrived before the list is never newer than it, one that comes
+        after is never older.  So replacing a dict when its list completes
+        and applying later events on top keeps it exact."""
         try:
             listed = await proto.send_action("CoreShowChannels", collect=True)
         except AMIActionError as e:
             self.log.warn("AMI {ami}: CoreShowChannels refused ({why}); channel list empty",
                           ami=self.link_name, why=e.message)
             listed = AMIEventList()
+        if link is not None:
+            link.listed = True
         self.channels.clear()
         for item in listed:
             uid = item.get("Uniqueid")
             if uid:
                 self.channels[uid] = item
+        refused = None
         try:
             listed = await proto.send_action("DeviceStateList", collect=True)
         except AMIActionError as e:
-            self.log.warn("AMI {ami}: DeviceStateList refused ({why}); device states unknown",
-                          ami=self.link_name, why=e.message)
-            listed = AMIEventList()
-        self.device_states.clear()
-        for item in listed:
-            device, state = item.get("Device"), item.get("State")
-            if device and state is not None:
-                self.device_states[device] = state
+            refused = e.message
+        else:
+            self.device_states.clear()
+            for item in listed:
+                device, state = item.get("Device"), item.get("State")
+                if device and state is not None:
+                    self.device_states[device] = state
         try:
             listed = await proto.send_action("PJSIPShowContacts", collect=True)
         except AMIActionError as e:
@@ -621,20 +731,19 @@ class AMIService(Service):
                     "endpoint": item.get("Endpoint") or item.get("EndpointName") or "",
                     "status": item.get("Status") or "",
                 }
+        return refused
 
     def _booted_late(self, proto: AMIProtocol) -> None:
-        """Asterisk accepts AMI logins before its modules are loaded; a
-        FullyBooted event after our resync means the snapshot was taken too
-        early (no endpoints, no device states yet), so take it again.  The
-        FullyBooted sent right after Login, when Asterisk was already up,
-        arrives before the resync finishes and is not a reason to repeat it.
-        (Only AMI users that may read the ``system`` class get this event.)"""
+        """A FullyBooted event after the session is up: its snapshot was taken
+        while Asterisk was still loading modules (e.g. the contacts), so take
+        it again.  (Only AMI users that may read the ``system`` class get
+        this event.)"""
         self.log.info("AMI {ami}: Asterisk finished booting; resynchronising",
                       ami=self.link_name)
 
         async def again() -> None:
             try:
-                await self._resync(proto)
+                refused = await self._resync(proto)
             except AMIDisconnected:
                 return
             except AMIError as e:
@@ -642,6 +751,11 @@ class AMIService(Service):
                               ami=self.link_name, why=str(e))
                 if not proto.closed:
                     proto.transport.abortConnection()
+                return
+            if refused is not None:
+                self.log.warn("AMI {ami}: DeviceStateList refused ({why}); device states "
+                              "kept from the last snapshot and events", ami=self.link_name,
+                              why=refused)
 
         Deferred.fromCoroutine(again()).addErrback(
             lambda f: self.log.failure("AMI {ami}: resync failed", f, ami=self.link_name)
@@ -693,6 +807,7 @@ class AMIService(Service):
         was_ready = self._ready
         self._ready = False
         self._protocol = None
+        link, self._link = self._link, None
         self._stop_ping()
         if not was_ready:
             self._failures += 1
@@ -706,6 +821,8 @@ class AMIService(Service):
         # Fail the actions in flight before telling anyone else, so an
         # on_disconnect callback sees a consistent picture.
         proto.fail_pending(AMIDisconnected(f"AMI {self.link_name}: connection lost ({why})"))
+        if link is not None and link.wake is not None and not link.wake.called:
+            link.wake.callback(None)
         if was_ready:
             for callback in list(self._on_disconnect):
                 _call_logged(self.log, callback, self,
@@ -717,8 +834,8 @@ class AMIService(Service):
         name = (msg.event or "").lower()
         if self._originating:
             self._watch_originated(name, msg)
-        if name == "fullybooted" and self._ready and self._protocol is not None:
-            self._booted_late(self._protocol)
+        if name == "fullybooted":
+            self._fully_booted()
         try:
             self._track(name, msg)
         except Exception:
@@ -731,6 +848,22 @@ class AMIService(Service):
             for callback in list(callbacks):
                 _call_logged(self.log, callback, msg,
                              f"AMI {self.link_name}: subscriber to {msg.event}")
+
+    def _fully_booted(self) -> None:
+        link = self._link
+        if link is None:
+            return
+        link.booted = True
+        if self._ready:
+            self._booted_late(link.proto)
+            return
+        # Asterisk writes the FullyBooted of a login to a booted PBX right
+        # after the Login answer, before the first list: only a later one
+        # says the snapshot being taken is from before the end of the boot.
+        if link.listed:
+            link.stale = True
+        if link.wake is not None and not link.wake.called:
+            link.wake.callback(None)
 
     def _watch_originated(self, name: str, msg: AMIMessage) -> None:
         watch = self._originating.get(msg.get("Uniqueid") or "")

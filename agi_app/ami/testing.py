@@ -21,6 +21,13 @@ broadcasts events.  It connects to the client through a
 Bytes move between the two sides as soon as either writes (``autoflush``);
 ``link.blackhole()`` makes the link swallow everything without closing,
 like a dead peer behind a half-open TCP connection.
+
+``FakeAMIServer(booted=False)`` is an Asterisk still loading its modules, as
+Asterisk 22 is for a few hundred milliseconds after it opens its manager
+port: logins are accepted, no FullyBooted follows them, and the actions of
+modules not loaded yet (``DeviceStateList``, ``PJSIPShowContacts``) are
+answered ``Invalid/unknown command``.  ``pbx.load("DeviceStateList")`` loads
+one module, ``pbx.boot()`` the rest and broadcasts ``FullyBooted``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 
 from agi_app.ami.message import AMIMessage, AMIParser
+
+#: Actions of loadable modules (res_manager_devicestate, res_pjsip), unknown
+#: to an Asterisk that has not loaded them yet.
+MODULE_ACTIONS = frozenset({"devicestatelist", "pjsipshowcontacts"})
 
 __all__ = ["FakeAMIServer", "FakeAMIPeer", "FakeAMIConnection", "OriginateOutcome"]
 
@@ -106,11 +117,16 @@ class FakeAMIServer:
     * ``channels``: Uniqueid -> snapshot headers listed by CoreShowChannels;
     * ``device_states``: device -> state listed by DeviceStateList;
     * ``contacts``: ContactList items (dicts); PJSIPShowContacts answers
-      ``Permission denied`` unless ``system_class`` is true;
+      ``Permission denied`` unless ``system_class`` (the ``system`` write
+      class) is true;
+    * ``system_events``: the user reads the ``system`` class, so it gets
+      ``FullyBooted`` (after Login when booted, and when booting ends);
+    * ``booted``: False while Asterisk is still loading modules;
+      ``unloaded``: lower-case actions of modules not loaded yet;
     * ``originate_outcomes``: Originate channel -> :class:`OriginateOutcome`
       (``default_outcome`` for others);
     * ``handlers``: lower-case action name -> ``handler(peer, action)``, to
-      override or add actions;
+      override or add actions (also those of modules not loaded yet);
     * ``silent_actions``: lower-case action names that get no answer at all;
     * ``actions``: every action received, all connections, in order;
     * ``peers`` / ``connections``: every connection made.
@@ -124,6 +140,8 @@ class FakeAMIServer:
         port: int | None = None,
         version: str | None = "11.0.0",
         system_class: bool = False,
+        system_events: bool = True,
+        booted: bool = True,
     ):
         self.users = dict(users if users is not None else {"agi_app": "secret"})
         self.clock = clock
@@ -131,6 +149,9 @@ class FakeAMIServer:
         #: the AMI version in the greeting; None: send no greeting at all
         self.version = version
         self.system_class = system_class
+        self.system_events = system_events
+        self.booted = booted
+        self.unloaded: set[str] = set() if booted else set(MODULE_ACTIONS)
         self.channels: dict[str, list[tuple[str, str]]] = {}
         self.device_states: dict[str, str] = {}
         self.contacts: list[dict[str, str]] = []
@@ -218,6 +239,19 @@ class FakeAMIServer:
         pairs += [("ChanVariable", f"{k}={v}") for k, v in (variables or {}).items()]
         self.channels[uniqueid] = pairs
         return pairs
+
+    def load(self, action: str) -> None:
+        """The module providing ``action`` finishes loading: it is known from now on."""
+        self.unloaded.discard(action.lower())
+
+    def boot(self) -> None:
+        """Asterisk finishes loading: every action is known, and sessions
+        reading the ``system`` class get ``FullyBooted`` (main/asterisk.c)."""
+        self.unloaded.clear()
+        self.booted = True
+        if self.system_events:
+            self.emit("FullyBooted", Privilege="system,all", Uptime="0", LastReload="0",
+                      Status="Fully Booted")
 
     def emit(self, event: str, headers: Headers | None = None, /, **kw: str) -> None:
         """Send an event to every logged-in connection that asked for events."""
@@ -320,7 +354,7 @@ class FakeAMIPeer(Protocol):
             handler(self, action)
             return
         method = getattr(self, f"action_{name}", None)
-        if method is None:
+        if method is None or name in self.server.unloaded:
             self.error(action, f"Invalid/unknown command: {action.get('Action')}. "
                                "Use Action: ListCommands to show available commands.")
             return
@@ -336,7 +370,9 @@ class FakeAMIPeer(Protocol):
         self.authenticated = True
         self.events = (action.get("Events") or "on").lower() not in ("off", "no", "false")
         self.respond(action, Message="Authentication accepted")
-        if self.events:
+        # main/manager.c action_login: only once fully booted, only to
+        # sessions reading the system class, written right after the answer.
+        if self.events and self.server.booted and self.server.system_events:
             self.send_event("FullyBooted", Privilege="system,all", Uptime="1", LastReload="1",
                             Status="Fully Booted")
 

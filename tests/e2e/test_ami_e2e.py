@@ -1,5 +1,6 @@
 """AMIService against the sandbox Asterisk 22 and SIPp phones: login and state,
-channel tracking, Originate outcomes, and surviving a PBX restart."""
+channel tracking, Originate outcomes, surviving a PBX restart and logging in
+while the PBX is still booting."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 
 import pytest_twisted
 from twisted.internet import defer, threads
+from twisted.logger import globalLogPublisher
 
 from agi_app.ami import AMIDisconnected, AMIMessage, AMIService, OriginateReason
 from agi_app.sandbox.phones import answer, busy, no_answer
@@ -39,15 +41,56 @@ def next_event(ami: AMIService, name: str, match: Callable[[AMIMessage], bool] =
     return d.addTimeout(timeout, _reactor()).addBoth(done)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` (for state that has no single event to wait for)."""
-    from twisted.internet import task
+class EventLog:
+    """One subscriber to every event: what it got, and Deferreds fired by that
+    same subscriber.  (A Deferred fired by another subscriber resumes the
+    test while this one may not have been called yet for that event.)"""
 
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await task.deferLater(_reactor(), 0.05, lambda: None)
+    def __init__(self, ami: AMIService):
+        self.events: list[AMIMessage] = []
+        self._waiting: list[tuple[Callable[[AMIMessage], bool], defer.Deferred]] = []
+        ami.subscribe(self._got)
+
+    def _got(self, event: AMIMessage) -> None:
+        self.events.append(event)
+        for entry in list(self._waiting):
+            match, d = entry
+            if match(event):
+                self._waiting.remove(entry)
+                d.callback(event)
+
+    def next(self, match: Callable[[AMIMessage], bool], timeout: float = 5.0) -> defer.Deferred:
+        """A Deferred for the next event this subscriber gets that satisfies ``match``."""
+        entry: tuple = ()
+
+        def forget(_d: defer.Deferred) -> None:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+
+        d: defer.Deferred = defer.Deferred(forget)
+        entry = (match, d)
+        self._waiting.append(entry)
+        return d.addTimeout(timeout, _reactor())
+
+
+class BootWaits:
+    """Counts the times service ``name`` logged that Asterisk was still
+    loading its modules (its login came before the PBX was up)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+
+    def __call__(self, event: dict) -> None:
+        if event.get("ami") == self.name and "still loading" in (event.get("log_format") or ""):
+            self.count += 1
+
+    def __enter__(self) -> BootWaits:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        globalLogPublisher.removeObserver(self)
 
 
 @pytest_twisted.async_yield_fixture
@@ -132,10 +175,9 @@ async def test_originate_to_offline_phone_is_reason_0_at_once(sandbox, ami):
 
 @pytest_twisted.ensureDeferred
 async def test_survives_pbx_restart(sandbox, ami):
-    events: list[AMIMessage] = []
-    ami.subscribe(events.append)
+    log = EventLog(ami)
     connects, disconnects = [], []
-    ami.on_connect(lambda svc: connects.append(time.monotonic()))
+    ami.on_connect(lambda svc: connects.append(set(svc.device_states)))
     ami.on_disconnect(lambda svc: disconnects.append(time.monotonic()))
     await threads.deferToThread(sandbox.phones.start, "1003", no_answer())
     ringing = next_event(ami, "Newstate", lambda e: e["Uniqueid"] == "c-e2e-2-op"
@@ -146,35 +188,67 @@ async def test_survives_pbx_restart(sandbox, ami):
     assert "c-e2e-2-op" in ami.channels
 
     stopped_at = time.monotonic()
-    await threads.deferToThread(sandbox.restart)
-    # The call in flight ends with the link: either Asterisk reported it as it
-    # hung it up on its way down, or the Deferred failed with the connection.
-    try:
-        outcome = await pending
-    except AMIDisconnected:
-        outcome = None
-    assert outcome is None or not outcome.success, outcome
-    assert len(disconnects) == 1
-    await ami.when_connected().addTimeout(10, _reactor())
+    with BootWaits("e2e") as waits:
+        await threads.deferToThread(sandbox.restart)
+        # The call in flight ends with the link: either Asterisk reported it as it
+        # hung it up on its way down, or the Deferred failed with the connection.
+        try:
+            outcome = await pending
+        except AMIDisconnected:
+            outcome = None
+        assert outcome is None or not outcome.success, outcome
+        assert len(disconnects) == 1
+        await ami.when_connected().addTimeout(10, _reactor())
     reconnect_seconds = time.monotonic() - stopped_at
     assert len(connects) == 1
     assert ami.connected
-    # State comes from the new PBX.  A login while Asterisk is still loading
-    # its modules sees no endpoints yet; FullyBooted triggers a second resync.
-    await wait_until(lambda: set(OPERATORS) <= set(ami.device_states))
+    # State comes from the new PBX, complete by the time on_connect runs,
+    # even when the login came while Asterisk was still loading its modules.
+    assert set(OPERATORS) <= connects[0]
+    assert set(OPERATORS) <= set(ami.device_states)
     assert ami.channels == {}
     # Nothing was sent again: no channel with our id on the new PBX.
     assert [c for c in sandbox.channels() if c.get("uniqueid") == "c-e2e-2-op"] == []
-    assert not any(e.get("Uniqueid") == "c-e2e-2-op" for e in events
+    assert not any(e.get("Uniqueid") == "c-e2e-2-op" for e in log.events
                    if e.event == "OriginateResponse" and e is not getattr(outcome, "event", None))
 
-    # The same subscriber keeps getting events from the new session.
-    seen_before = len(events)
-    online = next_event(ami, "DeviceStateChange",
-                        lambda e: e["Device"] == "PJSIP/1000" and e["State"] == "NOT_INUSE")
+    # The subscriber made before the restart gets the new session's events.
+    online = log.next(lambda e: e.event == "DeviceStateChange"
+                      and e["Device"] == "PJSIP/1000" and e["State"] == "NOT_INUSE")
     await threads.deferToThread(sandbox.phones.start, "1000", answer())
     await online
-    assert len(events) > seen_before
-    assert any(e.event == "DeviceStateChange" and e["Device"] == "PJSIP/1000"
-               for e in events[seen_before:])
-    print(f"AMI session back {reconnect_seconds:.2f} s after the restart began")
+    assert ami.device_states["PJSIP/1000"] == "NOT_INUSE"
+    print(f"AMI session back {reconnect_seconds:.2f} s after the restart began; "
+          f"DeviceStateList listed again {waits.count} time(s) while Asterisk booted")
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_while_pbx_boots_is_connected_with_every_device_state(sandbox):
+    """Asterisk opens its manager port before it loads its modules: a client
+    retrying every 50 ms logs in while DeviceStateList is still unknown."""
+    await threads.deferToThread(sandbox.stop)
+    service = AMIService(
+        sandbox.ami_host, sandbox.ami_port, sandbox.ami_username, sandbox.ami_secret,
+        reactor=_reactor(), ping_interval=2.0, action_timeout=3.0, max_backoff=0.05,
+        name="e2e-boot",
+    )
+    at_connect: list[dict[str, str]] = []
+    service.on_connect(lambda svc: at_connect.append(dict(svc.device_states)))
+    with BootWaits("e2e-boot") as waits:
+        service.startService()
+        try:
+            booting = threads.deferToThread(sandbox.start)
+            await service.when_connected().addTimeout(30, _reactor())
+            assert len(at_connect) == 1
+            assert set(OPERATORS) <= set(at_connect[0])
+            assert at_connect[0]["PJSIP/1000"] == "UNAVAILABLE"
+            await booting
+            # The first operator to register comes as an event on top of the snapshot.
+            online = next_event(service, "DeviceStateChange", lambda e: e["Device"] == "PJSIP/1000"
+                                and e["State"] == "NOT_INUSE")
+            await threads.deferToThread(sandbox.phones.start, "1000", answer())
+            await online
+            assert service.device_states["PJSIP/1000"] == "NOT_INUSE"
+        finally:
+            await service.stopService()
+    print(f"login during boot: DeviceStateList listed again {waits.count} time(s)")
