@@ -97,6 +97,9 @@ RECORDED: dict[str, tuple[str, str]] = {
     st.INCOMING: (st.OPERATOR_CALLTO, st.OPERATOR_PICKUP),
 }
 
+#: the detail of a CLIENT_PICKUP whose moment was not seen
+PICKUP_UNSEEN = "answer time not seen"
+
 #: Q.850 cause of a first leg that hung up unanswered -> (status, detail);
 #: what Asterisk reports when its own dialing code sees these causes
 _FIRST_LEG_CAUSES = {
@@ -156,6 +159,10 @@ class Call:
     recording: Recording | None = None
     #: the kind's typed view of ``params`` (e.g. a CallRequest), if it has one
     request: Any = None
+    order_id: str | None = None
+    #: CLIENT_PICKUP was logged without its moment (it happened while no
+    #: agi_app or no AMI link watched): the talk time is unknown
+    pickup_unseen: bool = False
     _lock: defer.DeferredLock = field(default_factory=defer.DeferredLock, repr=False)
     _waiters: list[tuple[frozenset[str], defer.Deferred]] = field(
         default_factory=list, repr=False
@@ -177,7 +184,7 @@ class Call:
 
     def talk_seconds(self, ended_at: float | None) -> float | None:
         """The conversation with the client, from its pickup to ``ended_at``."""
-        if self.pickup_time is None or ended_at is None:
+        if self.pickup_time is None or ended_at is None or self.pickup_unseen:
             return None
         return max(0.0, ended_at - self.pickup_time)
 
@@ -242,6 +249,7 @@ class Lifecycle:
         self.pbx = pbx
         self.grace = grace
         self._typed = dict(typed or {})
+        self._client_dial: dict[str, Callable[[Call], str]] = {}
         self._new_id = new_id
         self._calls: dict[str, Call] = {}
         self._adopting: dict[str, list[defer.Deferred]] = {}
@@ -253,9 +261,19 @@ class Lifecycle:
             store=store, dialing=dialing, clock=clock, live=lambda c: call_is_live(ami, c)
         )
 
-    def add_kind(self, kind: str, typed: Callable[[dict[str, Any]], Any]) -> None:
-        """Give calls of ``kind`` a typed request built from their parameters."""
+    def add_kind(
+        self,
+        kind: str,
+        typed: Callable[[dict[str, Any]], Any],
+        *,
+        client_dial: Callable[[Call], str] | None = None,
+    ) -> None:
+        """Give calls of ``kind`` a typed request built from their parameters;
+        ``client_dial`` gives the dial string of a call's client leg, which
+        lets :meth:`reconcile` recognise that leg among the call's channels."""
         self._typed[kind] = typed
+        if client_dial is not None:
+            self._client_dial[kind] = client_dial
 
     # -- wiring -----------------------------------------------------------------
 
@@ -305,7 +323,8 @@ class Lifecycle:
                 if existing.final:
                     existing.logged.append(row["final_status"])
             return existing, False
-        call = Call(call_id, kind, dict(params), logged=[st.CALL], request=request)
+        call = Call(call_id, kind, dict(params), logged=[st.CALL], request=request,
+                    order_id=order_id)  # fmt: skip
         call.logged_at[st.CALL] = self.clock.seconds()
         call.placing = placing
         self._calls[call_id] = call
@@ -361,9 +380,11 @@ class Lifecycle:
         entries = await self.store.statuses(call_id)
         if call_id in self._calls:  # taken up meanwhile
             return self._calls[call_id]
-        call = Call(call_id, kind, dict(params), request=request)
+        call = Call(call_id, kind, dict(params), request=request, order_id=row.get("order_id"))
         for entry in entries:
             call.logged.append(entry["status"])
+            if entry["status"] == st.CLIENT_PICKUP and entry["detail"] == PICKUP_UNSEEN:
+                call.pickup_unseen = True
             at = parse_time(entry["time"])
             if at is not None:
                 call.logged_at.setdefault(entry["status"], at)
@@ -436,6 +457,8 @@ class Lifecycle:
             recorded = RECORDED.get(call.kind)
             if recorded is not None and status == recorded[1]:
                 await self.recorder.store_it(call.recording)
+            if status == st.CLIENT_PICKUP and detail == PICKUP_UNSEEN:
+                call.pickup_unseen = True
             if status in st.FINAL:
                 self._ended(call)
             self._wake(call)
@@ -508,6 +531,28 @@ class Lifecycle:
             return
         await self.settle(call, why, ended_at=self.clock.seconds(), failed=failed)
 
+    async def _catch_up(self, call: Call, live: set[str]) -> None:
+        """What a call reached on the PBX while nobody watched, from the
+        channel snapshot: the dialplan goes on without agi_app (see
+        ``[agi-app-operator]``), so after a restart a first leg that is up has
+        answered, a channel the dialplan dialled on the client's trunk
+        (``AppDial``) means the client was dialled, and up, that it answered
+        -- when exactly is not seen."""
+        if call.kind not in self._client_dial:
+            return
+        channels = [self.ami.channels[u] for u in live if u in self.ami.channels]
+        clients = [c for c in channels if (c.get("Application") or "") == "AppDial"
+                   and self._is_client_channel(call, c.get("Channel") or "")]  # fmt: skip
+        if not clients:
+            if any(_is_up(c) for c in channels):
+                await self.log(call, st.OPERATOR_PICKUP, "answered while agi_app was away")
+            return
+        # the client's channel was created when it was dialled; the operator
+        # answered no later than that
+        await self._client_dialled(call, self.clock.seconds() - _hms(clients[0].get("Duration")))
+        if any(_is_up(c) for c in clients):
+            await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
+
     async def settle(self, call: Call, why: str, *, ended_at: float | None = None,
                      failed: bool = False) -> None:  # fmt: skip
         """End the call from what it reached (:func:`outcome`)."""
@@ -547,6 +592,27 @@ class Lifecycle:
             call.channels.add(uniqueid)
         if name == "dialend" and (event.get("DialStatus") or "").upper() == "ANSWER":
             self._answered(call)
+        elif name == "dialbegin" and not call.reached(st.CLIENT_CALLTO):
+            self._maybe_client_dialled(call, event.get("DestChannel") or "")
+
+    def _maybe_client_dialled(self, call: Call, dest: str) -> None:
+        """A Dial of the call reached the client's trunk while no FastAGI
+        session logged it: the dialplan connects the client by itself
+        (agi_app was away when the first leg answered)."""
+        if not self._is_client_channel(call, dest):
+            return
+        d = defer.ensureDeferred(self._client_dialled(call, None))
+        d.addErrback(lambda f: log.failure("{call_id}: client dialled", f, call_id=call.call_id))
+
+    def _is_client_channel(self, call: Call, channel: str) -> bool:
+        dial_of = self._client_dial.get(call.kind)
+        return dial_of is not None and channel.startswith(_channel_prefix(dial_of(call)))
+
+    async def _client_dialled(self, call: Call, at: float | None) -> None:
+        await self.log(call, st.OPERATOR_PICKUP, "answered while agi_app was away", at=at)
+        await self.log(call, st.CLIENT_CALLTO, "dialled by the dialplan", at=at)
+        if call.recording is None:
+            await self._restore_recording(call, call.order_id)
 
     def _answered(self, call: Call) -> None:
         """A Dial of the call was answered: the party rung last picked up,
@@ -616,11 +682,34 @@ class Lifecycle:
             # The list was just rebuilt from the PBX: it replaces what the
             # events said before the link dropped (Hangups may have been missed).
             call.channels = live
+            if live and not call.agi_sessions:
+                await self._catch_up(call, live)
             if live or call.agi_sessions:
                 continue
             await self.settle(call, "no channel left on the PBX")
             closed += call.final
         return closed
+
+
+def _channel_prefix(dial: str) -> str:
+    """The name prefix of channels a dial string makes: ``PJSIP/123@pstn``
+    and ``PJSIP/pstn`` make ``PJSIP/pstn-...``."""
+    tech, _, resource = dial.partition("/")
+    endpoint = resource.rpartition("@")[2] or resource
+    return f"{tech}/{endpoint}-"
+
+
+def _is_up(channel: Any) -> bool:
+    return (channel.get("ChannelState") or "") == "6"
+
+
+def _hms(value: str | None) -> float:
+    """Seconds of a CoreShowChannel ``Duration`` (``HH:MM:SS``); 0 if unknown."""
+    try:
+        h, m, sec = (int(x) for x in (value or "").split(":"))
+    except ValueError:
+        return 0.0
+    return float(h * 3600 + m * 60 + sec)
 
 
 def _int(value: str | None) -> int | None:

@@ -99,11 +99,15 @@ class Recorder:
         path = os.path.join(self.dialing.recordings_dir, recording_name(order_id, call_id))
         return Recording(call_id, path, started)
 
+    def pbx_path(self, order_id: str | None, call_id: str) -> str:
+        """The recording file of a call as Asterisk sees it."""
+        return f"{self.dialing.pbx_recordings.rstrip('/')}/{recording_name(order_id, call_id)}"
+
     async def start(self, agi: Any, call_id: str, order_id: str | None) -> Recording | None:
         """MixMonitor on the session's channel; None if it could not start
         (a recording problem never stops the call)."""
         name = recording_name(order_id, call_id)
-        pbx_path = f"{self.dialing.pbx_recordings.rstrip('/')}/{name}"
+        pbx_path = self.pbx_path(order_id, call_id)
         try:
             await agi.exec_("MixMonitor", pbx_path, "b")
         except Exception as e:

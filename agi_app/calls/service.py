@@ -42,7 +42,7 @@ from agi_app.agi import RESULT_VARIABLE
 from agi_app.agi import errors as agi_errors
 from agi_app.ami import errors as ami_errors
 from agi_app.calls import statuses as st
-from agi_app.calls.lifecycle import CALL_ID_VAR, Call, Lifecycle
+from agi_app.calls.lifecycle import CALL_ID_VAR, PICKUP_UNSEEN, Call, Lifecycle
 from agi_app.errors import PBXUnavailable
 
 __all__ = ["CALL_ID_VAR", "PBX_DOWN", "CallRequest", "CallService"]
@@ -53,6 +53,9 @@ log = Logger(namespace="agi_app.calls")
 PBX_DOWN = "PBX unreachable: the AMI link is down"
 #: set by call control on a channel it moves elsewhere (hold, transfer, park...)
 HANDOFF_VAR = "AGI_APP_HANDOFF"
+#: set on the first leg once the client was dialled (the dialplan's fallback
+#: then dials nobody)
+DIALLED_VAR = "AGI_APP_DIALLED"
 #: the FastAGI script the dialplan runs when the first leg answers
 OPERATOR_SCRIPT = "operator_call"
 #: dialplan context that rings several extensions together (a callback with
@@ -126,7 +129,11 @@ class CallService:
         self.clock = lifecycle.clock
         self.dialing = dialing
         for kind in st.OPERATOR_FIRST_KINDS:
-            lifecycle.add_kind(kind, lambda params: CallRequest(**params))
+            lifecycle.add_kind(
+                kind,
+                lambda params: CallRequest(**params),
+                client_dial=lambda call: self.client_channel(call.request),
+            )
 
     def register_scripts(self, registry: Any) -> None:
         """Register this service's FastAGI scripts in ``registry``."""
@@ -204,8 +211,23 @@ class CallService:
         return self.dialing.operator_channel.format(sip=req.first)
 
     def first_leg_variables(self, req: CallRequest, call_id: str) -> dict[str, str]:
-        """The channel variables of the first leg's Originate."""
-        variables = {f"__{CALL_ID_VAR}": call_id}
+        """The channel variables of the first leg's Originate: the call id
+        (inherited by every channel of the call), and what the dialplan
+        needs to connect the client by itself if agi_app is unreachable when
+        the first leg answers (see ``[agi-app-operator]``): the client's dial
+        string, ring time, talk limit, the waiting announcement, the number
+        the client sees and the recording file.  Every value is built from
+        checked input and configuration."""
+        variables = {
+            f"__{CALL_ID_VAR}": call_id,
+            "AGI_APP_CLIENT": self.client_channel(req),
+            "AGI_APP_CLIENT_RING": str(self.dialing.call_time_to_client),
+            "AGI_APP_WAIT": "1" if req.playback_waiting else "0",
+            "AGI_APP_SHOWN": req.first,
+            "AGI_APP_RECORDING": self.lifecycle.recorder.pbx_path(req.order_id, call_id),
+        }
+        if req.limit_call_time:
+            variables["AGI_APP_LIMIT_MS"] = str(req.limit_call_time * 1000)
         if req.is_group:
             variables[GROUP_DIAL_VAR] = "&".join(
                 self.dialing.operator_channel.format(sip=m) for m in req.members
@@ -320,6 +342,9 @@ class CallService:
         # What the client sees: the operator's extension, or the first number.
         await agi.set_variable("CALLERID(all)", f'"" <{req.first}>')
         await lifecycle.log(call, st.CLIENT_CALLTO)
+        # Should agi_app go away during the call, the dialplan must not dial
+        # the client a second time when the script's session fails.
+        await agi.set_variable(DIALLED_VAR, "1")
         options = "g"
         if req.limit_call_time:
             options += f"L({req.limit_call_time * 1000})"
@@ -343,9 +368,8 @@ class CallService:
                 # client answered).  Dial's ANSWEREDTIME is the operator
                 # leg's time up, not the client's, so the moment is unknown:
                 # logged as when the client was dialled, talk time unknown.
-                await lifecycle.log(call, st.CLIENT_PICKUP, "answer time not seen",
+                await lifecycle.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN,
                                     at=call.logged_at.get(st.CLIENT_CALLTO))  # fmt: skip
-                ended_at = None
             await lifecycle.finish(call, ended_at=ended_at)
         else:
             status, detail = st.client_status_for_dialstatus(dialstatus)
