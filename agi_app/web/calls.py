@@ -8,11 +8,13 @@ Each route's parameters are declared once (:mod:`agi_app.web.params`); the
 handlers get them checked, build a
 :class:`~agi_app.calls.service.CallRequest` and hand it to the
 :class:`~agi_app.calls.service.CallService`; nothing unchecked reaches it.
+A trunk named by a request must be ``[dialing] default_trunk`` or one of
+``[dialing] trunks`` (400 ``unknown_trunk``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -152,18 +154,23 @@ class CallEndpoints:
         call_time_to_ext: int,
         health: Callable[[], tuple[bool, dict[str, Any]]],
         clock: Any,
+        trunks: Iterable[str] = (),
     ):
+        """``trunks``: the trunks a request may name (``[dialing] all_trunks``);
+        ``default_trunk`` is always one."""
         self.calls = calls
         self.default_trunk = default_trunk
         self.call_time_to_ext = call_time_to_ext
         self._health = health
         self.clock = clock
+        self._known_trunk = p.known_trunk((default_trunk, *trunks))
 
     def add_routes(self, router: Router) -> None:
         """Register every route of this module on ``router``."""
-        p.add_route(router, MAKE_CALL, self.make_call)
-        p.add_route(router, EXT_TO_PHONE, self.ext_to_phone)
-        p.add_route(router, PHONE_TO_PHONE, self.phone_to_phone)
+        p.add_route(router, MAKE_CALL, self.make_call, rules={"trunk": self._known_trunk})
+        for op, handler in ((EXT_TO_PHONE, self.ext_to_phone),
+                            (PHONE_TO_PHONE, self.phone_to_phone)):  # fmt: skip
+            p.add_route(router, op, handler, rules={"trunkNumber": self._known_trunk})
         p.add_route(router, HEALTH, self.health)
 
     # -- handlers ---------------------------------------------------------------

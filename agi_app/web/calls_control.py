@@ -8,12 +8,13 @@
 The two calls also take the optional ``order_id``, ``external_key`` and
 ``trunkNumber``.  Answers: ``{"status": "success", "generalCallID": "…"}``.
 Parameters are declared once (:mod:`agi_app.web.params`); what depends on
-the running application (a known recorded message or IVR menu) is
-checked by rules bound when the routes are added.
+the running application (a known recorded message or IVR menu, a
+configured trunk) is checked by rules bound when the routes are added.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from agi_app import sounds
@@ -118,20 +119,30 @@ OPERATIONS = (TRANSFER, HANGUP, ANNOUNCEMENT, IVR_CALL)
 
 
 class CallControlEndpoints:
-    """The routes of the call model that control calls or place automated ones."""
+    """The routes of the call model that control calls or place automated ones.
 
-    def __init__(self, control: CallControl, outbound: OutboundCalls):
+    ``trunks``: the trunks a request may name (default: ``[dialing]
+    default_trunk`` and ``trunks`` of ``outbound``).
+    """
+
+    def __init__(
+        self, control: CallControl, outbound: OutboundCalls, *, trunks: Iterable[str] | None = None
+    ):
         self.control = control
         self.outbound = outbound
+        if trunks is None:
+            trunks = outbound.dialing.all_trunks
+        self._known_trunk = p.known_trunk(trunks)
 
     def add_routes(self, router: Router) -> None:
         """Register this module's routes on ``router``."""
+        placed = {"trunkNumber": self._known_trunk}
         p.add_route(router, TRANSFER, self.attended_transfer)
         p.add_route(router, HANGUP, self.hangup)
         p.add_route(router, ANNOUNCEMENT, self.with_announcement,
-                    rules={"voiceFileID": self.outbound.check_voice_file})
+                    rules={"voiceFileID": self.outbound.check_voice_file, **placed})
         p.add_route(router, IVR_CALL, self.with_ivr,
-                    rules={"ivrName": self.outbound.check_ivr})  # fmt: skip
+                    rules={"ivrName": self.outbound.check_ivr, **placed})  # fmt: skip
 
     async def attended_transfer(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """Move a live call to ``phone_number`` (an extension or a number)."""

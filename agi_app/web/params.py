@@ -56,6 +56,7 @@ __all__ = [
     "extension",
     "flag",
     "identifier",
+    "known_trunk",
     "phone",
     "seconds",
     "text",
@@ -339,6 +340,23 @@ def word_list(name: str, doc: str, words: Iterable[str], **kw: Any) -> Param:
     return Param(name, check, schema, doc, many=True, **kw)
 
 
+def known_trunk(trunks: Iterable[str]) -> Check:
+    """A rule (see :meth:`Operation.parse`): the trunk is one of ``trunks``
+    (``[dialing] default_trunk`` and ``trunks``), else 400 ``unknown_trunk``."""
+    allowed = tuple(dict.fromkeys(trunks))
+
+    def check(value: str, field: str) -> str:
+        if value not in allowed:
+            raise InvalidInput(
+                field,
+                f"{field} {value!r} is not a configured trunk",
+                code="unknown_trunk",
+            )
+        return value
+
+    return check
+
+
 # -- parameters several routes share ---------------------------------------------
 
 #: An order id of the CRM, optional for the calls of the call model.
@@ -349,10 +367,11 @@ EXTERNAL_KEY = identifier(
     "idempotency key: repeated with the same parameters it returns the same call and "
     "places nothing",
 )
-#: The trunk of the call model's calls.
+#: The trunk of the call model's calls (with the :func:`known_trunk` rule).
 TRUNK_NUMBER = extension(
     "trunkNumber",
-    "trunk the outside number is dialled through (default [dialing] default_trunk)",
+    "trunk the outside number is dialled through: [dialing] default_trunk (the default) "
+    "or one of [dialing] trunks, else 400 unknown_trunk",
 )
 
 

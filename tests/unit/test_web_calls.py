@@ -55,7 +55,7 @@ class Stack:
         self.clock = task.Clock()
         self.healthy = True
         endpoints = CallEndpoints(
-            self.calls, default_trunk="pstn", call_time_to_ext=25,
+            self.calls, default_trunk="pstn", trunks=("pstn2",), call_time_to_ext=25,
             health=lambda: (self.healthy, {"status": "ok" if self.healthy else "degraded"}),
             clock=self.clock,
         )  # fmt: skip
@@ -122,6 +122,7 @@ async def test_make_call_defaults_and_empty_values(stack):
          "external_key must be 1 to 64 of A-Z a-z 0-9 _ . : -", "external_key"),
         ({"trunk": "pstn/../x"}, "invalid_trunk",
          "trunk must be 1 to 32 of A-Z a-z 0-9 _ -", "trunk"),
+        ({"trunk": "101"}, "unknown_trunk", "trunk '101' is not a configured trunk", "trunk"),
         ({"call_time_to_ext": "601"}, "invalid_call_time_to_ext",
          "call_time_to_ext must be between 1 and 600", "call_time_to_ext"),
         ({"call_time_to_ext": "3.5"}, "invalid_call_time_to_ext",
@@ -149,11 +150,36 @@ async def test_make_call_refuses_bad_input_word_for_word(stack, change, code, me
 
 @pytest_twisted.ensureDeferred
 async def test_the_first_fault_in_declaration_order_is_answered(stack):
-    status, body = await stack.get("/api/makeCall", sip="1&0", phone="1", trunk="a/b")
+    status, body = await stack.get("/api/makeCall", sip="1&0", phone="1", trunk="101")
     assert body["error"]["field"] == "sip"
-    status, body = await stack.get("/api/makeCall", **{**MAKE_CALL, "trunk": "a/b",
+    status, body = await stack.get("/api/makeCall", **{**MAKE_CALL, "trunk": "101",
                                                        "limit_call_time": "0"})  # fmt: skip
-    assert body["error"]["code"] == "invalid_trunk"
+    assert body["error"]["code"] == "unknown_trunk"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trunk_must_be_a_configured_one(stack):
+    """An extension (101) named as a trunk would dial the client through a
+    phone: only [dialing] default_trunk and trunks are taken."""
+    for path, body, field in [
+        ("/api/makeCall", {**MAKE_CALL, "trunk": "101"}, "trunk"),
+        ("/api/calls/extToPhone", {"ext_number": "1000", "phone_number": "380639920000",
+                                   "trunkNumber": "101"}, "trunkNumber"),
+        ("/api/calls/phoneToPhone", {"phoneNumber1": "380639920000",
+                                     "phoneNumber2": "380639920001", "trunkNumber": "101"},
+         "trunkNumber"),
+    ]:  # fmt: skip
+        status, answer = await stack.post(path, body)
+        assert status == 400, (path, answer)
+        assert answer["error"]["code"] == "unknown_trunk"
+        assert answer["error"]["field"] == field
+    assert stack.calls.placed == []
+    for trunk in ("pstn", "pstn2"):
+        status, _ = await stack.post("/api/calls/phoneToPhone", {
+            "phoneNumber1": "380639920000", "phoneNumber2": "380639920001", "trunkNumber": trunk,
+        })  # fmt: skip
+        assert status == 200
+    assert [c.trunk for c in stack.calls.placed] == ["pstn", "pstn2"]
 
 
 @pytest_twisted.ensureDeferred

@@ -30,6 +30,7 @@ from agi_app.web.params import (
     add_route,
     extension,
     flag,
+    known_trunk,
     whole_number,
 )
 from agi_app.web.testing import MemoryHTTP
@@ -427,22 +428,13 @@ def test_declarations_are_checked_when_made():
         Operation(("GET",), "/a", "s", "t", (Answer(200, "ok"),), params=(SIP, SIP))
     op = Operation(("GET",), "/a", "s", "t", (Answer(200, "ok"),), params=(SIP,))
     with pytest.raises(ValueError, match="undeclared"):
-        add_route(Router(), op, lambda req, args: {}, rules={"phone": _one_of("pstn")})
-
-
-def _one_of(*trunks: str):
-    def check(value: str, field: str) -> str:
-        if value not in trunks:
-            raise InvalidInput(field, f"{field} is not configured", code="unknown_trunk")
-        return value
-
-    return check
+        add_route(Router(), op, lambda req, args: {}, rules={"phone": known_trunk(["pstn"])})
 
 
 def test_rules_run_after_the_declared_check_and_only_on_given_values():
     trunk = extension("trunk", "trunk")
     op = Operation(("GET",), "/a", "s", "t", (Answer(200, "ok"),), params=(SIP, trunk))
-    rules = {"trunk": _one_of("pstn", "pstn2")}
+    rules = {"trunk": known_trunk(["pstn", "pstn2"])}
     assert op.parse(_request({"sip": ["1000"]}), {}, rules) == {"sip": "1000", "trunk": None}
     args = op.parse(_request({"sip": ["1000"], "trunk": ["pstn2"]}), {}, rules)
     assert args["trunk"] == "pstn2"
