@@ -233,6 +233,7 @@ class Application:
         calls = CallEndpoints(
             self.calls,
             default_trunk=self.config.dialing.default_trunk,
+            trunks=self.config.dialing.all_trunks,
             call_time_to_ext=self.config.dialing.call_time_to_ext,
             health=self.health,
             clock=self.reactor,

@@ -24,6 +24,8 @@ from twisted.internet import endpoints
 
 from agi_app.netguard import parse_networks
 
+from agi_app.validation import EXTENSION
+
 __all__ = [
     "AMIConfig",
     "AGIConfig",
@@ -126,7 +128,8 @@ class DialingConfig:
     pbx_recordings_dir: str = ""
     #: dialplan context the operator leg is originated into (dialplan/extensions.conf)
     context: str = "agi-app-operator"
-    #: every trunk endpoint (not operators); default_trunk is always one
+    #: every trunk endpoint besides default_trunk (not operators); the API's
+    #: ``trunk``/``trunkNumber`` may name default_trunk or one of these
     trunks: tuple[str, ...] = ()
 
     @property
@@ -194,7 +197,6 @@ def _unsafe_char(c: str) -> bool:
     # Tab is fine; every other control character and the Unicode line and
     # paragraph separators are not (they would break a line on the wire).
     return c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")
-_TRUNK = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 def _convert(section: str, key: str, raw: str, default: object) -> object:
@@ -362,11 +364,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[dialing] operator_channel: must contain {sip}")
     if "{phone}" not in cfg.dialing.client_channel:
         raise ConfigError("[dialing] client_channel: must contain {phone}")
-    if not _TRUNK.fullmatch(cfg.dialing.default_trunk):
-        raise ConfigError("[dialing] default_trunk: must match [A-Za-z0-9_-]{1,32}")
+    # A trunk is named in dial strings and by API requests (trunk,
+    # trunkNumber): the extension rule of the API's input.
+    if not EXTENSION.match(cfg.dialing.default_trunk):
+        raise ConfigError(f"[dialing] default_trunk: must match {EXTENSION.body}")
     for trunk in cfg.dialing.trunks:
-        if not _TRUNK.fullmatch(trunk):
-            raise ConfigError(f"[dialing] trunks: {trunk!r} must match [A-Za-z0-9_-]{{1,32}}")
+        if not EXTENSION.match(trunk):
+            raise ConfigError(f"[dialing] trunks: {trunk!r} must match {EXTENSION.body}")
     if not 1 <= cfg.dialing.call_time_to_client <= 600:
         raise ConfigError("[dialing] call_time_to_client: must be 1..600 seconds")
     if not 0 <= cfg.store.read_budget_us <= 100_000:
