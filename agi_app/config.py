@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 from twisted.internet import endpoints
 
 from agi_app.netguard import parse_networks
-
 from agi_app.validation import EXTENSION
 
 __all__ = [
