@@ -398,6 +398,26 @@ async def test_pbx_down_logs_call_then_error_and_raises(h):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_retry_after_the_pbx_was_down_is_never_answered_as_placed(h):
+    """The first request found the AMI link down (503, CALL then ERROR).  A
+    retry with the same external_key must not answer 200 with the id of a
+    call that was never placed: it is the same 503 with the same call id,
+    also once the PBX is back (a new external_key places a new call)."""
+    with pytest.raises(PBXUnavailable) as first:
+        await h.calls.place(request(external_key="k-down"))
+    await h.connect()
+    with pytest.raises(PBXUnavailable) as again:
+        await h.calls.place(request(external_key="k-down"))
+    assert again.value.call_id == first.value.call_id
+    assert again.value.body()["call_id"] == first.value.call_id
+    assert h.pbx.actions_named("Originate") == []
+    assert await h.history(first.value.call_id) == ["CALL", "ERROR"]
+    call_id, created = await h.calls.place(request(external_key="k-up"))
+    assert created and call_id != first.value.call_id
+    assert len(h.pbx.actions_named("Originate")) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_same_external_key_places_one_call(h):
     await h.connect()
     first, created = await h.calls.place(request(external_key="k1"))
