@@ -34,6 +34,7 @@ recording's duration, the hangup webhook's ``Duration`` and the widget's
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -46,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agi_app.calls import statuses as st
-from agi_app.calls.recording import Recorder, Recording
+from agi_app.calls.recording import WAV_BYTES_PER_SECOND, WAV_HEADER, Recorder, Recording
 from agi_app.times import iso_time, parse_time
 
 __all__ = [
@@ -553,6 +554,29 @@ class Lifecycle:
         if any(_is_up(c) for c in clients):
             await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
 
+    async def _ended_in_conversation(self, call: Call) -> bool:
+        """A call that came and went entirely while no agi_app watched (the
+        dialplan connected the client by itself): the recording file tells.
+        MixMonitor with ``b`` writes audio only while the parties are
+        bridged, so a file with audio means the client answered, and its
+        length is the talk time.  Logs the statuses and FINISH; False when
+        there is no such evidence."""
+        if call.kind not in self._client_dial or call.reached(st.CLIENT_PICKUP):
+            return False
+        rec = call.recording or self.recorder.expected(call.call_id, call.order_id, None)
+        try:
+            size = os.path.getsize(rec.path)
+        except OSError:
+            return False
+        if size <= WAV_HEADER:
+            return False
+        talk = (size - WAV_HEADER) / WAV_BYTES_PER_SECOND
+        await self._client_dialled(call, None)
+        await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
+        await self.log(call, st.FINISH, f"talk {talk:.0f} s (from the recording)",
+                       talk_seconds=talk)  # fmt: skip
+        return call.final
+
     async def settle(self, call: Call, why: str, *, ended_at: float | None = None,
                      failed: bool = False) -> None:  # fmt: skip
         """End the call from what it reached (:func:`outcome`)."""
@@ -685,6 +709,9 @@ class Lifecycle:
             if live and not call.agi_sessions:
                 await self._catch_up(call, live)
             if live or call.agi_sessions:
+                continue
+            if await self._ended_in_conversation(call):
+                closed += 1
                 continue
             await self.settle(call, "no channel left on the PBX")
             closed += call.final

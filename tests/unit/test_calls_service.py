@@ -1099,3 +1099,30 @@ async def test_a_client_the_dialplan_dials_after_the_restart_is_followed(h):
     h.pbx.emit("DialBegin", h.pbx.channels["q.op"] + [("DestChannel", "PJSIP/1002-00000042")])
     await h.barrier()
     assert await h.history(other) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_that_came_and_went_while_agi_app_was_away_ends_from_its_recording(h):
+    """The operator answered, the dialplan connected the client by itself and
+    the conversation ended, all while no agi_app ran: no channel is left.
+    MixMonitor (``b``) wrote 3 s of audio, so the client answered and talked
+    3 s: FINISH with that talk time, the recording stored.  A call whose
+    file holds no audio ends as before (the client was never connected)."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    talked = await h.place(order_id="gone")
+    silent = await h.place(order_id="gone")
+    await h.restart({}, connect=False)
+    folder = h.tmp_path / "monitor"
+    folder.mkdir(exist_ok=True)
+    (folder / f"gone_{talked}.wav").write_bytes(b"\0" * (44 + 16000 * 3))
+    (folder / f"gone_{silent}.wav").write_bytes(b"\0" * 44)
+    await h.connect()
+    assert await h.final(talked) == HAPPY
+    entries = await h.entries(talked)
+    assert entries[-1]["detail"] == "talk 3 s (from the recording)"
+    assert entries[4]["detail"] == "answer time not seen"
+    assert (await h.store.get_call(talked))["talk_seconds"] == pytest.approx(3.0)
+    [call] = [c for c in await h.store.order_calls("gone") if c["call_id"] == talked]
+    assert call["records"][0]["path"] == str(folder / f"gone_{talked}.wav")
+    assert await h.final(silent) == ["CALL", "OPERATOR_CALLTO", "ERROR"]
