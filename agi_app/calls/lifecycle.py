@@ -582,6 +582,8 @@ class Lifecycle:
         """End the call from what it reached (:func:`outcome`)."""
         if call.final:
             return
+        if not call.agi_sessions and await self._ended_in_conversation(call):
+            return
         status, detail = outcome(call, why, failed=failed)
         if status == st.FINISH:
             # The talk time is unknown when the end was not seen (it ended
@@ -615,6 +617,12 @@ class Lifecycle:
         if uniqueid and uniqueid in self.ami.channels:
             call.channels.add(uniqueid)
         if name == "dialend" and (event.get("DialStatus") or "").upper() == "ANSWER":
+            dest = event.get("DestChannel") or ""
+            if not call.reached(st.CLIENT_CALLTO) and self._is_client_channel(call, dest):
+                # the dialplan dialled the client before agi_app followed the call
+                d = defer.ensureDeferred(self._client_answered(call))
+                d.addErrback(lambda f: log.failure("{id}: pickup", f, id=call.call_id))
+                return
             self._answered(call)
         elif name == "dialbegin" and not call.reached(st.CLIENT_CALLTO):
             self._maybe_client_dialled(call, event.get("DestChannel") or "")
@@ -631,6 +639,10 @@ class Lifecycle:
     def _is_client_channel(self, call: Call, channel: str) -> bool:
         dial_of = self._client_dial.get(call.kind)
         return dial_of is not None and channel.startswith(_channel_prefix(dial_of(call)))
+
+    async def _client_answered(self, call: Call) -> None:
+        await self._client_dialled(call, None)
+        await self.log(call, st.CLIENT_PICKUP)
 
     async def _client_dialled(self, call: Call, at: float | None) -> None:
         await self.log(call, st.OPERATOR_PICKUP, "answered while agi_app was away", at=at)
@@ -709,9 +721,6 @@ class Lifecycle:
             if live and not call.agi_sessions:
                 await self._catch_up(call, live)
             if live or call.agi_sessions:
-                continue
-            if await self._ended_in_conversation(call):
-                closed += 1
                 continue
             await self.settle(call, "no channel left on the PBX")
             closed += call.final

@@ -1126,3 +1126,19 @@ async def test_a_call_that_came_and_went_while_agi_app_was_away_ends_from_its_re
     [call] = [c for c in await h.store.order_calls("gone") if c["call_id"] == talked]
     assert call["records"][0]["path"] == str(folder / f"gone_{talked}.wav")
     assert await h.final(silent) == ["CALL", "OPERATOR_CALLTO", "ERROR"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_answer_whose_dial_began_unseen_is_logged_in_order(h):
+    """The dialplan's Dial to the client began between the login's snapshot
+    and the moment agi_app took the call up: the DialEnd of the answer is
+    the first sign of the client.  CLIENT_CALLTO and CLIENT_PICKUP are both
+    logged then, in order."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place()
+    await h.restart({"u.op": ("PJSIP/1000-00000051", call_id, "Up")})
+    await h.reached(call_id, "OPERATOR_PICKUP")
+    h.client_answered(h.pbx.channels["u.op"])  # DestChannel PJSIP/pstn-...
+    await h.reached(call_id, "CLIENT_PICKUP")
+    assert await h.history(call_id) == CONNECTED
