@@ -31,6 +31,7 @@ from agi_app.config import Config
 from agi_app.events.delivery import DeliverySettings, TreqSender
 from agi_app.events.generator import CallInfo, EventGenerator
 from agi_app.events.service import EventService
+from agi_app.inbound import CRMLookup, InboundService
 from agi_app.ivr.service import IVRService
 from agi_app.live.control import CallControl
 from agi_app.live.operators import OperatorTracker
@@ -189,7 +190,14 @@ class Application:
         self.outbound = OutboundCalls(
             lifecycle=self.lifecycle, dialing=config.dialing, menus=self.ivr
         )
-        for part in (self.calls, self.ivr, self.outbound):
+        # Inbound calls: the caller looked up in the CRM ([crm]), through
+        # the webhooks' SSRF guard.
+        self.crm = CRMLookup.from_config(config, reactor)
+        self.inbound = InboundService(
+            lifecycle=self.lifecycle, dialing=config.dialing, lookup=self.crm,
+            group=config.inbound.group,
+        )  # fmt: skip
+        for part in (self.calls, self.ivr, self.outbound, self.inbound):
             part.register_scripts(self.scripts)
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
@@ -284,6 +292,7 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         await self.events.stop()
+        await self.crm.close()
         self.lifecycle.stop()
         self.operators.stop()
         self.tracker.stop()

@@ -30,7 +30,9 @@ from 200" would look in a PBX that rings the owner first) gives X no events.
 :class:`EventGenerator` subscribes to the tracker and publishes the events
 through the :class:`~agi_app.events.service.EventService`, adding
 ``OrderID``/``ExternalKey`` of calls agi_app placed and ``RecordURL`` of
-recorded ones from the store.  Events are handled one after another, so
+recorded ones from the store, and for an inbound call the CRM was asked
+about (:mod:`agi_app.inbound`) the caller's ``name`` (also as
+``CallerIDName``) and ``crm_url``.  Events are handled one after another, so
 their EventIDs follow the order the tracker reported them in.
 """
 
@@ -136,6 +138,8 @@ _NO_INFO = {
     "operator": None,
     "phone": None,
     "record_url": None,
+    "name": None,
+    "crm_url": None,
 }
 
 
@@ -159,8 +163,9 @@ def operator_first_fields(fields: dict[str, Any], extension: str, info: Mapping[
 
 
 class CallInfo:
-    """What the store knows of agi_app's calls: order, external key, and the
-    recording link, cached for the calls seen lately."""
+    """What the store knows of agi_app's calls: order, external key, the
+    recording link, and the caller's name and CRM link of an inbound call
+    looked up in the CRM; cached for the calls seen lately."""
 
     def __init__(self, store: Any, *, public_url: str, keep: int = 2048):
         self._store = store
@@ -169,9 +174,10 @@ class CallInfo:
         self._keep = keep
 
     async def get(self, call_id: str | None, *, refresh: bool = False) -> dict[str, Any]:
-        """``{"order_id", "external_key", "operator", "phone", "record_url"}``
-        of an agi_app call (all None for a call agi_app did not place).  ``refresh`` reads the
-        recording again (it may start after the call's first events)."""
+        """``{"order_id", "external_key", "operator", "phone", "record_url",
+        "name", "crm_url"}`` of an agi_app call (all None for a call agi_app
+        did not place).  ``refresh`` reads the recording again (it may start
+        after the call's first events)."""
         if not call_id:
             return dict(_NO_INFO)
         info = self._cache.get(call_id)
@@ -193,6 +199,11 @@ class CallInfo:
                 "phone": call.get("phone") if call else None,
                 "record_url": (
                     f"{self._public_url}/records/{records[0]['record_id']}" if records else None
+                ),
+                # what the CRM lookup of an inbound call said (agi_app.inbound)
+                "name": params.get("name") if isinstance(params.get("name"), str) else None,
+                "crm_url": (
+                    params.get("crm_url") if isinstance(params.get("crm_url"), str) else None
                 ),
             }
             self._cache[call_id] = info
@@ -318,6 +329,11 @@ class EventGenerator:
             return
         fields["OrderID"] = info["order_id"]
         fields["ExternalKey"] = info["external_key"]
+        if info.get("name"):
+            # the CRM's name for the caller of an inbound call it was asked about
+            fields["CallerIDName"] = fields["name"] = info["name"]
+        if info.get("crm_url"):
+            fields["crm_url"] = info["crm_url"]
         if event_type == "hangup" and info["record_url"]:
             fields["RecordURL"] = info["record_url"]
         await self._events.publish(extension, event_type, fields, when=when)
