@@ -118,3 +118,21 @@ def client_status_for_dialstatus(dialstatus: str) -> tuple[str, str]:
     if s in ("CHANUNAVAIL", "CONGESTION"):
         return ERROR, f"client unreachable ({s})"
     return ERROR, f"dial ended with status {s or 'unknown'}"
+
+
+#: DIALSTATUS of a caller's connection to an extension or number (IVR,
+#: inbound calls) -> (status, detail); ANSWER is handled by the caller
+_CONNECTION_OUTCOMES = {
+    "BUSY": (OPERATOR_BUSY, "busy"),
+    "NOANSWER": (OPERATOR_NOANSWER, "no answer"),
+    "CHANUNAVAIL": (OPERATOR_OFFLINE, "unreachable"),
+    "CONGESTION": (ERROR, "congestion"),
+    "CANCEL": (CLIENT_CANCEL, "the caller hung up while it rang"),
+}
+
+
+def connection_status_for_dialstatus(dialstatus: str) -> tuple[str, str]:
+    """Map ``${DIALSTATUS}`` after a caller was connected to an extension or
+    a number (an IVR choice, an inbound call) to ``(status, detail)``."""
+    s = (dialstatus or "").upper()
+    return _CONNECTION_OUTCOMES.get(s, (ERROR, f"dial status {s}"))

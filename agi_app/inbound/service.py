@@ -51,14 +51,6 @@ INBOUND_SCRIPT = "inbound"
 #: the device state of a free extension
 FREE = "NOT_INUSE"
 
-#: DIALSTATUS of the ringing -> (status, detail)
-_DIAL_OUTCOME = {
-    "BUSY": (st.OPERATOR_BUSY, "busy"),
-    "NOANSWER": (st.OPERATOR_NOANSWER, "no answer"),
-    "CHANUNAVAIL": (st.OPERATOR_OFFLINE, "unreachable"),
-    "CONGESTION": (st.ERROR, "congestion"),
-    "CANCEL": (st.CLIENT_CANCEL, "the caller hung up while it rang"),
-}
 
 
 @dataclass(frozen=True)
@@ -194,7 +186,7 @@ class InboundService:
                 detail = f"talk {talk:.0f} s with extension {peer}"
             await lifecycle.finish(call, detail, ended_at=ended_at)
             return
-        status, detail = _DIAL_OUTCOME.get(dialstatus, (st.ERROR, f"dial status {dialstatus}"))
+        status, detail = st.connection_status_for_dialstatus(dialstatus)
         await lifecycle.log(call, status, f"{target.what}: {detail}")
 
     def _connected(self, call: Call, target: Target) -> defer.Deferred:
