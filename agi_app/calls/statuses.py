@@ -24,6 +24,9 @@ ERROR = "ERROR"
 FINISH = "FINISH"
 #: one choice of a caller in an IVR menu (never final; may repeat)
 IVR_CHOICE = "IVR_CHOICE"
+#: call control handed the call over to another party, detail ``from → to``
+#: (never final; may repeat)
+TRANSFER = "TRANSFER"
 
 #: Every call status word, in the order a call normally goes through them.
 STATUSES: tuple[str, ...] = (
@@ -41,7 +44,11 @@ STATUSES: tuple[str, ...] = (
     ERROR,
     FINISH,
     IVR_CHOICE,
+    TRANSFER,
 )
+
+#: The statuses a call may reach more than once (every other one is logged once).
+REPEATABLE: frozenset[str] = frozenset({IVR_CHOICE, TRANSFER})
 
 #: The statuses that end a call; a call gets exactly one of them.
 FINAL_STATUSES: frozenset[str] = frozenset(

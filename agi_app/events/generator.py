@@ -16,6 +16,12 @@ answered                    ``answer``
 hungup                      ``hangup`` with CallStatus, Duration, RecordURL
 ==========================  ==============================================
 
+The hangup that ends a call agi_app placed and call control transferred
+(its history has ``TRANSFER``) also names the extension the call ended
+with (``HangupExtension``) and the talk time of the whole call, from the
+client's answer (``TotalDuration``); an extension that handed the call over
+gets neither.
+
 and a leg of an outside line dialled from a call that came in from outside
 for extension X (forwarding by incoming call rules) gives X a ``dial-out``
 with ``Transfered: yes``.
@@ -46,9 +52,19 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from agi_app.calls import statuses as st
+from agi_app.calls.lifecycle import PICKUP_UNSEEN
 from agi_app.events.service import EventService
+from agi_app.times import parse_time
 
-__all__ = ["CallInfo", "EventGenerator", "LegMemory", "crm_event", "operator_first_fields"]
+__all__ = [
+    "CallInfo",
+    "EventGenerator",
+    "LegMemory",
+    "crm_event",
+    "ends_call",
+    "operator_first_fields",
+]
 
 log = Logger(namespace="agi_app.events")
 
@@ -108,6 +124,20 @@ def crm_event(event: Any, leg: Any = None) -> tuple[str, str, dict[str, Any]] | 
         fields["CallStatus"] = event.status or "CANCEL"
         fields["Duration"] = str(int(round(event.duration or 0)))
     return extension, event_type, fields
+
+
+def ends_call(leg: Any, handed_over: Callable[[Any], bool] | None = None) -> bool:
+    """Whether the hangup of this extension's leg ends its call for the
+    extensions: no other extension takes part in it any more, and the leg
+    did not hand the call over (``handed_over``, call control's rule)."""
+    if leg is None or leg.call is None:
+        return False
+    if handed_over is not None and handed_over(leg):
+        return False
+    return not any(
+        other is not leg and other.extension and other.party
+        for other in leg.call.legs.values()
+    )
 
 
 def _forwarded_for(event: Any, leg: Any) -> str | None:
@@ -212,6 +242,19 @@ class CallInfo:
                 self._cache.popitem(last=False)
         return info
 
+    async def transfer(self, call_id: str | None) -> tuple[bool, float | None]:
+        """``(transferred, answered_at)`` of an agi_app call: whether call
+        control handed it over (a ``TRANSFER`` entry), and when the client
+        answered (``CLIENT_PICKUP``; None if not, or not seen)."""
+        if not call_id:
+            return False, None
+        entries = await self._store.statuses(call_id)
+        transferred = any(e["status"] == st.TRANSFER for e in entries)
+        pickup = next((e for e in entries if e["status"] == st.CLIENT_PICKUP), None)
+        if pickup is None or pickup.get("detail") == PICKUP_UNSEEN:
+            return transferred, None
+        return transferred, parse_time(pickup["time"])
+
 
 #: the fields that describe the parties of a leg (kept from its last event
 #: before the hangup, when the other party may be gone already)
@@ -251,12 +294,23 @@ class EventGenerator:
     :param tracker: a :class:`~agi_app.live.tracker.CallTracker` (``subscribe``, ``leg``)
     :param events: the :class:`EventService` that queues them
     :param info: where OrderID/ExternalKey/RecordURL come from
+    :param handed_over: whether a leg handed its call over to another party
+        (:func:`agi_app.live.control.handed_over`): its hangup does not end
+        the call
     """
 
-    def __init__(self, tracker: Any, events: EventService, info: CallInfo):
+    def __init__(
+        self,
+        tracker: Any,
+        events: EventService,
+        info: CallInfo,
+        *,
+        handed_over: Callable[[Any], bool] | None = None,
+    ):
         self._tracker = tracker
         self._events = events
         self._info = info
+        self._handed_over = handed_over
         self._unsubscribe: Callable[[], object] | None = None
         self._tail: defer.Deferred = defer.succeed(None)
         self._legs = LegMemory()
@@ -304,9 +358,11 @@ class EventGenerator:
         if not any(self._events.wants(extension, t) for t in candidates):
             return
         when = event.time
+        # decided now: by the time it is published the call has moved on
+        last = event_type == "hangup" and ends_call(leg, self._handed_over)
         self._tail.addCallback(
             lambda _: defer.ensureDeferred(
-                self._publish(extension, event_type, fields, event.call_id, when)
+                self._publish(extension, event_type, fields, event.call_id, when, last=last)
             )
         )
         self._tail.addErrback(
@@ -320,6 +376,8 @@ class EventGenerator:
         fields: dict[str, Any],
         call_id: str | None,
         when: float,
+        *,
+        last: bool = False,
     ) -> None:
         info = await self._info.get(call_id, refresh=event_type == "hangup")
         fields = dict(fields)
@@ -336,5 +394,11 @@ class EventGenerator:
             fields["crm_url"] = info["crm_url"]
         if event_type == "hangup" and info["record_url"]:
             fields["RecordURL"] = info["record_url"]
+        if last and call_id:
+            transferred, answered_at = await self._info.transfer(call_id)
+            if transferred:
+                fields["HangupExtension"] = extension
+                if answered_at is not None:
+                    fields["TotalDuration"] = str(int(round(max(0.0, when - answered_at))))
         await self._events.publish(extension, event_type, fields, when=when)
         self.published += 1
