@@ -51,7 +51,9 @@ ENTRIES = (
 
 
 def wrap(cls: type, name: str, label: str) -> None:
-    original = getattr(cls, name)
+    original = getattr(cls, name, None)
+    if original is None:  # an older agi_app without this entry point
+        return
 
     def counted(self, *args, **kwargs):
         started = time.thread_time()
