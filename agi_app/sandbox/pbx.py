@@ -99,6 +99,7 @@ class PBX:
         project: Path | None = None,
         ami_username: str = "agi_app",
         ami_secret: str | None = None,
+        ami_read: str = pbx_config.AMI_READ["readme"],
         log: Callable[[str], None] = _print,
     ) -> None:
         self.root = Path(root)
@@ -109,6 +110,8 @@ class PBX:
         self.project = Path(project) if project else project_dir()
         self.ami_username = ami_username
         self.ami_secret = ami_secret or os.environ.get("AGI_APP_SANDBOX_AMI_SECRET", "sandbox")
+        #: the AMI user's read classes (see ``pbx_config.AMI_READ``)
+        self.ami_read = ami_read
         self._log = log
         self.pbx_dir = f"/srv/agi_app/{self.name}"
         self.host_dir = self.root / self.pbx_dir.lstrip("/")
@@ -162,6 +165,7 @@ class PBX:
             modules=[p.name for p in (self.root / module_dir.lstrip("/")).glob("*.so")],
             ami_username=self.ami_username,
             ami_secret=self.ami_secret,
+            ami_read=self.ami_read,
         )
 
     def render(self) -> None:
