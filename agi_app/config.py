@@ -34,6 +34,8 @@ __all__ = [
     "EventsConfig",
     "HTTPConfig",
     "IVRConfig",
+    "LogConfig",
+    "MetricsConfig",
     "StoreConfig",
     "WebSocketConfig",
     "load",
@@ -166,6 +168,31 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: ``GET /metrics`` for Prometheus (docs/operations.md)."""
+
+    #: scraped without an API key (the other routes still need theirs)
+    open: bool = False
+
+
+#: ``[log] level`` values, quietest last (Twisted's level names)
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: ``[log] format`` values
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: the service's log on standard output (docs/operations.md).
+    ``AGI_APP_LOG_LEVEL`` overrides ``level`` like every other key."""
+
+    #: the lowest level written
+    level: str = "info"
+    #: ``text``: Twisted's classic lines; ``json``: one JSON object per line
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per INI section."""
 
@@ -177,6 +204,8 @@ class Config:
     dialing: DialingConfig = field(default_factory=DialingConfig)
     ivr: IVRConfig = field(default_factory=IVRConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     #: the file this was read from, if any (relative paths are taken from the cwd)
     source: str | None = None
 
@@ -190,6 +219,8 @@ _SECTIONS = {
     "dialing": DialingConfig,
     "ivr": IVRConfig,
     "events": EventsConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
 }
 
 def _unsafe_char(c: str) -> bool:
@@ -387,6 +418,10 @@ def _validate(cfg: Config) -> None:
             "(0.0.0.0/0,::/0 allows any)"
         )
     _validate_websocket(cfg)
+    if cfg.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level: must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.log.format.lower() not in LOG_FORMATS:
+        raise ConfigError(f"[log] format: must be one of {', '.join(LOG_FORMATS)}")
 
 
 def _validate_websocket(cfg: Config) -> None:
