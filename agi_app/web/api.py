@@ -24,6 +24,7 @@ import email.policy
 import hmac
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "ApiResponse",
     "Handler",
     "Params",
+    "RequestObserver",
     "Route",
     "Router",
 ]
@@ -175,6 +177,11 @@ class ApiRequest:
 
 
 Handler = Callable[..., "Awaitable[Any] | Deferred[Any] | Mapping[str, Any] | ApiResponse"]
+#: ``observe(method, route, status, seconds)`` after each request: ``route``
+#: is the matched pattern (None: no route matched), ``status`` the answer's
+#: code (499: the client went away first), ``seconds`` from the start of
+#: rendering to the end of the answer
+RequestObserver = Callable[[str, "str | None", int, float], object]
 
 
 @dataclass(frozen=True)
@@ -397,28 +404,42 @@ class ApiResource(Resource):
     """A twisted.web resource that serves a :class:`Router`'s routes.
 
     It handles every path it is given (``isLeaf``), reading the whole of
-    ``request.path``, so it can sit at the site's root.
+    ``request.path``, so it can sit at the site's root.  ``observe`` (see
+    :data:`RequestObserver`) hears of every answer, timed with ``timer``.
     """
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, router: Router, *, api_keys: Iterable[str] = ()):
+    def __init__(
+        self,
+        router: Router,
+        *,
+        api_keys: Iterable[str] = (),
+        observe: RequestObserver | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+    ):
         super().__init__()
         self._router = router
         self._api_keys = _keys(api_keys)
+        self._observe = observe
+        self._timer = timer
 
     # -- twisted.web entry point ----------------------------------------------
 
     def render(self, request: IRequest) -> int:
-        state = {"gone": False}
-        request.notifyFinish().addErrback(lambda _: state.__setitem__("gone", True))
+        state: dict[str, Any] = {"gone": False, "route": None}
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: state.__setitem__("gone", True))
+        method = request.method.decode("ascii", "replace").upper()
+        if self._observe is not None:
+            finished.addCallback(self._observed, request, method, state, self._timer())
         fmt = "json"
         try:
             path = _decode_path(request.path)
             fmt = _suffix_format(path)
-            method = request.method.decode("ascii", "replace").upper()
             route, path_params, fmt = self._router.resolve(method, path)
+            state["route"] = route.pattern
             if route.auth and self._api_keys:
                 self._authenticate(request)
             params = self._params(request)
@@ -430,6 +451,11 @@ class ApiResource(Resource):
         d.addErrback(self._answer_failure, request, state, fmt)
         d.addErrback(self._give_up, request)
         return NOT_DONE_YET
+
+    def _observed(self, _: object, request: IRequest, method: str, state: dict[str, Any],
+                  started: float) -> None:  # fmt: skip
+        code = 499 if state["gone"] else request.code
+        self._observe(method, state["route"], code, self._timer() - started)
 
     # -- steps ------------------------------------------------------------
 
