@@ -28,6 +28,7 @@ from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
+from agi_app.doctor import register_scripts as register_doctor_scripts
 from agi_app.events.delivery import DeliverySettings, TreqSender
 from agi_app.events.generator import CallInfo, EventGenerator
 from agi_app.events.service import EventService
@@ -192,6 +193,8 @@ class Application:
         )
         for part in (self.calls, self.ivr, self.outbound):
             part.register_scripts(self.scripts)
+        # agi-app doctor's FastAGI check (dialplan [agi-app-doctor])
+        register_doctor_scripts(self.scripts)
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
