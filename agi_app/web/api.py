@@ -177,10 +177,11 @@ class ApiRequest:
 
 
 Handler = Callable[..., "Awaitable[Any] | Deferred[Any] | Mapping[str, Any] | ApiResponse"]
-#: ``observe(method, route, status, seconds)`` after each request: ``route``
-#: is the matched pattern (None: no route matched), ``status`` the answer's
-#: code (499: the client went away first), ``seconds`` from the start of
-#: rendering to the end of the answer
+#: ``observe(method, route, status, seconds)`` after each answer is written:
+#: ``route`` is the matched pattern (None: no route matched), ``status`` the
+#: answer's code (499: the client went away first), ``seconds`` from the
+#: start of rendering to the answer (a resource that streams, such as a
+#: recording download, counts until it started)
 RequestObserver = Callable[[str, "str | None", int, float], object]
 
 
@@ -428,12 +429,10 @@ class ApiResource(Resource):
     # -- twisted.web entry point ----------------------------------------------
 
     def render(self, request: IRequest) -> int:
-        state: dict[str, Any] = {"gone": False, "route": None}
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: state.__setitem__("gone", True))
         method = request.method.decode("ascii", "replace").upper()
-        if self._observe is not None:
-            finished.addCallback(self._observed, request, method, state, self._timer())
+        state: dict[str, Any] = {"gone": False, "route": None, "method": method,
+                                 "started": self._timer() if self._observe else 0.0}  # fmt: skip
+        request.notifyFinish().addErrback(lambda _: state.__setitem__("gone", True))
         fmt = "json"
         try:
             path = _decode_path(request.path)
@@ -452,10 +451,12 @@ class ApiResource(Resource):
         d.addErrback(self._give_up, request)
         return NOT_DONE_YET
 
-    def _observed(self, _: object, request: IRequest, method: str, state: dict[str, Any],
-                  started: float) -> None:  # fmt: skip
-        code = 499 if state["gone"] else request.code
-        self._observe(method, state["route"], code, self._timer() - started)
+    def _observed(self, request: IRequest, state: dict[str, Any]) -> None:
+        """Tell the observer of the answer just written (or of the client gone)."""
+        observe = self._observe
+        if observe is not None:
+            code = 499 if state["gone"] else request.code
+            observe(state["method"], state["route"], code, self._timer() - state["started"])
 
     # -- steps ------------------------------------------------------------
 
@@ -487,6 +488,7 @@ class ApiResource(Resource):
 
     def _answer(self, result: Any, request: IRequest, state: dict, fmt: str) -> None:
         if state["gone"]:
+            self._observed(request, state)
             return
         if isinstance(result, ApiResponse):
             response = result
@@ -501,13 +503,16 @@ class ApiResource(Resource):
             if out is not NOT_DONE_YET:
                 request.write(out)
                 request.finish()
+            self._observed(request, state)
             return
         self._write(request, fmt, response.status, response.body, response.headers)
+        self._observed(request, state)
 
     def _answer_failure(
         self, failure: Failure, request: IRequest, state: dict, fmt: str
     ) -> None:
         if state["gone"]:
+            self._observed(request, state)
             return
         if request.startedWriting:
             # Too late for an error answer: the status line is out already.
@@ -522,6 +527,7 @@ class ApiResource(Resource):
             )
             error = ApiError(500, "internal", "internal error")
         self._write(request, fmt, error.status, error.body(), error.headers)
+        self._observed(request, state)
 
     def _give_up(self, failure: Failure, request: IRequest) -> None:
         self._log.failure("answering {path} failed", failure, path=request.path.decode("latin-1"))
