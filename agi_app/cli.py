@@ -1,4 +1,4 @@
-"""Command line: ``agi-app serve|doctor|demo|sandbox|install-sounds|widget-token``."""
+"""Command line: ``agi-app serve|doctor|backup|demo|sandbox|install-sounds|widget-token``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,25 @@ def _doctor(args: argparse.Namespace) -> int:
 
     task.react(lambda reactor: defer.ensureDeferred(check(reactor)))
     return 0  # react() exits the process; not reached
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from agi_app.config import ConfigError, load
+    from agi_app.store import StoreError
+    from agi_app.store.backup import backup
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"agi-app: configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        done = backup(config.store.path, args.dest)
+    except StoreError as e:
+        print(f"agi-app: {e}", file=sys.stderr)
+        return 1
+    print(f"{done.path}: {done.size} bytes, schema version {done.schema_version}")
+    return 0
 
 
 def _demo() -> int:
@@ -120,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds each step may take (default 10)")  # fmt: skip
     p.add_argument("--verbose", "-v", action="store_true", help="the log on standard error")
     p.set_defaults(func=_doctor)
+
+    p = sub.add_parser(
+        "backup",
+        help="copy the SQLite store while the service runs",
+        description="Copy [store] path of the configuration FILE to DEST: one consistent "
+        "snapshot, taken while the service may go on writing (docs/operations.md).",
+    )
+    p.add_argument("--config", "-c", default=None, help="INI file (see agi_app.conf.example)")
+    p.add_argument("dest", help="the backup file to write (replaced when it exists)")
+    p.set_defaults(func=_backup)
 
     p = sub.add_parser("demo", help="the service with the sandbox PBX and demo phones")
     p.set_defaults(func=lambda args: _demo())
