@@ -95,8 +95,8 @@ class Histogram:
         if not self.labels:  # one series, shown (all zero) from the start
             self._series[()] = [0.0] * (len(self.bounds) + 2)
 
-    def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
-        """Count ``value`` in the series of ``labels``."""
+    def observe(self, value: float, labels: tuple[Any, ...] = ()) -> None:
+        """Count ``value`` in the series of ``labels`` (values shown as text)."""
         series = self._series.get(labels)
         if series is None:
             series = self._series[labels] = [0.0] * (len(self.bounds) + 2)
@@ -109,8 +109,8 @@ class Histogram:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
         for key, series in sorted(self._series.items()):
             cumulative = itertools.accumulate(series[1:])
-            family.add_metric(list(key), list(zip(self._les, cumulative, strict=True)),
-                              series[0])  # fmt: skip
+            family.add_metric([str(v) for v in key],
+                              list(zip(self._les, cumulative, strict=True)), series[0])  # fmt: skip
         return family
 
 
@@ -179,8 +179,9 @@ class _HTTPCollector:
         )
 
     def observe(self, method: str, route: str | None, code: int, seconds: float) -> None:
+        # called for every request: the code stays a number until scraped
         self.requests.observe(seconds, (
-            route or "unmatched", method if method in _METHODS else "other", str(code)
+            route or "unmatched", method if method in _METHODS else "other", code
         ))  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
@@ -382,16 +383,15 @@ class Metrics:
         for collector in collectors:
             self.registry.register(collector)
         self._operation = METRICS
+        #: an HTTP ``observe`` hook (:data:`agi_app.web.api.RequestObserver`):
+        #: ``observe_request(method, route, code, seconds)``
+        self.observe_request = self._http.observe
 
     # -- what is counted as it happens ----------------------------------------
 
     def status_logged(self, logged: StatusLogged) -> None:
         """A lifecycle ``on_status`` observer."""
         self._calls.status_logged(logged)
-
-    def observe_request(self, method: str, route: str | None, code: int, seconds: float) -> None:
-        """An HTTP ``observe`` hook (:data:`agi_app.web.api.RequestObserver`)."""
-        self._http.observe(method, route, code, seconds)
 
     # -- the exposition --------------------------------------------------------
 
