@@ -24,6 +24,7 @@ from agi_app import __version__
 from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
 from agi_app.ami.service import AMIService
+from agi_app.calls import statuses
 from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
@@ -32,8 +33,9 @@ from agi_app.doctor import register_scripts as register_doctor_scripts
 from agi_app.events.delivery import DeliverySettings, TreqSender
 from agi_app.events.generator import CallInfo, EventGenerator
 from agi_app.events.service import EventService
+from agi_app.inbound import CRMLookup, InboundService
 from agi_app.ivr.service import IVRService
-from agi_app.live.control import CallControl
+from agi_app.live.control import CallControl, handed_over
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
 from agi_app.logs import service_log_observer
@@ -100,7 +102,9 @@ class EventParts:
         self.service = EventService(
             store, send=self.sender, clock=reactor, settings=settings, guard=self.guard
         )
-        self.generator = EventGenerator(tracker, self.service, self.info)
+        self.generator = EventGenerator(
+            tracker, self.service, self.info, handed_over=handed_over
+        )
         self.hub = WidgetHub(
             client_ids=config.websocket.client_ids,
             token_secret=config.websocket.token_secret,
@@ -179,11 +183,14 @@ class Application:
             self.ami, self.store, reactor, exclude=config.dialing.all_trunks
         )
         # Every call on the PBX (also those agi_app did not place), and what
-        # can be done to them.
+        # can be done to them; a transferred call stays one call of the
+        # lifecycle (a TRANSFER entry, a recording per leg).
         self.tracker = CallTracker.for_dialing(self.ami, config.dialing, reactor)
         self.control = CallControl(
             ami=self.ami, tracker=self.tracker, dialing=config.dialing, clock=reactor,
-            store=self.store,
+            store=self.store, on_transfer=self._transferred,
+            leg_recording=self.lifecycle.leg_recording,
+            on_leg_recorded=self.lifecycle.leg_recorded,
         )  # fmt: skip
         self.ivr = IVRService(
             lifecycle=self.lifecycle, dialing=config.dialing, path=config.ivr.path
@@ -191,7 +198,14 @@ class Application:
         self.outbound = OutboundCalls(
             lifecycle=self.lifecycle, dialing=config.dialing, menus=self.ivr
         )
-        for part in (self.calls, self.ivr, self.outbound):
+        # Inbound calls: the caller looked up in the CRM ([crm]), through
+        # the webhooks' SSRF guard.
+        self.crm = CRMLookup.from_config(config, reactor)
+        self.inbound = InboundService(
+            lifecycle=self.lifecycle, dialing=config.dialing, lookup=self.crm,
+            group=config.inbound.group,
+        )  # fmt: skip
+        for part in (self.calls, self.ivr, self.outbound, self.inbound):
             part.register_scripts(self.scripts)
         # agi-app doctor's FastAGI check (dialplan [agi-app-doctor])
         register_doctor_scripts(self.scripts)
@@ -209,6 +223,9 @@ class Application:
             agi=lambda: self.agi_factory, widgets=self.events.hub,
         )  # fmt: skip
         self.lifecycle.on_status.append(self.metrics.status_logged)
+
+    def _transferred(self, call_id: str, from_party: str, to: str) -> Any:
+        return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """``(ok, body)`` for ``GET /health``: ok while the AMI session is logged in."""
@@ -298,6 +315,7 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         await self.events.stop()
+        await self.crm.close()
         self.lifecycle.stop()
         self.operators.stop()
         self.tracker.stop()

@@ -28,12 +28,14 @@ from agi_app.validation import EXTENSION
 __all__ = [
     "AMIConfig",
     "AGIConfig",
+    "CRMConfig",
     "Config",
     "ConfigError",
     "DialingConfig",
     "EventsConfig",
     "HTTPConfig",
     "IVRConfig",
+    "InboundConfig",
     "LogConfig",
     "MetricsConfig",
     "StoreConfig",
@@ -168,6 +170,43 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class CRMConfig:
+    """``[crm]``: asking the CRM who is calling (see docs/features.md)."""
+
+    #: the CRM's lookup URL with ``{phone}`` where the caller's number goes
+    #: (URL-quoted); empty: no lookup
+    lookup_url: str = ""
+    #: seconds a lookup may take; then the call goes on without it
+    lookup_timeout: float = 1.5
+    #: seconds an answer is kept for the next call of the same number; 0: none
+    lookup_cache_seconds: int = 60
+    #: numbers whose answers are kept at most
+    lookup_cache_size: int = 1000
+    #: one header sent with every lookup, ``Name: value`` (e.g. ``Authorization: Bearer ...``)
+    lookup_header: str = ""
+    #: networks (CIDRs) the lookup URL may resolve to besides public
+    #: addresses and ``[events] allowed_networks``
+    allowed_networks: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> tuple[str, str] | None:
+        """``lookup_header`` as ``(name, value)``, or None."""
+        if not self.lookup_header:
+            return None
+        name, _, value = self.lookup_header.partition(":")
+        return name.strip(), value.strip()
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """``[inbound]``: calls from the trunks sent to ``[agi-app-inbound]``."""
+
+    #: extensions rung together when the CRM names no operator, or one who
+    #: is not free
+    group: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """``[metrics]``: ``GET /metrics`` for Prometheus (docs/operations.md)."""
 
@@ -204,6 +243,8 @@ class Config:
     dialing: DialingConfig = field(default_factory=DialingConfig)
     ivr: IVRConfig = field(default_factory=IVRConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    crm: CRMConfig = field(default_factory=CRMConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: the file this was read from, if any (relative paths are taken from the cwd)
@@ -219,6 +260,8 @@ _SECTIONS = {
     "dialing": DialingConfig,
     "ivr": IVRConfig,
     "events": EventsConfig,
+    "crm": CRMConfig,
+    "inbound": InboundConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
 }
@@ -407,7 +450,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[store] read_budget_us: must be 0..100000 microseconds")
     if not 1 <= cfg.dialing.call_time_to_ext <= 600:
         raise ConfigError("[dialing] call_time_to_ext: must be 1..600 seconds")
-    for sec, key in (("agi", "allowed_peers"), ("events", "allowed_networks")):
+    for sec, key in (
+        ("agi", "allowed_peers"),
+        ("events", "allowed_networks"),
+        ("crm", "allowed_networks"),
+    ):
         try:
             parse_networks(getattr(getattr(cfg, sec), key))
         except ValueError as e:
@@ -418,10 +465,65 @@ def _validate(cfg: Config) -> None:
             "(0.0.0.0/0,::/0 allows any)"
         )
     _validate_websocket(cfg)
+    _validate_crm(cfg)
+    for member in cfg.inbound.group:
+        if not EXTENSION.match(member):
+            raise ConfigError(f"[inbound] group: {member!r} must match {EXTENSION.body}")
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level: must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format.lower() not in LOG_FORMATS:
         raise ConfigError(f"[log] format: must be one of {', '.join(LOG_FORMATS)}")
+
+
+#: a header name (RFC 9110 token)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
+#: a header value: visible ASCII and blanks inside
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?", re.ASCII)
+#: headers the HTTP client sets itself
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def _validate_crm(cfg: Config) -> None:
+    crm = cfg.crm
+    if not 0 < crm.lookup_timeout <= 10:
+        raise ConfigError("[crm] lookup_timeout: must be more than 0 and at most 10 seconds")
+    if crm.lookup_cache_seconds > 86400:
+        raise ConfigError("[crm] lookup_cache_seconds: must be 0..86400 seconds")
+    if not 1 <= crm.lookup_cache_size <= 1_000_000:
+        raise ConfigError("[crm] lookup_cache_size: must be 1..1000000")
+    if crm.lookup_header:
+        name, colon, value = crm.lookup_header.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(name.strip()):
+            raise ConfigError("[crm] lookup_header: must be 'Name: value' (e.g. "
+                              "'Authorization: Bearer ...')")  # fmt: skip
+        if name.strip().lower() in _OWN_HEADERS:
+            raise ConfigError(f"[crm] lookup_header: {name.strip()} is set by agi_app itself")
+        if not _HEADER_VALUE.fullmatch(value.strip()):
+            raise ConfigError("[crm] lookup_header: the value must be printable ASCII")
+    if not crm.lookup_url:
+        return
+    url = crm.lookup_url
+    if "{phone}" not in url:
+        raise ConfigError("[crm] lookup_url: must contain {phone} (where the caller's number goes)")
+    if len(url) > 2048 or not url.isascii() or any(c.isspace() for c in url):
+        raise ConfigError("[crm] lookup_url: must be an ASCII URL without blanks, at most 2048 "
+                          "characters")  # fmt: skip
+    try:
+        netloc = urlsplit(url).netloc
+        parts = urlsplit(url.replace("{phone}", "0"))
+        parts.port  # noqa: B018 - ValueError when it is no port number
+    except ValueError:
+        netloc, parts = "", None
+    if "{phone}" in netloc:
+        raise ConfigError("[crm] lookup_url: {phone} belongs in the path or query, not the host")
+    if parts is None:
+        raise ConfigError(f"[crm] lookup_url: not a valid URL: {url!r}")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError("[crm] lookup_url: must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ConfigError("[crm] lookup_url: no user@ (credentials go in lookup_header)")
+    if parts.fragment:
+        raise ConfigError("[crm] lookup_url: must not have a #fragment")
 
 
 def _validate_websocket(cfg: Config) -> None:

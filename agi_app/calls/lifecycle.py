@@ -11,7 +11,8 @@ followed by one :class:`Lifecycle` per PBX:
   moment the client answered, its recording;
 * **one writer** of statuses (:meth:`Lifecycle.log`), holding the order of
   :data:`REQUIRES` (per kind: which status may follow which), writing no
-  repeat (``IVR_CHOICE`` excepted) and nothing after the final status;
+  repeat (the words of ``statuses.REPEATABLE`` excepted) and nothing after
+  the final status;
 * **one id generator** (:func:`new_call_id`);
 * **one way to settle** a call nobody reported the end of: when its last
   channel hangs up with no FastAGI session left (after a grace period, so a
@@ -29,11 +30,15 @@ calls).  They create calls here, log through here and end through here.
 The talk time of a call is the conversation with the client: from
 ``CLIENT_PICKUP`` to the end.  FINISH's detail and ``talk_seconds``, the
 recording's duration, the hangup webhook's ``Duration`` and the widget's
-``duration`` all mean that.
+``duration`` all mean that.  A call that call control transfers keeps its
+id: its history gains a ``TRANSFER`` entry per hand-over (:meth:`Lifecycle.note`),
+its talk time runs to the end of its last leg, and each further leg is
+recorded into a file of its own (:meth:`Lifecycle.leg_recording`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -46,7 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agi_app.calls import statuses as st
-from agi_app.calls.recording import Recorder, Recording
+from agi_app.calls.recording import WAV_BYTES_PER_SECOND, WAV_HEADER, Recorder, Recording
 from agi_app.times import iso_time, parse_time
 
 __all__ = [
@@ -71,6 +76,7 @@ _OPERATOR_FIRST = {
     st.CLIENT_CALLTO: st.OPERATOR_PICKUP,
     st.CLIENT_PICKUP: st.CLIENT_CALLTO,
     st.FINISH: st.CLIENT_PICKUP,
+    st.TRANSFER: st.CLIENT_PICKUP,
 }
 # The client is dialled first; an IVR menu may then connect it to an
 # extension or a number (OPERATOR_*).
@@ -78,9 +84,14 @@ _TO_CLIENT = {
     st.CLIENT_PICKUP: st.CLIENT_CALLTO,
     st.OPERATOR_PICKUP: st.OPERATOR_CALLTO,
     st.FINISH: st.CLIENT_PICKUP,
+    st.TRANSFER: st.CLIENT_PICKUP,
 }
 # The caller called in: connected (CLIENT_PICKUP) without a CLIENT_CALLTO.
-_INCOMING = {st.OPERATOR_PICKUP: st.OPERATOR_CALLTO, st.FINISH: st.CLIENT_PICKUP}
+_INCOMING = {
+    st.OPERATOR_PICKUP: st.OPERATOR_CALLTO,
+    st.FINISH: st.CLIENT_PICKUP,
+    st.TRANSFER: st.CLIENT_PICKUP,
+}
 
 #: kind of call -> {status: the status it must follow}
 REQUIRES: dict[str, dict[str, str]] = {
@@ -158,6 +169,8 @@ class Call:
     #: Q.850 cause of the latest Hangup of one of the call's channels
     last_cause: int | None = None
     recording: Recording | None = None
+    #: the recordings of the legs after transfers (the second leg first)
+    further: list[Recording] = field(default_factory=list)
     #: the kind's typed view of ``params`` (e.g. a CallRequest), if it has one
     request: Any = None
     order_id: str | None = None
@@ -426,6 +439,12 @@ class Lifecycle:
             call.recording = Recording(
                 call.call_id, stored[0]["path"], record_id=stored[0]["record_id"]
             )
+            # the legs after transfers, each stored once its recording started
+            call.further = [
+                Recording(call.call_id, row["path"], started=parse_time(row["created_at"]),
+                          record_id=row["record_id"], leg=leg)
+                for leg, row in enumerate(stored[1:], start=2)
+            ]  # fmt: skip
             return
         call.recording = self.recorder.expected(
             call.call_id, order_id, call.logged_at.get(started)
@@ -453,7 +472,7 @@ class Lifecycle:
         """
         await call._lock.acquire()
         try:
-            if call.final or (status != st.IVR_CHOICE and status in call.logged):
+            if call.final or (status not in st.REPEATABLE and status in call.logged):
                 return None
             need = REQUIRES.get(call.kind, {}).get(status)
             if need is not None and need not in call.logged:
@@ -530,7 +549,58 @@ class Lifecycle:
             del self._calls[call.call_id]
         self._wake(call)
         if not call.agi_sessions:
-            self.recorder.finish(call.recording)
+            self._finish_recordings(call)
+
+    def _finish_recordings(self, call: Call) -> None:
+        for recording in (call.recording, *call.further):
+            self.recorder.finish(recording)
+
+    # -- transfers --------------------------------------------------------------
+
+    async def note(
+        self, call_id: str, status: str, detail: str | None = None
+    ) -> dict[str, Any] | None:
+        """Log a status that is not final (``TRANSFER``) that something
+        outside the call's own flow saw (call control): through :meth:`log`
+        for a followed call; straight into the store for an open call this
+        process does not follow; nothing for an unknown or ended call.  Fires
+        the new entry, or None."""
+        if status in st.FINAL:
+            raise ValueError(f"{status} is final: only the call's own flow ends a call")
+        call = self._calls.get(call_id)
+        if call is not None:
+            return await self.log(call, status, detail)
+        row = await self.store.get_call(call_id)
+        if row is None or row.get("final_status"):
+            return None
+        return await self.store.add_status(call_id, status, detail)
+
+    def leg_recording(self, call_id: str) -> str | None:
+        """The file (as Asterisk sees it) that the next leg of a recorded,
+        followed call goes into once it is transferred: ``-2``, ``-3``...
+        beside the first; None when the call is not followed or not
+        recorded.  A file handed out for a transfer that never connected is
+        handed out again."""
+        call = self._calls.get(call_id)
+        if call is None or call.final or call.recording is None:
+            return None
+        if call.further and call.further[-1].started is None:
+            rec = call.further[-1]
+        else:
+            rec = self.recorder.expected(call_id, call.order_id, None, leg=len(call.further) + 2)
+            call.further.append(rec)
+        return self.recorder.pbx_path(call.order_id, call_id, rec.leg)
+
+    async def leg_recorded(self, call_id: str) -> None:
+        """The recording of the call's next leg started (the party the call
+        was handed to answered): store it as a further recording of the call;
+        it is completed with the others when the call ends."""
+        call = self._calls.get(call_id)
+        rec = next((r for r in call.further if r.started is None), None) if call else None
+        if rec is None:
+            return
+        rec.started = self.clock.seconds()
+        await self.recorder.store_it(rec)
 
     # -- FastAGI sessions -------------------------------------------------------
 
@@ -544,7 +614,7 @@ class Lifecycle:
         finally:
             call.agi_sessions -= 1
             if call.final and not call.agi_sessions:
-                self.recorder.finish(call.recording)
+                self._finish_recordings(call)
 
     async def session_lost(self, call: Call, why: str, *, failed: bool = False) -> None:
         """The call's FastAGI session ended without reporting the outcome (a
@@ -579,10 +649,35 @@ class Lifecycle:
         if any(_is_up(c) for c in clients):
             await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
 
+    async def _ended_in_conversation(self, call: Call) -> bool:
+        """A call that came and went entirely while no agi_app watched (the
+        dialplan connected the client by itself): the recording file tells.
+        MixMonitor with ``b`` writes audio only while the parties are
+        bridged, so a file with audio means the client answered, and its
+        length is the talk time.  Logs the statuses and FINISH; False when
+        there is no such evidence."""
+        if call.kind not in self._client_dial or call.reached(st.CLIENT_PICKUP):
+            return False
+        rec = call.recording or self.recorder.expected(call.call_id, call.order_id, None)
+        try:
+            size = os.path.getsize(rec.path)
+        except OSError:
+            return False
+        if size <= WAV_HEADER:
+            return False
+        talk = (size - WAV_HEADER) / WAV_BYTES_PER_SECOND
+        await self._client_dialled(call, None)
+        await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
+        await self.log(call, st.FINISH, f"talk {talk:.0f} s (from the recording)",
+                       talk_seconds=talk)  # fmt: skip
+        return call.final
+
     async def settle(self, call: Call, why: str, *, ended_at: float | None = None,
                      failed: bool = False) -> None:  # fmt: skip
         """End the call from what it reached (:func:`outcome`)."""
         if call.final:
+            return
+        if not call.agi_sessions and await self._ended_in_conversation(call):
             return
         status, detail = outcome(call, why, failed=failed)
         if status == st.FINISH:
@@ -606,8 +701,11 @@ class Lifecycle:
         if name == "hangup":
             call.channels.discard(uniqueid)
             call.last_cause = _int(event.get("Cause"))
-            if call.ended_at is None and call.reached(st.CLIENT_PICKUP):
-                # either party hanging up ends the conversation
+            if call.reached(st.CLIENT_PICKUP) and (
+                call.ended_at is None or call.reached(st.TRANSFER)
+            ):
+                # either party hanging up ends the conversation; a call handed
+                # over goes on with another party, up to its last hangup
                 call.ended_at = self.clock.seconds()
             if not call.channels and not call.agi_sessions:
                 self.clock.callLater(self.grace, self._settle_later, call)
@@ -617,6 +715,12 @@ class Lifecycle:
         if uniqueid and uniqueid in self.ami.channels:
             call.channels.add(uniqueid)
         if name == "dialend" and (event.get("DialStatus") or "").upper() == "ANSWER":
+            dest = event.get("DestChannel") or ""
+            if not call.reached(st.CLIENT_CALLTO) and self._is_client_channel(call, dest):
+                # the dialplan dialled the client before agi_app followed the call
+                d = defer.ensureDeferred(self._client_answered(call))
+                d.addErrback(lambda f: log.failure("{id}: pickup", f, id=call.call_id))
+                return
             self._answered(call)
         elif name == "dialbegin" and not call.reached(st.CLIENT_CALLTO):
             self._maybe_client_dialled(call, event.get("DestChannel") or "")
@@ -633,6 +737,10 @@ class Lifecycle:
     def _is_client_channel(self, call: Call, channel: str) -> bool:
         dial_of = self._client_dial.get(call.kind)
         return dial_of is not None and channel.startswith(_channel_prefix(dial_of(call)))
+
+    async def _client_answered(self, call: Call) -> None:
+        await self._client_dialled(call, None)
+        await self.log(call, st.CLIENT_PICKUP)
 
     async def _client_dialled(self, call: Call, at: float | None) -> None:
         await self.log(call, st.OPERATOR_PICKUP, "answered while agi_app was away", at=at)

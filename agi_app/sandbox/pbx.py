@@ -99,6 +99,7 @@ class PBX:
         project: Path | None = None,
         ami_username: str = "agi_app",
         ami_secret: str | None = None,
+        ami_read: str = pbx_config.AMI_READ["readme"],
         log: Callable[[str], None] = _print,
         faults: tuple[str, ...] = (),
     ) -> None:
@@ -110,6 +111,8 @@ class PBX:
         self.project = Path(project) if project else project_dir()
         self.ami_username = ami_username
         self.ami_secret = ami_secret or os.environ.get("AGI_APP_SANDBOX_AMI_SECRET", "sandbox")
+        #: the AMI user's read classes (see ``pbx_config.AMI_READ``)
+        self.ami_read = ami_read
         #: settings broken on purpose (:data:`~agi_app.sandbox.pbx_config.FAULTS`)
         self.faults = faults
         self._log = log
@@ -165,6 +168,7 @@ class PBX:
             modules=[p.name for p in (self.root / module_dir.lstrip("/")).glob("*.so")],
             ami_username=self.ami_username,
             ami_secret=self.ami_secret,
+            ami_read=self.ami_read,
             faults=self.faults,
         )
 

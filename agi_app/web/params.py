@@ -126,7 +126,8 @@ class Param:
         if self.location == PATH:
             value = path.get(self.name)
         elif self.many:
-            value = req.param_list(self.name) or None
+            # a JSON null (alone or in an array) is a value left out
+            value = [x for x in req.param_list(self.name) if x is not None] or None
         else:
             value = req.params.get(self.name)
         if value is None or value == "":

@@ -398,6 +398,26 @@ async def test_pbx_down_logs_call_then_error_and_raises(h):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_retry_after_the_pbx_was_down_is_never_answered_as_placed(h):
+    """The first request found the AMI link down (503, CALL then ERROR).  A
+    retry with the same external_key must not answer 200 with the id of a
+    call that was never placed: it is the same 503 with the same call id,
+    also once the PBX is back (a new external_key places a new call)."""
+    with pytest.raises(PBXUnavailable) as first:
+        await h.calls.place(request(external_key="k-down"))
+    await h.connect()
+    with pytest.raises(PBXUnavailable) as again:
+        await h.calls.place(request(external_key="k-down"))
+    assert again.value.call_id == first.value.call_id
+    assert again.value.body()["call_id"] == first.value.call_id
+    assert h.pbx.actions_named("Originate") == []
+    assert await h.history(first.value.call_id) == ["CALL", "ERROR"]
+    call_id, created = await h.calls.place(request(external_key="k-up"))
+    assert created and call_id != first.value.call_id
+    assert len(h.pbx.actions_named("Originate")) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_same_external_key_places_one_call(h):
     await h.connect()
     first, created = await h.calls.place(request(external_key="k1"))
@@ -1079,3 +1099,46 @@ async def test_a_client_the_dialplan_dials_after_the_restart_is_followed(h):
     h.pbx.emit("DialBegin", h.pbx.channels["q.op"] + [("DestChannel", "PJSIP/1002-00000042")])
     await h.barrier()
     assert await h.history(other) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_that_came_and_went_while_agi_app_was_away_ends_from_its_recording(h):
+    """The operator answered, the dialplan connected the client by itself and
+    the conversation ended, all while no agi_app ran: no channel is left.
+    MixMonitor (``b``) wrote 3 s of audio, so the client answered and talked
+    3 s: FINISH with that talk time, the recording stored.  A call whose
+    file holds no audio ends as before (the client was never connected)."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    talked = await h.place(order_id="gone")
+    silent = await h.place(order_id="gone")
+    await h.restart({}, connect=False)
+    folder = h.tmp_path / "monitor"
+    folder.mkdir(exist_ok=True)
+    (folder / f"gone_{talked}.wav").write_bytes(b"\0" * (44 + 16000 * 3))
+    (folder / f"gone_{silent}.wav").write_bytes(b"\0" * 44)
+    await h.connect()
+    assert await h.final(talked) == HAPPY
+    entries = await h.entries(talked)
+    assert entries[-1]["detail"] == "talk 3 s (from the recording)"
+    assert entries[4]["detail"] == "answer time not seen"
+    assert (await h.store.get_call(talked))["talk_seconds"] == pytest.approx(3.0)
+    [call] = [c for c in await h.store.order_calls("gone") if c["call_id"] == talked]
+    assert call["records"][0]["path"] == str(folder / f"gone_{talked}.wav")
+    assert await h.final(silent) == ["CALL", "OPERATOR_CALLTO", "ERROR"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_answer_whose_dial_began_unseen_is_logged_in_order(h):
+    """The dialplan's Dial to the client began between the login's snapshot
+    and the moment agi_app took the call up: the DialEnd of the answer is
+    the first sign of the client.  CLIENT_CALLTO and CLIENT_PICKUP are both
+    logged then, in order."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place()
+    await h.restart({"u.op": ("PJSIP/1000-00000051", call_id, "Up")})
+    await h.reached(call_id, "OPERATOR_PICKUP")
+    h.client_answered(h.pbx.channels["u.op"])  # DestChannel PJSIP/pstn-...
+    await h.reached(call_id, "CLIENT_PICKUP")
+    assert await h.history(call_id) == CONNECTED

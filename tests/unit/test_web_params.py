@@ -32,6 +32,7 @@ from agi_app.web.params import (
     flag,
     known_trunk,
     whole_number,
+    word_list,
 )
 from agi_app.web.testing import MemoryHTTP
 
@@ -447,3 +448,18 @@ def test_rules_run_after_the_declared_check_and_only_on_given_values():
     with pytest.raises(InvalidInput) as info:  # in declaration order: sip is checked first
         op.parse(_request({"sip": ["1 000"], "trunk": ["101"]}), {}, rules)
     assert info.value.code == "invalid_sip"
+
+
+def test_a_json_null_of_a_repeatable_parameter_is_left_out():
+    """``{"status": null}`` (found by the schema fuzzer on sipList) is the
+    parameter left out, as for every other parameter."""
+    op = Operation(
+        methods=("POST",), path="/x", summary="x", tag="x", answers=(Answer(200, "ok"),),
+        params=(word_list("status", "states", ("online", "offline")),),
+    )  # fmt: skip
+    alone = ApiRequest(None, method="POST", path="/x", fmt="json",
+                       params=Params({"status": [None]}))  # fmt: skip
+    assert op.parse(alone) == {"status": None}
+    among = ApiRequest(None, method="POST", path="/x", fmt="json",
+                       params=Params({"status": [None, "online"]}))  # fmt: skip
+    assert op.parse(among) == {"status": frozenset({"online"})}
