@@ -29,6 +29,7 @@ from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
+from agi_app.doctor import register_scripts as register_doctor_scripts
 from agi_app.events.delivery import DeliverySettings, TreqSender
 from agi_app.events.generator import CallInfo, EventGenerator
 from agi_app.events.service import EventService
@@ -38,6 +39,7 @@ from agi_app.live.control import CallControl, handed_over
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
 from agi_app.logs import service_log_observer
+from agi_app.metrics import Metrics
 from agi_app.netguard import TargetGuard
 from agi_app.store.sqlite import SQLiteStore
 from agi_app.web import extensions_events, openapi
@@ -205,6 +207,8 @@ class Application:
         )  # fmt: skip
         for part in (self.calls, self.ivr, self.outbound, self.inbound):
             part.register_scripts(self.scripts)
+        # agi-app doctor's FastAGI check (dialplan [agi-app-doctor])
+        register_doctor_scripts(self.scripts)
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
@@ -212,6 +216,13 @@ class Application:
         )  # fmt: skip
         self._ports: list = []
         self.agi_factory = None
+        # GET /metrics: counted as it happens (statuses, HTTP answers), the
+        # rest read from the parts when scraped.
+        self.metrics = Metrics(
+            clock=reactor, store=self.store, amis=lambda: (self.ami,),
+            agi=lambda: self.agi_factory, widgets=self.events.hub,
+        )  # fmt: skip
+        self.lifecycle.on_status.append(self.metrics.status_logged)
 
     def _transferred(self, call_id: str, from_party: str, to: str) -> Any:
         return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")
@@ -263,13 +274,16 @@ class Application:
         self.events.add_routes(router)
         widget = WidgetTokenEndpoints(self.config.websocket.token_secret, clock=self.reactor)
         widget.add_routes(router)
-        parts = [history_module, calls, current, control, extensions_events, widget]
+        self.metrics.add_routes(router, open_access=self.config.metrics.open)
+        parts = [history_module, calls, current, control, extensions_events, widget,
+                 self.metrics]  # fmt: skip
         openapi.add_routes(router, openapi.build_document(parts))
         return router
 
     def site(self):
         """The HTTP site: the CRM API, records, static files, health."""
-        return build_site(self.router(), api_keys=self.config.http.api_keys, clock=self.reactor)
+        return build_site(self.router(), api_keys=self.config.http.api_keys, clock=self.reactor,
+                          observe=self.metrics.observe_request)  # fmt: skip
 
     async def start(self) -> None:
         """Open the store, start the PBX link, listen on every port."""
@@ -317,9 +331,11 @@ def run(config: Config, reactor: Any = None) -> int:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    level = LogLevel.levelWithName(os.environ.get("AGI_APP_LOG_LEVEL", "info").lower())
+    # [log] level and format (AGI_APP_LOG_LEVEL, AGI_APP_LOG_FORMAT override them)
+    level = LogLevel.levelWithName(config.log.level.lower())
     globalLogBeginner.beginLoggingTo(
-        [service_log_observer(sys.stdout, level)], redirectStandardIO=False
+        [service_log_observer(sys.stdout, level, config.log.format.lower())],
+        redirectStandardIO=False,
     )
     app = Application(config, reactor)
     status = {"code": 0}

@@ -36,6 +36,8 @@ __all__ = [
     "HTTPConfig",
     "IVRConfig",
     "InboundConfig",
+    "LogConfig",
+    "MetricsConfig",
     "StoreConfig",
     "WebSocketConfig",
     "load",
@@ -205,6 +207,31 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: ``GET /metrics`` for Prometheus (docs/operations.md)."""
+
+    #: scraped without an API key (the other routes still need theirs)
+    open: bool = False
+
+
+#: ``[log] level`` values, quietest last (Twisted's level names)
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: ``[log] format`` values
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: the service's log on standard output (docs/operations.md).
+    ``AGI_APP_LOG_LEVEL`` overrides ``level`` like every other key."""
+
+    #: the lowest level written
+    level: str = "info"
+    #: ``text``: Twisted's classic lines; ``json``: one JSON object per line
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per INI section."""
 
@@ -218,6 +245,8 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     crm: CRMConfig = field(default_factory=CRMConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     #: the file this was read from, if any (relative paths are taken from the cwd)
     source: str | None = None
 
@@ -233,6 +262,8 @@ _SECTIONS = {
     "events": EventsConfig,
     "crm": CRMConfig,
     "inbound": InboundConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
 }
 
 def _unsafe_char(c: str) -> bool:
@@ -438,6 +469,10 @@ def _validate(cfg: Config) -> None:
     for member in cfg.inbound.group:
         if not EXTENSION.match(member):
             raise ConfigError(f"[inbound] group: {member!r} must match {EXTENSION.body}")
+    if cfg.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level: must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.log.format.lower() not in LOG_FORMATS:
+        raise ConfigError(f"[log] format: must be one of {', '.join(LOG_FORMATS)}")
 
 
 #: a header name (RFC 9110 token)

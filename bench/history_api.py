@@ -283,7 +283,8 @@ def ensure_store(calls: int) -> tuple[Path, dict[str, int]]:
 
 
 def serve(
-    path: str, cpu: int, log_path: str, log_level: str = "info", read_budget_us: int = 2000
+    path: str, cpu: int, log_path: str, log_level: str = "info", read_budget_us: int = 2000,
+    metrics: bool = False,
 ) -> None:
     """Run the history endpoints on the application's HTTP stack until SIGTERM."""
     from twisted.internet import epollreactor
@@ -308,7 +309,15 @@ def serve(
     store.open()
     router = Router()
     HistoryEndpoints(store, public_url="http://127.0.0.1:8080").add_routes(router)
-    site = build_site(router, api_keys=(API_KEY,), static_dir=None, clock=reactor)
+    observe = None
+    if metrics:  # as the application wires it: every answer counted for GET /metrics
+        from agi_app.metrics import Metrics
+
+        counted = Metrics(clock=reactor, store=store)
+        counted.add_routes(router)
+        observe = counted.observe_request
+    site = build_site(router, api_keys=(API_KEY,), static_dir=None, clock=reactor,
+                      observe=observe)  # fmt: skip
     port = reactor.listenTCP(0, site, backlog=1024, interface="127.0.0.1")
     _pin(cpu)
     print(f"READY {port.getHost().port}", flush=True)
@@ -408,13 +417,13 @@ def transport_floor(
 
 
 def start_server(
-    path: Path, cpu: int, log_level: str, read_budget_us: int
+    path: Path, cpu: int, log_level: str, read_budget_us: int, metrics: bool = False
 ) -> tuple[subprocess.Popen, int]:
     log_path = CACHE_DIR / "server.log"
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(path), "--cpu", str(cpu),
          "--server-log", str(log_path), "--log-level", log_level,
-         "--read-budget-us", str(read_budget_us)],
+         "--read-budget-us", str(read_budget_us), *(["--metrics"] if metrics else [])],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -771,6 +780,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the store's [store] read_budget_us (0: every read on the store's worker "
         "thread, as before inline reads)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="count every answer for GET /metrics, as the application does (the HTTP "
+        "histogram's observer)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--serve-fixed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-fixed-web", action="store_true", help=argparse.SUPPRESS)
@@ -778,7 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-log", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.cpu, args.server_log, args.log_level, args.read_budget_us)
+        serve(args.serve, args.cpu, args.server_log, args.log_level, args.read_budget_us,
+              args.metrics)
         return 0
     if args.serve_fixed:
         serve_fixed(args.cpu)
@@ -796,14 +812,15 @@ def main(argv: list[str] | None = None) -> int:
     cases = build_cases(counts, requests)
     server, port = start_server(
         path, cpu=-1 if args.no_pin else 1, log_level=args.log_level,
-        read_budget_us=args.read_budget_us,
+        read_budget_us=args.read_budget_us, metrics=args.metrics,
     )  # fmt: skip
     if not args.no_pin:
         _pin(0)
     where = "any CPU" if args.no_pin else "CPU 1, load generator on CPU 0"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     _say(f"server pid {server.pid} on {where}, log level {args.log_level}, read budget "
-         f"{args.read_budget_us} us; load average {load}")  # fmt: skip
+         f"{args.read_budget_us} us, metrics {'on' if args.metrics else 'off'}; "
+         f"load average {load}")  # fmt: skip
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         process = psutil.Process(server.pid)

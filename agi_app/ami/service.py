@@ -339,6 +339,8 @@ class AMIService(Service):
         self.contacts: dict[str, dict[str, str]] = {}
         #: greeting of the current connection, e.g. ``Asterisk Call Manager/11.0.0``
         self.greeting: str | None = None
+        #: events received since the service was made, over every connection
+        self.events_received = 0
         self._protocol: AMIProtocol | None = None
         self._link: _Link | None = None
         self._ready = False
@@ -884,6 +886,7 @@ class AMIService(Service):
     # -- events --------------------------------------------------------------
 
     def _on_event(self, msg: AMIMessage) -> None:
+        self.events_received += 1
         name = (msg.get("Event") or "").lower()
         if self._originating:
             self._watch_originated(name, msg)

@@ -59,6 +59,7 @@ __all__ = [
     "REQUIRES",
     "Call",
     "Lifecycle",
+    "StatusLogged",
     "call_is_live",
     "event_call_id",
     "new_call_id",
@@ -202,6 +203,19 @@ class Call:
         return max(0.0, ended_at - self.pickup_time)
 
 
+@dataclass(frozen=True)
+class StatusLogged:
+    """A status the lifecycle wrote: what :attr:`Lifecycle.on_status` observers get."""
+
+    call: Call
+    #: the history entry as the store wrote it
+    entry: dict[str, Any]
+    #: seconds the store took to write it (queue and transaction)
+    write_seconds: float
+    #: the conversation's length, on FINISH (None: unknown)
+    talk_seconds: float | None = None
+
+
 def outcome(call: Call, why: str, *, failed: bool = False) -> tuple[str, str]:
     """The final status of a call that ended without anyone reporting how,
     from what it reached: ``(status, detail)``.
@@ -270,6 +284,9 @@ class Lifecycle:
         #: set by stop(): a session lost from now on is this process going
         #: away, not the call ending (the next start takes the call up again)
         self.stopping = False
+        #: called with a :class:`StatusLogged` after every status written
+        #: (metrics); an observer must not raise and must not wait
+        self.on_status: list[Callable[[StatusLogged], object]] = []
         self.recorder = Recorder(
             store=store, dialing=dialing, clock=clock, live=lambda c: call_is_live(ami, c)
         )
@@ -473,6 +490,8 @@ class Lifecycle:
                 return None
             call.logged.append(status)
             call.logged_at.setdefault(status, at if at is not None else now)
+            self._observed(StatusLogged(call, entry, self.clock.seconds() - now,
+                                        extra.get("talk_seconds")))  # fmt: skip
             recorded = RECORDED.get(call.kind)
             if recorded is not None and status == recorded[1]:
                 await self.recorder.store_it(call.recording)
@@ -516,6 +535,13 @@ class Lifecycle:
             if hit is not None or call.final:
                 call._waiters.remove((wanted, d))
                 d.callback(hit if hit is not None else call.final_status)
+
+    def _observed(self, logged: StatusLogged) -> None:
+        for observer in self.on_status:
+            try:
+                observer(logged)
+            except Exception:
+                log.failure("{call_id}: status observer", call_id=logged.call.call_id)
 
     def _ended(self, call: Call) -> None:
         call.final = True
@@ -780,10 +806,15 @@ class Lifecycle:
                 # the PBX belongs to it (or it ended meanwhile: the store then
                 # refuses a second final status)
                 if not live:
+                    started = self.clock.seconds()
                     entry = await self.store.add_status(
                         call_id, st.ERROR, "no channel left on the PBX; call not resumable"
                     )
                     closed += entry is not None
+                    if entry is not None:
+                        gone = Call(call_id, row.get("kind") or "", {}, logged=[st.ERROR],
+                                    final=True)  # fmt: skip
+                        self._observed(StatusLogged(gone, entry, self.clock.seconds() - started))
                 continue
             if call.final or call.placing:
                 continue
