@@ -171,7 +171,10 @@ class Application:
         self.lifecycle = Lifecycle(
             store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor
         )
-        self.calls = CallService(lifecycle=self.lifecycle, dialing=config.dialing)
+        self.calls = CallService(
+            lifecycle=self.lifecycle, dialing=config.dialing,
+            auto_answer_headers=config.dialing.auto_answer(config.ami.host),
+        )  # fmt: skip
         # Trunks are endpoints too, but not operators.
         self.operators = OperatorTracker(
             self.ami, self.store, reactor, exclude=config.dialing.all_trunks

@@ -374,15 +374,27 @@ def register_scenario(user: str, contact_port: int, expires: int) -> str:
 # ------------------------------------------------------------------ command lines
 
 
-def uas_argv(scenario: Path, sip_port: int, media_port: int, log: Path, errors: Path) -> list[str]:
+def uas_argv(
+    scenario: Path,
+    sip_port: int,
+    media_port: int,
+    log: Path,
+    errors: Path,
+    messages: Path | None = None,
+) -> list[str]:
     """SIPp running ``scenario`` as a UAS on ``127.0.0.1:sip_port`` (its
     media sockets from ``media_port``), writing the scenario's ``<log>``
-    lines to ``log`` and what went wrong to ``errors``."""
-    return [
+    lines to ``log`` and what went wrong to ``errors``; with ``messages``,
+    also every SIP message it sends and receives, whole, to that file (how a
+    test reads the headers of the INVITEs a phone got)."""
+    argv = [
         SIPP, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sip_port),
         "-mp", str(media_port), "-bind_local", "-nostdin", "-aa",
         "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(errors),
     ]  # fmt: skip
+    if messages is not None:
+        argv += ["-trace_msg", "-message_file", str(messages)]
+    return argv
 
 
 def register_argv(
