@@ -12,9 +12,17 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from agi_app.store.base import StoreError
+from agi_app.store.base import FINAL_STATUSES, StoreError
 
-__all__ = ["COUNTED", "MIGRATIONS", "migrate", "migration_events"]
+__all__ = [
+    "COUNTED",
+    "MIGRATIONS",
+    "STATS_PERIODS",
+    "STATS_TRIGGERS",
+    "migrate",
+    "migration_events",
+    "rebuild_call_stats",
+]
 
 _SCHEMA_1 = (
     """
@@ -184,12 +192,233 @@ def _migration_row_counts(conn: sqlite3.Connection) -> None:
             )
 
 
+# Missed calls: inbound calls nobody answered (agi_app.store.missed_sqlite).
+_SCHEMA_MISSED = (
+    """
+    CREATE TABLE missed_calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL,
+        phone TEXT,
+        did TEXT,
+        time TEXT NOT NULL,
+        extensions TEXT NOT NULL DEFAULT '',
+        ring_seconds REAL NOT NULL,
+        called_back TEXT,
+        handled_at TEXT,
+        callback_attempts INTEGER NOT NULL DEFAULT 0,
+        last_callback TEXT,
+        last_callback_at TEXT,
+        pbx TEXT NOT NULL DEFAULT 'default'
+    )
+    """,
+    # Partial indexes: only the calls nobody got through to yet, which a
+    # later call of the same number (or a callback) takes out.
+    "CREATE INDEX missed_calls_open_phone ON missed_calls (phone) WHERE called_back IS NULL",
+    "CREATE INDEX missed_calls_open ON missed_calls (id) WHERE called_back IS NULL",
+)
+
+
+def _migration_missed_calls(conn: sqlite3.Connection) -> None:
+    """Schema step: the missed calls table."""
+    for statement in _SCHEMA_MISSED:
+        conn.execute(statement)
+
+
+# -- call statistics -------------------------------------------------------------
+#
+# Per operator and per hour (and per day, the same sums): calls offered
+# (OPERATOR_CALLTO), answered (OPERATOR_PICKUP) with the ring time between
+# the two, and those that ended in a conversation (FINISH) with its length;
+# per hour (and day) the calls that began then, by final status.  Kept
+# current by triggers as the status writer adds entries, rebuilt from the
+# history by rebuild_call_stats (once, when the tables are made).  A call
+# counts in the hour (day) its operator was rung, or, for outcomes, in the
+# hour it began; all in UTC.
+
+#: the periods the statistics are kept in: table suffix -> length of the key
+#: taken from a time text (``2026-12-06T10`` and ``2026-12-06``)
+STATS_PERIODS = {"hours": 13, "days": 10}
+
+_OPERATOR_SUMS = ("offered", "answered", "ring_ms", "talked", "talk_ms")
+
+
+def _operator_sip(call: str, detail: str) -> str:
+    """SQL: the operator of a call's OPERATOR_CALLTO -- the call's sip, or
+    for a call without one (an incoming or IVR call connected to an
+    extension) the extension its detail names (``extension 1000``).  The
+    first number of phoneToPhone is no operator; nor is a number an IVR
+    connects to."""
+    return (
+        f"CASE WHEN {call}.kind = 'phoneToPhone' THEN NULL "
+        f"WHEN {call}.sip IS NOT NULL THEN {call}.sip "
+        f"WHEN {detail} LIKE 'extension %' THEN substr({detail}, 11) END"
+    )
+
+
+def _ms_between(start: str, end: str) -> str:
+    """SQL: whole milliseconds from time text ``start`` to ``end`` (at least 0)."""
+    return f"max(0, CAST(round((julianday({end}) - julianday({start})) * 86400000) AS INTEGER))"
+
+
+# Calls whose conversation with the operator begins when the operator
+# answers (the caller was connected before: the IVR); for the others it
+# begins with CLIENT_PICKUP, which FINISH's talk_seconds counts from.
+_TALK_FROM_PICKUP = ("incoming", "callWithInteractiveVoiceResponse")
+
+
+def _talk_ms(call: str) -> str:
+    """SQL: the operator's conversation of a call that ended in FINISH, ms."""
+    kinds = ", ".join(f"'{k}'" for k in _TALK_FROM_PICKUP)
+    pickup = (
+        f"(SELECT {_ms_between('p.time', f'{call}.finished_at')} FROM call_status p "
+        f"WHERE p.call_id = {call}.call_id AND p.status = 'OPERATOR_PICKUP' LIMIT 1)"
+    )
+    return (
+        f"CASE WHEN {call}.kind IN ({kinds}) THEN {pickup} "
+        f"ELSE CAST(round({call}.talk_seconds * 1000) AS INTEGER) END"
+    )
+
+
+def _upsert(table: str, key: str, columns: tuple[str, ...], select: str) -> str:
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in columns)
+    return (
+        f"INSERT INTO {table} ({key}, sip, {', '.join(columns)}) {select} "
+        f"ON CONFLICT ({key}, sip) DO UPDATE SET {sets}"
+    )
+
+
+def _stats_triggers() -> list[str]:
+    """The triggers that keep the statistics current, one per kind of event."""
+    finals = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
+    offered, answered, talked, outcome = [], [], [], []
+    for suffix, n in STATS_PERIODS.items():
+        key = suffix[:-1]  # hour, day
+        offered.append(_upsert(
+            f"operator_{suffix}", key, ("offered",),
+            f"SELECT substr(NEW.time, 1, {n}), s, 1 FROM ("
+            f"SELECT {_operator_sip('c', 'NEW.detail')} AS s FROM calls c "
+            f"WHERE c.call_id = NEW.call_id) WHERE s IS NOT NULL",
+        ))  # fmt: skip
+        answered.append(_upsert(
+            f"operator_{suffix}", key, ("answered", "ring_ms"),
+            f"SELECT substr(t, 1, {n}), s, 1, r FROM ("
+            f"SELECT o.time AS t, {_operator_sip('c', 'o.detail')} AS s, "
+            f"{_ms_between('o.time', 'NEW.time')} AS r "
+            f"FROM call_status o JOIN calls c ON c.call_id = o.call_id "
+            f"WHERE o.call_id = NEW.call_id AND o.status = 'OPERATOR_CALLTO' LIMIT 1) "
+            f"WHERE s IS NOT NULL",
+        ))  # fmt: skip
+        talked.append(_upsert(
+            f"operator_{suffix}", key, ("talked", "talk_ms"),
+            f"SELECT substr(t, 1, {n}), s, 1, m FROM ("
+            f"SELECT o.time AS t, {_operator_sip('NEW', 'o.detail')} AS s, "
+            f"{_talk_ms('NEW')} AS m FROM call_status o "
+            f"WHERE o.call_id = NEW.call_id AND o.status = 'OPERATOR_CALLTO' LIMIT 1) "
+            f"WHERE s IS NOT NULL AND m IS NOT NULL AND EXISTS (SELECT 1 FROM call_status p "
+            f"WHERE p.call_id = NEW.call_id AND p.status = 'OPERATOR_PICKUP')",
+        ))  # fmt: skip
+        outcome.append(
+            f"INSERT INTO outcome_{suffix} ({key}, status, n) "
+            f"SELECT substr(c.created_at, 1, {n}), NEW.status, 1 FROM calls c "
+            f"WHERE c.call_id = NEW.call_id ON CONFLICT ({key}, status) DO UPDATE SET n = n + 1"
+        )
+    return [
+        "CREATE TRIGGER stats_offered AFTER INSERT ON call_status "
+        "WHEN NEW.status = 'OPERATOR_CALLTO' BEGIN " + "; ".join(offered) + "; END",
+        "CREATE TRIGGER stats_answered AFTER INSERT ON call_status "
+        "WHEN NEW.status = 'OPERATOR_PICKUP' BEGIN " + "; ".join(answered) + "; END",
+        # talk_seconds is written with the final status, into calls
+        "CREATE TRIGGER stats_talked AFTER UPDATE OF final_status ON calls "
+        "WHEN OLD.final_status IS NULL AND NEW.final_status = 'FINISH' BEGIN "
+        + "; ".join(talked) + "; END",
+        "CREATE TRIGGER stats_outcome AFTER INSERT ON call_status "
+        f"WHEN NEW.status IN ({finals}) BEGIN " + "; ".join(outcome) + "; END",
+    ]
+
+
+#: the statistics triggers' names (a bulk load drops them, then calls
+#: :func:`rebuild_call_stats`)
+STATS_TRIGGERS = ("stats_offered", "stats_answered", "stats_talked", "stats_outcome")
+
+
+def rebuild_call_stats(conn: sqlite3.Connection) -> None:
+    """Compute the statistics tables anew from the whole history, with the
+    rules of the triggers, and (re)create the triggers.  Run inside the
+    caller's transaction; a full pass over the history (seconds for a
+    million calls)."""
+    for trigger in STATS_TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    hours = STATS_PERIODS["hours"]
+    for table in ("operator_hours", "operator_days", "outcome_hours", "outcome_days"):
+        conn.execute(f"DELETE FROM {table}")
+    rows = (
+        # offered
+        f"SELECT substr(o.time, 1, {hours}) AS hour, {_operator_sip('c', 'o.detail')} AS sip, "
+        "1 AS offered, 0 AS answered, 0 AS ring_ms, 0 AS talked, 0 AS talk_ms "
+        "FROM call_status o JOIN calls c ON c.call_id = o.call_id "
+        "WHERE o.status = 'OPERATOR_CALLTO' "
+        # answered, with the ring time
+        f"UNION ALL SELECT substr(o.time, 1, {hours}), {_operator_sip('c', 'o.detail')}, "
+        f"0, 1, {_ms_between('o.time', 'p.time')}, 0, 0 "
+        "FROM call_status p JOIN call_status o ON o.call_id = p.call_id "
+        "AND o.status = 'OPERATOR_CALLTO' JOIN calls c ON c.call_id = p.call_id "
+        "WHERE p.status = 'OPERATOR_PICKUP' "
+        # conversations
+        f"UNION ALL SELECT substr(o.time, 1, {hours}), {_operator_sip('c', 'o.detail')}, "
+        f"0, 0, 0, 1, {_talk_ms('c')} "
+        "FROM calls c JOIN call_status o ON o.call_id = c.call_id "
+        "AND o.status = 'OPERATOR_CALLTO' WHERE c.final_status = 'FINISH' "
+        "AND EXISTS (SELECT 1 FROM call_status p WHERE p.call_id = c.call_id "
+        "AND p.status = 'OPERATOR_PICKUP') AND " + _talk_ms("c") + " IS NOT NULL"
+    )
+    sums = ", ".join(f"sum({c})" for c in _OPERATOR_SUMS)
+    conn.execute(
+        f"INSERT INTO operator_hours (hour, sip, {', '.join(_OPERATOR_SUMS)}) "
+        f"SELECT hour, sip, {sums} FROM ({rows}) WHERE sip IS NOT NULL GROUP BY hour, sip"
+    )
+    conn.execute(
+        f"INSERT INTO outcome_hours (hour, status, n) SELECT substr(created_at, 1, {hours}), "
+        "final_status, count(*) FROM calls WHERE final_status IS NOT NULL GROUP BY 1, 2"
+    )
+    days = STATS_PERIODS["days"]
+    conn.execute(
+        f"INSERT INTO operator_days (day, sip, {', '.join(_OPERATOR_SUMS)}) "
+        f"SELECT substr(hour, 1, {days}), sip, {sums} FROM operator_hours GROUP BY 1, 2"
+    )
+    conn.execute(
+        f"INSERT INTO outcome_days (day, status, n) SELECT substr(hour, 1, {days}), status, "
+        "sum(n) FROM outcome_hours GROUP BY 1, 2"
+    )
+    for statement in _stats_triggers():
+        conn.execute(statement)
+
+
+def _migration_call_stats(conn: sqlite3.Connection) -> None:
+    """Schema step: operator statistics and outcomes per hour and per day,
+    filled from the history there is and kept by triggers from then on."""
+    for suffix in STATS_PERIODS:
+        key = suffix[:-1]
+        conn.execute(
+            f"CREATE TABLE operator_{suffix} ({key} TEXT NOT NULL, sip TEXT NOT NULL, "
+            + ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _OPERATOR_SUMS)
+            + f", PRIMARY KEY ({key}, sip)) WITHOUT ROWID"
+        )
+        conn.execute(f"CREATE INDEX operator_{suffix}_sip ON operator_{suffix} (sip, {key})")
+        conn.execute(
+            f"CREATE TABLE outcome_{suffix} ({key} TEXT NOT NULL, status TEXT NOT NULL, "
+            f"n INTEGER NOT NULL, PRIMARY KEY ({key}, status)) WITHOUT ROWID"
+        )
+    rebuild_call_stats(conn)
+
+
 #: Schema steps; step N (1-based) brings ``PRAGMA user_version`` from N-1 to N.
 #: Only ever append: a released step must never change.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     migration_events,
     _migration_row_counts,
+    _migration_missed_calls,
+    _migration_call_stats,
 )
 
 
