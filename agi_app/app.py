@@ -24,7 +24,9 @@ from agi_app import __version__
 from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
 from agi_app.ami.service import AMIService
+from agi_app.calls.callback import AutoCallback
 from agi_app.calls.lifecycle import Lifecycle
+from agi_app.calls.missed import MissedCalls
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
@@ -46,7 +48,9 @@ from agi_app.web.calls_control import CallControlEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.extensions_events import ExtensionEventEndpoints
 from agi_app.web.history import HistoryEndpoints
+from agi_app.web.missed import MissedCallEndpoints
 from agi_app.web.site import build_site
+from agi_app.web.stats import StatsEndpoints
 from agi_app.web.widget import WidgetTokenEndpoints
 from agi_app.ws import OriginPolicy, WidgetFactory, WidgetHub
 
@@ -199,6 +203,22 @@ class Application:
             config, store=self.store, calls=self.calls, tracker=self.tracker,
             control=self.control, reactor=reactor,
         )  # fmt: skip
+        # Inbound calls nobody answered, and calling those callers back.
+        inbound = config.inbound
+        self.callbacks: AutoCallback | None = None
+        if inbound.auto_callback:
+            self.callbacks = AutoCallback(
+                calls=self.calls, group=inbound.group, hours=inbound.working_hours,
+                trunk=config.dialing.default_trunk, ring=config.dialing.call_time_to_ext,
+                attempts=inbound.callback_attempts, retry_delay=inbound.callback_retry_delay,
+                max_age=inbound.callback_max_age, device=config.dialing.operator_channel,
+                pbx=self.lifecycle.pbx,
+            )  # fmt: skip
+        self.missed = MissedCalls(
+            tracker=self.tracker, store=self.store, clock=reactor, events=self.events.service,
+            group=inbound.group, pbx=self.lifecycle.pbx,
+            on_missed=self.callbacks.poke if self.callbacks is not None else None,
+        )  # fmt: skip
         self._ports: list = []
         self.agi_factory = None
 
@@ -249,7 +269,12 @@ class Application:
         self.events.add_routes(router)
         widget = WidgetTokenEndpoints(self.config.websocket.token_secret, clock=self.reactor)
         widget.add_routes(router)
-        parts = [history_module, calls, current, control, extensions_events, widget]
+        missed = MissedCallEndpoints(self.store)
+        missed.add_routes(router)
+        stats = StatsEndpoints(self.store, clock=self.reactor)
+        stats.add_routes(router)
+        parts = [history_module, calls, current, control, extensions_events, widget, missed,
+                 stats]  # fmt: skip
         openapi.add_routes(router, openapi.build_document(parts))
         return router
 
@@ -265,7 +290,10 @@ class Application:
         self.lifecycle.start()
         self.operators.start()
         self.tracker.start()
+        self.missed.start()
         await self.events.start()
+        if self.callbacks is not None:
+            self.callbacks.start()
         self.ami.startService()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
@@ -287,6 +315,9 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         await self.events.stop()
+        if self.callbacks is not None:
+            self.callbacks.stop()
+        self.missed.stop()
         self.lifecycle.stop()
         self.operators.stop()
         self.tracker.stop()

@@ -617,6 +617,62 @@ class Pstn(Phone):
         self._apply()
         return self
 
+    def call_in(
+        self,
+        number: str,
+        caller: str,
+        *,
+        wait: float = 2.0,
+        talk: float = 1.0,
+        name: str = "Caller",
+        reactor: Any = None,
+    ) -> Deferred:
+        """A call from the outside world to ``number`` (the DID the PBX's
+        ``[sandbox-from-pstn]`` receives) from ``caller``: it waits ``wait`` s
+        for an answer, talks ``talk`` s and hangs up, or gives up (CANCEL).
+        The PSTN's own process gives the trunk's address up meanwhile (the
+        PBX knows the trunk by it) and is started again afterwards.
+
+        A Deferred firing with ``{"answered", "cancelled", "rejected",
+        "exit"}`` once the caller's SIPp has ended."""
+        was_running = self.running
+        self._kill()
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = next(self._seq)
+        xml = self.folder / f"caller-{n}.xml"
+        xml.write_text(scenarios.caller_scenario(caller, wait, talk, name))
+        log, errors = self.folder / f"caller-{n}.log", self.folder / f"caller-{n}.errors"
+        p = self.pbx.profile
+        argv = scenarios.caller_argv(xml, number, self.pbx.sip_port, p.pstn_port,
+                                     self.media_port + 6, log, errors,
+                                     timeout=wait + talk + 30)  # fmt: skip
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=self.folder,
+                                start_new_session=True)  # fmt: skip
+
+        def ended() -> dict[str, Any] | None:
+            code = proc.poll()
+            if code is None:
+                return None
+            text = log.read_text(errors="replace") if log.exists() else ""
+            events = {line.split("|", 1)[0] for line in text.splitlines()}
+            return {"answered": "ANSWERED" in events, "cancelled": "CANCEL" in events,
+                    "rejected": code != 0 and "ANSWERED" not in events, "exit": code}  # fmt: skip
+
+        def restart(result: Any) -> Any:
+            if proc.poll() is None:
+                _util.terminate(proc.pid, timeout=1.0)
+            if was_running:
+                self.start(self.default)
+            return result
+
+        d = _util.poll(
+            ended, wait + talk + 40, reactor,
+            lambda: f"the caller to {number} did not finish: {_util.tail(errors, 10)}",
+        )  # fmt: skip
+        return d.addBoth(restart)
+
     def reset(self) -> None:
         """Back to answering every number; forget the calls seen."""
         changed = bool(self.rules) or self.default != answer()
