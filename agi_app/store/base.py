@@ -416,8 +416,10 @@ class Store(abc.ABC):
           (from CLIENT_PICKUP), or for incoming and IVR calls from
           OPERATOR_PICKUP to the end.
 
-        Meant to be fast over any range (the SQLite store keeps sums per
-        hour and per day, see :mod:`agi_app.store.schema`)."""
+        Operators without a call offered in the range are left out.  Meant
+        to be fast over any range: the SQLite store keeps running totals
+        per operator and hour, so a range is two lookups per operator (see
+        :mod:`agi_app.store.schema`)."""
 
     @abc.abstractmethod
     def call_outcomes(

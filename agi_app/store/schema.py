@@ -17,7 +17,8 @@ from agi_app.store.base import FINAL_STATUSES, StoreError
 __all__ = [
     "COUNTED",
     "MIGRATIONS",
-    "STATS_PERIODS",
+    "OPERATOR_FIGURES",
+    "OUTCOME_PERIODS",
     "STATS_TRIGGERS",
     "migrate",
     "migration_events",
@@ -226,20 +227,28 @@ def _migration_missed_calls(conn: sqlite3.Connection) -> None:
 
 # -- call statistics -------------------------------------------------------------
 #
-# Per operator and per hour (and per day, the same sums): calls offered
-# (OPERATOR_CALLTO), answered (OPERATOR_PICKUP) with the ring time between
-# the two, and those that ended in a conversation (FINISH) with its length;
-# per hour (and day) the calls that began then, by final status.  Kept
-# current by triggers as the status writer adds entries, rebuilt from the
-# history by rebuild_call_stats (once, when the tables are made).  A call
-# counts in the hour (day) its operator was rung, or, for outcomes, in the
-# hour it began; all in UTC.
+# Per operator: calls offered (OPERATOR_CALLTO), answered (OPERATOR_PICKUP)
+# with the ring time between the two, and those that ended in a
+# conversation (FINISH) with its length -- each counted in the UTC hour the
+# operator was rung.  ``operator_totals`` keeps, per operator and hour with
+# calls, the running totals since the first call (a prefix sum): the
+# figures of any range of hours are two rows per operator, the totals
+# before its end minus the totals before its start, however long the range.
+# Per hour and per day: the calls that began then, by final status.
+#
+# Kept current by triggers as the status writer adds entries: a status
+# trigger writes the change of one operator's figures into
+# ``operator_changes``, whose trigger adds it to that hour's totals and to
+# every later one (normally none: the hour is the latest), then drops it.
+# Rebuilt from the history by rebuild_call_stats (once, when the tables are
+# made).
 
-#: the periods the statistics are kept in: table suffix -> length of the key
-#: taken from a time text (``2026-12-06T10`` and ``2026-12-06``)
-STATS_PERIODS = {"hours": 13, "days": 10}
-
-_OPERATOR_SUMS = ("offered", "answered", "ring_ms", "talked", "talk_ms")
+#: the figures kept per operator, in order
+OPERATOR_FIGURES = ("offered", "answered", "ring_ms", "talked", "talk_ms")
+#: outcome tables: name -> length of the period's key in a time text
+#: (``2026-12-06T10`` and ``2026-12-06``)
+OUTCOME_PERIODS = {"outcome_hours": 13, "outcome_days": 10}
+_HOUR = 13
 
 
 def _operator_sip(call: str, detail: str) -> str:
@@ -279,134 +288,141 @@ def _talk_ms(call: str) -> str:
     )
 
 
-def _upsert(table: str, key: str, columns: tuple[str, ...], select: str) -> str:
-    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in columns)
+def _change(figures: dict[str, str], select: str) -> str:
+    """SQL: write one change of an operator's figures (``figures``: column
+    -> value in ``select``, which yields ``t`` the CALLTO time and ``s`` the
+    operator)."""
+    columns = ", ".join(figures)
+    values = ", ".join(figures.values())
     return (
-        f"INSERT INTO {table} ({key}, sip, {', '.join(columns)}) {select} "
-        f"ON CONFLICT ({key}, sip) DO UPDATE SET {sets}"
+        f"INSERT INTO operator_changes (sip, hour, {columns}) "
+        f"SELECT s, substr(t, 1, {_HOUR}), {values} FROM ({select}) WHERE s IS NOT NULL"
     )
 
 
 def _stats_triggers() -> list[str]:
-    """The triggers that keep the statistics current, one per kind of event."""
+    """The triggers that keep the statistics current."""
     finals = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
-    offered, answered, talked, outcome = [], [], [], []
-    for suffix, n in STATS_PERIODS.items():
-        key = suffix[:-1]  # hour, day
-        offered.append(_upsert(
-            f"operator_{suffix}", key, ("offered",),
-            f"SELECT substr(NEW.time, 1, {n}), s, 1 FROM ("
-            f"SELECT {_operator_sip('c', 'NEW.detail')} AS s FROM calls c "
-            f"WHERE c.call_id = NEW.call_id) WHERE s IS NOT NULL",
-        ))  # fmt: skip
-        answered.append(_upsert(
-            f"operator_{suffix}", key, ("answered", "ring_ms"),
-            f"SELECT substr(t, 1, {n}), s, 1, r FROM ("
-            f"SELECT o.time AS t, {_operator_sip('c', 'o.detail')} AS s, "
-            f"{_ms_between('o.time', 'NEW.time')} AS r "
-            f"FROM call_status o JOIN calls c ON c.call_id = o.call_id "
-            f"WHERE o.call_id = NEW.call_id AND o.status = 'OPERATOR_CALLTO' LIMIT 1) "
-            f"WHERE s IS NOT NULL",
-        ))  # fmt: skip
-        talked.append(_upsert(
-            f"operator_{suffix}", key, ("talked", "talk_ms"),
-            f"SELECT substr(t, 1, {n}), s, 1, m FROM ("
-            f"SELECT o.time AS t, {_operator_sip('NEW', 'o.detail')} AS s, "
-            f"{_talk_ms('NEW')} AS m FROM call_status o "
-            f"WHERE o.call_id = NEW.call_id AND o.status = 'OPERATOR_CALLTO' LIMIT 1) "
-            f"WHERE s IS NOT NULL AND m IS NOT NULL AND EXISTS (SELECT 1 FROM call_status p "
-            f"WHERE p.call_id = NEW.call_id AND p.status = 'OPERATOR_PICKUP')",
-        ))  # fmt: skip
-        outcome.append(
-            f"INSERT INTO outcome_{suffix} ({key}, status, n) "
-            f"SELECT substr(c.created_at, 1, {n}), NEW.status, 1 FROM calls c "
-            f"WHERE c.call_id = NEW.call_id ON CONFLICT ({key}, status) DO UPDATE SET n = n + 1"
-        )
+    figures = ", ".join(OPERATOR_FIGURES)
+    previous = ", ".join(f"coalesce(p.{c}, 0)" for c in OPERATOR_FIGURES)
+    added = ", ".join(f"{c} = {c} + NEW.{c}" for c in OPERATOR_FIGURES)
+    outcome = [
+        f"INSERT INTO {table} (period, status, n) "
+        f"SELECT substr(c.created_at, 1, {n}), NEW.status, 1 FROM calls c "
+        f"WHERE c.call_id = NEW.call_id ON CONFLICT (period, status) DO UPDATE SET n = n + 1"
+        for table, n in OUTCOME_PERIODS.items()
+    ]
     return [
         "CREATE TRIGGER stats_offered AFTER INSERT ON call_status "
-        "WHEN NEW.status = 'OPERATOR_CALLTO' BEGIN " + "; ".join(offered) + "; END",
+        "WHEN NEW.status = 'OPERATOR_CALLTO' BEGIN "
+        + _change({"offered": "1"},
+                  f"SELECT NEW.time AS t, {_operator_sip('c', 'NEW.detail')} AS s "
+                  "FROM calls c WHERE c.call_id = NEW.call_id")
+        + "; END",
         "CREATE TRIGGER stats_answered AFTER INSERT ON call_status "
-        "WHEN NEW.status = 'OPERATOR_PICKUP' BEGIN " + "; ".join(answered) + "; END",
+        "WHEN NEW.status = 'OPERATOR_PICKUP' BEGIN "
+        + _change({"answered": "1", "ring_ms": "r"},
+                  f"SELECT o.time AS t, {_operator_sip('c', 'o.detail')} AS s, "
+                  f"{_ms_between('o.time', 'NEW.time')} AS r "
+                  "FROM call_status o JOIN calls c ON c.call_id = o.call_id "
+                  "WHERE o.call_id = NEW.call_id AND o.status = 'OPERATOR_CALLTO' LIMIT 1")
+        + "; END",
         # talk_seconds is written with the final status, into calls
         "CREATE TRIGGER stats_talked AFTER UPDATE OF final_status ON calls "
         "WHEN OLD.final_status IS NULL AND NEW.final_status = 'FINISH' BEGIN "
-        + "; ".join(talked) + "; END",
+        + _change({"talked": "1", "talk_ms": "m"},
+                  f"SELECT o.time AS t, {_operator_sip('NEW', 'o.detail')} AS s, "
+                  f"{_talk_ms('NEW')} AS m FROM call_status o "
+                  "WHERE o.call_id = NEW.call_id AND o.status = 'OPERATOR_CALLTO' "
+                  "AND EXISTS (SELECT 1 FROM call_status p WHERE p.call_id = NEW.call_id "
+                  "AND p.status = 'OPERATOR_PICKUP') LIMIT 1")
+        + " AND m IS NOT NULL; END",
         "CREATE TRIGGER stats_outcome AFTER INSERT ON call_status "
         f"WHEN NEW.status IN ({finals}) BEGIN " + "; ".join(outcome) + "; END",
+        # A change joins the totals of its hour (made from the latest
+        # totals before it when the operator had no call in that hour yet)
+        # and of every later hour.
+        "CREATE TRIGGER stats_operator_change AFTER INSERT ON operator_changes BEGIN "
+        "INSERT OR IGNORE INTO operator_sips (sip) VALUES (NEW.sip); "
+        f"INSERT OR IGNORE INTO operator_totals (sip, hour, {figures}) "
+        f"SELECT NEW.sip, NEW.hour, {previous} FROM (SELECT 1) LEFT JOIN operator_totals p "
+        "ON p.sip = NEW.sip AND p.hour = (SELECT max(hour) FROM operator_totals "
+        "WHERE sip = NEW.sip AND hour < NEW.hour); "
+        f"UPDATE operator_totals SET {added} WHERE sip = NEW.sip AND hour >= NEW.hour; "
+        "DELETE FROM operator_changes WHERE rowid = NEW.rowid; END",
     ]
 
 
-#: the statistics triggers' names (a bulk load drops them, then calls
-#: :func:`rebuild_call_stats`)
+#: the statistics triggers on the history's tables (a bulk load of calls
+#: drops them, then calls :func:`rebuild_call_stats`)
 STATS_TRIGGERS = ("stats_offered", "stats_answered", "stats_talked", "stats_outcome")
 
 
 def rebuild_call_stats(conn: sqlite3.Connection) -> None:
     """Compute the statistics tables anew from the whole history, with the
     rules of the triggers, and (re)create the triggers.  Run inside the
-    caller's transaction; a full pass over the history (seconds for a
-    million calls)."""
-    for trigger in STATS_TRIGGERS:
+    caller's transaction; a full pass over the history."""
+    for trigger in (*STATS_TRIGGERS, "stats_operator_change"):
         conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-    hours = STATS_PERIODS["hours"]
-    for table in ("operator_hours", "operator_days", "outcome_hours", "outcome_days"):
+    for table in ("operator_totals", "operator_sips", *OUTCOME_PERIODS):
         conn.execute(f"DELETE FROM {table}")
-    rows = (
+    changes = (
         # offered
-        f"SELECT substr(o.time, 1, {hours}) AS hour, {_operator_sip('c', 'o.detail')} AS sip, "
+        f"SELECT substr(o.time, 1, {_HOUR}) AS hour, {_operator_sip('c', 'o.detail')} AS sip, "
         "1 AS offered, 0 AS answered, 0 AS ring_ms, 0 AS talked, 0 AS talk_ms "
         "FROM call_status o JOIN calls c ON c.call_id = o.call_id "
         "WHERE o.status = 'OPERATOR_CALLTO' "
         # answered, with the ring time
-        f"UNION ALL SELECT substr(o.time, 1, {hours}), {_operator_sip('c', 'o.detail')}, "
+        f"UNION ALL SELECT substr(o.time, 1, {_HOUR}), {_operator_sip('c', 'o.detail')}, "
         f"0, 1, {_ms_between('o.time', 'p.time')}, 0, 0 "
         "FROM call_status p JOIN call_status o ON o.call_id = p.call_id "
         "AND o.status = 'OPERATOR_CALLTO' JOIN calls c ON c.call_id = p.call_id "
         "WHERE p.status = 'OPERATOR_PICKUP' "
         # conversations
-        f"UNION ALL SELECT substr(o.time, 1, {hours}), {_operator_sip('c', 'o.detail')}, "
+        f"UNION ALL SELECT substr(o.time, 1, {_HOUR}), {_operator_sip('c', 'o.detail')}, "
         f"0, 0, 0, 1, {_talk_ms('c')} "
         "FROM calls c JOIN call_status o ON o.call_id = c.call_id "
         "AND o.status = 'OPERATOR_CALLTO' WHERE c.final_status = 'FINISH' "
         "AND EXISTS (SELECT 1 FROM call_status p WHERE p.call_id = c.call_id "
         "AND p.status = 'OPERATOR_PICKUP') AND " + _talk_ms("c") + " IS NOT NULL"
     )
-    sums = ", ".join(f"sum({c})" for c in _OPERATOR_SUMS)
+    figures = ", ".join(OPERATOR_FIGURES)
+    sums = ", ".join(f"sum({c}) AS {c}" for c in OPERATOR_FIGURES)
+    running = ", ".join(f"sum({c}) OVER running" for c in OPERATOR_FIGURES)
     conn.execute(
-        f"INSERT INTO operator_hours (hour, sip, {', '.join(_OPERATOR_SUMS)}) "
-        f"SELECT hour, sip, {sums} FROM ({rows}) WHERE sip IS NOT NULL GROUP BY hour, sip"
+        f"INSERT INTO operator_totals (sip, hour, {figures}) SELECT sip, hour, {running} "
+        f"FROM (SELECT sip, hour, {sums} FROM ({changes}) WHERE sip IS NOT NULL "
+        "GROUP BY sip, hour) "
+        "WINDOW running AS (PARTITION BY sip ORDER BY hour ROWS UNBOUNDED PRECEDING)"
     )
-    conn.execute(
-        f"INSERT INTO outcome_hours (hour, status, n) SELECT substr(created_at, 1, {hours}), "
-        "final_status, count(*) FROM calls WHERE final_status IS NOT NULL GROUP BY 1, 2"
-    )
-    days = STATS_PERIODS["days"]
-    conn.execute(
-        f"INSERT INTO operator_days (day, sip, {', '.join(_OPERATOR_SUMS)}) "
-        f"SELECT substr(hour, 1, {days}), sip, {sums} FROM operator_hours GROUP BY 1, 2"
-    )
-    conn.execute(
-        f"INSERT INTO outcome_days (day, status, n) SELECT substr(hour, 1, {days}), status, "
-        "sum(n) FROM outcome_hours GROUP BY 1, 2"
-    )
+    conn.execute("INSERT INTO operator_sips (sip) SELECT DISTINCT sip FROM operator_totals")
+    for table, n in OUTCOME_PERIODS.items():
+        conn.execute(
+            f"INSERT INTO {table} (period, status, n) SELECT substr(created_at, 1, {n}), "
+            "final_status, count(*) FROM calls WHERE final_status IS NOT NULL GROUP BY 1, 2"
+        )
     for statement in _stats_triggers():
         conn.execute(statement)
 
 
 def _migration_call_stats(conn: sqlite3.Connection) -> None:
-    """Schema step: operator statistics and outcomes per hour and per day,
-    filled from the history there is and kept by triggers from then on."""
-    for suffix in STATS_PERIODS:
-        key = suffix[:-1]
+    """Schema step: the operators' running totals per hour and the outcomes
+    per hour and per day, filled from the history there is and kept by
+    triggers from then on."""
+    columns = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in OPERATOR_FIGURES)
+    conn.execute(
+        f"CREATE TABLE operator_totals (sip TEXT NOT NULL, hour TEXT NOT NULL, {columns}, "
+        "PRIMARY KEY (sip, hour)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE TABLE operator_sips (sip TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID")
+    # always empty between statements: see stats_operator_change
+    conn.execute(
+        f"CREATE TABLE operator_changes (sip TEXT NOT NULL, hour TEXT NOT NULL, {columns})"
+    )
+    for table in OUTCOME_PERIODS:
         conn.execute(
-            f"CREATE TABLE operator_{suffix} ({key} TEXT NOT NULL, sip TEXT NOT NULL, "
-            + ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _OPERATOR_SUMS)
-            + f", PRIMARY KEY ({key}, sip)) WITHOUT ROWID"
-        )
-        conn.execute(f"CREATE INDEX operator_{suffix}_sip ON operator_{suffix} (sip, {key})")
-        conn.execute(
-            f"CREATE TABLE outcome_{suffix} ({key} TEXT NOT NULL, status TEXT NOT NULL, "
-            f"n INTEGER NOT NULL, PRIMARY KEY ({key}, status)) WITHOUT ROWID"
+            f"CREATE TABLE {table} (period TEXT NOT NULL, status TEXT NOT NULL, "
+            "n INTEGER NOT NULL, PRIMARY KEY (period, status)) WITHOUT ROWID"
         )
     rebuild_call_stats(conn)
 

@@ -72,9 +72,9 @@ class TimeBound:
 
 def time_bound(value: Any, field: str) -> TimeBound:
     """A :class:`TimeBound` from ``2026-12-06`` or an ISO time."""
-    if not isinstance(value, str) or not TIME_BOUND.match(value.strip()):
+    if not isinstance(value, str) or not TIME_BOUND.match(value):
         raise InvalidInput(field, f"{field} must be {TIME_BOUND.says}")
-    text = value.strip()
+    text = value
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

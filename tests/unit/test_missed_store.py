@@ -104,8 +104,9 @@ def test_the_new_steps_apply_to_a_database_with_calls():
                      (status, f"2026-11-25T21:{time}.000Z"))  # fmt: skip
     conn.execute("COMMIT")
     assert migrate(conn) == len(MIGRATIONS)
-    rows = conn.execute("SELECT * FROM operator_days").fetchall()
-    assert rows == [("2026-11-25", "1000", 1, 1, 3000, 1, 42500)]
+    rows = conn.execute("SELECT * FROM operator_totals").fetchall()
+    assert rows == [("1000", "2026-11-25T21", 1, 1, 3000, 1, 42500)]
+    assert conn.execute("SELECT * FROM operator_sips").fetchall() == [("1000",)]
     assert conn.execute("SELECT * FROM outcome_hours").fetchall() == [
         ("2026-11-25T21", "FINISH", 1)]
     assert conn.execute("SELECT count(*) FROM missed_calls").fetchone() == (0,)
