@@ -227,7 +227,6 @@ class MissedCalls:
             "CallerIDNum": caller.caller_num,
             "CallerIDName": caller.caller_name,
             "CalledDID": caller.did,
-            "CallStatus": event.status,
             "MissedID": row["id"],
             "MissedTime": row["time"],
             "RingSeconds": f"{row['ring_seconds']:.1f}",
