@@ -25,7 +25,9 @@ from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
 from agi_app.ami.service import AMIService
 from agi_app.calls import statuses
+from agi_app.calls.callback import AutoCallback
 from agi_app.calls.lifecycle import Lifecycle
+from agi_app.calls.missed import MissedCalls
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
@@ -50,7 +52,9 @@ from agi_app.web.calls_control import CallControlEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.extensions_events import ExtensionEventEndpoints
 from agi_app.web.history import HistoryEndpoints
+from agi_app.web.missed import MissedCallEndpoints
 from agi_app.web.site import build_site
+from agi_app.web.stats import StatsEndpoints
 from agi_app.web.widget import WidgetTokenEndpoints
 from agi_app.ws import OriginPolicy, WidgetFactory, WidgetHub
 
@@ -177,7 +181,10 @@ class Application:
         self.lifecycle = Lifecycle(
             store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor
         )
-        self.calls = CallService(lifecycle=self.lifecycle, dialing=config.dialing)
+        self.calls = CallService(
+            lifecycle=self.lifecycle, dialing=config.dialing,
+            auto_answer_headers=config.dialing.auto_answer(config.ami.host),
+        )  # fmt: skip
         # Trunks are endpoints too, but not operators.
         self.operators = OperatorTracker(
             self.ami, self.store, reactor, exclude=config.dialing.all_trunks
@@ -213,6 +220,22 @@ class Application:
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
             control=self.control, reactor=reactor,
+        )  # fmt: skip
+        # Inbound calls nobody answered, and calling those callers back.
+        inbound = config.inbound
+        self.callbacks: AutoCallback | None = None
+        if inbound.auto_callback:
+            self.callbacks = AutoCallback(
+                calls=self.calls, group=inbound.group, hours=inbound.working_hours,
+                trunk=config.dialing.default_trunk, ring=config.dialing.call_time_to_ext,
+                attempts=inbound.callback_attempts, retry_delay=inbound.callback_retry_delay,
+                max_age=inbound.callback_max_age, device=config.dialing.operator_channel,
+                pbx=self.lifecycle.pbx,
+            )  # fmt: skip
+        self.missed = MissedCalls(
+            tracker=self.tracker, store=self.store, clock=reactor, events=self.events.service,
+            group=inbound.group, pbx=self.lifecycle.pbx,
+            on_missed=self.callbacks.poke if self.callbacks is not None else None,
         )  # fmt: skip
         self._ports: list = []
         self.agi_factory = None
@@ -275,8 +298,12 @@ class Application:
         widget = WidgetTokenEndpoints(self.config.websocket.token_secret, clock=self.reactor)
         widget.add_routes(router)
         self.metrics.add_routes(router, open_access=self.config.metrics.open)
-        parts = [history_module, calls, current, control, extensions_events, widget,
-                 self.metrics]  # fmt: skip
+        missed = MissedCallEndpoints(self.store)
+        missed.add_routes(router)
+        stats = StatsEndpoints(self.store, clock=self.reactor)
+        stats.add_routes(router)
+        parts = [history_module, calls, current, control, extensions_events, widget, missed,
+                 stats, self.metrics]  # fmt: skip
         openapi.add_routes(router, openapi.build_document(parts))
         return router
 
@@ -293,7 +320,10 @@ class Application:
         self.lifecycle.start()
         self.operators.start()
         self.tracker.start()
+        self.missed.start()
         await self.events.start()
+        if self.callbacks is not None:
+            self.callbacks.start()
         self.ami.startService()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
@@ -316,6 +346,9 @@ class Application:
         self._ports.clear()
         await self.events.stop()
         await self.crm.close()
+        if self.callbacks is not None:
+            self.callbacks.stop()
+        self.missed.stop()
         self.lifecycle.stop()
         self.operators.stop()
         self.tracker.stop()

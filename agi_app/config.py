@@ -14,6 +14,7 @@ import ipaddress
 import math
 import os
 import re
+import string
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
 
+from agi_app.hours import WorkingHours
 from agi_app.netguard import parse_networks
 from agi_app.validation import EXTENSION
 
@@ -43,6 +45,7 @@ __all__ = [
     "load",
     "is_loopback_endpoint",
     "is_loopback_host",
+    "sip_headers",
     "web_origin",
 ]
 
@@ -118,6 +121,75 @@ class StoreConfig:
     read_budget_us: int = 2000
 
 
+#: what Snom, Yealink, Grandstream, Polycom and most other desk and soft
+#: phones take as "answer this call at once" (``{pbx}``: ``[ami] host``)
+DEFAULT_AUTO_ANSWER_HEADERS = (
+    "Call-Info: <sip:{pbx}>;answer-after=0",
+    "Alert-Info: info=alert-autoanswer",
+)
+#: at most this many auto-answer headers
+MAX_SIP_HEADERS = 8
+#: headers that carry the SIP dialog itself: Asterisk writes them, a
+#: configured one would break the call
+RESERVED_SIP_HEADERS = frozenset({
+    "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
+    "content-type", "content-encoding", "route", "record-route", "authorization",
+    "proxy-authorization", "www-authenticate", "proxy-authenticate", "require",
+    "proxy-require", "supported", "allow", "session-expires", "min-se", "rack", "rseq",
+})  # fmt: skip
+# A header name: letters, digits and hyphens (what Asterisk's function
+# argument and the AMI Variable name allow); two characters or more, so no
+# compact form (v, f, t...) of a reserved header slips through.
+_SIP_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,63}$", re.ASCII)
+# A value: printable ASCII without the characters AMI's Variable header
+# treats specially (a comma starts another variable; quotes and backslashes
+# are dropped).
+_SIP_HEADER_VALUE = re.compile(r'^[\x20-\x7e]{1,255}$', re.ASCII)
+_SIP_VALUE_UNSAFE = (",", '"', "\\")
+
+
+def sip_headers(items: tuple[str, ...], *, pbx: str) -> tuple[tuple[str, str], ...]:
+    """SIP headers written ``Name: value``, checked, as ``(name, value)``
+    pairs.  ``{pbx}`` in a value becomes ``pbx`` (no other placeholder).
+
+    Every rule keeps the header a header: a name of letters, digits and
+    hyphens that is not one of :data:`RESERVED_SIP_HEADERS`; a value of
+    printable ASCII (no CR, LF or other control character) without commas,
+    quotes or backslashes; each name once; at most :data:`MAX_SIP_HEADERS`.  ValueError says
+    which item breaks which rule.
+    """
+    if len(items) > MAX_SIP_HEADERS:
+        raise ValueError(f"at most {MAX_SIP_HEADERS} headers")
+    out = []
+    for item in items:
+        name, sep, template = item.partition(":")
+        name, template = name.strip(), template.strip()
+        if not sep or not _SIP_HEADER_NAME.match(name):
+            raise ValueError(
+                f"{item!r}: write a header as Name: value (the name of letters, digits and -)"
+            )
+        if name.lower() in RESERVED_SIP_HEADERS:
+            raise ValueError(f"{item!r}: {name} belongs to the SIP dialog, Asterisk writes it")
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            if fields - {"pbx"}:
+                raise ValueError
+            value = template.format(pbx=pbx)
+        except (ValueError, IndexError, KeyError):
+            raise ValueError(
+                f"{item!r}: the only placeholder is {{pbx}} (write {{{{ and }}}} for braces)"
+            ) from None
+        if not _SIP_HEADER_VALUE.match(value) or any(c in value for c in _SIP_VALUE_UNSAFE):
+            raise ValueError(
+                f"{item!r}: the value must be 1 to 255 printable ASCII characters without "
+                "commas, quotes or backslashes"
+            )
+        if any(name.lower() == seen.lower() for seen, _ in out):
+            raise ValueError(f"{item!r}: {name} is given twice")
+        out.append((name, value))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class DialingConfig:
     """``[dialing]``: how operators and clients are dialled and where recordings go."""
@@ -134,6 +206,12 @@ class DialingConfig:
     #: every trunk endpoint besides default_trunk (not operators); the API's
     #: ``trunk``/``trunkNumber`` may name default_trunk or one of these
     trunks: tuple[str, ...] = ()
+    #: ring the operator's phone with :attr:`auto_answer_headers` unless a
+    #: request says otherwise (makeCall ``auto_answer``, extToPhone ``autoAnswer``)
+    operator_auto_answer: bool = False
+    #: the SIP headers of an auto-answered operator leg, ``Name: value`` items
+    #: (comma separated in the file); ``{pbx}`` is ``[ami] host``
+    auto_answer_headers: tuple[str, ...] = DEFAULT_AUTO_ANSWER_HEADERS
 
     @property
     def all_trunks(self) -> tuple[str, ...]:
@@ -145,12 +223,50 @@ class DialingConfig:
         """The recordings folder as Asterisk sees it."""
         return self.pbx_recordings_dir or self.recordings_dir
 
+    def auto_answer(self, pbx: str) -> tuple[tuple[str, str], ...]:
+        """:attr:`auto_answer_headers` as ``(name, value)`` pairs, ``{pbx}``
+        replaced by ``pbx`` (``[ami] host``); ValueError when one breaks the
+        rules of :func:`sip_headers`."""
+        return sip_headers(self.auto_answer_headers, pbx=pbx)
+
 
 @dataclass(frozen=True)
 class IVRConfig:
     """``[ivr]``: where the IVR menus are defined (see ivr.conf.example)."""
 
     path: str = "ivr.conf"
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """``[inbound]``: calls from the trunks -- who answers them, missed calls
+    and calling the callers back (docs/features.md)."""
+
+    #: the extensions that answer inbound calls: rung together when the CRM
+    #: names no operator or one who is not free (``[agi-app-inbound]``), they
+    #: get the ``missed`` webhook of every missed call, and callbacks ring them
+    group: tuple[str, ...] = ()
+    #: call missed callers back through the operator-first flow, within the
+    #: working hours, once a member of ``group`` is free
+    auto_callback: bool = False
+    #: working hours of callbacks: ``HH:MM-HH:MM`` ranges
+    hours: tuple[str, ...] = ("09:00-18:00",)
+    #: working days of callbacks: ``mon`` .. ``sun`` and ranges (``mon-fri``)
+    days: tuple[str, ...] = ("mon-fri",)
+    #: the time zone of ``hours`` and ``days`` (``Europe/Kyiv``); empty: this
+    #: machine's local time
+    timezone: str = ""
+    #: callbacks placed to one caller at most (until someone gets through)
+    callback_attempts: int = 3
+    #: seconds between two callbacks to the same caller
+    callback_retry_delay: int = 600
+    #: missed calls older than this (seconds) are not called back (they stay listed)
+    callback_max_age: int = 259200
+
+    @property
+    def working_hours(self) -> WorkingHours:
+        """``hours``, ``days`` and ``timezone`` (checked at load)."""
+        return WorkingHours.parse(self.hours, self.days, self.timezone)
 
 
 @dataclass(frozen=True)
@@ -195,15 +311,6 @@ class CRMConfig:
             return None
         name, _, value = self.lookup_header.partition(":")
         return name.strip(), value.strip()
-
-
-@dataclass(frozen=True)
-class InboundConfig:
-    """``[inbound]``: calls from the trunks sent to ``[agi-app-inbound]``."""
-
-    #: extensions rung together when the CRM names no operator, or one who
-    #: is not free
-    group: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -466,13 +573,48 @@ def _validate(cfg: Config) -> None:
         )
     _validate_websocket(cfg)
     _validate_crm(cfg)
-    for member in cfg.inbound.group:
-        if not EXTENSION.match(member):
-            raise ConfigError(f"[inbound] group: {member!r} must match {EXTENSION.body}")
+    _validate_auto_answer(cfg)
+    _validate_inbound(cfg)
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level: must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format.lower() not in LOG_FORMATS:
         raise ConfigError(f"[log] format: must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _validate_auto_answer(cfg: Config) -> None:
+    try:
+        cfg.dialing.auto_answer(cfg.ami.host)
+    except ValueError as e:
+        raise ConfigError(f"[dialing] auto_answer_headers: {e}") from None
+    if cfg.dialing.operator_auto_answer and not cfg.dialing.auto_answer_headers:
+        raise ConfigError("[dialing] operator_auto_answer: [dialing] auto_answer_headers is empty")
+    if cfg.dialing.operator_auto_answer and not cfg.dialing.operator_channel.startswith("PJSIP/"):
+        # the headers are added with PJSIP_HEADER, which only PJSIP channels have
+        raise ConfigError(
+            "[dialing] operator_auto_answer: needs a PJSIP operator_channel (PJSIP/{sip})"
+        )
+
+
+def _validate_inbound(cfg: Config) -> None:
+    inbound = cfg.inbound
+    for sip in inbound.group:
+        if not EXTENSION.match(sip):
+            raise ConfigError(f"[inbound] group: {sip!r} must match {EXTENSION.body}")
+    if inbound.auto_callback and not inbound.group:
+        raise ConfigError("[inbound] auto_callback: needs [inbound] group (who calls back)")
+    for key, values in (("hours", (inbound.hours, ("mon",), "")),
+                        ("days", (("00:00-24:00",), inbound.days, "")),
+                        ("timezone", (("00:00-24:00",), ("mon",), inbound.timezone))):  # fmt: skip
+        try:
+            WorkingHours.parse(*values)
+        except ValueError as e:
+            raise ConfigError(f"[inbound] {key}: {e}") from None
+    if not 1 <= inbound.callback_attempts <= 20:
+        raise ConfigError("[inbound] callback_attempts: must be 1..20")
+    if not 10 <= inbound.callback_retry_delay <= 86400:
+        raise ConfigError("[inbound] callback_retry_delay: must be 10..86400 seconds")
+    if not 60 <= inbound.callback_max_age <= 30 * 86400:
+        raise ConfigError("[inbound] callback_max_age: must be 60..2592000 seconds")
 
 
 #: a header name (RFC 9110 token)

@@ -170,6 +170,8 @@ def _events(calls: int) -> Iterator[tuple[int, int, int, int]]:
 
 def generate(path: Path, calls: int) -> dict[str, int]:
     """Fill a new store at ``path`` with ``calls`` calls; returns the counts."""
+    from agi_app.store.schema import STATS_TRIGGERS, rebuild_call_stats
+
     tmp = path.with_name(path.name + ".part")
     for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         leftover.unlink(missing_ok=True)
@@ -187,6 +189,10 @@ def generate(path: Path, calls: int) -> dict[str, int]:
     conn.execute("BEGIN")
     for name, _ in indexes:
         conn.execute(f"DROP INDEX {name}")
+    # The statistics are computed once at the end too (their triggers look
+    # calls up by the indexes just dropped).
+    for trigger in STATS_TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     calls_sql = (
         "INSERT INTO calls (call_id, kind, sip, phone, order_id, external_key, params, "
         "created_at, final_status, finished_at, talk_seconds, pbx) "
@@ -247,6 +253,8 @@ def generate(path: Path, calls: int) -> dict[str, int]:
     _say(f"  building {len(indexes)} indexes ({time.monotonic() - started:.0f} s)")
     for _, sql in indexes:
         conn.execute(sql)
+    _say(f"  computing the call statistics ({time.monotonic() - started:.0f} s)")
+    rebuild_call_stats(conn)
     # AUTOINCREMENT's counters, as if every row had been added one by one
     for table, last in (("call_status", entry_id), ("recordings", record_id)):
         conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (last, table))

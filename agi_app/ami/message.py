@@ -38,7 +38,11 @@ MAX_INCOMING_LINE = 256 * 1024
 MAX_INCOMING_HEADERS = 20000
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$", re.ASCII)
-_VARIABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,80}(\([A-Za-z0-9_-]{0,40}\))?$", re.ASCII)
+# A function's arguments may be several (PJSIP_HEADER(add,Call-Info)): the
+# parser keeps a comma inside parentheses with its assignment.
+_VARIABLE_NAME = re.compile(
+    r"^[A-Za-z0-9_]{1,80}(\([A-Za-z0-9_-]{0,40}(,[A-Za-z0-9_-]{1,64}){0,3}\))?$", re.ASCII
+)
 _WIRE_UNSAFE = ("\r", "\n", "\x00")
 # Asterisk splits every Variable header value with its application argument
 # parser (manager.c man_do_variable_value -> AST_STANDARD_APP_ARGS): a comma
@@ -420,7 +424,9 @@ def variable_assignment(name: str, value: str) -> str:
     (Asterisk would start another assignment there), quotes or backslashes
     (Asterisk drops them) or CR/LF/NUL.  Names are letters, digits and ``_``
     (a leading ``_``/``__`` makes the variable inherited), optionally a
-    function call such as ``CHANNEL(language)``.
+    function call such as ``CHANNEL(language)`` or
+    ``PJSIP_HEADER(add,Call-Info)`` (Asterisk's argument parser does not split
+    inside the parentheses).
     """
     if not isinstance(name, str) or not _VARIABLE_NAME.match(name):
         raise AMIInjectionError(f"channel variable name not allowed: {name!r}")

@@ -31,6 +31,7 @@ The flow (CONTRACT sections 2 to 4):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ from agi_app.agi import errors as agi_errors
 from agi_app.ami import errors as ami_errors
 from agi_app.calls import statuses as st
 from agi_app.calls.lifecycle import CALL_ID_VAR, PICKUP_UNSEEN, Call, Lifecycle
-from agi_app.errors import PBXUnavailable
+from agi_app.errors import Conflict, PBXUnavailable
 
 __all__ = ["CALL_ID_VAR", "PBX_DOWN", "CallRequest", "CallService"]
 
@@ -65,6 +66,9 @@ GROUP_CONTEXT = "agi-app-group"
 #: (``PJSIP/200&PJSIP/201``) and their ring time in seconds
 GROUP_DIAL_VAR = "AGI_APP_GROUP"
 GROUP_RING_VAR = "AGI_APP_RING"
+#: the dialplan function that adds a SIP header to the INVITE of the channel
+#: it is set on (an Originate sets it on the new channel before dialling)
+HEADER_FUNCTION = "PJSIP_HEADER(add,{name})"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,11 @@ class CallRequest:
     and it is what the store keeps as the call's ``sip`` (so ``sip`` stays
     one extension everywhere) and what the client sees as the caller.  Empty
     (the default) or a single extension: only ``first`` is rung.
+
+    ``auto_answer``: ring the operator's phone with the auto-answer headers
+    (``[dialing] auto_answer_headers``); None (the default) is ``[dialing]
+    operator_auto_answer``.  A number (phoneToPhone) or a group is never
+    auto-answered.
     """
 
     kind: str
@@ -93,6 +102,7 @@ class CallRequest:
     playback_waiting: bool = True
     caller_id_for_employee: str | None = None
     group: tuple[str, ...] = ()
+    auto_answer: bool | None = None
 
     def __post_init__(self) -> None:
         # params() come back from the store as JSON lists
@@ -109,8 +119,14 @@ class CallRequest:
         return not self.first_is_phone and len(self.group) > 1
 
     def params(self) -> dict[str, Any]:
-        """The parameters that make two requests with one external_key "the same"."""
-        return asdict(self)
+        """The parameters that make two requests with one external_key "the
+        same" (stored with the call).  ``auto_answer`` is left out while
+        unset, so a request stored before it existed and its repeat now
+        still compare equal."""
+        params = asdict(self)
+        if self.auto_answer is None:
+            del params["auto_answer"]
+        return params
 
 
 class CallService:
@@ -120,14 +136,24 @@ class CallService:
     :param lifecycle: the application's :class:`~agi_app.calls.lifecycle.Lifecycle`
         of the PBX (its store, AMI link and clock are used)
     :param dialing: the ``[dialing]`` configuration section
+    :param auto_answer_headers: ``(name, value)`` SIP headers of an
+        auto-answered operator leg (``DialingConfig.auto_answer``), checked
     """
 
-    def __init__(self, *, lifecycle: Lifecycle, dialing: Any):
+    def __init__(
+        self,
+        *,
+        lifecycle: Lifecycle,
+        dialing: Any,
+        auto_answer_headers: Sequence[tuple[str, str]] = (),
+    ):
         self.lifecycle = lifecycle
         self.store = lifecycle.store
         self.ami = lifecycle.ami
         self.clock = lifecycle.clock
         self.dialing = dialing
+        self.auto_answer_headers = tuple(auto_answer_headers)
+        self.auto_answer_default = bool(getattr(dialing, "operator_auto_answer", False))
         for kind in st.OPERATOR_FIRST_KINDS:
             lifecycle.add_kind(
                 kind,
@@ -152,6 +178,12 @@ class CallService:
         repeat of that request: a retry is never answered as if a call had
         been placed (a new ``external_key`` places a new call).
         """
+        if req.auto_answer and not self.can_auto_answer:
+            raise Conflict(
+                "auto-answer is not available: [dialing] auto_answer_headers is empty or "
+                "operator_channel is not PJSIP",
+                code="auto_answer_unavailable",
+            )
         # placing from the start: a reconcile() between here and the
         # Originate must not take the missing channel for a call that ended
         call, created = await self.lifecycle.create(
@@ -198,6 +230,24 @@ class CallService:
             return defer.succeed(None)
         return self.lifecycle.wait_for(call, {st.OPERATOR_PICKUP})
 
+    @property
+    def can_auto_answer(self) -> bool:
+        """Headers are configured and the operator leg is a PJSIP channel
+        (``PJSIP_HEADER`` exists only there)."""
+        return bool(self.auto_answer_headers) and self.dialing.operator_channel.startswith(
+            "PJSIP/"
+        )
+
+    def auto_answers(self, req: CallRequest) -> bool:
+        """Whether the first leg of ``req`` rings with the auto-answer
+        headers: asked for (or ``[dialing] operator_auto_answer``), one
+        extension rung directly (a Local channel of a group has no SIP
+        headers), and :attr:`can_auto_answer`."""
+        wanted = req.auto_answer if req.auto_answer is not None else self.auto_answer_default
+        return bool(wanted) and not req.first_is_phone and not req.is_group and (
+            self.can_auto_answer
+        )
+
     def first_leg_channel(self, req: CallRequest) -> str:
         """The dial string of the first leg, from configuration and checked values.
 
@@ -216,7 +266,9 @@ class CallService:
         needs to connect the client by itself if agi_app is unreachable when
         the first leg answers (see ``[agi-app-operator]``): the client's dial
         string, ring time, talk limit, the waiting announcement, the number
-        the client sees and the recording file.  Every value is built from
+        the client sees and the recording file; and, when the operator's
+        phone should answer by itself, the auto-answer SIP headers as
+        ``PJSIP_HEADER(add,Name)`` assignments.  Every value is built from
         checked input and configuration."""
         variables = {
             f"__{CALL_ID_VAR}": call_id,
@@ -233,6 +285,10 @@ class CallService:
                 self.dialing.operator_channel.format(sip=m) for m in req.members
             )
             variables[GROUP_RING_VAR] = str(req.call_time_to_ext)
+        if self.auto_answers(req):
+            # Set on the new channel before it dials: the INVITE carries them.
+            for name, value in self.auto_answer_headers:
+                variables[HEADER_FUNCTION.format(name=name)] = value
         return variables
 
     def client_channel(self, req: CallRequest) -> str:

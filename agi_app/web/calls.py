@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from agi_app import validation as v
 from agi_app.calls import statuses as st
 from agi_app.calls.service import CallRequest, CallService
 from agi_app.web import params as p
@@ -38,6 +39,15 @@ _RING = "seconds the operator's phone rings (default [dialing] call_time_to_ext)
 _TALK = "seconds of conversation allowed"
 _WAITING = "play the waiting announcement"
 _SHOWN = "caller ID shown to the operator instead of the client's number"
+_AUTO_ANSWER = (
+    "1: the operator's phone answers by itself (the INVITE carries [dialing] "
+    "auto_answer_headers); 0: it rings; default [dialing] operator_auto_answer"
+)
+
+
+def _auto_answer(name: str) -> p.Param:
+    # no default of its own: absent is the configured one (CallRequest.auto_answer None)
+    return p.Param(name, v.flag, p.FLAG_SCHEMA, _AUTO_ANSWER)
 
 MAKE_CALL = Operation(
     methods=("GET", "POST"),
@@ -61,6 +71,7 @@ MAKE_CALL = Operation(
         p.seconds("limit_call_time", _TALK, 1, MAX_TALK),
         p.flag("playback_waiting", _WAITING, True),
         p.text("caller_id_for_employee", _SHOWN),
+        _auto_answer("auto_answer"),
     ),
     answers=(
         Answer(200, "success", {
@@ -100,6 +111,7 @@ EXT_TO_PHONE = Operation(
         p.flag("playbackWaiting", _WAITING, True),
         p.text("callerIdForEmployee", _SHOWN),
         p.flag("async", "answer at once, without waiting for the operator", False),
+        _auto_answer("autoAnswer"),
     ),
     answers=(_MODEL_ANSWER,),
     errors=_CALL_ERRORS,
@@ -192,6 +204,7 @@ class CallEndpoints:
             limit_call_time=args["limit_call_time"],
             playback_waiting=args["playback_waiting"],
             caller_id_for_employee=args["caller_id_for_employee"],
+            auto_answer=args["auto_answer"],
         )
         call_id, _created = await self._place(call)
         return {"call_id": call_id}
@@ -209,6 +222,7 @@ class CallEndpoints:
             limit_call_time=args["limitCallTime"],
             playback_waiting=args["playbackWaiting"],
             caller_id_for_employee=args["callerIdForEmployee"],
+            auto_answer=args["autoAnswer"],
         )
         wait = not args["async"]
         call_id, created = await self._place(call)

@@ -218,7 +218,10 @@ def test_variable_values_that_asterisk_would_split_or_mangle(value):
         variable_assignment("X", value)
 
 
-@pytest.mark.parametrize("name", ["", "A=B", "A,B", "A B", "A\nB", "a(b", "X)"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "A=B", "A,B", "A B", "A\nB", "a(b", "X)", "F(a,)", "F(a,b)=c", "A,B(c)", "F(a,b c)"],
+)
 def test_variable_names(name):
     with pytest.raises(AMIInjectionError):
         variable_assignment(name, "1")
@@ -228,6 +231,9 @@ def test_variable_assignment_ok():
     assert variable_assignment("__AGI_APP_CALL_ID", "c-17") == "__AGI_APP_CALL_ID=c-17"
     assert variable_assignment("CHANNEL(language)", "ru") == "CHANNEL(language)=ru"
     assert variable_assignment("EMPTY", "") == "EMPTY="
+    # a function of several arguments: Asterisk keeps the comma inside parentheses
+    assert (variable_assignment("PJSIP_HEADER(add,Call-Info)", "<sip:pbx>;answer-after=0")
+            == "PJSIP_HEADER(add,Call-Info)=<sip:pbx>;answer-after=0")  # fmt: skip
 
 
 # -- the parser's fast paths against plain reference code -----------------------
