@@ -251,7 +251,8 @@ class Application:
         return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """``(ok, body)`` for ``GET /health``: ok while the AMI session is logged in."""
+        """``(ok, body)`` for ``GET /health``: ok while the AMI session is logged in.
+        A request without an API key sees only ``status`` (:meth:`router`)."""
         ami_up = bool(self.ami.connected)
         factory = self.agi_factory
         body = {
@@ -290,6 +291,9 @@ class Application:
             clock=self.reactor,
         )
         calls.add_routes(router)
+        # Anyone may ask whether the service is up; where it keeps its store
+        # and which PBX it talks to are for key holders (CONTRACT 8).
+        router.public_fields("/health", ("status",))
         current = CurrentCallsEndpoints(self.control)
         current.add_routes(router)
         control = CallControlEndpoints(self.control, self.outbound)
