@@ -254,6 +254,17 @@ def test_json_bodies_are_bounded_in_depth_keys_and_values(app):
     assert answer.message == "too many values in the JSON body"
 
 
+def test_json_values_are_counted_before_the_decoder_runs(app):
+    def message(body: bytes) -> str:
+        answer = app.send(request("POST", "/api/sipList", body, "application/json", key=KEY))
+        assert answer.status == 400
+        return answer.message
+
+    # Not JSON at all, but refused for its commas: the decoder never saw it.
+    assert message(b"{" + b"," * MAX_JSON_VALUES + b"}") == "too many values in the JSON body"
+    assert message(b"{" + b"," * (MAX_JSON_VALUES - 1) + b"}") == "the body is not valid JSON"
+
+
 def test_query_strings_are_bounded_before_twisted_splits_them(app):
     log: list[dict] = []
     globalLogPublisher.addObserver(log.append)
