@@ -11,6 +11,7 @@ application is meant to grow several PBX links.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -58,7 +59,7 @@ from agi_app.web.stats import StatsEndpoints
 from agi_app.web.widget import WidgetTokenEndpoints
 from agi_app.ws import OriginPolicy, WidgetFactory, WidgetHub
 
-__all__ = ["Application", "EventParts", "run", "settings_from_config"]
+__all__ = ["Application", "EventParts", "freeze_startup_objects", "run", "settings_from_config"]
 
 log = Logger(namespace="agi_app")
 
@@ -360,6 +361,19 @@ class Application:
         await self.store.close()
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, classes, the application's
+    parts: about 70,000) out of the cyclic garbage collector's reach.
+
+    Called once the service is up.  Otherwise each full collection walks
+    them all, holding the reactor for 40-75 ms, and under load (a request
+    that fails leaves a reference cycle behind) one comes every second or
+    so: long enough to delay AMI pings and FastAGI replies.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run(config: Config, reactor: Any = None) -> int:
     """Run the service until SIGINT/SIGTERM; returns the exit code."""
     from twisted.logger import LogLevel, globalLogBeginner
@@ -384,7 +398,7 @@ def run(config: Config, reactor: Any = None) -> int:
 
     def begin() -> None:
         d = defer.ensureDeferred(app.start())
-        d.addErrback(started_failed)
+        d.addCallbacks(lambda _: freeze_startup_objects(), started_failed)
 
     reactor.callWhenRunning(begin)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(app.stop()))

@@ -3,8 +3,9 @@
 The server: a separate process running the application's own objects --
 ``Application(config, reactor)`` with its SQLite store, its ``AMIService``
 and ``app.site()`` (every route, the API key, static files, the access log
-written as in production) -- on the epoll reactor, HTTP on 127.0.0.1,
-pinned to CPU 1 (``--no-pin``: any).  Its AMI link goes to an in-memory
+written as in production), and the heap frozen as ``agi-app serve`` does
+once started -- on the epoll reactor, HTTP on 127.0.0.1, pinned to CPU 1
+(``--no-pin``: any).  Its AMI link goes to an in-memory
 AMI peer (``agi_app.ami.testing.FakeAMIServer`` on a loopback TCP port) in
 a process of its own.  Inside the server a timer sends an AMI ``Ping`` every
 20 ms and records its round trip (sent -> answered) and how late the timer
@@ -114,6 +115,7 @@ def serve(app_root: str, ami_port: int, cpu: int, folder: str) -> None:
     from twisted.internet import reactor
     from twisted.logger import LogLevel, globalLogBeginner
 
+    from agi_app import app as app_module
     from agi_app.app import Application
     from agi_app.config import load
     from agi_app.logs import service_log_observer
@@ -140,6 +142,10 @@ def serve(app_root: str, ami_port: int, cpu: int, folder: str) -> None:
     app.store.open()
     app.ami.startService()
     port = reactor.listenTCP(0, app.site(), backlog=1024, interface="127.0.0.1")
+    # What `agi-app serve` does once started, where the checkout does it.
+    freeze = getattr(app_module, "freeze_startup_objects", None)
+    if freeze is not None:
+        freeze()
     samples: list[tuple[float, float | None, float]] = []  # (sent, rtt or None, late)
 
     def tick(due: float) -> None:
