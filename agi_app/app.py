@@ -366,9 +366,9 @@ def freeze_startup_objects() -> None:
     parts: about 70,000) out of the cyclic garbage collector's reach.
 
     Called once the service is up.  Otherwise each full collection walks
-    them all, holding the reactor for 40-75 ms, and under load (a request
-    that fails leaves a reference cycle behind) one comes every second or
-    so: long enough to delay AMI pings and FastAGI replies.
+    them all, holding the reactor for 40-75 ms, and under load (every HTTP
+    request leaves a few objects in reference cycles behind) one comes
+    every second or so: long enough to delay AMI pings and FastAGI replies.
     """
     gc.collect()
     gc.freeze()
