@@ -106,6 +106,12 @@ class PurgeReport:
     failed: int = 0
     batches: int = 0
     seconds: float = 0.0
+    #: the longest deletion of one batch, seconds from asking the store to
+    #: its answer (the transaction, and the store's queue before it)
+    longest_write: float = 0.0
+    #: the limits of this run (UTC times; "" when not set)
+    history_before: str = ""
+    recordings_before: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The counts by name."""
@@ -124,7 +130,11 @@ class Retention:
     :param recordings_days: recordings older than this go (0: never)
     :param interval: seconds between runs
     :param batch_size: calls (or recordings) per store transaction
-    :param pause: seconds between two batches
+    :param pause: seconds between two batches, at least
+    :param idle_ratio: and at least this many times as long as the batch
+        took (wall time): the purge leaves the process's CPU and the disk
+        to the rest most of the time, and slows down by itself on a busy
+        machine (0: just ``pause``)
     """
 
     def __init__(
@@ -138,6 +148,7 @@ class Retention:
         interval: float = 3600.0,
         batch_size: int = 200,
         pause: float = 0.01,
+        idle_ratio: float = 2.0,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -149,6 +160,7 @@ class Retention:
         self.interval = interval
         self.batch_size = batch_size
         self.pause = pause
+        self.idle_ratio = idle_ratio
         self._loop: task.LoopingCall | None = None
         self._stopping = False
         #: the last run's report (None before the first)
@@ -188,7 +200,7 @@ class Retention:
         started = time.monotonic()
         now = self.clock.seconds()
         if self.history_days:
-            before = iso_time(now - self.history_days * DAY)
+            before = report.history_before = iso_time(now - self.history_days * DAY)
             await self._purge_calls(before, report)
             log.info(
                 "retention: {calls} calls removed, created before {before} "
@@ -197,7 +209,7 @@ class Retention:
                 recordings=report.recordings, files=report.files,
             )  # fmt: skip
         if self.recordings_days and not self._stopping:
-            before = iso_time(now - self.recordings_days * DAY)
+            before = report.recordings_before = iso_time(now - self.recordings_days * DAY)
             rows, files = report.recordings, report.files
             await self._purge_recordings(before, report)
             log.info(
@@ -211,11 +223,12 @@ class Retention:
         self.last = report
         return report
 
-    async def _between_batches(self) -> None:
-        # The store's queue has run every write that came meanwhile; a short
-        # pause leaves the disk to them too.
-        if self.pause > 0:
-            await task.deferLater(self.clock, self.pause, lambda: None)
+    async def _between_batches(self, took: float) -> None:
+        # The store's queue has run every write that came meanwhile; the
+        # pause leaves the CPU (and the disk) to the API and live calls.
+        pause = max(self.pause, self.idle_ratio * took)
+        if pause > 0:
+            await task.deferLater(self.clock, pause, lambda: None)
 
     async def _remove(self, paths: list[str]) -> RemovedFiles:
         if not paths:
@@ -226,15 +239,18 @@ class Retention:
         # Calls whose files stay keep their rows; tried again at the next run.
         stuck: set[str] = set()
         while not self._stopping:
+            began = time.monotonic()
             batch = await self.store.old_calls(before, self.batch_size, sorted(stuck))
             if not batch.call_ids:
                 return
             files = await self._remove([path for _call, path in batch.files])
             stuck.update(call for call, path in batch.files if path in files.failed)
             report.failed += len(files.failed)
+            asked = time.monotonic()
             deleted = await self.store.delete_calls(
                 [c for c in batch.call_ids if c not in stuck]
             )
+            report.longest_write = max(report.longest_write, time.monotonic() - asked)
             # Recordings stored between the two steps (none, normally).
             late = await self._remove(
                 [p for p in deleted.paths if p not in files.removed and p not in files.missing]
@@ -248,20 +264,23 @@ class Retention:
                 log.info("retention: {calls} calls removed so far", calls=report.calls)
             if len(batch.call_ids) < self.batch_size:
                 return  # that was the last
-            await self._between_batches()
+            await self._between_batches(time.monotonic() - began)
 
     async def _purge_recordings(self, before: str, report: PurgeReport) -> None:
         stuck: set[int] = set()
         while not self._stopping:
+            began = time.monotonic()
             rows = await self.store.old_recordings(before, self.batch_size, sorted(stuck))
             if not rows:
                 return
             files = await self._remove([r["path"] for r in rows])
             stuck.update(r["record_id"] for r in rows if r["path"] in files.failed)
             report.failed += len(files.failed)
+            asked = time.monotonic()
             gone = await self.store.delete_recordings(
                 [r["record_id"] for r in rows if r["record_id"] not in stuck]
             )
+            report.longest_write = max(report.longest_write, time.monotonic() - asked)
             report.recordings += gone
             report.files += len(files.removed)
             report.batches += 1
@@ -269,7 +288,7 @@ class Retention:
                 log.info("retention: {rows} recordings removed so far", rows=report.recordings)
             if len(rows) < self.batch_size:
                 return
-            await self._between_batches()
+            await self._between_batches(time.monotonic() - began)
 
 
 class CallInProgress(Conflict):

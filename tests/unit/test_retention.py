@@ -179,6 +179,7 @@ def test_the_erasure_log_keeps_counts_and_the_subject_id(log):
 def retention(log: Log, **kw) -> Retention:
     kw.setdefault("batch_size", 3)
     kw.setdefault("pause", 0)
+    kw.setdefault("idle_ratio", 0)  # (the clock here is not the wall's)
     return Retention(log.store, clock=log.clock, run_blocking=at_once, **kw)
 
 
