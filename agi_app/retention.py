@@ -190,8 +190,11 @@ class Retention:
 
     def _run_logged(self) -> defer.Deferred:
         # A failed run is logged; the schedule goes on (LoopingCall would stop).
+        # (Once stopped, the store may close under a batch: nothing to say.)
         d = defer.ensureDeferred(self.run())
-        d.addErrback(lambda f: log.failure("retention run failed", f))
+        d.addErrback(
+            lambda f: None if self._stopping else log.failure("retention run failed", f)
+        )
         return d
 
     async def run(self) -> PurgeReport:

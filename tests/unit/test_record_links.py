@@ -385,3 +385,25 @@ def test_retention_and_link_settings_load_and_are_checked():
     ):
         with pytest.raises(ConfigError, match=says):
             load(None, environ={f"AGI_APP_{key}": value})
+
+
+def test_the_application_wires_links_retention_and_erasure():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from agi_app.app import Application
+
+    config = load(None, environ={
+        "AGI_APP_HTTP_API_KEYS": "k1", "AGI_APP_HTTP_RECORD_LINK_TTL": "90",
+        "AGI_APP_RETENTION_HISTORY_DAYS": "30", "AGI_APP_RETENTION_BATCH_SIZE": "50",
+    })  # fmt: skip
+    app = Application(config, MemoryReactorClock())
+    assert (app.retention.history_days, app.retention.batch_size) == (30, 50)
+    assert app.links.ttl == 90 and "api_keys" in app.link_secret_source
+    # the links are signed with the key derived from the first API key
+    again = RecordLinks(link_secret("", ("k1",))[0], public_url=config.http.public_url, ttl=90,
+                        clock=app.reactor)  # fmt: skip
+    again.check(*link_args(app.links.url(5)))
+    [signed] = app.signed_router().routes
+    assert (signed.pattern, signed.auth) == ("/records/{record_id}", False)
+    patterns = {(r.pattern, m) for r in app.router().routes for m in r.methods}
+    assert {("/api/orderData", "DELETE"), ("/api/phoneData", "DELETE")} <= patterns
