@@ -190,7 +190,7 @@ class RetentionConfig:
     #: seconds between two purges (the first runs at start)
     interval: int = 3600
     #: calls (or recordings) deleted per store transaction
-    batch_size: int = 200
+    batch_size: int = 100
 
 
 #: ``[retention] history_days`` / ``recordings_days``: at most 100 years

@@ -146,7 +146,7 @@ class Retention:
         history_days: int = 0,
         recordings_days: int = 0,
         interval: float = 3600.0,
-        batch_size: int = 200,
+        batch_size: int = 100,
         pause: float = 0.01,
         idle_ratio: float = 2.0,
     ):
@@ -336,7 +336,7 @@ class Erasure:
         events: Any,
         run_blocking: RunBlocking,
         hash_key: bytes,
-        batch_size: int = 200,
+        batch_size: int = 100,
     ):
         self.store = store
         self.events = events

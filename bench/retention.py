@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--history-days", type=int, default=365)
     parser.add_argument("--recordings-days", type=int, default=180)
-    parser.add_argument("--batch", type=int, default=200, help="[retention] batch_size")
+    parser.add_argument("--batch", type=int, default=100, help="[retention] batch_size")
     parser.add_argument("--pause", type=float, default=0.01,
                         help="seconds between batches")  # fmt: skip
     parser.add_argument("--idle-ratio", type=float, default=2.0,
