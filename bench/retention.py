@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,9 +267,15 @@ def _complete(buf: bytes) -> tuple[int, int] | None:
     return int(buf[9:12]), end + 4 + length
 
 
-def load(port: int, paths, until, concurrency: int = CONCURRENCY) -> tuple[list[float], int]:
-    """Keep ``concurrency`` requests in flight until ``until()`` says stop
-    (asked after every answer); the latencies (ms) and the errors."""
+def load(port: int, paths, until, concurrency: int = CONCURRENCY,
+         rate: float = 0.0) -> tuple[list[float], int]:  # fmt: skip
+    """Requests until ``until()`` says stop; the latencies (ms) and the errors.
+
+    ``rate`` 0: closed loop, ``concurrency`` requests always in flight (the
+    server saturated: latency is mostly queueing).  Otherwise open loop:
+    ``rate`` requests a second on schedule over up to ``concurrency``
+    connections, each timed from when it was due (a request that waits for
+    a free connection counts its wait)."""
     poller = select.epoll()
     conns: dict[int, dict] = {}
     latencies: list[float] = []
@@ -279,17 +286,31 @@ def load(port: int, paths, until, concurrency: int = CONCURRENCY) -> tuple[list[
         sock.setblocking(False)
         conns[sock.fileno()] = {"sock": sock, "buf": b"", "started": 0.0}
         poller.register(sock.fileno(), select.EPOLLIN)
+    idle = list(conns.values())
+    due: deque[float] = deque()
+    interval = 1 / rate if rate else 0.0
+    next_at = time.perf_counter()
+    stopping = False
 
-    def send(c: dict) -> None:
-        c["buf"], c["started"] = b"", time.perf_counter()
+    def send(c: dict, started: float) -> None:
+        c["buf"], c["started"] = b"", started
         c["sock"].sendall(_request(next(paths)))
 
-    for c in conns.values():
-        send(c)
-    live = len(conns)
-    stopping = False
-    while live:
-        for fd, _event in poller.poll(0.5):
+    while True:
+        now = time.perf_counter()
+        if not stopping:
+            if rate:
+                while next_at <= now:
+                    due.append(next_at)
+                    next_at += interval
+            else:
+                due.extend(now for _ in idle)
+        while due and idle:
+            send(idle.pop(), due.popleft())
+        if stopping and len(idle) == len(conns):
+            break
+        wait = min(max(next_at - now, 0.0), 0.05) if rate and not stopping else 0.05
+        for fd, _event in poller.poll(wait):
             c = conns[fd]
             try:
                 data = c["sock"].recv(1 << 20)
@@ -303,13 +324,10 @@ def load(port: int, paths, until, concurrency: int = CONCURRENCY) -> tuple[list[
                 continue
             latencies.append((time.perf_counter() - c["started"]) * 1000)
             errors += done[0] != 200
-            stopping = stopping or until()
-            if stopping:
-                live -= 1
-            else:
-                send(c)
+            idle.append(c)
         if not stopping and until():
             stopping = True
+            due.clear()
     for c in conns.values():
         c["sock"].close()
     poller.close()
@@ -392,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between batches")  # fmt: skip
     parser.add_argument("--idle-ratio", type=float, default=2.0,
                         help="pause at least this many times a batch's time")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="requests per second (0: as many as 10 connections take)")  # fmt: skip
     parser.add_argument("--baseline", type=float, default=5.0,
                         help="seconds of load before the purge")  # fmt: skip
     parser.add_argument("--no-pin", action="store_true")
@@ -417,11 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     paths = requests(args.calls, rng)
     _say(f"server pid {server.pid}; history_days {args.history_days}, recordings_days "
          f"{args.recordings_days}, batch {args.batch}, pause {args.pause} s and "
-         f"{args.idle_ratio} x the batch; "
+         f"{args.idle_ratio} x the batch; load "
+         f"{f'{args.rate:g} requests/s' if args.rate else 'closed loop'} over {CONCURRENCY} "
+         f"connections; "
          f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
     try:
         started = time.monotonic()
-        base_ms, base_errors = load(port, paths, lambda: time.monotonic() - started > args.baseline)
+        base_ms, base_errors = load(
+            port, paths, lambda: time.monotonic() - started > args.baseline, rate=args.rate
+        )
         base_s = time.monotonic() - started
         server.stdin.write("purge\n")
         server.stdin.flush()
@@ -441,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             return bool(result)
 
         started = time.monotonic()
-        purge_ms, purge_errors = load(port, paths, purged)
+        purge_ms, purge_errors = load(port, paths, purged, rate=args.rate)
         purge_s = time.monotonic() - started
     finally:
         server.terminate()
