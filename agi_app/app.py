@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -38,18 +38,21 @@ from agi_app.events.generator import CallInfo, EventGenerator
 from agi_app.events.service import EventService
 from agi_app.inbound import CRMLookup, InboundService
 from agi_app.ivr.service import IVRService
+from agi_app.links import RecordLinks, link_secret
 from agi_app.live.control import CallControl, handed_over
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
 from agi_app.logs import service_log_observer
 from agi_app.metrics import Metrics
 from agi_app.netguard import TargetGuard
+from agi_app.retention import Erasure, Retention
 from agi_app.store.sqlite import SQLiteStore
 from agi_app.web import extensions_events, openapi
 from agi_app.web import history as history_module
 from agi_app.web.api import Router
 from agi_app.web.calls import CallEndpoints
 from agi_app.web.calls_control import CallControlEndpoints
+from agi_app.web.erasure import ErasureEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.extensions_events import ExtensionEventEndpoints
 from agi_app.web.history import HistoryEndpoints
@@ -84,6 +87,8 @@ class EventParts:
     :param tracker: the :class:`~agi_app.live.tracker.CallTracker`
     :param control: call control for the widget's ``transfer()`` (or None)
     :param settings: delivery settings (default: from ``config``)
+    :param record_link: the signed link of a recording (``RecordURL`` of
+        ``record`` events); None: no ``record`` events
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class EventParts:
         reactor: Any,
         control: Any = None,
         settings: DeliverySettings | None = None,
+        record_link: Any = None,
     ):
         self.config = config
         self.reactor = reactor
@@ -108,7 +114,7 @@ class EventParts:
             store, send=self.sender, clock=reactor, settings=settings, guard=self.guard
         )
         self.generator = EventGenerator(
-            tracker, self.service, self.info, handed_over=handed_over
+            tracker, self.service, self.info, record_link, handed_over=handed_over
         )
         self.hub = WidgetHub(
             client_ids=config.websocket.client_ids,
@@ -217,10 +223,31 @@ class Application:
             part.register_scripts(self.scripts)
         # agi-app doctor's FastAGI check (dialplan [agi-app-doctor])
         register_doctor_scripts(self.scripts)
+        # Recording links that work without an API key for a while.
+        secret, self.link_secret_source = link_secret(
+            config.http.link_secret, config.http.api_keys
+        )
+        self.links = RecordLinks(
+            secret, public_url=config.http.public_url, ttl=config.http.record_link_ttl,
+            clock=reactor,
+        )  # fmt: skip
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
-            control=self.control, reactor=reactor,
+            control=self.control, reactor=reactor, record_link=self.links.url,
+        )  # fmt: skip
+        self.lifecycle.recorder.on_complete(self.events.generator.recording_complete)
+        # Old history and recordings go; a subject's data goes on request.
+        run_blocking = _in_threads(reactor)
+        retention = config.retention
+        self.retention = Retention(
+            self.store, clock=reactor, run_blocking=run_blocking,
+            history_days=retention.history_days, recordings_days=retention.recordings_days,
+            interval=retention.interval, batch_size=retention.batch_size,
+        )  # fmt: skip
+        self.erasure = Erasure(
+            self.store, events=self.events.service, run_blocking=run_blocking,
+            hash_key=secret, batch_size=retention.batch_size,
         )  # fmt: skip
         # Inbound calls nobody answered, and calling those callers back.
         inbound = config.inbound
@@ -278,10 +305,15 @@ class Application:
     def store_open(self) -> bool:
         return getattr(self.store, "is_open", True)
 
+    def _history(self) -> HistoryEndpoints:
+        return HistoryEndpoints(
+            self.store, public_url=self.config.http.public_url, links=self.links
+        )
+
     def router(self) -> Router:
         """Every HTTP route of the application, with the OpenAPI document."""
         router = Router()
-        history = HistoryEndpoints(self.store, public_url=self.config.http.public_url)
+        history = self._history()
         history.add_routes(router)
         calls = CallEndpoints(
             self.calls,
@@ -307,15 +339,25 @@ class Application:
         missed.add_routes(router)
         stats = StatsEndpoints(self.store, clock=self.reactor)
         stats.add_routes(router)
+        erasure = ErasureEndpoints(self.erasure)
+        erasure.add_routes(router)
         parts = [history_module, calls, current, control, extensions_events, widget, missed,
-                 stats, self.metrics]  # fmt: skip
+                 stats, erasure, self.metrics]  # fmt: skip
         openapi.add_routes(router, openapi.build_document(parts))
+        return router
+
+    def signed_router(self) -> Router:
+        """The routes a signed link reaches without an API key."""
+        router = Router()
+        self._history().add_signed_routes(router)
         return router
 
     def site(self):
         """The HTTP site: the CRM API, records, static files, health."""
-        return build_site(self.router(), api_keys=self.config.http.api_keys, clock=self.reactor,
-                          observe=self.metrics.observe_request)  # fmt: skip
+        return build_site(
+            self.router(), api_keys=self.config.http.api_keys, clock=self.reactor,
+            signed=self.signed_router(), observe=self.metrics.observe_request,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Open the store, start the PBX link, listen on every port."""
@@ -329,6 +371,9 @@ class Application:
         await self.events.start()
         if self.callbacks is not None:
             self.callbacks.start()
+        log.info("signed recording links: key {source}, valid {ttl} s",
+                 source=self.link_secret_source, ttl=self.links.ttl)  # fmt: skip
+        self.retention.start()
         self.ami.startService()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
@@ -349,6 +394,7 @@ class Application:
         for port in self._ports:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
+        self.retention.stop()
         await self.events.stop()
         await self.crm.close()
         if self.callbacks is not None:
@@ -372,6 +418,16 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def _in_threads(reactor: Any) -> Any:
+    """``run(fn, *args)``: ``fn`` on the reactor's thread pool (blocking
+    file work), its result as a Deferred."""
+
+    def run(fn: Any, *args: Any) -> defer.Deferred:
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    return run
 
 
 def run(config: Config, reactor: Any = None) -> int:

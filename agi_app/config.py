@@ -40,6 +40,7 @@ __all__ = [
     "InboundConfig",
     "LogConfig",
     "MetricsConfig",
+    "RetentionConfig",
     "StoreConfig",
     "WebSocketConfig",
     "load",
@@ -90,6 +91,18 @@ class HTTPConfig:
     listen: str = "tcp:8080:interface=127.0.0.1"
     public_url: str = "http://127.0.0.1:8080"
     api_keys: tuple[str, ...] = ()
+    #: seconds a signed recording link (``RecordURL`` of the ``record`` event,
+    #: ``signed=1`` of recordList/orderRecords) works without an API key
+    record_link_ttl: int = 3600
+    #: the key of signed recording links; empty: derived from the first of
+    #: ``api_keys`` (or, without keys, random at each start)
+    link_secret: str = ""
+
+
+#: ``[http] link_secret``: at least this many characters
+MIN_LINK_SECRET = 16
+#: ``[http] record_link_ttl``: 1 s .. 7 days
+MAX_RECORD_LINK_TTL = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -341,6 +354,25 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """``[retention]``: how long the call log and the recordings are kept
+    (see docs/operations.md, "Retention and erasure")."""
+
+    #: days calls and their history (and their recordings) are kept; 0: for ever
+    history_days: int = 0
+    #: days recording files (and their rows) are kept; 0: for ever
+    recordings_days: int = 0
+    #: seconds between two purges (the first runs at start)
+    interval: int = 3600
+    #: calls (or recordings) deleted per store transaction
+    batch_size: int = 100
+
+
+#: ``[retention] history_days`` / ``recordings_days``: at most 100 years
+MAX_RETENTION_DAYS = 36500
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per INI section."""
 
@@ -356,6 +388,7 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: the file this was read from, if any (relative paths are taken from the cwd)
     source: str | None = None
 
@@ -373,6 +406,7 @@ _SECTIONS = {
     "inbound": InboundConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
+    "retention": RetentionConfig,
 }
 
 def _unsafe_char(c: str) -> bool:
@@ -603,6 +637,8 @@ def _validate(cfg: Config) -> None:
     _validate_crm(cfg)
     _validate_auto_answer(cfg)
     _validate_inbound(cfg)
+    _validate_links(cfg)
+    _validate_retention(cfg)
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level: must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format.lower() not in LOG_FORMATS:
@@ -694,6 +730,26 @@ def _validate_crm(cfg: Config) -> None:
         raise ConfigError("[crm] lookup_url: no user@ (credentials go in lookup_header)")
     if parts.fragment:
         raise ConfigError("[crm] lookup_url: must not have a #fragment")
+
+
+def _validate_links(cfg: Config) -> None:
+    if not 1 <= cfg.http.record_link_ttl <= MAX_RECORD_LINK_TTL:
+        raise ConfigError(
+            f"[http] record_link_ttl: must be 1..{MAX_RECORD_LINK_TTL} seconds"
+        )
+    if cfg.http.link_secret and len(cfg.http.link_secret) < MIN_LINK_SECRET:
+        raise ConfigError(f"[http] link_secret: at least {MIN_LINK_SECRET} characters")
+
+
+def _validate_retention(cfg: Config) -> None:
+    r = cfg.retention
+    for key in ("history_days", "recordings_days"):
+        if getattr(r, key) > MAX_RETENTION_DAYS:
+            raise ConfigError(f"[retention] {key}: must be 0..{MAX_RETENTION_DAYS} days")
+    if not 60 <= r.interval <= 86400:
+        raise ConfigError("[retention] interval: must be 60..86400 seconds")
+    if not 1 <= r.batch_size <= 10000:
+        raise ConfigError("[retention] batch_size: must be 1..10000")
 
 
 def _validate_websocket(cfg: Config) -> None:

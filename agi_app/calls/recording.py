@@ -96,6 +96,29 @@ class Recorder:
         self._interval = interval
         self._timers: set = set()
         self._stopped = False
+        self._completed: list[Callable[[dict[str, Any]], object]] = []
+
+    def on_complete(self, callback: Callable[[dict[str, Any]], object]) -> Callable[[], None]:
+        """Call ``callback(recording)`` (the stored recording, with its size
+        and duration) each time a recording is complete; returns the
+        function that stops it.  A callback that fails is logged and the
+        others still run."""
+        self._completed.append(callback)
+
+        def stop() -> None:
+            if callback in self._completed:
+                self._completed.remove(callback)
+
+        return stop
+
+    def _announce(self, recording: dict[str, Any] | None) -> None:
+        if recording is None:
+            return
+        for callback in list(self._completed):
+            try:
+                callback(recording)
+            except Exception:
+                log.failure("recording completion callback failed")
 
     def stop(self) -> None:
         """Cancel the pending file checks (and start no more)."""
@@ -179,6 +202,7 @@ class Recorder:
             if size > 0 and size == state["size"]:
                 duration = max(0.0, (size - WAV_HEADER) / WAV_BYTES_PER_SECOND)
                 d = self.store.update_recording(rec.record_id, duration=duration, size=size)
+                d.addCallback(self._announce)
                 d.addErrback(lambda f: log.failure("recording update", f))
                 return
             state["size"] = size

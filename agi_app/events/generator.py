@@ -26,6 +26,13 @@ and a leg of an outside line dialled from a call that came in from outside
 for extension X (forwarding by incoming call rules) gives X a ``dial-out``
 with ``Transfered: yes``.
 
+A ``record`` event (CONTRACT section 10) is not a leg's: it comes when a
+call's recording is complete (its size and duration stored), for each
+extension that answered in the call (and the operator of a call agi_app
+placed for one), with the fields of that extension's ``answer`` and
+``RecordURL``, a signed link that works without an API key
+(:mod:`agi_app.links`), ``RecordID`` and ``Duration`` (seconds of audio).
+
 Seed 004's special cases follow from these rules: a queue agent's phone is
 rung (dial-in), answers (answer) and hangs up (hangup); a caller who only
 reaches an IVR or waits in a queue has no extension leg, so its events are
@@ -287,13 +294,20 @@ class LegMemory:
         """What was kept for the leg (None), dropping it."""
         return self._seen.pop(uniqueid, None)
 
+    def get(self, uniqueid: str) -> Any:
+        """What is kept for the leg (None), keeping it."""
+        return self._seen.get(uniqueid)
+
 
 class EventGenerator:
-    """Publishes the CRM events of every call the tracker reports.
+    """Publishes the CRM events of every call the tracker reports, and the
+    ``record`` event of every completed recording.
 
     :param tracker: a :class:`~agi_app.live.tracker.CallTracker` (``subscribe``, ``leg``)
     :param events: the :class:`EventService` that queues them
     :param info: where OrderID/ExternalKey/RecordURL come from
+    :param record_link: the signed link of a recording by record_id (the
+        ``RecordURL`` of ``record`` events); None: no ``record`` events
     :param handed_over: whether a leg handed its call over to another party
         (:func:`agi_app.live.control.handed_over`): its hangup does not end
         the call
@@ -304,6 +318,7 @@ class EventGenerator:
         tracker: Any,
         events: EventService,
         info: CallInfo,
+        record_link: Callable[[int], str] | None = None,
         *,
         handed_over: Callable[[Any], bool] | None = None,
     ):
@@ -311,9 +326,13 @@ class EventGenerator:
         self._events = events
         self._info = info
         self._handed_over = handed_over
+        self._record_link = record_link
         self._unsubscribe: Callable[[], object] | None = None
         self._tail: defer.Deferred = defer.succeed(None)
         self._legs = LegMemory()
+        # call id -> {extension: the party fields of its answer}, for the
+        # record event that comes once the call (and its recording) is over
+        self._answered = LegMemory(keep=2048)
         #: events handed to the service (for tests and the benchmark)
         self.published = 0
 
@@ -350,6 +369,10 @@ class EventGenerator:
                     fields[name] = before.get(name)
         elif "Transfered" not in fields:
             self._legs.remember(event.uniqueid, {n: fields.get(n) for n in PARTY_FIELDS})
+        if event_type == "answer" and event.call_id:
+            answered = self._answered.forget(event.call_id) or {}
+            answered[extension] = {n: fields.get(n) for n in PARTY_FIELDS}
+            self._answered.remember(event.call_id, answered)
         candidates = {event_type}
         if event_type == "dial-in" and event.call_id:
             # It may be the operator's leg of a call agi_app placed, which
@@ -402,3 +425,42 @@ class EventGenerator:
                     fields["TotalDuration"] = str(int(round(max(0.0, when - answered_at))))
         await self._events.publish(extension, event_type, fields, when=when)
         self.published += 1
+
+    # -- record events ------------------------------------------------------------
+
+    def recording_complete(self, recording: Mapping[str, Any]) -> None:
+        """A recording's size and duration are stored (the
+        :class:`~agi_app.calls.recording.Recorder`'s callback): queue its
+        ``record`` event for the extensions of the call, after the events
+        before it."""
+        if self._record_link is None or not recording.get("call_id"):
+            return
+        rec = dict(recording)
+        self._tail.addCallback(lambda _: defer.ensureDeferred(self._publish_record(rec)))
+        self._tail.addErrback(
+            lambda f: log.failure("record event of {call_id} lost", f, call_id=rec["call_id"])
+        )
+
+    async def _publish_record(self, rec: dict[str, Any]) -> None:
+        assert self._record_link is not None
+        call_id = rec["call_id"]
+        # (kept: a transferred call may be recorded again)
+        answered = self._answered.get(call_id) or {}
+        info = await self._info.get(call_id)
+        parties = dict(answered)
+        if info["operator"] and info["operator"] not in parties:
+            # (answered before a restart: what the store says of the call)
+            parties[info["operator"]] = {"CallFlow": "out"}
+        for extension, party in parties.items():
+            if not self._events.wants(extension, "record"):
+                continue
+            fields: dict[str, Any] = {"CallID": call_id, "CallAPIID": call_id, **party}
+            operator_first_fields(fields, extension, info)
+            fields["OrderID"] = info["order_id"]
+            fields["ExternalKey"] = info["external_key"]
+            fields["RecordID"] = rec["record_id"]
+            fields["RecordURL"] = self._record_link(rec["record_id"])
+            if rec.get("duration") is not None:
+                fields["Duration"] = str(int(round(rec["duration"])))
+            await self._events.publish(extension, "record", fields)
+            self.published += 1

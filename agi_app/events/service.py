@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,9 +44,10 @@ __all__ = [
 
 log = Logger(namespace="agi_app.events")
 
-#: The event types a CRM can subscribe to: seed 004's, and ``missed`` (an
-#: inbound call nobody answered, see agi_app.calls.missed).
-EVENT_TYPES: tuple[str, ...] = ("dial-in", "dial-out", "answer", "hangup", "missed")
+#: The event types a CRM can subscribe to: seed 004's, ``missed`` (an
+#: inbound call nobody answered, see agi_app.calls.missed) and ``record`` (a
+#: recording is complete; CONTRACT section 10).
+EVENT_TYPES: tuple[str, ...] = ("dial-in", "dial-out", "answer", "hangup", "missed", "record")
 #: How deliveries can be made.
 METHODS: tuple[str, ...] = ("GET", "POST")
 #: Longest subscription URL accepted.
@@ -246,6 +247,28 @@ class EventService:
         if sub is None or sub["extension"] != extension:
             return None
         return await self._store.delivery_log(sub_id, outcome=outcome, limit=limit)
+
+    # -- erasure ------------------------------------------------------------
+
+    async def erase(
+        self,
+        *,
+        call_ids: Iterable[str] = (),
+        order_id: str | None = None,
+        phones: Iterable[str] = (),
+    ) -> int:
+        """Drop the queued events that carry a subject's data (see
+        :meth:`~agi_app.events.store.EventStore.erase_events`); returns how
+        many.  The workers of the subscriptions they were queued for start
+        over from the outbox, so none of them is sent from memory (a
+        delivery already on the wire may still arrive)."""
+        count, subs = await self._store.erase_events(
+            call_ids=call_ids, order_id=order_id, phones=phones
+        )
+        for sub_id in subs:
+            self.deliverer.forget(sub_id)
+            self.deliverer.wake(sub_id)
+        return count
 
     # -- publishing -------------------------------------------------------
 

@@ -118,6 +118,22 @@ class EventStore(abc.ABC):
         """``{"pending", "oldest_pending_at", "attempts", "last_error"}`` of
         the deliveries still waiting for a subscription."""
 
+    @abc.abstractmethod
+    def erase_events(
+        self,
+        *,
+        call_ids: Iterable[str] = (),
+        order_id: str | None = None,
+        phones: Iterable[str] = (),
+    ) -> Deferred[tuple[int, list[int]]]:
+        """Delete the events still queued (and their outbox rows) that carry
+        a subject's data: ``CallID`` one of ``call_ids``, ``OrderID`` equal
+        to ``order_id``, or ``CallerIDNum``/``CalledNumber``/``CalledDID``
+        one of ``phones``.  They will not be delivered.  Fires ``(events
+        deleted, ids of the subscriptions they were queued for)``.
+        (Delivered events are not kept: the delivery log holds no field of
+        them.)"""
+
     # -- the call log -------------------------------------------------------
 
     @abc.abstractmethod

@@ -164,6 +164,23 @@ class MemoryEventStore(EventStore):
             }
         )
 
+    def erase_events(self, *, call_ids=(), order_id=None, phones=()):
+        call_ids, phones = set(call_ids), set(phones)
+        gone = [
+            event_id
+            for event_id, event in self.events.items()
+            if event["fields"].get("CallID") in call_ids
+            or (order_id is not None and event["fields"].get("OrderID") == order_id)
+            or phones & {event["fields"].get(k) for k in
+                         ("CallerIDNum", "CalledNumber", "CalledDID")}
+        ]  # fmt: skip
+        subs = set()
+        for event_id in gone:
+            del self.events[event_id]
+            for oid in [o for o, r in self.outbox.items() if r["event_id"] == event_id]:
+                subs.add(self.outbox.pop(oid)["subscription_id"])
+        return succeed((len(gone), sorted(subs)))
+
     def recordings_of_call(self, call_id):
         return succeed(list(self.recordings.get(call_id, [])))
 

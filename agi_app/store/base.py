@@ -18,6 +18,8 @@ Shapes of the dicts handed out:
 - missed call: ``id, call_id, phone, did, time, extensions (list), ring_seconds,
   called_back, handled_at, callback_attempts, last_callback, last_callback_at, pbx``
 - operator statistics: ``sip, offered, answered, ring_ms, talked, talk_ms``
+- erasure log entry: ``id, time, subject ("order"|"phone"), subject_id,
+  calls, entries, recordings, files, events``
 
 Times are UTC text with milliseconds, ``2026-11-25T21:04:37.123Z``; this
 format sorts as text in time order.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -38,9 +40,12 @@ from agi_app.times import check_time, iso_time
 
 __all__ = [
     "CALL_KINDS",
+    "ERASURE_SUBJECTS",
     "FINAL_STATUSES",
     "OPERATOR_STATES",
     "STATUSES",
+    "CallBatch",
+    "Deleted",
     "EntryList",
     "ExternalKeyConflict",
     "JSONPage",
@@ -56,6 +61,10 @@ __all__ = [
 
 #: Operator states of ``/api/sipList`` (CONTRACT 3.6).
 OPERATOR_STATES: tuple[str, ...] = ("online", "inuse", "offline")
+
+#: What an erasure names (``erasures.subject``): an order, or a phone number.
+ERASURE_SUBJECTS: tuple[str, ...] = ("order", "phone")
+
 
 class StoreError(Exception):
     """The store cannot do what was asked (closed, newer schema, ...)."""
@@ -133,6 +142,27 @@ class JSONPage(NamedTuple):
     def items(self) -> list[dict[str, Any]]:
         """The items as dicts (parsed on each call)."""
         return json.loads(self.json)
+
+
+class CallBatch(NamedTuple):
+    """Finished calls picked for deletion (retention or erasure): their ids,
+    the files of their recordings as ``(call_id, path)``, and (erasure only)
+    the ids of the calls of the same subject that are still in progress."""
+
+    call_ids: list[str]
+    files: list[tuple[str, str]]
+    open_ids: Sequence[str] = ()
+
+
+class Deleted(NamedTuple):
+    """What :meth:`Store.delete_calls` removed: rows of each table, and the
+    files of the recordings whose rows it removed (for the caller to delete
+    or check)."""
+
+    calls: int
+    entries: int
+    recordings: int
+    paths: list[str]
 
 
 #: The fields of a recording as the CRM API lists it, in order, then ``url``.
@@ -263,6 +293,72 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def call_recordings(self, call_id: str) -> Deferred[list[dict[str, Any]]]:
         """The recordings of one call, ascending record_id."""
+
+    # -- retention and erasure ----------------------------------------------
+    #
+    # agi_app.retention deletes in small batches: each method below is one
+    # short transaction (a batch of ``limit`` calls or recordings), so the
+    # other writes of the store wait for at most one batch.  A call without
+    # a final status is never selected nor deleted.
+
+    @abc.abstractmethod
+    def old_calls(
+        self, before: str, limit: int, skip: Sequence[str] = ()
+    ) -> Deferred[CallBatch]:
+        """Up to ``limit`` calls created before ``before`` (a UTC time,
+        :func:`iso_time`) that have their final status, oldest first, except
+        those in ``skip`` (calls whose files could not be removed), with the
+        files of their recordings (``open_ids`` is empty).  Reads only.
+        Fast on a big log: an index on ``calls.created_at``."""
+
+    @abc.abstractmethod
+    def subject_calls(
+        self, *, order_id: str | None = None, phone: str | None = None, limit: int = 500
+    ) -> Deferred[CallBatch]:
+        """The calls of one subject: those of ``order_id``, or those where
+        ``phone`` is the client's number (``calls.phone``) or the first
+        number of a phoneToPhone call (its ``sip``).  Give exactly one of
+        them; a phone matches with and without a leading ``+``.  Fires up to
+        ``limit`` finished calls (``call_ids``, oldest first, and
+        ``paths`` of their recordings) and every call of the subject still
+        in progress (``open_ids``).  Reads only."""
+
+    @abc.abstractmethod
+    def delete_calls(self, call_ids: Sequence[str]) -> Deferred[Deleted]:
+        """Delete those of ``call_ids`` that have their final status, with
+        their history entries and recordings rows, in one transaction (the
+        recordings' row count kept for the pager stays right).  Ids of calls
+        in progress or unknown are skipped.  Fires the counts and the paths
+        of the deleted recordings."""
+
+    @abc.abstractmethod
+    def old_recordings(
+        self, before: str, limit: int, skip: Sequence[int] = ()
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Up to ``limit`` recordings created before ``before`` whose call
+        has its final status, oldest first, except the record_ids in
+        ``skip``: ``record_id, path``.  Reads only."""
+
+    @abc.abstractmethod
+    def delete_recordings(self, record_ids: Sequence[int]) -> Deferred[int]:
+        """Delete these recordings' rows (their files are the caller's), in
+        one transaction, skipping those whose call is in progress; fires how
+        many were deleted."""
+
+    @abc.abstractmethod
+    def log_erasure(
+        self, subject: str, subject_id: str, counts: Mapping[str, int]
+    ) -> Deferred[dict[str, Any]]:
+        """Append an erasure to the erasure log: ``subject`` is one of
+        :data:`ERASURE_SUBJECTS`, ``subject_id`` the order_id or a keyed hash
+        of the phone (never the number itself), ``counts`` has ``calls,
+        entries, recordings, files, events``.  Fires the new entry."""
+
+    @abc.abstractmethod
+    def erasures(
+        self, subject: str | None = None, subject_id: str | None = None
+    ) -> Deferred[list[dict[str, Any]]]:
+        """The erasure log, oldest first, optionally of one subject."""
 
     # -- operators --------------------------------------------------------
 

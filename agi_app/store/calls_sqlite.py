@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -19,8 +20,11 @@ from twisted.logger import Logger
 
 from agi_app.store.base import (
     CALL_KINDS,
+    ERASURE_SUBJECTS,
     FINAL_STATUSES,
     STATUSES,
+    CallBatch,
+    Deleted,
     EntryList,
     ExternalKeyConflict,
     UnknownCall,
@@ -44,6 +48,10 @@ _ENTRY_JSON = "json_object(" + ", ".join(
 ) + ")"
 # The start of each entry object in that text, with its id.
 _ENTRY_ID = re.compile(r'\{"id":(-?[0-9]+)')
+# A list of ids as one parameter: the JSON text of the array.  SQLite looks
+# each value up in the index (no limit on the number of ``?``).
+_IDS = "(SELECT value FROM json_each(?))"
+_ERASURE_COLUMNS = "id, time, subject, subject_id, calls, entries, recordings, files, events"
 
 
 def _call_from_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -283,3 +291,150 @@ class CallsSQLiteMixin(SQLiteEngine):
         return self._read(
             self._entry_list, "call_id = ? AND id > ?", (call_id, after_id), limit
         )
+
+    # -- retention and erasure ----------------------------------------------
+
+    def _recording_files(self, conn: sqlite3.Connection, ids_json: str) -> list[tuple[str, str]]:
+        return [
+            (r[0], r[1])
+            for r in conn.execute(
+                f"SELECT call_id, path FROM recordings WHERE call_id IN {_IDS} "
+                "ORDER BY record_id",
+                (ids_json,),
+            )
+        ]
+
+    def old_calls(
+        self, before: str, limit: int, skip: Sequence[str] = ()
+    ) -> Deferred[CallBatch]:
+        check_time(before)
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        skipped = json.dumps(list(skip))
+
+        def query() -> CallBatch:
+            conn = self._conn
+            assert conn is not None
+            with snapshot(conn):
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT call_id FROM calls INDEXED BY calls_created "
+                        "WHERE created_at < ? AND final_status IS NOT NULL "
+                        f"AND call_id NOT IN {_IDS} ORDER BY created_at LIMIT ?",
+                        (before, skipped, limit),
+                    )
+                ]
+                files = self._recording_files(conn, json.dumps(ids)) if ids else []
+            return CallBatch(ids, files)
+
+        return self._run(query)
+
+    def subject_calls(
+        self, *, order_id: str | None = None, phone: str | None = None, limit: int = 500
+    ) -> Deferred[CallBatch]:
+        if (order_id is None) == (phone is None):
+            raise ValueError("give exactly one of order_id and phone")
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        if order_id is not None:
+            where, params = "order_id = ?", (order_id,)
+        else:
+            # The number as given and its other spelling (with or without "+").
+            assert phone is not None
+            bare = phone.removeprefix("+")
+            spellings = json.dumps([bare, "+" + bare])
+            where = (
+                f"call_id IN (SELECT call_id FROM calls WHERE phone IN {_IDS} "
+                f"UNION SELECT call_id FROM calls WHERE kind = 'phoneToPhone' AND sip IN {_IDS})"
+            )
+            params = (spellings, spellings)
+
+        def query() -> CallBatch:
+            conn = self._conn
+            assert conn is not None
+            with snapshot(conn):
+                open_ids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT call_id FROM calls WHERE {where} AND final_status IS NULL "
+                        "ORDER BY created_at",
+                        params,
+                    )
+                ]
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT call_id FROM calls WHERE {where} AND final_status IS NOT NULL "
+                        "ORDER BY created_at, rowid LIMIT ?",
+                        (*params, limit),
+                    )
+                ]
+                files = self._recording_files(conn, json.dumps(ids)) if ids else []
+            return CallBatch(ids, files, open_ids)
+
+        return self._run(query)
+
+    def delete_calls(self, call_ids: Sequence[str]) -> Deferred[Deleted]:
+        wanted = json.dumps(list(dict.fromkeys(call_ids)))
+
+        def delete() -> Deleted:
+            assert self._db is not None and self._conn is not None
+            conn = self._conn
+            with self._db.atomic():
+                ids = json.dumps(
+                    [
+                        r[0]
+                        for r in conn.execute(
+                            f"SELECT call_id FROM calls WHERE call_id IN {_IDS} "
+                            "AND final_status IS NOT NULL",
+                            (wanted,),
+                        )
+                    ]
+                )
+                paths = [path for _call, path in self._recording_files(conn, ids)]
+                # Children first: both reference calls (foreign keys are on).
+                # Each recording row deleted updates row_counts (its trigger).
+                recordings = conn.execute(
+                    f"DELETE FROM recordings WHERE call_id IN {_IDS}", (ids,)
+                ).rowcount
+                entries = conn.execute(
+                    f"DELETE FROM call_status WHERE call_id IN {_IDS}", (ids,)
+                ).rowcount
+                calls = conn.execute(f"DELETE FROM calls WHERE call_id IN {_IDS}", (ids,)).rowcount
+            return Deleted(calls, entries, recordings, paths)
+
+        return self._run(delete)
+
+    def log_erasure(
+        self, subject: str, subject_id: str, counts: Mapping[str, int]
+    ) -> Deferred[dict[str, Any]]:
+        if subject not in ERASURE_SUBJECTS:
+            raise ValueError(f"unknown erasure subject {subject!r}")
+        row = {
+            "time": self._now(),
+            "subject": subject,
+            "subject_id": subject_id,
+            **{k: int(counts.get(k, 0)) for k in
+               ("calls", "entries", "recordings", "files", "events")},
+        }  # fmt: skip
+
+        def insert() -> dict[str, Any]:
+            return {"id": self._insert("erasures", row), **row}
+
+        return self._run(insert)
+
+    def erasures(
+        self, subject: str | None = None, subject_id: str | None = None
+    ) -> Deferred[list[dict[str, Any]]]:
+        where, params = [], []
+        if subject is not None:
+            where.append("subject = ?")
+            params.append(subject)
+        if subject_id is not None:
+            where.append("subject_id = ?")
+            params.append(subject_id)
+        sql = f"SELECT {_ERASURE_COLUMNS} FROM erasures"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._run(self._select, sql + " ORDER BY id", params)

@@ -295,6 +295,50 @@ class EventsSQLiteMixin(SQLiteEngine, EventStore):
 
         return self._run(query)
 
+    def erase_events(
+        self,
+        *,
+        call_ids: Iterable[str] = (),
+        order_id: str | None = None,
+        phones: Iterable[str] = (),
+    ) -> Deferred[tuple[int, list[int]]]:
+        ids = json.dumps(list(call_ids))
+        numbers = json.dumps(list(phones))
+
+        def erase() -> int:
+            with self._db.atomic():
+                conn = self._conn
+                # Only queued events are kept, so this table stays small: a scan.
+                found = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT event_id FROM events WHERE "
+                        "json_extract(fields, '$.CallID') IN (SELECT value FROM json_each(?1)) "
+                        "OR json_extract(fields, '$.OrderID') = ?2 "
+                        "OR json_extract(fields, '$.CallerIDNum') IN "
+                        "   (SELECT value FROM json_each(?3)) "
+                        "OR json_extract(fields, '$.CalledNumber') IN "
+                        "   (SELECT value FROM json_each(?3)) "
+                        "OR json_extract(fields, '$.CalledDID') IN "
+                        "   (SELECT value FROM json_each(?3))",
+                        (ids, order_id, numbers),
+                    )
+                ]
+                subs: set[int] = set()
+                for event_id in found:
+                    subs.update(
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT subscription_id FROM event_outbox WHERE event_id = ?",
+                            (event_id,),
+                        )
+                    )
+                    conn.execute("DELETE FROM event_outbox WHERE event_id = ?", (event_id,))
+                    conn.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+            return len(found), sorted(subs)
+
+        return self._run(erase)
+
     # -- reads of the call log for event fields ---------------------------------
 
     def recordings_of_call(self, call_id: str) -> Deferred[list[dict[str, Any]]]:

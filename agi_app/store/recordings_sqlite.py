@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -126,6 +127,41 @@ class RecordingsSQLiteMixin(SQLiteEngine):
             f"SELECT {RECORD_COLUMNS} FROM recordings WHERE call_id = ? ORDER BY record_id",
             (call_id,),
         )
+
+    # -- retention ------------------------------------------------------------
+
+    def old_recordings(
+        self, before: str, limit: int, skip: Sequence[int] = ()
+    ) -> Deferred[list[dict[str, Any]]]:
+        check_time(before)
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        return self._run(
+            self._select,
+            "SELECT r.record_id, r.path FROM recordings r INDEXED BY recordings_created "
+            "JOIN calls c ON c.call_id = r.call_id "
+            "WHERE r.created_at < ? AND c.final_status IS NOT NULL "
+            "AND r.record_id NOT IN (SELECT value FROM json_each(?)) "
+            "ORDER BY r.created_at LIMIT ?",
+            (before, json.dumps([int(i) for i in skip]), limit),
+        )
+
+    def delete_recordings(self, record_ids: Sequence[int]) -> Deferred[int]:
+        ids = json.dumps([int(i) for i in record_ids])
+
+        def delete() -> int:
+            assert self._db is not None and self._conn is not None
+            with self._db.atomic():
+                # (each deleted row updates row_counts: its trigger)
+                return self._conn.execute(
+                    "DELETE FROM recordings WHERE record_id IN "
+                    "(SELECT value FROM json_each(?)) AND EXISTS "
+                    "(SELECT 1 FROM calls c WHERE c.call_id = recordings.call_id "
+                    "AND c.final_status IS NOT NULL)",
+                    (ids,),
+                ).rowcount
+
+        return self._run(delete)
 
     # -- history queries ----------------------------------------------------
 

@@ -425,6 +425,38 @@ def _migration_call_stats(conn: sqlite3.Connection) -> None:
             "n INTEGER NOT NULL, PRIMARY KEY (period, status)) WITHOUT ROWID"
         )
     rebuild_call_stats(conn)
+def _migration_retention(conn: sqlite3.Connection) -> None:
+    """Retention and erasure (:mod:`agi_app.retention`): indexes that find
+    old calls and recordings and a subject's calls without a scan, and the
+    ``erasures`` log, which proves an erasure happened without keeping what
+    was erased (the order_id, or a keyed hash of the phone number).
+    (IF NOT EXISTS: a database taken back to an earlier step by hand, as a
+    test of an earlier step does, may have them already.)"""
+    # Old calls, oldest first (retention's batches walk this index).
+    conn.execute("CREATE INDEX IF NOT EXISTS calls_created ON calls (created_at)")
+    # A phone number's calls: the client's number, and the first number of a
+    # phoneToPhone call (its ``sip``; an extension everywhere else).
+    conn.execute("CREATE INDEX IF NOT EXISTS calls_phone ON calls (phone)")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS calls_first_phone ON calls (sip) WHERE kind = 'phoneToPhone'"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS recordings_created ON recordings (created_at)")
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS erasures (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            calls INTEGER NOT NULL,
+            entries INTEGER NOT NULL,
+            recordings INTEGER NOT NULL,
+            files INTEGER NOT NULL,
+            events INTEGER NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS erasures_subject ON erasures (subject, subject_id)")
 
 
 #: Schema steps; step N (1-based) brings ``PRAGMA user_version`` from N-1 to N.
@@ -435,6 +467,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_row_counts,
     _migration_missed_calls,
     _migration_call_stats,
+    _migration_retention,
 )
 
 

@@ -6,10 +6,16 @@
 - ``/api/callHistory``: one call's history, or everyone's after a cursor.
 - ``/api/sipList``: operators and their state, paged, filtered by state.
 - ``/api/operatorHistory``: operator state changes, newest first, paged.
-- ``GET /records/{record_id}``: the audio of a recording.
+- ``GET /records/{record_id}``: the audio of a recording, with the API key,
+  or without one through a signed link ``?expires=<unix>&sig=<hex>``
+  (:mod:`agi_app.links`; the site sends a request carrying ``sig`` to
+  :meth:`HistoryEndpoints.add_signed_routes`' route).
 
 An order with no calls is a 404 ``unknown_order`` for orderRecords and
-orderHistory; an unknown call_id is a 404 ``unknown_call``.
+orderHistory; an unknown call_id is a 404 ``unknown_call``.  With
+``signed=1`` recordList and orderRecords give each recording's ``url`` as a
+signed link (409 ``signed_links_disabled`` where the endpoints were built
+without a :class:`~agi_app.links.RecordLinks`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import Any
 from twisted.web import static
 
 from agi_app import validation as v
+from agi_app.errors import Conflict
+from agi_app.links import RecordLinks
 from agi_app.store import OPERATOR_STATES, Store, api_record
 from agi_app.web import params as p
 from agi_app.web.api import ApiError, ApiRequest, ApiResponse, Router
@@ -56,12 +64,14 @@ class HistoryEndpoints:
     """The handlers, over a :class:`~agi_app.store.Store`.
 
     ``public_url`` is the base of the recording links handed to clients
-    (``[http] public_url``).
+    (``[http] public_url``); ``links`` signs links that work without an API
+    key (None: ``signed=1`` is refused and no signed link is accepted).
     """
 
-    def __init__(self, store: Store, *, public_url: str):
+    def __init__(self, store: Store, *, public_url: str, links: RecordLinks | None = None):
         self._store = store
         self._public_url = public_url.rstrip("/")
+        self._links = links
 
     def add_routes(self, router: Router) -> None:
         """Register every endpoint of this module on ``router``."""
@@ -73,20 +83,45 @@ class HistoryEndpoints:
         p.add_route(router, OPERATOR_HISTORY, self.operator_history)
         p.add_route(router, RECORD, self.download)
 
+    def add_signed_routes(self, router: Router) -> None:
+        """Register the signed download (no API key: the signature is the
+        authority) on ``router``, the one the site hands requests for
+        ``/records/...`` that carry ``sig``; nothing without ``links``."""
+        if self._links is not None:
+            p.add_route(router, SIGNED_RECORD, self.signed_download)
+
     # -- shapes -----------------------------------------------------------
 
     def record_url(self, record_id: int | str) -> str:
         """The download link of a recording (of "": the prefix of every link)."""
         return f"{self._public_url}/records/{record_id}"
 
-    def _record(self, r: dict[str, Any]) -> dict[str, Any]:
-        return api_record(r, self.record_url(""))
+    def _record(self, r: dict[str, Any], signed: bool = False) -> dict[str, Any]:
+        out = api_record(r, self.record_url(""))
+        if signed:
+            out["url"] = self._signing().url(r["record_id"])
+        return out
+
+    def _signing(self) -> RecordLinks:
+        if self._links is None:
+            raise Conflict("signed links are not available here", code="signed_links_disabled",
+                           field="signed")  # fmt: skip
+        return self._links
 
     # -- handlers ---------------------------------------------------------
 
     async def record_list(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """``/api/recordList``: recordings, newest first."""
         page, per_page = args["page"], args["per_page"]
+        if args["signed"]:
+            self._signing()
+            rows = await self._store.recordings(page, per_page)
+            return {
+                "page": page,
+                "per_page": per_page,
+                "total": rows.total,
+                "records": [self._record(r, signed=True) for r in rows.items],
+            }
         found = await self._store.recordings_json(page, per_page, self.record_url(""))
         return {
             "page": page,
@@ -97,7 +132,9 @@ class HistoryEndpoints:
 
     async def order_records(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """``/api/orderRecords``: the calls of an order and their recordings."""
-        order_id = args["order_id"]
+        order_id, signed = args["order_id"], args["signed"]
+        if signed:
+            self._signing()
         calls = await self._store.order_calls(order_id)
         if not calls:
             raise _unknown_order(order_id)
@@ -111,7 +148,7 @@ class HistoryEndpoints:
                     "phone": c["phone"],
                     "created_at": c["created_at"],
                     "final_status": c["final_status"],
-                    "records": [self._record(r) for r in c["records"]],
+                    "records": [self._record(r, signed) for r in c["records"]],
                 }
                 for c in calls
             ],
@@ -173,6 +210,12 @@ class HistoryEndpoints:
             ],
         }
 
+    async def signed_download(self, req: ApiRequest, args: dict[str, Any]) -> ApiResponse:
+        """``GET /records/{record_id}?expires=&sig=`` without an API key:
+        403 ``invalid_signature``, 410 ``link_expired``, else the audio."""
+        self._signing().check(args["record_id"], args["expires"], args["sig"])
+        return await self.download(req, args)
+
     async def download(self, req: ApiRequest, args: dict[str, Any]) -> ApiResponse:
         """``GET /records/{record_id}``: the recording's audio file."""
         record_id = args["record_id"]
@@ -198,9 +241,11 @@ def _unknown_order(order_id: str) -> ApiError:
     return ApiError(404, "unknown_order", f"no calls for order {order_id}", field="order_id")
 
 
-def add_routes(router: Router, store: Store, *, public_url: str) -> HistoryEndpoints:
+def add_routes(
+    router: Router, store: Store, *, public_url: str, links: RecordLinks | None = None
+) -> HistoryEndpoints:
     """Register the history endpoints on ``router``; returns the handlers."""
-    endpoints = HistoryEndpoints(store, public_url=public_url)
+    endpoints = HistoryEndpoints(store, public_url=public_url, links=links)
     endpoints.add_routes(router)
     return endpoints
 
@@ -236,26 +281,38 @@ def _paged(key: str, item: dict[str, Any]) -> dict[str, Any]:
 
 def _crm(path: str, summary: str, description: str, params: tuple[Param, ...],
          answer: dict[str, Any], *, tag: str = "history",
-         errors: tuple[int, ...] = (400, 401)) -> Operation:  # fmt: skip
+         errors: tuple[int, ...] = (400, 401),
+         notes: dict[int, str] | None = None) -> Operation:  # fmt: skip
     """A CRM endpoint: GET with a query string, POST with the same fields."""
     return Operation(
         methods=("GET", "POST"), path=path, summary=summary, description=description,
         params=params, answers=(Answer(200, "success", answer),), errors=errors, tag=tag,
+        notes=notes or {},
     )  # fmt: skip
 
 
+_SIGNED = p.flag(
+    "signed",
+    "1: each url is a signed link that works without an API key for [http] "
+    "record_link_ttl seconds",
+    False,
+)
+_SIGNED_NOTE = {409: "signed=1 where signed links are not available (signed_links_disabled)"}
 RECORD_LIST = _crm(
     "/api/recordList",
     "Recordings, newest first",
-    "Recordings in the order they were added, newest first.",
-    (PAGE, PER_PAGE),
+    "Recordings in the order they were added, newest first. A recording whose file "
+    "was removed (retention, erasure) is no longer listed.",
+    (PAGE, PER_PAGE, _SIGNED),
     _paged("records", ref("Record")),
+    errors=(400, 401, 409),
+    notes=_SIGNED_NOTE,
 )
 ORDER_RECORDS = _crm(
     "/api/orderRecords",
     "An order's calls and their recordings",
     "404 unknown_order when the order has no calls.",
-    (_ORDER_ID,),
+    (_ORDER_ID, _SIGNED),
     {
         "type": "object",
         "additionalProperties": False,
@@ -284,7 +341,8 @@ ORDER_RECORDS = _crm(
             },
         },
     },
-    errors=(400, 401, 404),
+    errors=(400, 401, 404, 409),
+    notes=_SIGNED_NOTE,
 )  # fmt: skip
 ORDER_HISTORY = _crm(
     "/api/orderHistory",
@@ -398,22 +456,64 @@ OPERATOR_HISTORY = _crm(
     tag="operators",
 )
 _AUDIO = {"type": "string", "format": "binary"}
+#: latest ``expires`` of a signed link accepted (year 5138): keeps it an int64
+MAX_EXPIRES = 10**11
+_SIG_RULE = v.Rule("[0-9a-f]{64}", "64 lower-case hex digits")
+
+
+def _sig(value: str, field: str) -> str:
+    if not isinstance(value, str) or not _SIG_RULE.match(value):
+        raise v.InvalidInput(field, f"{field} must be {_SIG_RULE.says}")
+    return value
+
+
+_RECORD_ID = Param(
+    "record_id", _record_id, {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+    "the recording's record_id", required=True, location=PATH,
+)  # fmt: skip
+_EXPIRES = p.whole_number(
+    "expires", "signed link: unix time it stops working", 0, MAX_EXPIRES
+)
+_SIG = Param(
+    "sig", _sig, _SIG_RULE.schema(),
+    "signed link: hex HMAC-SHA256 of the record_id and expires; with it no API key is "
+    "needed, and the link alone decides (403 invalid_signature, 410 link_expired)",
+)  # fmt: skip
+_AUDIO_ANSWER = Answer(200, "the audio file", _AUDIO, ("audio/wav", "application/octet-stream"))
 RECORD = Operation(
     methods=("GET",),
     path="/records/{record_id}",
     summary="A recording's audio",
-    description="404 once the file is gone.",
-    tag="history",
-    params=(
-        Param(
-            "record_id", _record_id, {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
-            "the recording's record_id", required=True, location=PATH,
-        ),
+    description=(
+        "With the API key, or without one as a signed link (the RecordURL of the record "
+        "event, the url of recordList/orderRecords with signed=1): expires and sig. "
+        "404 unknown_record, or record_gone once the file is removed."
     ),
-    answers=(Answer(200, "the audio file", _AUDIO, ("audio/wav", "application/octet-stream")),),
-    errors=(400, 401, 404),
+    tag="history",
+    params=(_RECORD_ID, _EXPIRES, _SIG),
+    answers=(_AUDIO_ANSWER,),
+    errors=(400, 401, 403, 404, 410),
+    notes={
+        403: "a signed link whose signature does not match (invalid_signature)",
+        410: "a signed link past its expires (link_expired)",
+    },
     formats=False,
 )  # fmt: skip
+#: The same route without an API key, for requests that carry ``sig``: the
+#: signature is the authority (not in OPERATIONS: RECORD documents both).
+SIGNED_RECORD = Operation(
+    methods=RECORD.methods,
+    path=RECORD.path,
+    summary=RECORD.summary,
+    description=RECORD.description,
+    tag=RECORD.tag,
+    params=(_RECORD_ID, _EXPIRES.but(required=True), _SIG.but(required=True)),
+    answers=RECORD.answers,
+    errors=(400, 403, 404, 410),
+    notes=RECORD.notes,
+    auth=False,
+    formats=False,
+)
 #: Every route of this module.
 OPERATIONS = (
     RECORD_LIST, ORDER_RECORDS, ORDER_HISTORY, CALL_HISTORY, SIP_LIST, OPERATOR_HISTORY, RECORD,
@@ -440,7 +540,11 @@ def openapi_schemas() -> dict[str, Any]:
                 "created_at": ref("Time"),
                 "duration": {"type": ["number", "null"], "description": "seconds"},
                 "size": {"type": ["integer", "null"], "description": "bytes"},
-                "url": {"type": "string", "description": "GET it (with the API key) for the audio"},
+                "url": {
+                    "type": "string",
+                    "description": "GET it (with the API key, or as it is when signed=1) "
+                    "for the audio",
+                },
             },
         },
         "OperatorStatus": {"type": "string", "enum": list(OPERATOR_STATES)},

@@ -46,10 +46,13 @@ _BODY_METHODS = ("POST", "PUT")
 ERROR_DESCRIPTIONS = {
     400: "a parameter is missing or breaks an input rule; `field` names it",
     401: "the API key is missing or wrong",
+    403: "a signed link whose signature does not match",
     404: "no such path, or the object asked for does not exist",
     405: "the path exists but not for this method (see the Allow header)",
     409: "the external_key was used before with other parameters",
+    410: "a signed link past its expiry",
     413: "the request body is over 64 KiB",
+    500: "the request could not be carried out; nothing is said of why",
     503: "the PBX is unreachable",
 }
 

@@ -142,18 +142,25 @@ class _StaticFiles(static.File):
 
 
 class _Root(Resource):
-    """``/static/...`` goes to the files, every other path to the API."""
+    """``/static/...`` goes to the files, ``/records/...`` with a ``sig``
+    query parameter to the signed routes (no API key: the signature
+    decides), every other path to the API."""
 
-    def __init__(self, api: ApiResource, static_files: IResource | None):
+    def __init__(
+        self, api: ApiResource, static_files: IResource | None, signed: ApiResource | None = None
+    ):
         super().__init__()
         self._api = api
         self._static = static_files
+        self._signed = signed
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
         if getattr(request, "uri_refused", None) is not None:
             return self._api  # which answers with the refusal
         if name == b"static" and self._static is not None:
             return self._static
+        if self._signed is not None and b"sig" in request.args and name.lower() == b"records":
+            return self._signed
         return self._api
 
     def render(self, request: IRequest) -> object:
@@ -224,15 +231,19 @@ def build_site(
     static_dir: str | Path | None = STATIC_DIR,
     clock: IReactorTime,
     observe: RequestObserver | None = None,
+    signed: Router | None = None,
 ) -> server.Site:
     """The twisted.web Site of the HTTP API: ``router``'s routes behind the
     API key check, ``static_dir`` under ``/static/`` (None: no static files),
-    the 64 KiB body limit, and the redacting access log.  ``observe`` hears
-    of every API answer (the metrics' HTTP histogram)."""
+    ``signed``'s routes (signed recording links, checked by their handlers)
+    for ``/records/...`` requests that carry ``sig``, the 64 KiB body limit,
+    and the redacting access log.  ``observe`` hears of every API answer
+    (the metrics' HTTP histogram)."""
     api = ApiResource(router, api_keys=api_keys, observe=observe)
     files = _StaticFiles(str(static_dir)) if static_dir is not None else None
+    signed_api = ApiResource(signed) if signed is not None and signed.routes else None
     site = server.Site(
-        _Root(api, files),
+        _Root(api, files, signed_api),
         requestFactory=LimitedRequest,
         # Bodies are parsed by the API itself (JSON, form or multipart).
         parsePOSTFormSubmission=False,
