@@ -776,6 +776,13 @@ async def test_pg_queries_never_run_on_the_reactor_thread(pg_location: str):
             [store._run(lambda conn: threading.get_ident()) for _ in range(8)]
         )
         assert set(writers) == {write}
+        # every connection plans the store's statements once (pg_engine._configure)
+        modes = await defer.gatherResults(
+            [store._read(lambda conn: conn.execute("SHOW plan_cache_mode").fetchone()[0])
+             for _ in range(8)]
+            + [store._run(lambda conn: conn.execute("SHOW plan_cache_mode").fetchone()[0])]
+        )  # fmt: skip
+        assert set(modes) == {"force_generic_plan"}
     finally:
         await store.close()
 
