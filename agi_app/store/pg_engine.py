@@ -281,9 +281,11 @@ def newest_page_sql(table: str, id_column: str, item: str, columns: str) -> str:
 def json_object_sql(columns: str, alias: str = "", extra: tuple[tuple[str, str], ...] = ()) -> str:
     """An SQL expression making the compact JSON text of one object with
     these columns (comma separated) as keys, in order, then the ``extra``
-    ``(key, SQL expression)`` pairs: the same text SQLite's ``json_object``
-    makes (``to_json`` escapes strings exactly as it does), so the API's
-    answers are byte for byte the same on both engines.  ``alias``
+    ``(key, SQL expression)`` pairs, without white space: for text, integers
+    and nulls the same text SQLite's ``json_object`` makes (``to_json``
+    escapes strings exactly as it does), so history entries are byte for
+    byte the same on both engines; a double is written as the shortest text
+    that reads back exactly (``3`` where SQLite writes ``3.0``).  ``alias``
     qualifies the columns (``"e."``)."""
     pairs = [(c.strip(), f"{alias}{c.strip()}") for c in columns.split(",")] + list(extra)
     parts = [

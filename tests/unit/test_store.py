@@ -788,6 +788,31 @@ async def test_pg_queries_never_run_on_the_reactor_thread(pg_location: str):
 
 
 @pytest_twisted.ensureDeferred
+async def test_both_engines_write_the_same_json(
+    sqlite_store: SQLiteStore, pg_location: str, clock: task.Clock
+):
+    """The API's JSON built in SQL: history entries are the same bytes on
+    both engines, recordings the same values."""
+    pg = open_at(pg_location, clock)
+    try:
+        texts, pages = [], []
+        for store in (sqlite_store, pg):
+            await make_call(store, "a", order_id="o1", external_key="k\"1")
+            for detail in ('say "hi" \\ {"id":1} \x01\x1f\t\n é ☎ \u2028', "", None):
+                await store.add_status("a", "OPERATOR_CALLTO", detail)
+            await store.add_recording(call_id="a", path="/r/a.wav", duration=3.0, size=44)
+            await store.add_recording(call_id="a", path="/r/b.wav", duration=7.123456)
+            texts.append((await store.order_history_json("o1")).json)
+            texts.append((await store.history_after_json(1, 2)).json)
+            pages.append(await store.recordings_json(1, 20, "http://h/records/"))
+        assert texts[0] == texts[2] and texts[1] == texts[3]
+        assert (pages[0].total, pages[0].count) == (pages[1].total, pages[1].count) == (2, 2)
+        assert pages[0].items() == pages[1].items()
+    finally:
+        await pg.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_pg_history_ids_become_visible_in_commit_order(pg_nodes, pg_location: str):
     """Another node's transaction has taken a history id and not committed
     yet: a write here must not take (and show) a larger id before that one
