@@ -17,6 +17,8 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from agi_app.store.pg_testing import ClusterError, ThrowawayCluster, missing_prerequisites
+
 
 class _Stderr:
     # pytest swaps sys.stderr per test; look it up at each write
@@ -46,8 +48,6 @@ def pg_cluster():
     """A throwaway PostgreSQL cluster for the whole test session (started on
     first use, about two seconds).  Without PostgreSQL the tests that need it
     skip, except under ``CI=true``, where they fail with the reason."""
-    from agi_app.store.pg_testing import ClusterError, ThrowawayCluster, missing_prerequisites
-
     reason = missing_prerequisites()
     cluster = ThrowawayCluster()
     if reason is None:
