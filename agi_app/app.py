@@ -24,18 +24,24 @@ from agi_app import __version__
 from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
 from agi_app.ami.service import AMIService
+from agi_app.calls import statuses
+from agi_app.calls.callback import AutoCallback
 from agi_app.calls.lifecycle import Lifecycle
+from agi_app.calls.missed import MissedCalls
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
 from agi_app.config import Config
+from agi_app.doctor import register_scripts as register_doctor_scripts
 from agi_app.events.delivery import DeliverySettings, TreqSender
 from agi_app.events.generator import CallInfo, EventGenerator
 from agi_app.events.service import EventService
+from agi_app.inbound import CRMLookup, InboundService
 from agi_app.ivr.service import IVRService
-from agi_app.live.control import CallControl
+from agi_app.live.control import CallControl, handed_over
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
 from agi_app.logs import service_log_observer
+from agi_app.metrics import Metrics
 from agi_app.netguard import TargetGuard
 from agi_app.store import store_from_config
 from agi_app.web import extensions_events, openapi
@@ -46,7 +52,9 @@ from agi_app.web.calls_control import CallControlEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.extensions_events import ExtensionEventEndpoints
 from agi_app.web.history import HistoryEndpoints
+from agi_app.web.missed import MissedCallEndpoints
 from agi_app.web.site import build_site
+from agi_app.web.stats import StatsEndpoints
 from agi_app.web.widget import WidgetTokenEndpoints
 from agi_app.ws import OriginPolicy, WidgetFactory, WidgetHub
 
@@ -98,7 +106,9 @@ class EventParts:
         self.service = EventService(
             store, send=self.sender, clock=reactor, settings=settings, guard=self.guard
         )
-        self.generator = EventGenerator(tracker, self.service, self.info)
+        self.generator = EventGenerator(
+            tracker, self.service, self.info, handed_over=handed_over
+        )
         self.hub = WidgetHub(
             client_ids=config.websocket.client_ids,
             token_secret=config.websocket.token_secret,
@@ -170,17 +180,23 @@ class Application:
         self.lifecycle = Lifecycle(
             store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor
         )
-        self.calls = CallService(lifecycle=self.lifecycle, dialing=config.dialing)
+        self.calls = CallService(
+            lifecycle=self.lifecycle, dialing=config.dialing,
+            auto_answer_headers=config.dialing.auto_answer(config.ami.host),
+        )  # fmt: skip
         # Trunks are endpoints too, but not operators.
         self.operators = OperatorTracker(
             self.ami, self.store, reactor, exclude=config.dialing.all_trunks
         )
         # Every call on the PBX (also those agi_app did not place), and what
-        # can be done to them.
+        # can be done to them; a transferred call stays one call of the
+        # lifecycle (a TRANSFER entry, a recording per leg).
         self.tracker = CallTracker.for_dialing(self.ami, config.dialing, reactor)
         self.control = CallControl(
             ami=self.ami, tracker=self.tracker, dialing=config.dialing, clock=reactor,
-            store=self.store,
+            store=self.store, on_transfer=self._transferred,
+            leg_recording=self.lifecycle.leg_recording,
+            on_leg_recorded=self.lifecycle.leg_recorded,
         )  # fmt: skip
         self.ivr = IVRService(
             lifecycle=self.lifecycle, dialing=config.dialing, path=config.ivr.path
@@ -188,15 +204,50 @@ class Application:
         self.outbound = OutboundCalls(
             lifecycle=self.lifecycle, dialing=config.dialing, menus=self.ivr
         )
-        for part in (self.calls, self.ivr, self.outbound):
+        # Inbound calls: the caller looked up in the CRM ([crm]), through
+        # the webhooks' SSRF guard.
+        self.crm = CRMLookup.from_config(config, reactor)
+        self.inbound = InboundService(
+            lifecycle=self.lifecycle, dialing=config.dialing, lookup=self.crm,
+            group=config.inbound.group,
+        )  # fmt: skip
+        for part in (self.calls, self.ivr, self.outbound, self.inbound):
             part.register_scripts(self.scripts)
+        # agi-app doctor's FastAGI check (dialplan [agi-app-doctor])
+        register_doctor_scripts(self.scripts)
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
             control=self.control, reactor=reactor,
         )  # fmt: skip
+        # Inbound calls nobody answered, and calling those callers back.
+        inbound = config.inbound
+        self.callbacks: AutoCallback | None = None
+        if inbound.auto_callback:
+            self.callbacks = AutoCallback(
+                calls=self.calls, group=inbound.group, hours=inbound.working_hours,
+                trunk=config.dialing.default_trunk, ring=config.dialing.call_time_to_ext,
+                attempts=inbound.callback_attempts, retry_delay=inbound.callback_retry_delay,
+                max_age=inbound.callback_max_age, device=config.dialing.operator_channel,
+                pbx=self.lifecycle.pbx,
+            )  # fmt: skip
+        self.missed = MissedCalls(
+            tracker=self.tracker, store=self.store, clock=reactor, events=self.events.service,
+            group=inbound.group, pbx=self.lifecycle.pbx,
+            on_missed=self.callbacks.poke if self.callbacks is not None else None,
+        )  # fmt: skip
         self._ports: list = []
         self.agi_factory = None
+        # GET /metrics: counted as it happens (statuses, HTTP answers), the
+        # rest read from the parts when scraped.
+        self.metrics = Metrics(
+            clock=reactor, store=self.store, amis=lambda: (self.ami,),
+            agi=lambda: self.agi_factory, widgets=self.events.hub,
+        )  # fmt: skip
+        self.lifecycle.on_status.append(self.metrics.status_logged)
+
+    def _transferred(self, call_id: str, from_party: str, to: str) -> Any:
+        return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """``(ok, body)`` for ``GET /health``: ok while the AMI session is logged in."""
@@ -232,6 +283,7 @@ class Application:
         calls = CallEndpoints(
             self.calls,
             default_trunk=self.config.dialing.default_trunk,
+            trunks=self.config.dialing.all_trunks,
             call_time_to_ext=self.config.dialing.call_time_to_ext,
             health=self.health,
             clock=self.reactor,
@@ -244,13 +296,20 @@ class Application:
         self.events.add_routes(router)
         widget = WidgetTokenEndpoints(self.config.websocket.token_secret, clock=self.reactor)
         widget.add_routes(router)
-        parts = [history_module, calls, current, control, extensions_events, widget]
+        self.metrics.add_routes(router, open_access=self.config.metrics.open)
+        missed = MissedCallEndpoints(self.store)
+        missed.add_routes(router)
+        stats = StatsEndpoints(self.store, clock=self.reactor)
+        stats.add_routes(router)
+        parts = [history_module, calls, current, control, extensions_events, widget, missed,
+                 stats, self.metrics]  # fmt: skip
         openapi.add_routes(router, openapi.build_document(parts))
         return router
 
     def site(self):
         """The HTTP site: the CRM API, records, static files, health."""
-        return build_site(self.router(), api_keys=self.config.http.api_keys, clock=self.reactor)
+        return build_site(self.router(), api_keys=self.config.http.api_keys, clock=self.reactor,
+                          observe=self.metrics.observe_request)  # fmt: skip
 
     async def start(self) -> None:
         """Open the store, start the PBX link, listen on every port."""
@@ -260,7 +319,10 @@ class Application:
         self.lifecycle.start()
         self.operators.start()
         self.tracker.start()
+        self.missed.start()
         await self.events.start()
+        if self.callbacks is not None:
+            self.callbacks.start()
         self.ami.startService()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
@@ -282,6 +344,10 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         await self.events.stop()
+        await self.crm.close()
+        if self.callbacks is not None:
+            self.callbacks.stop()
+        self.missed.stop()
         self.lifecycle.stop()
         self.operators.stop()
         self.tracker.stop()
@@ -297,9 +363,11 @@ def run(config: Config, reactor: Any = None) -> int:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    level = LogLevel.levelWithName(os.environ.get("AGI_APP_LOG_LEVEL", "info").lower())
+    # [log] level and format (AGI_APP_LOG_LEVEL, AGI_APP_LOG_FORMAT override them)
+    level = LogLevel.levelWithName(config.log.level.lower())
     globalLogBeginner.beginLoggingTo(
-        [service_log_observer(sys.stdout, level)], redirectStandardIO=False
+        [service_log_observer(sys.stdout, level, config.log.format.lower())],
+        redirectStandardIO=False,
     )
     app = Application(config, reactor)
     status = {"code": 0}

@@ -1,4 +1,4 @@
-"""Command line: ``agi-app serve|demo|sandbox|install-sounds|widget-token``."""
+"""Command line: ``agi-app serve|doctor|backup|demo|sandbox|install-sounds|widget-token``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,49 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"agi-app: configuration error: {e}", file=sys.stderr)
         return 2
     return run(config)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+
+    from twisted.internet import defer, task
+    from twisted.logger import LogLevel, globalLogBeginner
+
+    from agi_app.doctor import diagnose
+    from agi_app.logs import service_log_observer
+
+    if args.verbose:
+        globalLogBeginner.beginLoggingTo(
+            [service_log_observer(sys.stderr, LogLevel.debug)], redirectStandardIO=False
+        )
+
+    async def check(reactor) -> None:
+        checks = await diagnose(args.config, reactor, timeout=args.timeout)
+        for c in checks:
+            print(c.line(), flush=True)
+        if not all(c.ok for c in checks):
+            raise SystemExit(1)
+
+    task.react(lambda reactor: defer.ensureDeferred(check(reactor)))
+    return 0  # react() exits the process; not reached
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from agi_app.config import ConfigError, load
+    from agi_app.store import StoreError
+    from agi_app.store.backup import backup
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"agi-app: configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        done = backup(config.store.path, args.dest)
+    except StoreError as e:
+        print(f"agi-app: {e}", file=sys.stderr)
+        return 1
+    print(f"{done.path}: {done.size} bytes, schema version {done.schema_version}")
+    return 0
 
 
 def _demo() -> int:
@@ -83,6 +126,29 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the service")
     p.add_argument("--config", "-c", default=None, help="INI file (see agi_app.conf.example)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check a deployment: AMI, manager.conf, dialplan, FastAGI, prompts, recordings",
+        description="Check the deployment of the configuration FILE the way an admin would "
+        "debug it: one line per check, ok or FAIL with what to fix; exit status 0 when "
+        "every check passed, 1 otherwise (docs/operations.md).",
+    )
+    p.add_argument("--config", "-c", default=None, help="INI file (see agi_app.conf.example)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds each step may take (default 10)")  # fmt: skip
+    p.add_argument("--verbose", "-v", action="store_true", help="the log on standard error")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser(
+        "backup",
+        help="copy the SQLite store while the service runs",
+        description="Copy [store] path of the configuration FILE to DEST: one consistent "
+        "snapshot, taken while the service may go on writing (docs/operations.md).",
+    )
+    p.add_argument("--config", "-c", default=None, help="INI file (see agi_app.conf.example)")
+    p.add_argument("dest", help="the backup file to write (replaced when it exists)")
+    p.set_defaults(func=_backup)
 
     p = sub.add_parser("demo", help="the service with the sandbox PBX and demo phones")
     p.set_defaults(func=lambda args: _demo())

@@ -14,6 +14,7 @@ import ipaddress
 import math
 import os
 import re
+import string
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -22,22 +23,29 @@ from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
 
+from agi_app.hours import WorkingHours
 from agi_app.netguard import parse_networks
+from agi_app.validation import EXTENSION
 
 __all__ = [
     "AMIConfig",
     "AGIConfig",
+    "CRMConfig",
     "Config",
     "ConfigError",
     "DialingConfig",
     "EventsConfig",
     "HTTPConfig",
     "IVRConfig",
+    "InboundConfig",
+    "LogConfig",
+    "MetricsConfig",
     "StoreConfig",
     "WebSocketConfig",
     "load",
     "is_loopback_endpoint",
     "is_loopback_host",
+    "sip_headers",
     "web_origin",
 ]
 
@@ -117,6 +125,75 @@ class StoreConfig:
     read_budget_us: int = 2000
 
 
+#: what Snom, Yealink, Grandstream, Polycom and most other desk and soft
+#: phones take as "answer this call at once" (``{pbx}``: ``[ami] host``)
+DEFAULT_AUTO_ANSWER_HEADERS = (
+    "Call-Info: <sip:{pbx}>;answer-after=0",
+    "Alert-Info: info=alert-autoanswer",
+)
+#: at most this many auto-answer headers
+MAX_SIP_HEADERS = 8
+#: headers that carry the SIP dialog itself: Asterisk writes them, a
+#: configured one would break the call
+RESERVED_SIP_HEADERS = frozenset({
+    "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
+    "content-type", "content-encoding", "route", "record-route", "authorization",
+    "proxy-authorization", "www-authenticate", "proxy-authenticate", "require",
+    "proxy-require", "supported", "allow", "session-expires", "min-se", "rack", "rseq",
+})  # fmt: skip
+# A header name: letters, digits and hyphens (what Asterisk's function
+# argument and the AMI Variable name allow); two characters or more, so no
+# compact form (v, f, t...) of a reserved header slips through.
+_SIP_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,63}$", re.ASCII)
+# A value: printable ASCII without the characters AMI's Variable header
+# treats specially (a comma starts another variable; quotes and backslashes
+# are dropped).
+_SIP_HEADER_VALUE = re.compile(r'^[\x20-\x7e]{1,255}$', re.ASCII)
+_SIP_VALUE_UNSAFE = (",", '"', "\\")
+
+
+def sip_headers(items: tuple[str, ...], *, pbx: str) -> tuple[tuple[str, str], ...]:
+    """SIP headers written ``Name: value``, checked, as ``(name, value)``
+    pairs.  ``{pbx}`` in a value becomes ``pbx`` (no other placeholder).
+
+    Every rule keeps the header a header: a name of letters, digits and
+    hyphens that is not one of :data:`RESERVED_SIP_HEADERS`; a value of
+    printable ASCII (no CR, LF or other control character) without commas,
+    quotes or backslashes; each name once; at most :data:`MAX_SIP_HEADERS`.  ValueError says
+    which item breaks which rule.
+    """
+    if len(items) > MAX_SIP_HEADERS:
+        raise ValueError(f"at most {MAX_SIP_HEADERS} headers")
+    out = []
+    for item in items:
+        name, sep, template = item.partition(":")
+        name, template = name.strip(), template.strip()
+        if not sep or not _SIP_HEADER_NAME.match(name):
+            raise ValueError(
+                f"{item!r}: write a header as Name: value (the name of letters, digits and -)"
+            )
+        if name.lower() in RESERVED_SIP_HEADERS:
+            raise ValueError(f"{item!r}: {name} belongs to the SIP dialog, Asterisk writes it")
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            if fields - {"pbx"}:
+                raise ValueError
+            value = template.format(pbx=pbx)
+        except (ValueError, IndexError, KeyError):
+            raise ValueError(
+                f"{item!r}: the only placeholder is {{pbx}} (write {{{{ and }}}} for braces)"
+            ) from None
+        if not _SIP_HEADER_VALUE.match(value) or any(c in value for c in _SIP_VALUE_UNSAFE):
+            raise ValueError(
+                f"{item!r}: the value must be 1 to 255 printable ASCII characters without "
+                "commas, quotes or backslashes"
+            )
+        if any(name.lower() == seen.lower() for seen, _ in out):
+            raise ValueError(f"{item!r}: {name} is given twice")
+        out.append((name, value))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class DialingConfig:
     """``[dialing]``: how operators and clients are dialled and where recordings go."""
@@ -130,8 +207,15 @@ class DialingConfig:
     pbx_recordings_dir: str = ""
     #: dialplan context the operator leg is originated into (dialplan/extensions.conf)
     context: str = "agi-app-operator"
-    #: every trunk endpoint (not operators); default_trunk is always one
+    #: every trunk endpoint besides default_trunk (not operators); the API's
+    #: ``trunk``/``trunkNumber`` may name default_trunk or one of these
     trunks: tuple[str, ...] = ()
+    #: ring the operator's phone with :attr:`auto_answer_headers` unless a
+    #: request says otherwise (makeCall ``auto_answer``, extToPhone ``autoAnswer``)
+    operator_auto_answer: bool = False
+    #: the SIP headers of an auto-answered operator leg, ``Name: value`` items
+    #: (comma separated in the file); ``{pbx}`` is ``[ami] host``
+    auto_answer_headers: tuple[str, ...] = DEFAULT_AUTO_ANSWER_HEADERS
 
     @property
     def all_trunks(self) -> tuple[str, ...]:
@@ -143,12 +227,50 @@ class DialingConfig:
         """The recordings folder as Asterisk sees it."""
         return self.pbx_recordings_dir or self.recordings_dir
 
+    def auto_answer(self, pbx: str) -> tuple[tuple[str, str], ...]:
+        """:attr:`auto_answer_headers` as ``(name, value)`` pairs, ``{pbx}``
+        replaced by ``pbx`` (``[ami] host``); ValueError when one breaks the
+        rules of :func:`sip_headers`."""
+        return sip_headers(self.auto_answer_headers, pbx=pbx)
+
 
 @dataclass(frozen=True)
 class IVRConfig:
     """``[ivr]``: where the IVR menus are defined (see ivr.conf.example)."""
 
     path: str = "ivr.conf"
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """``[inbound]``: calls from the trunks -- who answers them, missed calls
+    and calling the callers back (docs/features.md)."""
+
+    #: the extensions that answer inbound calls: rung together when the CRM
+    #: names no operator or one who is not free (``[agi-app-inbound]``), they
+    #: get the ``missed`` webhook of every missed call, and callbacks ring them
+    group: tuple[str, ...] = ()
+    #: call missed callers back through the operator-first flow, within the
+    #: working hours, once a member of ``group`` is free
+    auto_callback: bool = False
+    #: working hours of callbacks: ``HH:MM-HH:MM`` ranges
+    hours: tuple[str, ...] = ("09:00-18:00",)
+    #: working days of callbacks: ``mon`` .. ``sun`` and ranges (``mon-fri``)
+    days: tuple[str, ...] = ("mon-fri",)
+    #: the time zone of ``hours`` and ``days`` (``Europe/Kyiv``); empty: this
+    #: machine's local time
+    timezone: str = ""
+    #: callbacks placed to one caller at most (until someone gets through)
+    callback_attempts: int = 3
+    #: seconds between two callbacks to the same caller
+    callback_retry_delay: int = 600
+    #: missed calls older than this (seconds) are not called back (they stay listed)
+    callback_max_age: int = 259200
+
+    @property
+    def working_hours(self) -> WorkingHours:
+        """``hours``, ``days`` and ``timezone`` (checked at load)."""
+        return WorkingHours.parse(self.hours, self.days, self.timezone)
 
 
 @dataclass(frozen=True)
@@ -168,6 +290,59 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class CRMConfig:
+    """``[crm]``: asking the CRM who is calling (see docs/features.md)."""
+
+    #: the CRM's lookup URL with ``{phone}`` where the caller's number goes
+    #: (URL-quoted); empty: no lookup
+    lookup_url: str = ""
+    #: seconds a lookup may take; then the call goes on without it
+    lookup_timeout: float = 1.5
+    #: seconds an answer is kept for the next call of the same number; 0: none
+    lookup_cache_seconds: int = 60
+    #: numbers whose answers are kept at most
+    lookup_cache_size: int = 1000
+    #: one header sent with every lookup, ``Name: value`` (e.g. ``Authorization: Bearer ...``)
+    lookup_header: str = ""
+    #: networks (CIDRs) the lookup URL may resolve to besides public
+    #: addresses and ``[events] allowed_networks``
+    allowed_networks: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> tuple[str, str] | None:
+        """``lookup_header`` as ``(name, value)``, or None."""
+        if not self.lookup_header:
+            return None
+        name, _, value = self.lookup_header.partition(":")
+        return name.strip(), value.strip()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: ``GET /metrics`` for Prometheus (docs/operations.md)."""
+
+    #: scraped without an API key (the other routes still need theirs)
+    open: bool = False
+
+
+#: ``[log] level`` values, quietest last (Twisted's level names)
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: ``[log] format`` values
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: the service's log on standard output (docs/operations.md).
+    ``AGI_APP_LOG_LEVEL`` overrides ``level`` like every other key."""
+
+    #: the lowest level written
+    level: str = "info"
+    #: ``text``: Twisted's classic lines; ``json``: one JSON object per line
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one attribute per INI section."""
 
@@ -179,6 +354,10 @@ class Config:
     dialing: DialingConfig = field(default_factory=DialingConfig)
     ivr: IVRConfig = field(default_factory=IVRConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    crm: CRMConfig = field(default_factory=CRMConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     #: the file this was read from, if any (relative paths are taken from the cwd)
     source: str | None = None
 
@@ -192,13 +371,16 @@ _SECTIONS = {
     "dialing": DialingConfig,
     "ivr": IVRConfig,
     "events": EventsConfig,
+    "crm": CRMConfig,
+    "inbound": InboundConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
 }
 
 def _unsafe_char(c: str) -> bool:
     # Tab is fine; every other control character and the Unicode line and
     # paragraph separators are not (they would break a line on the wire).
     return c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")
-_TRUNK = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 def _convert(section: str, key: str, raw: str, default: object) -> object:
@@ -366,11 +548,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[dialing] operator_channel: must contain {sip}")
     if "{phone}" not in cfg.dialing.client_channel:
         raise ConfigError("[dialing] client_channel: must contain {phone}")
-    if not _TRUNK.fullmatch(cfg.dialing.default_trunk):
-        raise ConfigError("[dialing] default_trunk: must match [A-Za-z0-9_-]{1,32}")
+    # A trunk is named in dial strings and by API requests (trunk,
+    # trunkNumber): the extension rule of the API's input.
+    if not EXTENSION.match(cfg.dialing.default_trunk):
+        raise ConfigError(f"[dialing] default_trunk: must match {EXTENSION.body}")
     for trunk in cfg.dialing.trunks:
-        if not _TRUNK.fullmatch(trunk):
-            raise ConfigError(f"[dialing] trunks: {trunk!r} must match [A-Za-z0-9_-]{{1,32}}")
+        if not EXTENSION.match(trunk):
+            raise ConfigError(f"[dialing] trunks: {trunk!r} must match {EXTENSION.body}")
     if not 1 <= cfg.dialing.call_time_to_client <= 600:
         raise ConfigError("[dialing] call_time_to_client: must be 1..600 seconds")
     if not 0 <= cfg.store.read_budget_us <= 100_000:
@@ -378,7 +562,11 @@ def _validate(cfg: Config) -> None:
     _validate_store_url(cfg.store.url)
     if not 1 <= cfg.dialing.call_time_to_ext <= 600:
         raise ConfigError("[dialing] call_time_to_ext: must be 1..600 seconds")
-    for sec, key in (("agi", "allowed_peers"), ("events", "allowed_networks")):
+    for sec, key in (
+        ("agi", "allowed_peers"),
+        ("events", "allowed_networks"),
+        ("crm", "allowed_networks"),
+    ):
         try:
             parse_networks(getattr(getattr(cfg, sec), key))
         except ValueError as e:
@@ -389,6 +577,100 @@ def _validate(cfg: Config) -> None:
             "(0.0.0.0/0,::/0 allows any)"
         )
     _validate_websocket(cfg)
+    _validate_crm(cfg)
+    _validate_auto_answer(cfg)
+    _validate_inbound(cfg)
+    if cfg.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level: must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.log.format.lower() not in LOG_FORMATS:
+        raise ConfigError(f"[log] format: must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _validate_auto_answer(cfg: Config) -> None:
+    try:
+        cfg.dialing.auto_answer(cfg.ami.host)
+    except ValueError as e:
+        raise ConfigError(f"[dialing] auto_answer_headers: {e}") from None
+    if cfg.dialing.operator_auto_answer and not cfg.dialing.auto_answer_headers:
+        raise ConfigError("[dialing] operator_auto_answer: [dialing] auto_answer_headers is empty")
+    if cfg.dialing.operator_auto_answer and not cfg.dialing.operator_channel.startswith("PJSIP/"):
+        # the headers are added with PJSIP_HEADER, which only PJSIP channels have
+        raise ConfigError(
+            "[dialing] operator_auto_answer: needs a PJSIP operator_channel (PJSIP/{sip})"
+        )
+
+
+def _validate_inbound(cfg: Config) -> None:
+    inbound = cfg.inbound
+    for sip in inbound.group:
+        if not EXTENSION.match(sip):
+            raise ConfigError(f"[inbound] group: {sip!r} must match {EXTENSION.body}")
+    if inbound.auto_callback and not inbound.group:
+        raise ConfigError("[inbound] auto_callback: needs [inbound] group (who calls back)")
+    for key, values in (("hours", (inbound.hours, ("mon",), "")),
+                        ("days", (("00:00-24:00",), inbound.days, "")),
+                        ("timezone", (("00:00-24:00",), ("mon",), inbound.timezone))):  # fmt: skip
+        try:
+            WorkingHours.parse(*values)
+        except ValueError as e:
+            raise ConfigError(f"[inbound] {key}: {e}") from None
+    if not 1 <= inbound.callback_attempts <= 20:
+        raise ConfigError("[inbound] callback_attempts: must be 1..20")
+    if not 10 <= inbound.callback_retry_delay <= 86400:
+        raise ConfigError("[inbound] callback_retry_delay: must be 10..86400 seconds")
+    if not 60 <= inbound.callback_max_age <= 30 * 86400:
+        raise ConfigError("[inbound] callback_max_age: must be 60..2592000 seconds")
+
+
+#: a header name (RFC 9110 token)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
+#: a header value: visible ASCII and blanks inside
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?", re.ASCII)
+#: headers the HTTP client sets itself
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def _validate_crm(cfg: Config) -> None:
+    crm = cfg.crm
+    if not 0 < crm.lookup_timeout <= 10:
+        raise ConfigError("[crm] lookup_timeout: must be more than 0 and at most 10 seconds")
+    if crm.lookup_cache_seconds > 86400:
+        raise ConfigError("[crm] lookup_cache_seconds: must be 0..86400 seconds")
+    if not 1 <= crm.lookup_cache_size <= 1_000_000:
+        raise ConfigError("[crm] lookup_cache_size: must be 1..1000000")
+    if crm.lookup_header:
+        name, colon, value = crm.lookup_header.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(name.strip()):
+            raise ConfigError("[crm] lookup_header: must be 'Name: value' (e.g. "
+                              "'Authorization: Bearer ...')")  # fmt: skip
+        if name.strip().lower() in _OWN_HEADERS:
+            raise ConfigError(f"[crm] lookup_header: {name.strip()} is set by agi_app itself")
+        if not _HEADER_VALUE.fullmatch(value.strip()):
+            raise ConfigError("[crm] lookup_header: the value must be printable ASCII")
+    if not crm.lookup_url:
+        return
+    url = crm.lookup_url
+    if "{phone}" not in url:
+        raise ConfigError("[crm] lookup_url: must contain {phone} (where the caller's number goes)")
+    if len(url) > 2048 or not url.isascii() or any(c.isspace() for c in url):
+        raise ConfigError("[crm] lookup_url: must be an ASCII URL without blanks, at most 2048 "
+                          "characters")  # fmt: skip
+    try:
+        netloc = urlsplit(url).netloc
+        parts = urlsplit(url.replace("{phone}", "0"))
+        parts.port  # noqa: B018 - ValueError when it is no port number
+    except ValueError:
+        netloc, parts = "", None
+    if "{phone}" in netloc:
+        raise ConfigError("[crm] lookup_url: {phone} belongs in the path or query, not the host")
+    if parts is None:
+        raise ConfigError(f"[crm] lookup_url: not a valid URL: {url!r}")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError("[crm] lookup_url: must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ConfigError("[crm] lookup_url: no user@ (credentials go in lookup_header)")
+    if parts.fragment:
+        raise ConfigError("[crm] lookup_url: must not have a #fragment")
 
 
 def _validate_store_url(url: str) -> None:

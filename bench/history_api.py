@@ -225,6 +225,8 @@ def _rows(calls: int, batch: int = 100_000) -> Iterator[tuple[list, list, list]]
 
 def generate(path: Path, calls: int) -> dict[str, int]:
     """Fill a new store at ``path`` with ``calls`` calls; returns the counts."""
+    from agi_app.store.schema import STATS_TRIGGERS, rebuild_call_stats
+
     tmp = path.with_name(path.name + ".part")
     for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         leftover.unlink(missing_ok=True)
@@ -242,6 +244,10 @@ def generate(path: Path, calls: int) -> dict[str, int]:
     conn.execute("BEGIN")
     for name, _ in indexes:
         conn.execute(f"DROP INDEX {name}")
+    # The statistics are computed once at the end too (their triggers look
+    # calls up by the indexes just dropped).
+    for trigger in STATS_TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     calls_sql = (
         "INSERT INTO calls (call_id, kind, sip, phone, order_id, external_key, params, "
         "created_at, final_status, finished_at, talk_seconds, pbx) "
@@ -265,6 +271,8 @@ def generate(path: Path, calls: int) -> dict[str, int]:
     _say(f"  building {len(indexes)} indexes ({time.monotonic() - started:.0f} s)")
     for _, sql in indexes:
         conn.execute(sql)
+    _say(f"  computing the call statistics ({time.monotonic() - started:.0f} s)")
+    rebuild_call_stats(conn)
     # AUTOINCREMENT's counters, as if every row had been added one by one
     for table, last in (("call_status", entry_id), ("recordings", record_id)):
         conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (last, table))
@@ -417,7 +425,8 @@ def generate_pg(url: str, calls: int) -> dict[str, int]:
 
 
 def serve(
-    path: str, cpu: int, log_path: str, log_level: str = "info", read_budget_us: int = 2000
+    path: str, cpu: int, log_path: str, log_level: str = "info", read_budget_us: int = 2000,
+    metrics: bool = False,
 ) -> None:
     """Run the history endpoints on the application's HTTP stack until
     SIGTERM, on the store at ``path`` (an SQLite file or a PostgreSQL URL)."""
@@ -443,7 +452,15 @@ def serve(
     store.open()
     router = Router()
     HistoryEndpoints(store, public_url="http://127.0.0.1:8080").add_routes(router)
-    site = build_site(router, api_keys=(API_KEY,), static_dir=None, clock=reactor)
+    observe = None
+    if metrics:  # as the application wires it: every answer counted for GET /metrics
+        from agi_app.metrics import Metrics
+
+        counted = Metrics(clock=reactor, store=store)
+        counted.add_routes(router)
+        observe = counted.observe_request
+    site = build_site(router, api_keys=(API_KEY,), static_dir=None, clock=reactor,
+                      observe=observe)  # fmt: skip
     port = reactor.listenTCP(0, site, backlog=1024, interface="127.0.0.1")
     _pin(cpu)
     print(f"READY {port.getHost().port}", flush=True)
@@ -544,13 +561,13 @@ def transport_floor(
 
 
 def start_server(
-    path: str, cpu: int, log_level: str, read_budget_us: int
+    path: str, cpu: int, log_level: str, read_budget_us: int, metrics: bool = False
 ) -> tuple[subprocess.Popen, int]:
     log_path = CACHE_DIR / "server.log"
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(path), "--cpu", str(cpu),
          "--server-log", str(log_path), "--log-level", log_level,
-         "--read-budget-us", str(read_budget_us)],
+         "--read-budget-us", str(read_budget_us), *(["--metrics"] if metrics else [])],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -933,12 +950,13 @@ def run_engine(
     rounds = 1 if args.quick else args.rounds
     server, port = start_server(
         location, cpu=-1 if args.no_pin else 1, log_level=args.log_level,
-        read_budget_us=args.read_budget_us,
+        read_budget_us=args.read_budget_us, metrics=args.metrics,
     )  # fmt: skip
     where = "any CPU" if args.no_pin else "CPU 1, load generator on CPU 0"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     _say(f"{engine}: server pid {server.pid} on {where}, log level {args.log_level}, read "
-         f"budget {args.read_budget_us} us; load average {load}")  # fmt: skip
+         f"budget {args.read_budget_us} us, metrics {'on' if args.metrics else 'off'}; "
+         f"load average {load}")  # fmt: skip
     try:
         if engine == "SQLite":
             conn = sqlite3.connect(f"file:{location}?mode=ro", uri=True, isolation_level=None)
@@ -1015,6 +1033,12 @@ def main(argv: list[str] | None = None) -> int:
         "filled), or 'throwaway' for a cluster made for this run; the figures are printed "
         "beside SQLite's",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="count every answer for GET /metrics, as the application does (the HTTP "
+        "histogram's observer)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--serve-fixed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-fixed-web", action="store_true", help=argparse.SUPPRESS)
@@ -1022,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-log", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.cpu, args.server_log, args.log_level, args.read_budget_us)
+        serve(args.serve, args.cpu, args.server_log, args.log_level, args.read_budget_us,
+              args.metrics)
         return 0
     if args.serve_fixed:
         serve_fixed(args.cpu)

@@ -10,7 +10,8 @@ keeps every header in order and a lookup returns the first value.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import Any
 
 from agi_app.ami.errors import AMIInjectionError, AMIProtocolError
 
@@ -37,7 +38,11 @@ MAX_INCOMING_LINE = 256 * 1024
 MAX_INCOMING_HEADERS = 20000
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$", re.ASCII)
-_VARIABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,80}(\([A-Za-z0-9_-]{0,40}\))?$", re.ASCII)
+# A function's arguments may be several (PJSIP_HEADER(add,Call-Info)): the
+# parser keeps a comma inside parentheses with its assignment.
+_VARIABLE_NAME = re.compile(
+    r"^[A-Za-z0-9_]{1,80}(\([A-Za-z0-9_-]{0,40}(,[A-Za-z0-9_-]{1,64}){0,3}\))?$", re.ASCII
+)
 _WIRE_UNSAFE = ("\r", "\n", "\x00")
 # Asterisk splits every Variable header value with its application argument
 # parser (manager.c man_do_variable_value -> AST_STANDARD_APP_ARGS): a comma
@@ -55,12 +60,26 @@ class AMIMessage(Mapping[str, str]):
     * ``msg.getall("ChanVariable")`` - every value of a repeated header, in order.
     * ``msg.variables`` - ``{"NAME": "value"}`` from ``ChanVariable: NAME=value``.
     * ``msg.raw`` - every ``(key, value)`` pair as received.
+
+    A message from the parser keeps its text and finds a header when it is
+    asked for (a search in the text, remembered): under load most of an AMI
+    client's time went into splitting every line of every event into
+    headers that nobody read.  Anything that needs every header (``raw``,
+    iteration, equality) splits them then.
     """
 
-    __slots__ = ("_raw", "_index", "_keys")
+    __slots__ = ("_raw", "_index", "_keys", "_variables", "_text", "_low", "_found")
+
+    _found: dict[str, Any] | None
 
     def __init__(self, headers: Iterable[tuple[str, str]] = ()):
-        raw = tuple((str(k), str(v)) for k, v in headers)
+        self._text: str | None = None
+        self._low: str | None = None
+        self._found: dict[str, str | None] | None = None
+        self._variables: dict[str, str] | None = None
+        self._index_from(tuple((str(k), str(v)) for k, v in headers))
+
+    def _index_from(self, raw: tuple[tuple[str, str], ...]) -> None:
         index: dict[str, list[str]] = {}
         keys: list[str] = []
         for key, value in raw:
@@ -70,8 +89,46 @@ class AMIMessage(Mapping[str, str]):
                 keys.append(key)
             index[low].append(value)
         self._raw = raw
-        self._index = index
+        self._index: dict[str, list[str]] | None = index
         self._keys = tuple(keys)
+
+    @classmethod
+    def _from_text(cls, text: str, low: str) -> AMIMessage:
+        # ``text``: "\n" + the message's lines, each "Key: value" with the key
+        # at the start of its line (AMIParser checks); ``low``: the same
+        # lower-cased, character for character.
+        msg = cls.__new__(cls)
+        msg._text, msg._low, msg._found = text, low, {}
+        msg._variables = msg._index = None
+        return msg
+
+    def _indexed(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            raw = []
+            for line in self._text[1:].split("\n"):  # type: ignore[index]
+                key, sep, value = line.partition(":")
+                if sep:
+                    raw.append((key.strip(), value.lstrip(" \t")))
+            self._index_from(tuple(raw))
+            index = self._index
+        return index  # type: ignore[return-value]
+
+    def _first(self, key: str) -> str | None:
+        """The first value of ``key`` (None if absent), from the text."""
+        found = self._found
+        if key in found:  # type: ignore[operator]
+            return found[key]  # type: ignore[index]
+        name = key.lower()
+        at = self._low.find(f"\n{name}:")  # type: ignore[union-attr]
+        value = None
+        if at >= 0:
+            text = self._text
+            start = at + len(name) + 2
+            end = text.find("\n", start)  # type: ignore[union-attr]
+            value = text[start : end if end >= 0 else None].lstrip(" \t")  # type: ignore[index]
+        found[key] = value  # type: ignore[index]
+        return value
 
     @classmethod
     def of(cls, **headers: str) -> AMIMessage:
@@ -79,22 +136,36 @@ class AMIMessage(Mapping[str, str]):
         return cls(headers.items())
 
     def __getitem__(self, key: str) -> str:
-        values = self._index.get(key.lower())
-        if not values:
+        value = self.get(key)
+        if value is None:
             raise KeyError(key)
-        return values[0]
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """The first value of header ``key``, or ``default`` (no exception
+        raised and caught inside, as ``Mapping.get`` would: most lookups of
+        the call tracker are of headers an event does not have)."""
+        if self._index is None:
+            value = self._first(key)
+            return default if value is None else value
+        values = self._index.get(key.lower())
+        return values[0] if values else default
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in self._index
+        return isinstance(key, str) and self.get(key) is not None
 
     def __iter__(self) -> Iterator[str]:
+        self._indexed()
         return iter(self._keys)
 
     def __len__(self) -> int:
+        self._indexed()
         return len(self._keys)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, AMIMessage):
+            self._indexed()
+            other._indexed()
             return self._raw == other._raw
         if isinstance(other, Mapping):
             return dict(self.items()) == dict(other.items())
@@ -103,27 +174,51 @@ class AMIMessage(Mapping[str, str]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
+        self._indexed()
         shown = [(k, "********" if k.lower() in _SECRET_HEADERS else v) for k, v in self._raw]
         return f"AMIMessage({shown!r})"
 
     def getall(self, key: str) -> list[str]:
         """Every value of header ``key`` in the order received (empty list if absent)."""
-        return list(self._index.get(key.lower(), ()))
+        if self._index is not None:
+            return list(self._index.get(key.lower(), ()))
+        if self._first(key) is None:
+            return []
+        found = self._found
+        known = found.get(f"*{key}")  # type: ignore[union-attr]
+        if known is not None:  # (a key never starts with "*": its list, as a tuple)
+            return list(known)
+        name = f"\n{key.lower()}:"
+        text, low = self._text, self._low
+        values = []
+        at = low.find(name)  # type: ignore[union-attr]
+        while at >= 0:
+            start = at + len(name)
+            end = text.find("\n", start)  # type: ignore[union-attr]
+            values.append(text[start : end if end >= 0 else None].lstrip(" \t"))  # type: ignore[index]
+            at = low.find(name, start)  # type: ignore[union-attr]
+        found[f"*{key}"] = tuple(values)  # type: ignore[index,assignment]
+        return values
 
     @property
     def raw(self) -> list[tuple[str, str]]:
         """Every ``(key, value)`` pair in the order received."""
+        self._indexed()
         return list(self._raw)
 
     @property
     def variables(self) -> dict[str, str]:
         """Channel variables reported through ``ChanVariable: NAME=value`` headers
-        (``channelvars`` in manager.conf)."""
-        result: dict[str, str] = {}
-        for item in self._index.get("chanvariable", ()):
-            name, sep, value = item.partition("=")
-            if sep and name:
-                result[name] = value
+        (``channelvars`` in manager.conf); made once per message (several
+        subscribers ask), so do not change the dict."""
+        result = self._variables
+        if result is None:
+            result = {}
+            for item in self.getall("ChanVariable"):
+                name, sep, value = item.partition("=")
+                if sep and name:
+                    result[name] = value
+            self._variables = result
         return result
 
     @property
@@ -145,12 +240,12 @@ class AMIMessage(Mapping[str, str]):
     def is_event(self) -> bool:
         """True for an event (an OriginateResponse event also has a ``Response``
         header, so the ``Event`` header decides)."""
-        return "event" in self._index
+        return self.get("Event") is not None
 
     @property
     def is_response(self) -> bool:
         """True for a response to an action."""
-        return "event" not in self._index and "response" in self._index
+        return self.get("Event") is None and self.get("Response") is not None
 
 
 class AMIEventList(list):
@@ -177,62 +272,131 @@ class AMIParser:
     """Incremental parser: feed it bytes as they arrive, get messages back.
 
     Lines may end in CRLF or LF and may be split anywhere across ``feed``
-    calls, even inside a multi-byte UTF-8 character: a line is decoded only
-    once it is complete.  Bytes that are not UTF-8 (Asterisk passes caller
-    names through as it got them, often latin-1) become U+FFFD.
+    calls, even inside a multi-byte UTF-8 character: a message is decoded
+    only once it is complete.  Bytes that are not UTF-8 (Asterisk passes
+    caller names through as it got them, often latin-1) become U+FFFD.
+
+    ``events``: the event names (case-insensitive) to deliver; None: all.
+    An event of another name is skipped before it is decoded or split into
+    headers -- a PBX sends every event of every channel to every session,
+    and most are of no interest -- unless it carries an ``ActionID`` (an
+    item of a list an action asked for).  :meth:`want` adds names later.
     """
 
-    def __init__(self, *, expect_greeting: bool = True):
+    def __init__(self, *, expect_greeting: bool = True, events: Collection[str] | None = None):
         self._buffer = b""
-        self._headers: list[tuple[str, str]] = []
         self._want_greeting = expect_greeting
+        self._events: set[bytes] | None = None
+        if events is not None:
+            self._events = {name.lower().encode("utf-8") for name in events}
         #: the greeting line, once received
         self.greeting: str | None = None
-        #: lines that were not ``Key: Value`` (kept for diagnostics only)
+        #: lines that were not ``Key: Value`` (diagnostics only; counted in the
+        #: messages split line by line, see :meth:`_message`)
         self.stray_lines = 0
+        #: events skipped because of their name
+        self.skipped = 0
+
+    def want(self, name: str) -> None:
+        """Deliver events called ``name`` too."""
+        if self._events is not None:
+            self._events.add(name.lower().encode("utf-8"))
 
     def feed(self, data: bytes) -> list[AMIMessage | str]:
         """Consume ``data``; return the greeting (a ``str``) and/or complete
         messages in arrival order.  Raises :class:`AMIProtocolError` when a line
         or message is beyond any sane size."""
         buffer = self._buffer + data if self._buffer else data
-        cut = buffer.rfind(b"\n")
-        if cut < 0:
-            if len(buffer) > MAX_INCOMING_LINE:
-                self._buffer = b""
-                raise AMIProtocolError(f"line longer than {MAX_INCOMING_LINE} bytes")
-            self._buffer = buffer
-            return []
-        if len(buffer) - cut > MAX_INCOMING_LINE:
-            self._buffer = b""
-            raise AMIProtocolError(f"line longer than {MAX_INCOMING_LINE} bytes")
-        self._buffer = buffer[cut + 1:]
-        # Decoding whole lines at once is safe: no UTF-8 sequence contains "\n".
-        text = buffer[:cut].decode("utf-8", errors="replace")
         out: list[AMIMessage | str] = []
-        headers = self._headers
-        for line in text.split("\n"):
+        if self._want_greeting:
+            cut = buffer.find(b"\n")
+            if cut < 0:
+                self._hold(buffer)
+                return out
+            line = buffer[:cut].decode("utf-8", errors="replace")
             if line.endswith("\r"):
                 line = line[:-1]
-            if self._want_greeting:
-                self._want_greeting = False
-                self.greeting = line
-                out.append(line)
-                continue
-            if not line:
-                if headers:
-                    out.append(AMIMessage(headers))
-                    headers = self._headers = []
-                continue
+            self._want_greeting = False
+            self.greeting = line
+            out.append(line)
+            buffer = buffer[cut + 1 :]
+        if b"\r" in buffer:
+            # A CR that ends a line goes; a CR at the very end waits for its LF.
+            buffer = buffer.replace(b"\r\n", b"\n")
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._hold(buffer)
+            return out
+        self._hold(buffer[end + 2 :])
+        events = self._events
+        for block in buffer[:end].split(b"\n\n"):
+            if block[:1] == b"\n":
+                block = block.lstrip(b"\n")  # blank lines between messages
+                if not block:
+                    continue
+            named = block[:7] == b"Event: "
+            if events is not None and named and b"ActionID:" not in block:
+                cut = block.find(b"\n")
+                name = block[7:cut] if cut > 0 else block[7:]
+                if name.strip().lower() not in events:
+                    self.skipped += 1
+                    continue
+            msg = self._message(block, named)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def _hold(self, rest: bytes) -> None:
+        """Keep an incomplete message, within the limits."""
+        self._buffer = b""
+        if len(rest) > MAX_INCOMING_LINE and len(rest) - rest.rfind(b"\n") > MAX_INCOMING_LINE:
+            raise AMIProtocolError(f"line longer than {MAX_INCOMING_LINE} bytes")
+        if rest.count(b"\n") > MAX_INCOMING_HEADERS:
+            raise AMIProtocolError(f"message with more than {MAX_INCOMING_HEADERS} headers")
+        self._buffer = rest
+
+    def _message(self, block: bytes, named: bool = False) -> AMIMessage | None:
+        text = "\n" + block.decode("utf-8", errors="replace")
+        lines = text.count("\n")
+        if lines > MAX_INCOMING_HEADERS:
+            raise AMIProtocolError(f"message with more than {MAX_INCOMING_HEADERS} headers")
+        low = text.lower()
+        if (
+            len(low) == len(text)  # lower-casing moved no character
+            and text.count(":") >= lines  # (a line without one is counted below)
+            and "\n " not in text
+            and "\n\t" not in text
+            and " :" not in text
+            and "\t:" not in text
+        ):
+            # Every line starts with its key (as Asterisk writes them): the
+            # headers are found in the text when asked for.
+            msg = AMIMessage._from_text(text, low)
+        else:
+            msg = self._split(text)
+            if msg is None:
+                return None
+        if self._events is not None and not named and "ActionID" not in msg:
+            # an event spelt otherwise ("Event:X", "event: x") than the check
+            # before reading (``named``) looks for
+            name = msg.get("Event")
+            if name is not None and name.strip().lower().encode("utf-8") not in self._events:
+                self.skipped += 1
+                return None
+        return msg
+
+    def _split(self, text: str) -> AMIMessage | None:
+        """Every header of a message with lines out of the ordinary (spaces
+        around a key, a line without a colon...), the plain way."""
+        raw: list[tuple[str, str]] = []
+        for line in text[1:].split("\n"):
             key, sep, value = line.partition(":")
             if not sep:
-                self.stray_lines += 1
+                if line:
+                    self.stray_lines += 1
                 continue
-            headers.append((key.strip(), value.lstrip(" \t")))
-            if len(headers) > MAX_INCOMING_HEADERS:
-                self._headers = []
-                raise AMIProtocolError(f"message with more than {MAX_INCOMING_HEADERS} headers")
-        return out
+            raw.append((key.strip(), value.lstrip(" \t")))
+        return AMIMessage(raw) if raw else None
 
 
 def check_wire_value(value: str, what: str) -> str:
@@ -260,7 +424,9 @@ def variable_assignment(name: str, value: str) -> str:
     (Asterisk would start another assignment there), quotes or backslashes
     (Asterisk drops them) or CR/LF/NUL.  Names are letters, digits and ``_``
     (a leading ``_``/``__`` makes the variable inherited), optionally a
-    function call such as ``CHANNEL(language)``.
+    function call such as ``CHANNEL(language)`` or
+    ``PJSIP_HEADER(add,Call-Info)`` (Asterisk's argument parser does not split
+    inside the parentheses).
     """
     if not isinstance(name, str) or not _VARIABLE_NAME.match(name):
         raise AMIInjectionError(f"channel variable name not allowed: {name!r}")

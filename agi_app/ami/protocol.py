@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, fail
@@ -67,6 +67,9 @@ class AMIProtocol(Protocol):
     :param action_timeout: default seconds an action may wait for its reply.
     :param name: the PBX link's name, for logs.
 
+    :param events: the event names to deliver (see :class:`AMIParser`;
+        None: every event); :meth:`want` adds more.
+
     Set ``on_event`` to receive every event that is not an item of a list
     action collected with ``send_action(..., collect=True)``; set ``on_lost``
     to hear of the end of the connection (called before pending actions fail).
@@ -75,7 +78,12 @@ class AMIProtocol(Protocol):
     log = Logger(namespace="agi_app.ami.protocol")
 
     def __init__(
-        self, *, clock: IReactorTime, action_timeout: float = 10.0, name: str = "default"
+        self,
+        *,
+        clock: IReactorTime,
+        action_timeout: float = 10.0,
+        name: str = "default",
+        events: Collection[str] | None = None,
     ):
         self.clock = clock
         self.action_timeout = action_timeout
@@ -85,7 +93,7 @@ class AMIProtocol(Protocol):
         #: the greeting line, e.g. ``Asterisk Call Manager/11.0.0``
         self.greeting: str | None = None
         self.closed = False
-        self._parser = AMIParser(expect_greeting=True)
+        self._parser = AMIParser(expect_greeting=True, events=events)
         self._pending: dict[str, _Pending] = {}
         # ActionIDs must be unique across every AMI session of the PBX: Asterisk
         # sends OriginateResponse (with our ActionID) to every session that may
@@ -116,6 +124,15 @@ class AMIProtocol(Protocol):
         waiters, self._greeting_waiters = self._greeting_waiters, []
         for d in waiters:
             d.errback(AMIDisconnected(f"AMI connection lost before the greeting: {why}"))
+
+    def want(self, name: str) -> None:
+        """Deliver events called ``name`` too (when not every event is)."""
+        self._parser.want(name)
+
+    @property
+    def skipped_events(self) -> int:
+        """Events skipped unread because of their name."""
+        return self._parser.skipped
 
     def when_greeted(self) -> Deferred:
         """A Deferred firing with the greeting line once it has arrived."""
@@ -280,11 +297,17 @@ class AMIProtocol(Protocol):
         self.transport.write(data)
         return d
 
-    def login(self, username: str, secret: str, *, events: bool = True) -> Deferred:
-        """``Action: Login``; fails with :class:`AMIAuthenticationError` when refused."""
+    def login(self, username: str, secret: str, *, events: bool | str = True) -> Deferred:
+        """``Action: Login``; fails with :class:`AMIAuthenticationError` when refused.
+
+        ``events``: True for every event the user may read, False for none,
+        or a comma-separated list of event classes (``call,system``): only
+        those are sent, within the user's read classes (manager.c
+        ``set_eventmask``; no privilege needed)."""
+        mask = events if isinstance(events, str) else ("on" if events else "off")
         return self.send_action(
             "Login",
-            [("Username", username), ("Secret", secret), ("Events", "on" if events else "off")],
+            [("Username", username), ("Secret", secret), ("Events", mask)],
             error_class=AMIAuthenticationError,
         )
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -59,6 +59,8 @@ from agi_app.ami.message import (
 from agi_app.ami.protocol import AMIProtocol, Headers, normalize_headers
 
 __all__ = [
+    "FOLLOWED_CLASSES",
+    "FOLLOWED_EVENTS",
     "AMIService",
     "OriginateReason",
     "OriginateResult",
@@ -80,6 +82,42 @@ BACKOFF_JITTER = 0.25
 #: Seconds a session logged in to a still-booting Asterisk waits for a
 #: DeviceStateList answer before it goes on without device states.
 BOOT_TIMEOUT = 30.0
+
+#: The events agi_app follows; every other event is skipped unread (see
+#: :class:`~agi_app.ami.message.AMIParser`).  Asterisk sends every event of
+#: every channel in the user's read classes to every session -- about 46 per
+#: click-to-call with the README's classes, 125 with ``read = all`` -- and
+#: reading them was most of agi_app's CPU under load.  Who needs which:
+#:
+#: * this service: OriginateResponse, Newchannel and Hangup (an Originate's
+#:   outcome and cause; the channel list), DeviceStateChange, ContactStatus,
+#:   FullyBooted, and every event below that carries a channel snapshot
+#:   (``channels`` is kept current from them);
+#: * the call lifecycle (agi_app.calls.lifecycle): Hangup and DialEnd of a
+#:   call's channels, and any event that shows one of them alive;
+#: * the call tracker (agi_app.live.tracker): the events it has a handler
+#:   for, and the snapshot of a channel's state, caller ID and connected
+#:   line (Newstate, NewCallerid, NewConnectedLine);
+#: * operators (agi_app.live.operators): DeviceStateChange;
+#: * call control (agi_app.live.control): ParkedCall.
+#:
+#: All of them are in the ``call`` class but FullyBooted and ContactStatus
+#: (``system``): :data:`FOLLOWED_CLASSES`.  ``tests/unit/test_ami_events.py``
+#: holds this list against what the consumers handle.
+FOLLOWED_EVENTS: frozenset[str] = frozenset(
+    {
+        "BridgeDestroy", "BridgeEnter", "BridgeLeave", "ChanSpyStart", "ContactStatus",
+        "DeviceStateChange", "DialBegin", "DialEnd", "FullyBooted", "Hangup",
+        "MixMonitorStart", "MusicOnHoldStart", "MusicOnHoldStop", "NewCallerid",
+        "NewConnectedLine", "Newchannel", "Newstate", "OriginateResponse", "ParkedCall",
+        "ParkedCallGiveUp", "ParkedCallTimeOut", "Rename", "UnParkedCall",
+    }
+)  # fmt: skip
+#: The event classes asked for at login (``Events: call,system``): the
+#: classes of :data:`FOLLOWED_EVENTS`.  Within the user's read classes, so
+#: a user with ``read = all`` gets no dialplan (``Newexten``, ``VarSet``),
+#: agi, dtmf, reporting (RTCP), cdr or cel events either.
+FOLLOWED_CLASSES = "call,system"
 
 
 class OriginateReason(IntEnum):
@@ -241,6 +279,12 @@ class AMIService(Service):
         its modules waits for ``DeviceStateList`` to be answered (listing
         again with backoff, and at once on ``FullyBooted``) before it goes
         on with device states unknown.
+    :param events: the event names delivered to subscribers (default
+        :data:`FOLLOWED_EVENTS`; None: every event).  Subscribing to an event
+        by name adds that name.  Others are skipped before they are parsed.
+    :param event_classes: the event classes asked for at login (default
+        :data:`FOLLOWED_CLASSES`; None: every class the user may read).  An
+        event of another class never arrives, whatever is subscribed.
 
     State, rebuilt after every login and then kept current from events:
     ``channels`` (Uniqueid -> the latest snapshot message of that channel),
@@ -266,6 +310,8 @@ class AMIService(Service):
         endpoint: IStreamClientEndpoint | None = None,
         rng: random.Random | None = None,
         boot_timeout: float = BOOT_TIMEOUT,
+        events: Collection[str] | None = FOLLOWED_EVENTS,
+        event_classes: str | None = FOLLOWED_CLASSES,
     ):
         self.host = host
         self.port = port
@@ -293,6 +339,8 @@ class AMIService(Service):
         self.contacts: dict[str, dict[str, str]] = {}
         #: greeting of the current connection, e.g. ``Asterisk Call Manager/11.0.0``
         self.greeting: str | None = None
+        #: events received since the service was made, over every connection
+        self.events_received = 0
         self._protocol: AMIProtocol | None = None
         self._link: _Link | None = None
         self._ready = False
@@ -303,6 +351,8 @@ class AMIService(Service):
         self._ping_loop: LoopingCall | None = None
         self._ping_outstanding = False
         self._originating: dict[str, _OriginateWatch] = {}
+        self._events: set[str] | None = set(events) if events is not None else None
+        self._event_classes = event_classes
         endpoint = endpoint or _default_endpoint(reactor, host, port, action_timeout)
         self._client = ClientService(
             _ReportingEndpoint(endpoint, self._connect_failed, f"{name} {host}:{port}"),
@@ -344,6 +394,10 @@ class AMIService(Service):
         the event.
         """
         key = event_name.lower() if event_name is not None else None
+        if event_name is not None and self._events is not None:
+            self._events.add(event_name)
+            if self._protocol is not None:
+                self._protocol.want(event_name)
         callbacks = self._subscribers.setdefault(key, [])
         # A wrapper makes each subscription distinct even for the same callback.
         entry = _Subscription(callback)
@@ -561,7 +615,7 @@ class AMIService(Service):
 
     def _build_protocol(self) -> AMIProtocol:
         proto = AMIProtocol(clock=self.reactor, action_timeout=self.action_timeout,
-                            name=self.link_name)
+                            name=self.link_name, events=self._events)
         proto.on_event = self._on_event
         proto.on_lost = lambda reason: self._lost(proto, reason)
         self._protocol = proto
@@ -574,7 +628,8 @@ class AMIService(Service):
     async def _session(self, proto: AMIProtocol) -> None:
         try:
             self.greeting = await proto.when_greeted()
-            await proto.login(self.username, self._secret)
+            await proto.login(self.username, self._secret,
+                              events=self._event_classes or True)  # fmt: skip
         except AMIAuthenticationError as e:
             self.log.error(
                 "AMI {ami}: login as {user!r} to {host}:{port} refused ({why}); check [ami] "
@@ -831,7 +886,8 @@ class AMIService(Service):
     # -- events --------------------------------------------------------------
 
     def _on_event(self, msg: AMIMessage) -> None:
-        name = (msg.event or "").lower()
+        self.events_received += 1
+        name = (msg.get("Event") or "").lower()
         if self._originating:
             self._watch_originated(name, msg)
         if name == "fullybooted":
@@ -839,15 +895,27 @@ class AMIService(Service):
         try:
             self._track(name, msg)
         except Exception:
-            self.log.failure("AMI {ami}: could not track {event}", ami=self.link_name,
-                             event=msg.event)
+            _event_log.failure("AMI {ami}: could not track {event}", ami=self.link_name,
+                               event=msg.event)  # fmt: skip
+        # Per event and subscriber: nothing made that only an error needs.
         for key in (name, None):
             callbacks = self._subscribers.get(key)
             if not callbacks:
                 continue
-            for callback in list(callbacks):
-                _call_logged(self.log, callback, msg,
-                             f"AMI {self.link_name}: subscriber to {msg.event}")
+            for callback in tuple(callbacks):
+                try:
+                    result = callback(msg)
+                except Exception:
+                    _event_log.failure("AMI {ami}: subscriber to {event} raised",
+                                       ami=self.link_name, event=msg.event)  # fmt: skip
+                    continue
+                if result is not None and isinstance(result, Deferred):
+                    result.addErrback(
+                        lambda f, event=msg.event: _event_log.failure(
+                            "AMI {ami}: subscriber to {event} failed", f, ami=self.link_name,
+                            event=event,
+                        )
+                    )
 
     def _fully_booted(self) -> None:
         link = self._link
@@ -923,6 +991,10 @@ def _register(callbacks: list, callback: Callable) -> Callable[[], None]:
             callbacks.remove(entry)
 
     return remove
+
+
+#: made once: ``self.log`` makes a new Logger at every use (a descriptor)
+_event_log = Logger(namespace="agi_app.ami")
 
 
 def _call_logged(log: Logger, callback: Callable, arg: object, what: str) -> None:

@@ -11,7 +11,8 @@ followed by one :class:`Lifecycle` per PBX:
   moment the client answered, its recording;
 * **one writer** of statuses (:meth:`Lifecycle.log`), holding the order of
   :data:`REQUIRES` (per kind: which status may follow which), writing no
-  repeat (``IVR_CHOICE`` excepted) and nothing after the final status;
+  repeat (the words of ``statuses.REPEATABLE`` excepted) and nothing after
+  the final status;
 * **one id generator** (:func:`new_call_id`);
 * **one way to settle** a call nobody reported the end of: when its last
   channel hangs up with no FastAGI session left (after a grace period, so a
@@ -29,11 +30,15 @@ calls).  They create calls here, log through here and end through here.
 The talk time of a call is the conversation with the client: from
 ``CLIENT_PICKUP`` to the end.  FINISH's detail and ``talk_seconds``, the
 recording's duration, the hangup webhook's ``Duration`` and the widget's
-``duration`` all mean that.
+``duration`` all mean that.  A call that call control transfers keeps its
+id: its history gains a ``TRANSFER`` entry per hand-over (:meth:`Lifecycle.note`),
+its talk time runs to the end of its last leg, and each further leg is
+recorded into a file of its own (:meth:`Lifecycle.leg_recording`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -46,7 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from agi_app.calls import statuses as st
-from agi_app.calls.recording import Recorder, Recording
+from agi_app.calls.recording import WAV_BYTES_PER_SECOND, WAV_HEADER, Recorder, Recording
 from agi_app.times import iso_time, parse_time
 
 __all__ = [
@@ -54,6 +59,7 @@ __all__ = [
     "REQUIRES",
     "Call",
     "Lifecycle",
+    "StatusLogged",
     "call_is_live",
     "event_call_id",
     "new_call_id",
@@ -70,6 +76,7 @@ _OPERATOR_FIRST = {
     st.CLIENT_CALLTO: st.OPERATOR_PICKUP,
     st.CLIENT_PICKUP: st.CLIENT_CALLTO,
     st.FINISH: st.CLIENT_PICKUP,
+    st.TRANSFER: st.CLIENT_PICKUP,
 }
 # The client is dialled first; an IVR menu may then connect it to an
 # extension or a number (OPERATOR_*).
@@ -77,9 +84,14 @@ _TO_CLIENT = {
     st.CLIENT_PICKUP: st.CLIENT_CALLTO,
     st.OPERATOR_PICKUP: st.OPERATOR_CALLTO,
     st.FINISH: st.CLIENT_PICKUP,
+    st.TRANSFER: st.CLIENT_PICKUP,
 }
 # The caller called in: connected (CLIENT_PICKUP) without a CLIENT_CALLTO.
-_INCOMING = {st.OPERATOR_PICKUP: st.OPERATOR_CALLTO, st.FINISH: st.CLIENT_PICKUP}
+_INCOMING = {
+    st.OPERATOR_PICKUP: st.OPERATOR_CALLTO,
+    st.FINISH: st.CLIENT_PICKUP,
+    st.TRANSFER: st.CLIENT_PICKUP,
+}
 
 #: kind of call -> {status: the status it must follow}
 REQUIRES: dict[str, dict[str, str]] = {
@@ -96,6 +108,9 @@ RECORDED: dict[str, tuple[str, str]] = {
     st.IVR_CALL: (st.OPERATOR_CALLTO, st.OPERATOR_PICKUP),
     st.INCOMING: (st.OPERATOR_CALLTO, st.OPERATOR_PICKUP),
 }
+
+#: the detail of a CLIENT_PICKUP whose moment was not seen
+PICKUP_UNSEEN = "answer time not seen"
 
 #: Q.850 cause of a first leg that hung up unanswered -> (status, detail);
 #: what Asterisk reports when its own dialing code sees these causes
@@ -154,8 +169,14 @@ class Call:
     #: Q.850 cause of the latest Hangup of one of the call's channels
     last_cause: int | None = None
     recording: Recording | None = None
+    #: the recordings of the legs after transfers (the second leg first)
+    further: list[Recording] = field(default_factory=list)
     #: the kind's typed view of ``params`` (e.g. a CallRequest), if it has one
     request: Any = None
+    order_id: str | None = None
+    #: CLIENT_PICKUP was logged without its moment (it happened while no
+    #: agi_app or no AMI link watched): the talk time is unknown
+    pickup_unseen: bool = False
     _lock: defer.DeferredLock = field(default_factory=defer.DeferredLock, repr=False)
     _waiters: list[tuple[frozenset[str], defer.Deferred]] = field(
         default_factory=list, repr=False
@@ -177,9 +198,22 @@ class Call:
 
     def talk_seconds(self, ended_at: float | None) -> float | None:
         """The conversation with the client, from its pickup to ``ended_at``."""
-        if self.pickup_time is None or ended_at is None:
+        if self.pickup_time is None or ended_at is None or self.pickup_unseen:
             return None
         return max(0.0, ended_at - self.pickup_time)
+
+
+@dataclass(frozen=True)
+class StatusLogged:
+    """A status the lifecycle wrote: what :attr:`Lifecycle.on_status` observers get."""
+
+    call: Call
+    #: the history entry as the store wrote it
+    entry: dict[str, Any]
+    #: seconds the store took to write it (queue and transaction)
+    write_seconds: float
+    #: the conversation's length, on FINISH (None: unknown)
+    talk_seconds: float | None = None
 
 
 def outcome(call: Call, why: str, *, failed: bool = False) -> tuple[str, str]:
@@ -242,6 +276,7 @@ class Lifecycle:
         self.pbx = pbx
         self.grace = grace
         self._typed = dict(typed or {})
+        self._client_dial: dict[str, Callable[[Call], str]] = {}
         self._new_id = new_id
         self._calls: dict[str, Call] = {}
         self._adopting: dict[str, list[defer.Deferred]] = {}
@@ -249,13 +284,26 @@ class Lifecycle:
         #: set by stop(): a session lost from now on is this process going
         #: away, not the call ending (the next start takes the call up again)
         self.stopping = False
+        #: called with a :class:`StatusLogged` after every status written
+        #: (metrics); an observer must not raise and must not wait
+        self.on_status: list[Callable[[StatusLogged], object]] = []
         self.recorder = Recorder(
             store=store, dialing=dialing, clock=clock, live=lambda c: call_is_live(ami, c)
         )
 
-    def add_kind(self, kind: str, typed: Callable[[dict[str, Any]], Any]) -> None:
-        """Give calls of ``kind`` a typed request built from their parameters."""
+    def add_kind(
+        self,
+        kind: str,
+        typed: Callable[[dict[str, Any]], Any],
+        *,
+        client_dial: Callable[[Call], str] | None = None,
+    ) -> None:
+        """Give calls of ``kind`` a typed request built from their parameters;
+        ``client_dial`` gives the dial string of a call's client leg, which
+        lets :meth:`reconcile` recognise that leg among the call's channels."""
         self._typed[kind] = typed
+        if client_dial is not None:
+            self._client_dial[kind] = client_dial
 
     # -- wiring -----------------------------------------------------------------
 
@@ -305,7 +353,8 @@ class Lifecycle:
                 if existing.final:
                     existing.logged.append(row["final_status"])
             return existing, False
-        call = Call(call_id, kind, dict(params), logged=[st.CALL], request=request)
+        call = Call(call_id, kind, dict(params), logged=[st.CALL], request=request,
+                    order_id=order_id)  # fmt: skip
         call.logged_at[st.CALL] = self.clock.seconds()
         call.placing = placing
         self._calls[call_id] = call
@@ -361,9 +410,11 @@ class Lifecycle:
         entries = await self.store.statuses(call_id)
         if call_id in self._calls:  # taken up meanwhile
             return self._calls[call_id]
-        call = Call(call_id, kind, dict(params), request=request)
+        call = Call(call_id, kind, dict(params), request=request, order_id=row.get("order_id"))
         for entry in entries:
             call.logged.append(entry["status"])
+            if entry["status"] == st.CLIENT_PICKUP and entry["detail"] == PICKUP_UNSEEN:
+                call.pickup_unseen = True
             at = parse_time(entry["time"])
             if at is not None:
                 call.logged_at.setdefault(entry["status"], at)
@@ -388,6 +439,12 @@ class Lifecycle:
             call.recording = Recording(
                 call.call_id, stored[0]["path"], record_id=stored[0]["record_id"]
             )
+            # the legs after transfers, each stored once its recording started
+            call.further = [
+                Recording(call.call_id, row["path"], started=parse_time(row["created_at"]),
+                          record_id=row["record_id"], leg=leg)
+                for leg, row in enumerate(stored[1:], start=2)
+            ]  # fmt: skip
             return
         call.recording = self.recorder.expected(
             call.call_id, order_id, call.logged_at.get(started)
@@ -415,7 +472,7 @@ class Lifecycle:
         """
         await call._lock.acquire()
         try:
-            if call.final or (status != st.IVR_CHOICE and status in call.logged):
+            if call.final or (status not in st.REPEATABLE and status in call.logged):
                 return None
             need = REQUIRES.get(call.kind, {}).get(status)
             if need is not None and need not in call.logged:
@@ -433,9 +490,13 @@ class Lifecycle:
                 return None
             call.logged.append(status)
             call.logged_at.setdefault(status, at if at is not None else now)
+            self._observed(StatusLogged(call, entry, self.clock.seconds() - now,
+                                        extra.get("talk_seconds")))  # fmt: skip
             recorded = RECORDED.get(call.kind)
             if recorded is not None and status == recorded[1]:
                 await self.recorder.store_it(call.recording)
+            if status == st.CLIENT_PICKUP and detail == PICKUP_UNSEEN:
+                call.pickup_unseen = True
             if status in st.FINAL:
                 self._ended(call)
             self._wake(call)
@@ -475,13 +536,71 @@ class Lifecycle:
                 call._waiters.remove((wanted, d))
                 d.callback(hit if hit is not None else call.final_status)
 
+    def _observed(self, logged: StatusLogged) -> None:
+        for observer in self.on_status:
+            try:
+                observer(logged)
+            except Exception:
+                log.failure("{call_id}: status observer", call_id=logged.call.call_id)
+
     def _ended(self, call: Call) -> None:
         call.final = True
         if self._calls.get(call.call_id) is call:
             del self._calls[call.call_id]
         self._wake(call)
         if not call.agi_sessions:
-            self.recorder.finish(call.recording)
+            self._finish_recordings(call)
+
+    def _finish_recordings(self, call: Call) -> None:
+        for recording in (call.recording, *call.further):
+            self.recorder.finish(recording)
+
+    # -- transfers --------------------------------------------------------------
+
+    async def note(
+        self, call_id: str, status: str, detail: str | None = None
+    ) -> dict[str, Any] | None:
+        """Log a status that is not final (``TRANSFER``) that something
+        outside the call's own flow saw (call control): through :meth:`log`
+        for a followed call; straight into the store for an open call this
+        process does not follow; nothing for an unknown or ended call.  Fires
+        the new entry, or None."""
+        if status in st.FINAL:
+            raise ValueError(f"{status} is final: only the call's own flow ends a call")
+        call = self._calls.get(call_id)
+        if call is not None:
+            return await self.log(call, status, detail)
+        row = await self.store.get_call(call_id)
+        if row is None or row.get("final_status"):
+            return None
+        return await self.store.add_status(call_id, status, detail)
+
+    def leg_recording(self, call_id: str) -> str | None:
+        """The file (as Asterisk sees it) that the next leg of a recorded,
+        followed call goes into once it is transferred: ``-2``, ``-3``...
+        beside the first; None when the call is not followed or not
+        recorded.  A file handed out for a transfer that never connected is
+        handed out again."""
+        call = self._calls.get(call_id)
+        if call is None or call.final or call.recording is None:
+            return None
+        if call.further and call.further[-1].started is None:
+            rec = call.further[-1]
+        else:
+            rec = self.recorder.expected(call_id, call.order_id, None, leg=len(call.further) + 2)
+            call.further.append(rec)
+        return self.recorder.pbx_path(call.order_id, call_id, rec.leg)
+
+    async def leg_recorded(self, call_id: str) -> None:
+        """The recording of the call's next leg started (the party the call
+        was handed to answered): store it as a further recording of the call;
+        it is completed with the others when the call ends."""
+        call = self._calls.get(call_id)
+        rec = next((r for r in call.further if r.started is None), None) if call else None
+        if rec is None:
+            return
+        rec.started = self.clock.seconds()
+        await self.recorder.store_it(rec)
 
     # -- FastAGI sessions -------------------------------------------------------
 
@@ -495,7 +614,7 @@ class Lifecycle:
         finally:
             call.agi_sessions -= 1
             if call.final and not call.agi_sessions:
-                self.recorder.finish(call.recording)
+                self._finish_recordings(call)
 
     async def session_lost(self, call: Call, why: str, *, failed: bool = False) -> None:
         """The call's FastAGI session ended without reporting the outcome (a
@@ -508,10 +627,57 @@ class Lifecycle:
             return
         await self.settle(call, why, ended_at=self.clock.seconds(), failed=failed)
 
+    async def _catch_up(self, call: Call, live: set[str]) -> None:
+        """What a call reached on the PBX while nobody watched, from the
+        channel snapshot: the dialplan goes on without agi_app (see
+        ``[agi-app-operator]``), so after a restart a first leg that is up has
+        answered, a channel the dialplan dialled on the client's trunk
+        (``AppDial``) means the client was dialled, and up, that it answered
+        -- when exactly is not seen."""
+        if call.kind not in self._client_dial:
+            return
+        channels = [self.ami.channels[u] for u in live if u in self.ami.channels]
+        clients = [c for c in channels if (c.get("Application") or "") == "AppDial"
+                   and self._is_client_channel(call, c.get("Channel") or "")]  # fmt: skip
+        if not clients:
+            if any(_is_up(c) for c in channels):
+                await self.log(call, st.OPERATOR_PICKUP, "answered while agi_app was away")
+            return
+        # the client's channel was created when it was dialled; the operator
+        # answered no later than that
+        await self._client_dialled(call, self.clock.seconds() - _hms(clients[0].get("Duration")))
+        if any(_is_up(c) for c in clients):
+            await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
+
+    async def _ended_in_conversation(self, call: Call) -> bool:
+        """A call that came and went entirely while no agi_app watched (the
+        dialplan connected the client by itself): the recording file tells.
+        MixMonitor with ``b`` writes audio only while the parties are
+        bridged, so a file with audio means the client answered, and its
+        length is the talk time.  Logs the statuses and FINISH; False when
+        there is no such evidence."""
+        if call.kind not in self._client_dial or call.reached(st.CLIENT_PICKUP):
+            return False
+        rec = call.recording or self.recorder.expected(call.call_id, call.order_id, None)
+        try:
+            size = os.path.getsize(rec.path)
+        except OSError:
+            return False
+        if size <= WAV_HEADER:
+            return False
+        talk = (size - WAV_HEADER) / WAV_BYTES_PER_SECOND
+        await self._client_dialled(call, None)
+        await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
+        await self.log(call, st.FINISH, f"talk {talk:.0f} s (from the recording)",
+                       talk_seconds=talk)  # fmt: skip
+        return call.final
+
     async def settle(self, call: Call, why: str, *, ended_at: float | None = None,
                      failed: bool = False) -> None:  # fmt: skip
         """End the call from what it reached (:func:`outcome`)."""
         if call.final:
+            return
+        if not call.agi_sessions and await self._ended_in_conversation(call):
             return
         status, detail = outcome(call, why, failed=failed)
         if status == st.FINISH:
@@ -535,8 +701,11 @@ class Lifecycle:
         if name == "hangup":
             call.channels.discard(uniqueid)
             call.last_cause = _int(event.get("Cause"))
-            if call.ended_at is None and call.reached(st.CLIENT_PICKUP):
-                # either party hanging up ends the conversation
+            if call.reached(st.CLIENT_PICKUP) and (
+                call.ended_at is None or call.reached(st.TRANSFER)
+            ):
+                # either party hanging up ends the conversation; a call handed
+                # over goes on with another party, up to its last hangup
                 call.ended_at = self.clock.seconds()
             if not call.channels and not call.agi_sessions:
                 self.clock.callLater(self.grace, self._settle_later, call)
@@ -546,7 +715,38 @@ class Lifecycle:
         if uniqueid and uniqueid in self.ami.channels:
             call.channels.add(uniqueid)
         if name == "dialend" and (event.get("DialStatus") or "").upper() == "ANSWER":
+            dest = event.get("DestChannel") or ""
+            if not call.reached(st.CLIENT_CALLTO) and self._is_client_channel(call, dest):
+                # the dialplan dialled the client before agi_app followed the call
+                d = defer.ensureDeferred(self._client_answered(call))
+                d.addErrback(lambda f: log.failure("{id}: pickup", f, id=call.call_id))
+                return
             self._answered(call)
+        elif name == "dialbegin" and not call.reached(st.CLIENT_CALLTO):
+            self._maybe_client_dialled(call, event.get("DestChannel") or "")
+
+    def _maybe_client_dialled(self, call: Call, dest: str) -> None:
+        """A Dial of the call reached the client's trunk while no FastAGI
+        session logged it: the dialplan connects the client by itself
+        (agi_app was away when the first leg answered)."""
+        if not self._is_client_channel(call, dest):
+            return
+        d = defer.ensureDeferred(self._client_dialled(call, None))
+        d.addErrback(lambda f: log.failure("{call_id}: client dialled", f, call_id=call.call_id))
+
+    def _is_client_channel(self, call: Call, channel: str) -> bool:
+        dial_of = self._client_dial.get(call.kind)
+        return dial_of is not None and channel.startswith(_channel_prefix(dial_of(call)))
+
+    async def _client_answered(self, call: Call) -> None:
+        await self._client_dialled(call, None)
+        await self.log(call, st.CLIENT_PICKUP)
+
+    async def _client_dialled(self, call: Call, at: float | None) -> None:
+        await self.log(call, st.OPERATOR_PICKUP, "answered while agi_app was away", at=at)
+        await self.log(call, st.CLIENT_CALLTO, "dialled by the dialplan", at=at)
+        if call.recording is None:
+            await self._restore_recording(call, call.order_id)
 
     def _answered(self, call: Call) -> None:
         """A Dial of the call was answered: the party rung last picked up,
@@ -606,21 +806,49 @@ class Lifecycle:
                 # the PBX belongs to it (or it ended meanwhile: the store then
                 # refuses a second final status)
                 if not live:
+                    started = self.clock.seconds()
                     entry = await self.store.add_status(
                         call_id, st.ERROR, "no channel left on the PBX; call not resumable"
                     )
                     closed += entry is not None
+                    if entry is not None:
+                        gone = Call(call_id, row.get("kind") or "", {}, logged=[st.ERROR],
+                                    final=True)  # fmt: skip
+                        self._observed(StatusLogged(gone, entry, self.clock.seconds() - started))
                 continue
             if call.final or call.placing:
                 continue
             # The list was just rebuilt from the PBX: it replaces what the
             # events said before the link dropped (Hangups may have been missed).
             call.channels = live
+            if live and not call.agi_sessions:
+                await self._catch_up(call, live)
             if live or call.agi_sessions:
                 continue
             await self.settle(call, "no channel left on the PBX")
             closed += call.final
         return closed
+
+
+def _channel_prefix(dial: str) -> str:
+    """The name prefix of channels a dial string makes: ``PJSIP/123@pstn``
+    and ``PJSIP/pstn`` make ``PJSIP/pstn-...``."""
+    tech, _, resource = dial.partition("/")
+    endpoint = resource.rpartition("@")[2] or resource
+    return f"{tech}/{endpoint}-"
+
+
+def _is_up(channel: Any) -> bool:
+    return (channel.get("ChannelState") or "") == "6"
+
+
+def _hms(value: str | None) -> float:
+    """Seconds of a CoreShowChannel ``Duration`` (``HH:MM:SS``); 0 if unknown."""
+    try:
+        h, m, sec = (int(x) for x in (value or "").split(":"))
+    except ValueError:
+        return 0.0
+    return float(h * 3600 + m * 60 + sec)
 
 
 def _int(value: str | None) -> int | None:

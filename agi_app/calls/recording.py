@@ -9,6 +9,13 @@ channel of the call is left.  The file name comes from the call
 (``<order id or "call">_<call id>.wav``), so a restarted process finds it
 again.
 
+A call that call control transfers is recorded one file per leg of the
+conversation: the first file stops when the party that handed the call over
+leaves, and the dialplan records the next leg on the party it goes to into
+``<order id or "call">_<call id>-2.wav`` (``-3``... for further transfers).
+Each is stored as a further recording of the same call once its MixMonitor
+started, and completed like the first.
+
 A :class:`Recorder` keeps no state of its own: what it knows of a call's
 recording lives on the object that follows the call (see
 :class:`Recording`), and timers it starts are cancelled by :meth:`stop`.
@@ -35,10 +42,12 @@ WAV_HEADER = 44
 WAV_BYTES_PER_SECOND = 16000
 
 
-def recording_name(order_id: str | None, call_id: str) -> str:
-    """The file name of a call's recording.  Built only from checked ids
+def recording_name(order_id: str | None, call_id: str, leg: int = 1) -> str:
+    """The file name of a call's recording (of its ``leg``-th leg after
+    transfers: ``-2``, ``-3``...).  Built only from checked ids
     (``[A-Za-z0-9_.:-]``); ``:`` is kept out of file names."""
-    return f"{order_id or 'call'}_{call_id}".replace(":", "-") + ".wav"
+    suffix = f"-{leg}" if leg > 1 else ""
+    return f"{order_id or 'call'}_{call_id}{suffix}".replace(":", "-") + ".wav"
 
 
 @dataclass
@@ -54,6 +63,8 @@ class Recording:
     record_id: int | None = None
     #: the size watch (or the empty-file removal) has begun
     watched: bool = False
+    #: which leg of the conversation it records (2, 3...: after transfers)
+    leg: int = 1
 
 
 class Recorder:
@@ -94,16 +105,24 @@ class Recorder:
                 call.cancel()
         self._timers.clear()
 
-    def expected(self, call_id: str, order_id: str | None, started: float | None) -> Recording:
-        """The recording MixMonitor was started on for this call (after a restart)."""
-        path = os.path.join(self.dialing.recordings_dir, recording_name(order_id, call_id))
-        return Recording(call_id, path, started)
+    def expected(
+        self, call_id: str, order_id: str | None, started: float | None, leg: int = 1
+    ) -> Recording:
+        """The recording MixMonitor was (or is to be) started on for this
+        call's ``leg``-th leg."""
+        path = os.path.join(self.dialing.recordings_dir, recording_name(order_id, call_id, leg))
+        return Recording(call_id, path, started, leg=leg)
+
+    def pbx_path(self, order_id: str | None, call_id: str, leg: int = 1) -> str:
+        """The recording file of a call (of its ``leg``-th leg) as Asterisk sees it."""
+        name = recording_name(order_id, call_id, leg)
+        return f"{self.dialing.pbx_recordings.rstrip('/')}/{name}"
 
     async def start(self, agi: Any, call_id: str, order_id: str | None) -> Recording | None:
         """MixMonitor on the session's channel; None if it could not start
         (a recording problem never stops the call)."""
         name = recording_name(order_id, call_id)
-        pbx_path = f"{self.dialing.pbx_recordings.rstrip('/')}/{name}"
+        pbx_path = self.pbx_path(order_id, call_id)
         try:
             await agi.exec_("MixMonitor", pbx_path, "b")
         except Exception as e:

@@ -31,6 +31,7 @@ The flow (CONTRACT sections 2 to 4):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,8 +43,8 @@ from agi_app.agi import RESULT_VARIABLE
 from agi_app.agi import errors as agi_errors
 from agi_app.ami import errors as ami_errors
 from agi_app.calls import statuses as st
-from agi_app.calls.lifecycle import CALL_ID_VAR, Call, Lifecycle
-from agi_app.errors import PBXUnavailable
+from agi_app.calls.lifecycle import CALL_ID_VAR, PICKUP_UNSEEN, Call, Lifecycle
+from agi_app.errors import Conflict, PBXUnavailable
 
 __all__ = ["CALL_ID_VAR", "PBX_DOWN", "CallRequest", "CallService"]
 
@@ -53,6 +54,9 @@ log = Logger(namespace="agi_app.calls")
 PBX_DOWN = "PBX unreachable: the AMI link is down"
 #: set by call control on a channel it moves elsewhere (hold, transfer, park...)
 HANDOFF_VAR = "AGI_APP_HANDOFF"
+#: set on the first leg once the client was dialled (the dialplan's fallback
+#: then dials nobody)
+DIALLED_VAR = "AGI_APP_DIALLED"
 #: the FastAGI script the dialplan runs when the first leg answers
 OPERATOR_SCRIPT = "operator_call"
 #: dialplan context that rings several extensions together (a callback with
@@ -62,6 +66,9 @@ GROUP_CONTEXT = "agi-app-group"
 #: (``PJSIP/200&PJSIP/201``) and their ring time in seconds
 GROUP_DIAL_VAR = "AGI_APP_GROUP"
 GROUP_RING_VAR = "AGI_APP_RING"
+#: the dialplan function that adds a SIP header to the INVITE of the channel
+#: it is set on (an Originate sets it on the new channel before dialling)
+HEADER_FUNCTION = "PJSIP_HEADER(add,{name})"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,11 @@ class CallRequest:
     and it is what the store keeps as the call's ``sip`` (so ``sip`` stays
     one extension everywhere) and what the client sees as the caller.  Empty
     (the default) or a single extension: only ``first`` is rung.
+
+    ``auto_answer``: ring the operator's phone with the auto-answer headers
+    (``[dialing] auto_answer_headers``); None (the default) is ``[dialing]
+    operator_auto_answer``.  A number (phoneToPhone) or a group is never
+    auto-answered.
     """
 
     kind: str
@@ -90,6 +102,7 @@ class CallRequest:
     playback_waiting: bool = True
     caller_id_for_employee: str | None = None
     group: tuple[str, ...] = ()
+    auto_answer: bool | None = None
 
     def __post_init__(self) -> None:
         # params() come back from the store as JSON lists
@@ -106,8 +119,14 @@ class CallRequest:
         return not self.first_is_phone and len(self.group) > 1
 
     def params(self) -> dict[str, Any]:
-        """The parameters that make two requests with one external_key "the same"."""
-        return asdict(self)
+        """The parameters that make two requests with one external_key "the
+        same" (stored with the call).  ``auto_answer`` is left out while
+        unset, so a request stored before it existed and its repeat now
+        still compare equal."""
+        params = asdict(self)
+        if self.auto_answer is None:
+            del params["auto_answer"]
+        return params
 
 
 class CallService:
@@ -117,16 +136,30 @@ class CallService:
     :param lifecycle: the application's :class:`~agi_app.calls.lifecycle.Lifecycle`
         of the PBX (its store, AMI link and clock are used)
     :param dialing: the ``[dialing]`` configuration section
+    :param auto_answer_headers: ``(name, value)`` SIP headers of an
+        auto-answered operator leg (``DialingConfig.auto_answer``), checked
     """
 
-    def __init__(self, *, lifecycle: Lifecycle, dialing: Any):
+    def __init__(
+        self,
+        *,
+        lifecycle: Lifecycle,
+        dialing: Any,
+        auto_answer_headers: Sequence[tuple[str, str]] = (),
+    ):
         self.lifecycle = lifecycle
         self.store = lifecycle.store
         self.ami = lifecycle.ami
         self.clock = lifecycle.clock
         self.dialing = dialing
+        self.auto_answer_headers = tuple(auto_answer_headers)
+        self.auto_answer_default = bool(getattr(dialing, "operator_auto_answer", False))
         for kind in st.OPERATOR_FIRST_KINDS:
-            lifecycle.add_kind(kind, lambda params: CallRequest(**params))
+            lifecycle.add_kind(
+                kind,
+                lambda params: CallRequest(**params),
+                client_dial=lambda call: self.client_channel(call.request),
+            )
 
     def register_scripts(self, registry: Any) -> None:
         """Register this service's FastAGI scripts in ``registry``."""
@@ -145,6 +178,12 @@ class CallService:
         repeat of that request: a retry is never answered as if a call had
         been placed (a new ``external_key`` places a new call).
         """
+        if req.auto_answer and not self.can_auto_answer:
+            raise Conflict(
+                "auto-answer is not available: [dialing] auto_answer_headers is empty or "
+                "operator_channel is not PJSIP",
+                code="auto_answer_unavailable",
+            )
         # placing from the start: a reconcile() between here and the
         # Originate must not take the missing channel for a call that ended
         call, created = await self.lifecycle.create(
@@ -191,6 +230,24 @@ class CallService:
             return defer.succeed(None)
         return self.lifecycle.wait_for(call, {st.OPERATOR_PICKUP})
 
+    @property
+    def can_auto_answer(self) -> bool:
+        """Headers are configured and the operator leg is a PJSIP channel
+        (``PJSIP_HEADER`` exists only there)."""
+        return bool(self.auto_answer_headers) and self.dialing.operator_channel.startswith(
+            "PJSIP/"
+        )
+
+    def auto_answers(self, req: CallRequest) -> bool:
+        """Whether the first leg of ``req`` rings with the auto-answer
+        headers: asked for (or ``[dialing] operator_auto_answer``), one
+        extension rung directly (a Local channel of a group has no SIP
+        headers), and :attr:`can_auto_answer`."""
+        wanted = req.auto_answer if req.auto_answer is not None else self.auto_answer_default
+        return bool(wanted) and not req.first_is_phone and not req.is_group and (
+            self.can_auto_answer
+        )
+
     def first_leg_channel(self, req: CallRequest) -> str:
         """The dial string of the first leg, from configuration and checked values.
 
@@ -204,13 +261,34 @@ class CallService:
         return self.dialing.operator_channel.format(sip=req.first)
 
     def first_leg_variables(self, req: CallRequest, call_id: str) -> dict[str, str]:
-        """The channel variables of the first leg's Originate."""
-        variables = {f"__{CALL_ID_VAR}": call_id}
+        """The channel variables of the first leg's Originate: the call id
+        (inherited by every channel of the call), and what the dialplan
+        needs to connect the client by itself if agi_app is unreachable when
+        the first leg answers (see ``[agi-app-operator]``): the client's dial
+        string, ring time, talk limit, the waiting announcement, the number
+        the client sees and the recording file; and, when the operator's
+        phone should answer by itself, the auto-answer SIP headers as
+        ``PJSIP_HEADER(add,Name)`` assignments.  Every value is built from
+        checked input and configuration."""
+        variables = {
+            f"__{CALL_ID_VAR}": call_id,
+            "AGI_APP_CLIENT": self.client_channel(req),
+            "AGI_APP_CLIENT_RING": str(self.dialing.call_time_to_client),
+            "AGI_APP_WAIT": "1" if req.playback_waiting else "0",
+            "AGI_APP_SHOWN": req.first,
+            "AGI_APP_RECORDING": self.lifecycle.recorder.pbx_path(req.order_id, call_id),
+        }
+        if req.limit_call_time:
+            variables["AGI_APP_LIMIT_MS"] = str(req.limit_call_time * 1000)
         if req.is_group:
             variables[GROUP_DIAL_VAR] = "&".join(
                 self.dialing.operator_channel.format(sip=m) for m in req.members
             )
             variables[GROUP_RING_VAR] = str(req.call_time_to_ext)
+        if self.auto_answers(req):
+            # Set on the new channel before it dials: the INVITE carries them.
+            for name, value in self.auto_answer_headers:
+                variables[HEADER_FUNCTION.format(name=name)] = value
         return variables
 
     def client_channel(self, req: CallRequest) -> str:
@@ -320,6 +398,9 @@ class CallService:
         # What the client sees: the operator's extension, or the first number.
         await agi.set_variable("CALLERID(all)", f'"" <{req.first}>')
         await lifecycle.log(call, st.CLIENT_CALLTO)
+        # Should agi_app go away during the call, the dialplan must not dial
+        # the client a second time when the script's session fails.
+        await agi.set_variable(DIALLED_VAR, "1")
         options = "g"
         if req.limit_call_time:
             options += f"L({req.limit_call_time * 1000})"
@@ -343,9 +424,8 @@ class CallService:
                 # client answered).  Dial's ANSWEREDTIME is the operator
                 # leg's time up, not the client's, so the moment is unknown:
                 # logged as when the client was dialled, talk time unknown.
-                await lifecycle.log(call, st.CLIENT_PICKUP, "answer time not seen",
+                await lifecycle.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN,
                                     at=call.logged_at.get(st.CLIENT_CALLTO))  # fmt: skip
-                ended_at = None
             await lifecycle.finish(call, ended_at=ended_at)
         else:
             status, detail = st.client_status_for_dialstatus(dialstatus)

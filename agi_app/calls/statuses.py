@@ -24,6 +24,9 @@ ERROR = "ERROR"
 FINISH = "FINISH"
 #: one choice of a caller in an IVR menu (never final; may repeat)
 IVR_CHOICE = "IVR_CHOICE"
+#: call control handed the call over to another party, detail ``from → to``
+#: (never final; may repeat)
+TRANSFER = "TRANSFER"
 
 #: Every call status word, in the order a call normally goes through them.
 STATUSES: tuple[str, ...] = (
@@ -41,7 +44,11 @@ STATUSES: tuple[str, ...] = (
     ERROR,
     FINISH,
     IVR_CHOICE,
+    TRANSFER,
 )
+
+#: The statuses a call may reach more than once (every other one is logged once).
+REPEATABLE: frozenset[str] = frozenset({IVR_CHOICE, TRANSFER})
 
 #: The statuses that end a call; a call gets exactly one of them.
 FINAL_STATUSES: frozenset[str] = frozenset(
@@ -118,3 +125,21 @@ def client_status_for_dialstatus(dialstatus: str) -> tuple[str, str]:
     if s in ("CHANUNAVAIL", "CONGESTION"):
         return ERROR, f"client unreachable ({s})"
     return ERROR, f"dial ended with status {s or 'unknown'}"
+
+
+#: DIALSTATUS of a caller's connection to an extension or number (IVR,
+#: inbound calls) -> (status, detail); ANSWER is handled by the caller
+_CONNECTION_OUTCOMES = {
+    "BUSY": (OPERATOR_BUSY, "busy"),
+    "NOANSWER": (OPERATOR_NOANSWER, "no answer"),
+    "CHANUNAVAIL": (OPERATOR_OFFLINE, "unreachable"),
+    "CONGESTION": (ERROR, "congestion"),
+    "CANCEL": (CLIENT_CANCEL, "the caller hung up while it rang"),
+}
+
+
+def connection_status_for_dialstatus(dialstatus: str) -> tuple[str, str]:
+    """Map ``${DIALSTATUS}`` after a caller was connected to an extension or
+    a number (an IVR choice, an inbound call) to ``(status, detail)``."""
+    s = (dialstatus or "").upper()
+    return _CONNECTION_OUTCOMES.get(s, (ERROR, f"dial status {s}"))

@@ -16,6 +16,12 @@ answered                    ``answer``
 hungup                      ``hangup`` with CallStatus, Duration, RecordURL
 ==========================  ==============================================
 
+The hangup that ends a call agi_app placed and call control transferred
+(its history has ``TRANSFER``) also names the extension the call ended
+with (``HangupExtension``) and the talk time of the whole call, from the
+client's answer (``TotalDuration``); an extension that handed the call over
+gets neither.
+
 and a leg of an outside line dialled from a call that came in from outside
 for extension X (forwarding by incoming call rules) gives X a ``dial-out``
 with ``Transfered: yes``.
@@ -30,7 +36,9 @@ from 200" would look in a PBX that rings the owner first) gives X no events.
 :class:`EventGenerator` subscribes to the tracker and publishes the events
 through the :class:`~agi_app.events.service.EventService`, adding
 ``OrderID``/``ExternalKey`` of calls agi_app placed and ``RecordURL`` of
-recorded ones from the store.  Events are handled one after another, so
+recorded ones from the store, and for an inbound call the CRM was asked
+about (:mod:`agi_app.inbound`) the caller's ``name`` (also as
+``CallerIDName``) and ``crm_url``.  Events are handled one after another, so
 their EventIDs follow the order the tracker reported them in.
 """
 
@@ -44,9 +52,19 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from agi_app.calls import statuses as st
+from agi_app.calls.lifecycle import PICKUP_UNSEEN
 from agi_app.events.service import EventService
+from agi_app.times import parse_time
 
-__all__ = ["CallInfo", "EventGenerator", "LegMemory", "crm_event", "operator_first_fields"]
+__all__ = [
+    "CallInfo",
+    "EventGenerator",
+    "LegMemory",
+    "crm_event",
+    "ends_call",
+    "operator_first_fields",
+]
 
 log = Logger(namespace="agi_app.events")
 
@@ -108,6 +126,20 @@ def crm_event(event: Any, leg: Any = None) -> tuple[str, str, dict[str, Any]] | 
     return extension, event_type, fields
 
 
+def ends_call(leg: Any, handed_over: Callable[[Any], bool] | None = None) -> bool:
+    """Whether the hangup of this extension's leg ends its call for the
+    extensions: no other extension takes part in it any more, and the leg
+    did not hand the call over (``handed_over``, call control's rule)."""
+    if leg is None or leg.call is None:
+        return False
+    if handed_over is not None and handed_over(leg):
+        return False
+    return not any(
+        other is not leg and other.extension and other.party
+        for other in leg.call.legs.values()
+    )
+
+
 def _forwarded_for(event: Any, leg: Any) -> str | None:
     """The extension whose incoming call rules sent a call from outside to
     this outside line (a ``ringing``/``out`` leg dialled at the extension's
@@ -136,6 +168,8 @@ _NO_INFO = {
     "operator": None,
     "phone": None,
     "record_url": None,
+    "name": None,
+    "crm_url": None,
 }
 
 
@@ -159,8 +193,9 @@ def operator_first_fields(fields: dict[str, Any], extension: str, info: Mapping[
 
 
 class CallInfo:
-    """What the store knows of agi_app's calls: order, external key, and the
-    recording link, cached for the calls seen lately."""
+    """What the store knows of agi_app's calls: order, external key, the
+    recording link, and the caller's name and CRM link of an inbound call
+    looked up in the CRM; cached for the calls seen lately."""
 
     def __init__(self, store: Any, *, public_url: str, keep: int = 2048):
         self._store = store
@@ -169,9 +204,10 @@ class CallInfo:
         self._keep = keep
 
     async def get(self, call_id: str | None, *, refresh: bool = False) -> dict[str, Any]:
-        """``{"order_id", "external_key", "operator", "phone", "record_url"}``
-        of an agi_app call (all None for a call agi_app did not place).  ``refresh`` reads the
-        recording again (it may start after the call's first events)."""
+        """``{"order_id", "external_key", "operator", "phone", "record_url",
+        "name", "crm_url"}`` of an agi_app call (all None for a call agi_app
+        did not place).  ``refresh`` reads the recording again (it may start
+        after the call's first events)."""
         if not call_id:
             return dict(_NO_INFO)
         info = self._cache.get(call_id)
@@ -194,12 +230,30 @@ class CallInfo:
                 "record_url": (
                     f"{self._public_url}/records/{records[0]['record_id']}" if records else None
                 ),
+                # what the CRM lookup of an inbound call said (agi_app.inbound)
+                "name": params.get("name") if isinstance(params.get("name"), str) else None,
+                "crm_url": (
+                    params.get("crm_url") if isinstance(params.get("crm_url"), str) else None
+                ),
             }
             self._cache[call_id] = info
             self._cache.move_to_end(call_id)
             while len(self._cache) > self._keep:
                 self._cache.popitem(last=False)
         return info
+
+    async def transfer(self, call_id: str | None) -> tuple[bool, float | None]:
+        """``(transferred, answered_at)`` of an agi_app call: whether call
+        control handed it over (a ``TRANSFER`` entry), and when the client
+        answered (``CLIENT_PICKUP``; None if not, or not seen)."""
+        if not call_id:
+            return False, None
+        entries = await self._store.statuses(call_id)
+        transferred = any(e["status"] == st.TRANSFER for e in entries)
+        pickup = next((e for e in entries if e["status"] == st.CLIENT_PICKUP), None)
+        if pickup is None or pickup.get("detail") == PICKUP_UNSEEN:
+            return transferred, None
+        return transferred, parse_time(pickup["time"])
 
 
 #: the fields that describe the parties of a leg (kept from its last event
@@ -240,12 +294,23 @@ class EventGenerator:
     :param tracker: a :class:`~agi_app.live.tracker.CallTracker` (``subscribe``, ``leg``)
     :param events: the :class:`EventService` that queues them
     :param info: where OrderID/ExternalKey/RecordURL come from
+    :param handed_over: whether a leg handed its call over to another party
+        (:func:`agi_app.live.control.handed_over`): its hangup does not end
+        the call
     """
 
-    def __init__(self, tracker: Any, events: EventService, info: CallInfo):
+    def __init__(
+        self,
+        tracker: Any,
+        events: EventService,
+        info: CallInfo,
+        *,
+        handed_over: Callable[[Any], bool] | None = None,
+    ):
         self._tracker = tracker
         self._events = events
         self._info = info
+        self._handed_over = handed_over
         self._unsubscribe: Callable[[], object] | None = None
         self._tail: defer.Deferred = defer.succeed(None)
         self._legs = LegMemory()
@@ -293,9 +358,11 @@ class EventGenerator:
         if not any(self._events.wants(extension, t) for t in candidates):
             return
         when = event.time
+        # decided now: by the time it is published the call has moved on
+        last = event_type == "hangup" and ends_call(leg, self._handed_over)
         self._tail.addCallback(
             lambda _: defer.ensureDeferred(
-                self._publish(extension, event_type, fields, event.call_id, when)
+                self._publish(extension, event_type, fields, event.call_id, when, last=last)
             )
         )
         self._tail.addErrback(
@@ -309,6 +376,8 @@ class EventGenerator:
         fields: dict[str, Any],
         call_id: str | None,
         when: float,
+        *,
+        last: bool = False,
     ) -> None:
         info = await self._info.get(call_id, refresh=event_type == "hangup")
         fields = dict(fields)
@@ -318,7 +387,18 @@ class EventGenerator:
             return
         fields["OrderID"] = info["order_id"]
         fields["ExternalKey"] = info["external_key"]
+        if info.get("name"):
+            # the CRM's name for the caller of an inbound call it was asked about
+            fields["CallerIDName"] = fields["name"] = info["name"]
+        if info.get("crm_url"):
+            fields["crm_url"] = info["crm_url"]
         if event_type == "hangup" and info["record_url"]:
             fields["RecordURL"] = info["record_url"]
+        if last and call_id:
+            transferred, answered_at = await self._info.transfer(call_id)
+            if transferred:
+                fields["HangupExtension"] = extension
+                if answered_at is not None:
+                    fields["TotalDuration"] = str(int(round(max(0.0, when - answered_at))))
         await self._events.publish(extension, event_type, fields, when=when)
         self.published += 1

@@ -44,8 +44,9 @@ __all__ = [
 
 log = Logger(namespace="agi_app.events")
 
-#: The event types a CRM can subscribe to (seed 004).
-EVENT_TYPES: tuple[str, ...] = ("dial-in", "dial-out", "answer", "hangup")
+#: The event types a CRM can subscribe to: seed 004's, and ``missed`` (an
+#: inbound call nobody answered, see agi_app.calls.missed).
+EVENT_TYPES: tuple[str, ...] = ("dial-in", "dial-out", "answer", "hangup", "missed")
 #: How deliveries can be made.
 METHODS: tuple[str, ...] = ("GET", "POST")
 #: Longest subscription URL accepted.

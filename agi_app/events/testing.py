@@ -28,6 +28,8 @@ class MemoryEventStore(EventStore):
         self.recordings: dict[str, list[dict[str, Any]]] = {}
         #: what the event generator reads of the call log: call_id -> call
         self.calls: dict[str, dict[str, Any]] = {}
+        #: ... and call_id -> its history entries (``status``, ``time``, ``detail``)
+        self.history: dict[str, list[dict[str, Any]]] = {}
         self._sub_ids = itertools.count(1)
         self._event_ids = itertools.count(1)
         self._outbox_ids = itertools.count(1)
@@ -167,6 +169,9 @@ class MemoryEventStore(EventStore):
 
     def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:
         return succeed(self.calls.get(call_id))
+
+    def statuses(self, call_id: str) -> Deferred[list[dict[str, Any]]]:
+        return succeed(list(self.history.get(call_id, [])))
 
 
 @dataclass

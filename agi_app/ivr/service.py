@@ -45,14 +45,6 @@ __all__ = ["IVRService", "UnknownMenu"]
 
 log = Logger(namespace="agi_app.ivr")
 
-#: DIALSTATUS of a connection -> (status, detail)
-_DIAL_OUTCOME = {
-    "BUSY": (st.OPERATOR_BUSY, "busy"),
-    "NOANSWER": (st.OPERATOR_NOANSWER, "no answer"),
-    "CHANUNAVAIL": (st.OPERATOR_OFFLINE, "unreachable"),
-    "CONGESTION": (st.ERROR, "congestion"),
-    "CANCEL": (st.CLIENT_CANCEL, "the caller hung up while it rang"),
-}
 
 
 class UnknownMenu(NotFound):
@@ -197,7 +189,7 @@ class IVRService:
             await lifecycle.finish(call, f"talk with {target.kind} {target.target}",
                                    ended_at=ended_at)  # fmt: skip
             return
-        status, detail = _DIAL_OUTCOME.get(dialstatus, (st.ERROR, f"dial status {dialstatus}"))
+        status, detail = st.connection_status_for_dialstatus(dialstatus)
         await lifecycle.log(call, status, f"{target.kind} {target.target}: {detail}")
         if not agi.hungup and goodbye:
             await agi.stream_file(playback_name(goodbye), "", timeout=60)

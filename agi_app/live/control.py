@@ -32,10 +32,22 @@ Before it moves the extension's own channel (transfer, attended_transfer,
 hold, park) the channel variable ``AGI_APP_HANDOFF`` is set on it to the
 action's name, so a FastAGI script running on that channel can tell the
 channel was moved by call control rather than hung up.
+
+A transferred call keeps its id (its channels carry ``AGI_APP_CALL_ID``, which
+every channel they dial inherits).  For a call agi_app placed, call control
+reports each hand-over through ``on_transfer(call_id, from, to)``: a blind
+transfer once the PBX accepted it, an attended one when it completes (the
+target, answered, is bridged with the waiting party in
+``agi-app-xfer-complete``, or the waiting party reaches it by itself).  And
+the recording goes on: ``leg_recording(call_id)`` names the file of the next
+leg, handed to the dialplan in the inherited variable
+``AGI_APP_LEG_RECORDING``; the party the call goes to starts it when it
+answers (``agi-app-leg-recording``), which ``on_leg_recorded(call_id)`` reports.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from collections.abc import Callable
@@ -50,6 +62,7 @@ from agi_app.ami.errors import AMIActionError, AMIDisconnected, AMITimeout
 from agi_app.ami.message import variable_assignment
 from agi_app.errors import AppError, PBXUnavailable
 from agi_app.live.tracker import (
+    CALL_ID_VAR,
     HOLD_CONTEXT,
     STATE_RING,
     STATE_RINGING,
@@ -68,6 +81,7 @@ __all__ = [
     "PBXRefused",
     "PBXUnavailable",
     "UnknownExtension",
+    "handed_over",
 ]
 
 log = Logger(namespace="agi_app.live.control")
@@ -91,6 +105,14 @@ HANDOFF_VAR = "AGI_APP_HANDOFF"
 
 TRANSFER_CONTEXT = "agi-app-transfer"
 CONSULT_CONTEXT = "agi-app-consult"
+#: the extension of HOLD_CONTEXT that hangs up an extension that handed its call over
+RELEASE_EXTEN = "release"
+#: where the target of an attended transfer is connected to the waiting party
+XFER_COMPLETE_CONTEXT = "agi-app-xfer-complete"
+#: the subroutine that records a transferred call's next leg
+LEG_RECORDING_CONTEXT = "agi-app-leg-recording"
+#: the inherited channel variable naming that leg's file (as the PBX sees it)
+LEG_RECORDING_VAR = "AGI_APP_LEG_RECORDING"
 SPY_CONTEXT = "agi-app-spy"
 PICKUP_CONTEXT = "agi-app-pickup"
 
@@ -151,6 +173,20 @@ class Destination:
     ring: int
 
 
+@dataclass
+class _Handover:
+    """A transfer of a call agi_app placed that is not seen through yet."""
+
+    #: uniqueid of the party that stays (the client)
+    peer: str
+    from_party: str
+    to: str
+    #: an attended transfer whose completion is still to be reported
+    attended: bool
+    #: a recording of the next leg is still to start
+    recording: bool
+
+
 class CallControl:
     """Carries out call-control actions on the calls the tracker sees.
 
@@ -160,6 +196,13 @@ class CallControl:
     :param clock: an ``IReactorTime``
     :param store: the call log, for ``hangupCall`` of a call that has ended
     :param park_timeout: seconds to wait for Asterisk to report the parking space
+    :param on_transfer: ``(call_id, from, to)``: a call agi_app placed was
+        handed over from an extension (or number) to another
+    :param leg_recording: ``call_id`` -> the file (as the PBX sees it) to
+        record the call's next leg into, or None when it is not recorded
+    :param on_leg_recorded: ``call_id``: that recording started
+    (the three may return a Deferred or a coroutine; a failure is logged,
+    the transfer itself stands)
     """
 
     def __init__(
@@ -172,6 +215,9 @@ class CallControl:
         store: Any = None,
         park_timeout: float = 3.0,
         new_id: Callable[[], str] | None = None,
+        on_transfer: Callable[[str, str, str], object] | None = None,
+        leg_recording: Callable[[str], object] | None = None,
+        on_leg_recorded: Callable[[str], object] | None = None,
     ):
         self.ami = ami
         self.tracker = tracker
@@ -180,6 +226,13 @@ class CallControl:
         self.store = store
         self.park_timeout = park_timeout
         self._new_id = new_id or (lambda: f"agiapp-{uuid.uuid4().hex}")
+        self.on_transfer = on_transfer
+        self.leg_recording = leg_recording
+        self.on_leg_recorded = on_leg_recorded
+        #: call id -> its transfer still to be seen through (followed from
+        #: the AMI events only while there is one)
+        self._handovers: dict[str, _Handover] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
 
     # -- checking input -------------------------------------------------------
 
@@ -370,25 +423,37 @@ class CallControl:
         held = peer.context == HOLD_CONTEXT and not peer.bridge
         if not held:
             peer = self._talking_peer(own)
-        await self._setvars(peer, AGI_APP_TARGET=dst.dial, AGI_APP_RING=str(dst.ring))
+        call_id = _agi_call_id(own)
+        recording = await self._leg_file(call_id)
+        # the target inherits the leg's file from the party that dials it
+        await self._setvars(peer, AGI_APP_TARGET=dst.dial, AGI_APP_RING=str(dst.ring),
+                            **recording)  # fmt: skip
         await self._setvars(own, **{HANDOFF_VAR: "transfer"})
         await self.ami.redirect(
             peer.uniqueid, TRANSFER_CONTEXT, "s", 1,
-            extra_channel=own.uniqueid, extra_context=HOLD_CONTEXT, extra_exten="release",
+            extra_channel=own.uniqueid, extra_context=HOLD_CONTEXT, extra_exten=RELEASE_EXTEN,
             extra_priority=1,
         )  # fmt: skip
+        handover = self._hand_over(call_id, own, peer, dst, attended=False, recording=recording)
+        if call_id and handover is not None:
+            await self._transferred(call_id, handover)
 
     async def _attended_transfer(self, own: Leg, dst: Destination) -> None:
         peer = self._talking_peer(own)
+        call_id = _agi_call_id(own)
+        recording = await self._leg_file(call_id)
         # The waiting party knows the target too: if the extension hangs up
-        # while the target still rings, it is sent there itself.
-        await self._setvars(peer, AGI_APP_TARGET=dst.dial, AGI_APP_RING=str(dst.ring))
+        # while the target still rings, it is sent there itself.  Whoever
+        # dials the target hands it the file of the next leg.
+        await self._setvars(peer, AGI_APP_TARGET=dst.dial, AGI_APP_RING=str(dst.ring),
+                            **recording)  # fmt: skip
         await self._setvars(
             own,
             AGI_APP_TARGET=dst.dial,
             AGI_APP_RING=str(dst.ring),
             AGI_APP_RETURNED="",
             __AGI_APP_PEER=peer.uniqueid,
+            **recording,
             **{HANDOFF_VAR: "attended_transfer"},
         )
         await self.ami.redirect(
@@ -396,6 +461,8 @@ class CallControl:
             extra_channel=own.uniqueid, extra_context=CONSULT_CONTEXT, extra_exten="s",
             extra_priority=1,
         )  # fmt: skip
+        # reported when it completes (see _on_bridge_enter)
+        self._hand_over(call_id, own, peer, dst, attended=True, recording=recording)
 
     async def _hold(self, own: Leg, dst: None) -> None:
         peer = self._talking_peer(own)
@@ -461,6 +528,114 @@ class CallControl:
             dst, PICKUP_CONTEXT, "s", {"AGI_APP_PICKUP": own.uniqueid}, f'"{name}" <{number}>'
         )
 
+    # -- transfers of calls agi_app placed ----------------------------------------
+
+    async def _leg_file(self, call_id: str | None) -> dict[str, str]:
+        """The channel variable that names the file of the call's next leg:
+        empty when the call is not recorded (a file of an earlier transfer
+        must not be recorded into again); none without ``leg_recording``."""
+        if self.leg_recording is None:
+            return {}
+        path = None
+        if call_id:
+            try:
+                path = await _deferred(self.leg_recording(call_id))
+            except Exception:
+                log.failure("recording of the next leg of {call_id}", call_id=call_id)
+        return {f"__{LEG_RECORDING_VAR}": path or ""}
+
+    def _hand_over(
+        self, call_id: str | None, own: Leg, peer: Leg, dst: Destination, *,
+        attended: bool, recording: dict[str, str],
+    ) -> _Handover | None:  # fmt: skip
+        """Follow a transfer of a call agi_app placed until it is reported
+        and its next leg's recording started (or the party that stays hangs
+        up); a transfer of the same call before replaces it."""
+        if not call_id:
+            return None
+        handover = _Handover(
+            peer=peer.uniqueid,
+            from_party=_party(own),
+            to=dst.value,
+            attended=attended and self.on_transfer is not None,
+            recording=bool(recording.get(f"__{LEG_RECORDING_VAR}"))
+            and self.on_leg_recorded is not None,
+        )
+        self._handovers[call_id] = handover
+        self._follow()
+        self._settled(call_id, handover)
+        return handover
+
+    def _follow(self) -> None:
+        """Listen to the events that see transfers through while one is
+        pending, and only then."""
+        if self._handovers and not self._unsubscribe:
+            self._unsubscribe = [
+                self.ami.subscribe(self._on_bridge_enter, "BridgeEnter"),
+                self.ami.subscribe(self._on_mixmonitor, "MixMonitorStart"),
+                self.ami.subscribe(self._on_hangup, "Hangup"),
+            ]
+        elif not self._handovers and self._unsubscribe:
+            for unsubscribe in self._unsubscribe:
+                unsubscribe()
+            self._unsubscribe = []
+
+    def _pending(self, event: Any) -> tuple[str, _Handover] | tuple[None, None]:
+        variables = getattr(event, "variables", None) or {}
+        call_id = variables.get(CALL_ID_VAR) or ""
+        handover = self._handovers.get(call_id)
+        return (call_id, handover) if handover is not None else (None, None)
+
+    def _settled(self, call_id: str, handover: _Handover) -> None:
+        if not (handover.attended or handover.recording):
+            if self._handovers.get(call_id) is handover:
+                del self._handovers[call_id]
+            self._follow()
+
+    def _on_bridge_enter(self, event: Any) -> None:
+        # An attended transfer completes when the target enters the bridge of
+        # agi-app-xfer-complete, or (the extension hung up while the target
+        # rang) when the waiting party, sent to dial it, is bridged with it.
+        call_id, handover = self._pending(event)
+        if handover is None or not handover.attended:
+            return
+        context = event.get("Context")
+        if context == XFER_COMPLETE_CONTEXT or (
+            context == TRANSFER_CONTEXT and event.get("Uniqueid") == handover.peer
+        ):
+            handover.attended = False
+            self._settled(call_id, handover)
+            d = defer.ensureDeferred(self._transferred(call_id, handover))
+            d.addErrback(lambda f: log.failure("transfer of {call_id}", f, call_id=call_id))
+
+    def _on_mixmonitor(self, event: Any) -> None:
+        call_id, handover = self._pending(event)
+        if handover is None or not handover.recording:
+            return
+        if event.get("Context") != LEG_RECORDING_CONTEXT:
+            return
+        handover.recording = False
+        self._settled(call_id, handover)
+        if self.on_leg_recorded is not None:
+            d = _deferred(self.on_leg_recorded(call_id))
+            d.addErrback(lambda f: log.failure("recording of {call_id}", f, call_id=call_id))
+
+    def _on_hangup(self, event: Any) -> None:
+        # the party that stays is gone: nothing of its transfer is to come
+        uid = event.get("Uniqueid")
+        for call_id, handover in list(self._handovers.items()):
+            if handover.peer == uid:
+                handover.attended = handover.recording = False
+                self._settled(call_id, handover)
+
+    async def _transferred(self, call_id: str, handover: _Handover) -> None:
+        if self.on_transfer is None:
+            return
+        try:
+            await _deferred(self.on_transfer(call_id, handover.from_party, handover.to))
+        except Exception:
+            log.failure("transfer of {call_id} not reported", call_id=call_id)
+
     # -- AMI helpers ------------------------------------------------------------
 
     async def _setvars(self, leg: Leg, **values: str) -> None:
@@ -504,6 +679,36 @@ class CallControl:
         except AMIActionError as e:
             if "no such channel" not in e.message.lower():
                 raise
+
+
+def handed_over(leg: Leg) -> bool:
+    """Whether a leg left its call to another party through call control:
+    an extension released after a blind transfer, or one that consulted the
+    target of an attended transfer.  Its hangup does not end the call."""
+    return leg.context == CONSULT_CONTEXT or (
+        leg.context == HOLD_CONTEXT and leg.exten == RELEASE_EXTEN
+    )
+
+
+def _deferred(result: object) -> defer.Deferred:
+    """A hook's result as a Deferred (it may return a value, a Deferred or
+    a coroutine)."""
+    if inspect.isawaitable(result):
+        return defer.ensureDeferred(result)  # type: ignore[arg-type]
+    return defer.succeed(result)
+
+
+def _agi_call_id(leg: Leg) -> str | None:
+    """agi_app's id of the leg's call, if agi_app placed it."""
+    return (leg.call.call_id if leg.call is not None else None) or leg.call_id
+
+
+def _party(leg: Leg) -> str:
+    """How a TRANSFER entry names a party: its extension, else its number."""
+    if leg.extension:
+        return leg.extension
+    number = (leg.dial_string or "").split("@", 1)[0].rsplit("/", 1)[-1]
+    return _shown(number or leg.caller_num or "") or "?"
 
 
 def _shown(text: str) -> str:

@@ -99,7 +99,9 @@ class PBX:
         project: Path | None = None,
         ami_username: str = "agi_app",
         ami_secret: str | None = None,
+        ami_read: str = pbx_config.AMI_READ["readme"],
         log: Callable[[str], None] = _print,
+        faults: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root)
         self.profile = profile
@@ -109,6 +111,10 @@ class PBX:
         self.project = Path(project) if project else project_dir()
         self.ami_username = ami_username
         self.ami_secret = ami_secret or os.environ.get("AGI_APP_SANDBOX_AMI_SECRET", "sandbox")
+        #: the AMI user's read classes (see ``pbx_config.AMI_READ``)
+        self.ami_read = ami_read
+        #: settings broken on purpose (:data:`~agi_app.sandbox.pbx_config.FAULTS`)
+        self.faults = faults
         self._log = log
         self.pbx_dir = f"/srv/agi_app/{self.name}"
         self.host_dir = self.root / self.pbx_dir.lstrip("/")
@@ -162,6 +168,8 @@ class PBX:
             modules=[p.name for p in (self.root / module_dir.lstrip("/")).glob("*.so")],
             ami_username=self.ami_username,
             ami_secret=self.ami_secret,
+            ami_read=self.ami_read,
+            faults=self.faults,
         )
 
     def render(self) -> None:
@@ -192,6 +200,18 @@ class PBX:
         self._copy_dialplan()
         ensure_language_links(self.root)
         self._install_sounds()
+        if "prompts" in self.faults:
+            self._data_without_prompts()
+
+    def _data_without_prompts(self) -> None:
+        # Fault "prompts": Asterisk's data folder (documentation, music on
+        # hold...) with an empty sounds folder, so no prompt is installed.
+        data = self.host_dir / pbx_config.NO_PROMPTS_DATA_DIR
+        shutil.rmtree(data, ignore_errors=True)
+        (data / "sounds").mkdir(parents=True)
+        for item in (self.root / "usr/share/asterisk").iterdir():
+            if item.name != "sounds":
+                (data / item.name).symlink_to(f"/usr/share/asterisk/{item.name}")
 
     def _copy_dialplan(self) -> None:
         # The chroot cannot see the checkout, so the dialplan is copied in.

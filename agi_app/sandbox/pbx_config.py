@@ -12,6 +12,7 @@ folder and its modules), writes what is rendered here and runs Asterisk.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +20,8 @@ from importlib import resources
 from agi_app.sandbox import _util
 
 __all__ = [
+    "AMI_READ",
+    "FAULTS",
     "OPERATORS",
     "PROFILES",
     "STOCK_CONFIGS",
@@ -53,8 +56,23 @@ _NOLOAD_PREFIXES = (
     "res_sorcery_realtime", "res_speech_aeap", "res_stasis", "res_statsd", "res_stir_shaken",
     "res_stun_monitor", "res_websocket_client", "res_xmpp",
 )  # fmt: skip
+#: read classes of the sandbox's AMI user (manager.conf ``read``): ``readme``
+#: is what the README tells an admin to grant, ``all`` every class (a PBX
+#: set up more generously; agi_app must cope with both)
+AMI_READ = {"readme": "system,call,agent,user,dtmf,reporting", "all": "all"}
 #: Debian's own files, used as they are (tones, answering machine detection...)
 STOCK_CONFIGS = ("indications.conf", "amd.conf", "pjsip_notify.conf")
+#: what an instance can be misconfigured in on purpose (``agi-app doctor``'s
+#: tests): the setting left out or wrong -> what it breaks
+FAULTS = {
+    "channelvars": "manager.conf has no channelvars = AGI_APP_CALL_ID",
+    "dialplan": "extensions.conf does not #include the project's dialplan",
+    "prompts": "Asterisk's data folder is one whose sounds folder is empty",
+    "ami_classes": "the AMI user may read only call events and send no Originate",
+}
+#: the instance's data folder under the fault ``prompts``: links to the
+#: tree's /usr/share/asterisk but an empty sounds folder
+NO_PROMPTS_DATA_DIR = "data-without-prompts"
 
 
 @dataclass(frozen=True)
@@ -129,11 +147,24 @@ def asterisk_configs(
     modules: Iterable[str],
     ami_username: str,
     ami_secret: str,
+    ami_read: str = AMI_READ["readme"],
+    faults: Iterable[str] = (),
 ) -> dict[str, str]:
     """Every configuration file of an instance, ``{file name: text}``:
     the templates filled in with ``profile``'s ports, the instance's
-    ``name`` and folder ``pbx_dir`` (as Asterisk sees it), the AMI user and
-    the chroot's ``module_dir`` with ``modules`` (the ``.so`` files in it)."""
+    ``name`` and folder ``pbx_dir`` (as Asterisk sees it), the AMI user
+    (``ami_read``: its read classes, see :data:`AMI_READ`) and the
+    chroot's ``module_dir`` with ``modules`` (the ``.so`` files in it).
+    ``faults`` (names of :data:`FAULTS`) break the setup on purpose."""
+    if not re.fullmatch(r"[a-z]+(,[a-z]+)*", ami_read):
+        raise ValueError(f"AMI read classes must be a comma-separated list: {ami_read!r}")
+    faults = frozenset(faults)
+    if faults - set(FAULTS):
+        raise ValueError(f"unknown faults {sorted(faults - set(FAULTS))} (known: {list(FAULTS)})")
+
+    def unless(fault: str, good: str, broken: str) -> str:
+        return broken if fault in faults else good
+
     values = {
         "name": name,
         "pbx_dir": pbx_dir,
@@ -148,7 +179,14 @@ def asterisk_configs(
         "rtp_start": profile.rtp_start,
         "rtp_end": profile.rtp_end,
         "operators": operator_endpoints(),
-    }
+        "channelvars": unless("channelvars", "channelvars = AGI_APP_CALL_ID",
+                              "; channelvars left out on purpose (fault channelvars)"),
+        "dialplan_include": unless("dialplan", '#include "dialplan/extensions.conf"',
+                                   "; the project's dialplan left out on purpose (fault dialplan)"),
+        "data_dir": unless("prompts", "/usr/share/asterisk", f"{pbx_dir}/{NO_PROMPTS_DATA_DIR}"),
+        "ami_read": unless("ami_classes", ami_read, "call"),
+        "ami_write": unless("ami_classes", "call,originate,reporting,agent", "call,reporting"),
+    }  # fmt: skip
     templates = resources.files("agi_app.sandbox") / "templates"
     return {
         item.name: _util.render(item.read_text(encoding="utf-8"), values)

@@ -10,9 +10,11 @@ a phone does (:class:`~agi_app.sandbox.scenarios.Behaviour`) and the SIPp
 scenario and command line it becomes are rendered by
 :mod:`agi_app.sandbox.scenarios`; the behaviours are re-exported here.
 Every step of a call becomes a ``<log>`` line that :meth:`Phone.calls`
-parses back.  The audio a phone answers with goes to a small UDP sink
-(:class:`MediaSink`) that counts what arrived per call, so a test can tell
-whether media really flowed.
+parses back; a phone started with ``trace_sip`` also keeps every SIP message
+it sent and received whole (SIPp's ``-trace_msg``), and :meth:`Phone.invites`
+reads back the headers of the INVITEs it got.  The audio a phone answers
+with goes to a small UDP sink (:class:`MediaSink`) that counts what arrived
+per call, so a test can tell whether media really flowed.
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ __all__ = [
     "busy",
     "decline",
     "dtmf",
+    "header_values",
     "kill_phones",
     "make_behaviour",
     "no_answer",
     "parse_log",
+    "parse_messages",
     "reject",
 ]
 
@@ -161,6 +165,60 @@ def parse_log(text: str) -> list[dict[str, Any]]:
     return list(calls.values())
 
 
+# A message of SIPp's -trace_msg file starts after a line of dashes and the
+# time, then "UDP message received [966] bytes :" or "UDP message sent (385
+# bytes):" and an empty line.
+_MESSAGE_SEPARATOR = re.compile(
+    r"^-{20,} (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6})\s*$", re.MULTILINE
+)
+
+
+def parse_messages(text: str) -> list[dict[str, Any]]:
+    """The SIP messages of a SIPp message file (``-trace_msg``), in order:
+    ``direction`` (``received``/``sent``), ``time`` (unix seconds),
+    ``start_line`` (``INVITE sip:1000@... SIP/2.0``, ``SIP/2.0 200 OK``),
+    ``headers`` (``(name, value)`` pairs as they came, folded lines joined)
+    and ``body``.  A message still being written (no blank line after its
+    headers yet) is left out."""
+    out = []
+    marks = list(_MESSAGE_SEPARATOR.finditer(text))
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        lines = text[mark.end():end].lstrip("\n").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the end of the text, not an empty line of the message
+        if not lines or " message " not in lines[0]:
+            continue
+        direction = "received" if " received " in lines[0] else "sent"
+        rest = [line.rstrip("\r") for line in lines[1:]]
+        while rest and not rest[0].strip():
+            rest.pop(0)
+        if not rest or "" not in rest:
+            continue
+        blank = rest.index("")
+        start_line, head, body = rest[0], rest[1:blank], "\n".join(rest[blank + 1 :])
+        headers: list[tuple[str, str]] = []
+        for line in head:
+            if line[:1] in (" ", "\t") and headers:
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {line.strip()}")
+                continue
+            name, sep, value = line.partition(":")
+            if sep:
+                headers.append((name.strip(), value.strip()))
+        when = datetime.strptime(mark.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        out.append({"direction": direction, "time": when, "start_line": start_line,
+                    "headers": headers, "body": body.strip("\n")})  # fmt: skip
+    return out
+
+
+def header_values(message: dict[str, Any], name: str) -> list[str]:
+    """Every value of header ``name`` (any case) in a message of
+    :func:`parse_messages`, in order."""
+    want = name.lower()
+    return [value for key, value in message["headers"] if key.lower() == want]
+
+
 # ------------------------------------------------------------------ media
 
 
@@ -243,6 +301,12 @@ class Phone:
     _sink: MediaSink | None = field(default=None, init=False, repr=False)
     #: SIPp log files of this phone and where in each the calls to report begin
     _logs: list[tuple[Path, int]] = field(default_factory=list, init=False, repr=False)
+    #: keep every SIP message (SIPp ``-trace_msg``): :meth:`invites` reads them
+    trace_sip: bool = False
+    #: SIPp message files of this phone and where in each the messages to report begin
+    _message_files: list[tuple[Path, int]] = field(
+        default_factory=list, init=False, repr=False
+    )
     _seq: Any = field(default_factory=lambda: itertools.count(1), init=False, repr=False)
     registered: bool = field(default=False, init=False)
 
@@ -266,9 +330,18 @@ class Phone:
         """The media port this phone answers with (in its SDP)."""
         return self.media_port if self.detached else self.media_port + 4
 
-    def start(self, behaviour: Behaviour | None = None, register: bool = True) -> Phone:
+    def start(
+        self,
+        behaviour: Behaviour | None = None,
+        register: bool = True,
+        trace_sip: bool | None = None,
+    ) -> Phone:
         """Start (or restart with a new behaviour) the UAS process, then
-        register the phone's contact when it has a REGISTER port."""
+        register the phone's contact when it has a REGISTER port.
+        ``trace_sip``: keep every SIP message for :meth:`invites` (None:
+        as before)."""
+        if trace_sip is not None:
+            self.trace_sip = trace_sip
         behaviour = behaviour or answer()
         self._launch(self._scenario(behaviour), behaviour.describe())
         if register and self.register_port is not None and not self.registered:
@@ -286,7 +359,8 @@ class Phone:
         xml.write_text(scenario)
         log = self.folder / f"uas-{n}.log"
         errors = self.folder / f"uas-{n}.errors"
-        argv = scenarios.uas_argv(xml, self.sip_port, self.media_port, log, errors)
+        messages = self.folder / f"uas-{n}.messages" if self.trace_sip else None
+        argv = scenarios.uas_argv(xml, self.sip_port, self.media_port, log, errors, messages)
         if _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
             raise PhoneError(f"{self.name}: SIP port 127.0.0.1:{self.sip_port}/udp is in use")
         log.touch()
@@ -301,6 +375,9 @@ class Phone:
         self._run = _Run(proc, log, what)
         (self.folder / "sipp.pid").write_text(f"{proc.pid}\n")
         self._logs.append((log, 0))
+        if messages is not None:
+            messages.touch()
+            self._message_files.append((messages, 0))
         deadline = time.monotonic() + 5
         while not _util.port_in_use(self.sip_port, socket.SOCK_DGRAM):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -385,13 +462,61 @@ class Phone:
             call["media_received"] = packets > 0
         return out
 
+    def messages(self) -> list[dict[str, Any]]:
+        """Every SIP message this phone sent or received since :meth:`clear`
+        while started with ``trace_sip``, oldest first (see
+        :func:`parse_messages`)."""
+        out = []
+        for path, offset in self._message_files:
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    out.extend(parse_messages(fh.read().decode(errors="replace")))
+            except OSError:
+                continue
+        return out
+
+    def invites(self) -> list[dict[str, Any]]:
+        """The INVITEs that started a call on this phone (re-INVITEs, which
+        carry a To tag, left out), oldest first: each a message of
+        :func:`parse_messages` with its ``call_id``; read a header with
+        :func:`header_values`.  Needs ``trace_sip``."""
+        out = []
+        for message in self.messages():
+            if message["direction"] != "received" or not message["start_line"].startswith(
+                "INVITE "
+            ):
+                continue
+            if any("tag=" in to for to in header_values(message, "To")):
+                continue
+            call_ids = header_values(message, "Call-ID")
+            out.append({**message, "call_id": call_ids[0] if call_ids else ""})
+        return out
+
+    def wait_for_invite(self, timeout: float = 5.0, count: int = 1, reactor: Any = None):
+        """A Deferred firing with the ``count``-th INVITE of :meth:`invites`."""
+        if not self.trace_sip:
+            raise PhoneError(f"{self.name} does not keep its SIP messages (start it with "
+                             "trace_sip=True)")  # fmt: skip
+        return _util.poll(
+            lambda: (lambda found: found[count - 1] if len(found) >= count else None)(
+                self.invites()
+            ),
+            timeout,
+            reactor,
+            lambda: f"{self.name}: no INVITE #{count}; INVITEs seen: {len(self.invites())}",
+        )
+
     def clear(self) -> None:
-        """Forget the calls seen so far."""
+        """Forget the calls (and SIP messages) seen so far."""
         # SIPp keeps writing at its own offset: never truncate its log, skip it.
         if self._run is None:
             self._logs = []
         else:
             self._logs = [(self._run.log, self._run.log.stat().st_size)]
+        self._message_files = [
+            (path, path.stat().st_size) for path, _ in self._message_files[-1:] if path.exists()
+        ]
 
     def _wait(self, pick: Callable[[list[dict]], Any], what: str, timeout: float, reactor: Any):
         return _util.poll(
@@ -492,6 +617,62 @@ class Pstn(Phone):
         self._apply()
         return self
 
+    def call_in(
+        self,
+        number: str,
+        caller: str,
+        *,
+        wait: float = 2.0,
+        talk: float = 1.0,
+        name: str = "Caller",
+        reactor: Any = None,
+    ) -> Deferred:
+        """A call from the outside world to ``number`` (the DID the PBX's
+        ``[sandbox-from-pstn]`` receives) from ``caller``: it waits ``wait`` s
+        for an answer, talks ``talk`` s and hangs up, or gives up (CANCEL).
+        The PSTN's own process gives the trunk's address up meanwhile (the
+        PBX knows the trunk by it) and is started again afterwards.
+
+        A Deferred firing with ``{"answered", "cancelled", "rejected",
+        "exit"}`` once the caller's SIPp has ended."""
+        was_running = self.running
+        self._kill()
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = next(self._seq)
+        xml = self.folder / f"caller-{n}.xml"
+        xml.write_text(scenarios.caller_scenario(caller, wait, talk, name))
+        log, errors = self.folder / f"caller-{n}.log", self.folder / f"caller-{n}.errors"
+        p = self.pbx.profile
+        argv = scenarios.caller_argv(xml, number, self.pbx.sip_port, p.pstn_port,
+                                     self.media_port + 6, log, errors,
+                                     timeout=wait + talk + 30)  # fmt: skip
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=self.folder,
+                                start_new_session=True)  # fmt: skip
+
+        def ended() -> dict[str, Any] | None:
+            code = proc.poll()
+            if code is None:
+                return None
+            text = log.read_text(errors="replace") if log.exists() else ""
+            events = {line.split("|", 1)[0] for line in text.splitlines()}
+            return {"answered": "ANSWERED" in events, "cancelled": "CANCEL" in events,
+                    "rejected": code != 0 and "ANSWERED" not in events, "exit": code}  # fmt: skip
+
+        def restart(result: Any) -> Any:
+            if proc.poll() is None:
+                _util.terminate(proc.pid, timeout=1.0)
+            if was_running:
+                self.start(self.default)
+            return result
+
+        d = _util.poll(
+            ended, wait + talk + 40, reactor,
+            lambda: f"the caller to {number} did not finish: {_util.tail(errors, 10)}",
+        )  # fmt: skip
+        return d.addBoth(restart)
+
     def reset(self) -> None:
         """Back to answering every number; forget the calls seen."""
         changed = bool(self.rules) or self.default != answer()
@@ -538,9 +719,18 @@ class Phones:
 
     __getitem__ = operator
 
-    def start(self, number: str, behaviour: Behaviour | str = "answer", **kwargs: Any) -> Phone:
-        """Bring operator ``number`` online with ``behaviour`` (registered)."""
-        return self.operator(number).start(make_behaviour(behaviour, **kwargs))
+    def start(
+        self,
+        number: str,
+        behaviour: Behaviour | str = "answer",
+        *,
+        trace_sip: bool = False,
+        **kwargs: Any,
+    ) -> Phone:
+        """Bring operator ``number`` online with ``behaviour`` (registered);
+        ``trace_sip``: keep its SIP messages (:meth:`Phone.invites`)."""
+        return self.operator(number).start(make_behaviour(behaviour, **kwargs),
+                                           trace_sip=trace_sip)  # fmt: skip
 
     def offline(self, number: str) -> Phone:
         """Make sure operator ``number`` is not registered and not running."""

@@ -35,6 +35,8 @@ __all__ = [
     "Captures",
     "answer",
     "busy",
+    "caller_argv",
+    "caller_scenario",
     "decline",
     "dtmf",
     "make_behaviour",
@@ -371,18 +373,48 @@ def register_scenario(user: str, contact_port: int, expires: int) -> str:
     return _fragment("register", user=user, contact_port=contact_port, expires=expires)
 
 
+#: where the CANCEL and the ACK of a 487 stand in caller.xml, counted in
+#: scenario messages from the INVITE: they carry the INVITE's branch
+#: (SIPp's ``[branch-N]``)
+_CANCEL_OFFSET, _ACK_OFFSET = 9, 12
+
+
+def caller_scenario(caller: str, wait: float, talk: float, name: str = "Caller") -> str:
+    """A SIPp UAC scenario of a caller from the outside: it calls (the
+    number dialled is SIPp's ``-s``) from ``caller`` (shown as ``name``),
+    waits ``wait`` s for an answer, talks ``talk`` s and hangs up; without
+    an answer by then it cancels.  A final error answer ends it too."""
+    phone_number(caller)
+    if not name.replace(" ", "").isalnum():
+        raise ValueError(f"a caller name of letters, digits and spaces, not {name!r}")
+    return _fragment("caller", caller=caller, shown=name, wait_ms=_ms(wait), talk_ms=_ms(talk),
+                     cancel_offset=_CANCEL_OFFSET, ack_offset=_ACK_OFFSET)  # fmt: skip
+
+
 # ------------------------------------------------------------------ command lines
 
 
-def uas_argv(scenario: Path, sip_port: int, media_port: int, log: Path, errors: Path) -> list[str]:
+def uas_argv(
+    scenario: Path,
+    sip_port: int,
+    media_port: int,
+    log: Path,
+    errors: Path,
+    messages: Path | None = None,
+) -> list[str]:
     """SIPp running ``scenario`` as a UAS on ``127.0.0.1:sip_port`` (its
     media sockets from ``media_port``), writing the scenario's ``<log>``
-    lines to ``log`` and what went wrong to ``errors``."""
-    return [
+    lines to ``log`` and what went wrong to ``errors``; with ``messages``,
+    also every SIP message it sends and receives, whole, to that file (how a
+    test reads the headers of the INVITEs a phone got)."""
+    argv = [
         SIPP, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sip_port),
         "-mp", str(media_port), "-bind_local", "-nostdin", "-aa",
         "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(errors),
     ]  # fmt: skip
+    if messages is not None:
+        argv += ["-trace_msg", "-message_file", str(messages)]
+    return argv
 
 
 def register_argv(
@@ -396,4 +428,26 @@ def register_argv(
         "-p", str(sip_port), "-mp", str(media_port), "-bind_local",
         "-m", "1", "-nostdin", "-timeout", "5s", "-timeout_error",
         "-trace_err", "-error_file", str(errors),
+    ]  # fmt: skip
+
+
+def caller_argv(
+    scenario: Path,
+    number: str,
+    pbx_sip_port: int,
+    sip_port: int,
+    media_port: int,
+    log: Path,
+    errors: Path,
+    timeout: float = 60.0,
+) -> list[str]:
+    """SIPp calling ``number`` once with the caller ``scenario`` from
+    ``127.0.0.1:sip_port`` (the trunk's address: Asterisk knows the trunk by
+    it) to the PBX on ``127.0.0.1:pbx_sip_port``; its log lines go to
+    ``log``.  Exit status 0: answered or cancelled; 1: a final error answer."""
+    return [
+        SIPP, f"127.0.0.1:{pbx_sip_port}", "-sf", str(scenario), "-s", phone_number(number),
+        "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port), "-bind_local",
+        "-m", "1", "-nostdin", "-timeout", f"{max(1, round(timeout))}s", "-timeout_error",
+        "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(errors),
     ]  # fmt: skip

@@ -16,6 +16,9 @@ Shapes of the dicts handed out:
 - recording: ``record_id, call_id, order_id, external_key, sip, phone, path,
   created_at, duration, size``
 - operator: ``sip, status, since``; operator history entry: ``id, sip, status, time``
+- missed call: ``id, call_id, phone, did, time, extensions (list), ring_seconds,
+  called_back, handled_at, callback_attempts, last_callback, last_callback_at, pbx``
+- operator statistics: ``sip, offered, answered, ring_ms, talked, talk_ms``
 
 Times are UTC text with milliseconds, ``2026-11-25T21:04:37.123Z``; this
 format sorts as text in time order.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -328,3 +332,102 @@ class Store(abc.ABC):
         """:meth:`history_after` as an :class:`EntryList`.  A store that can
         produce the JSON text directly overrides this."""
         return self.history_after(after_id, limit, call_id).addCallback(EntryList.of)
+
+    # -- missed calls ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_missed_call(
+        self,
+        *,
+        call_id: str,
+        phone: str | None,
+        did: str | None,
+        time: str,
+        extensions: Sequence[str],
+        ring_seconds: float,
+        pbx: str = "default",
+    ) -> Deferred[dict[str, Any]]:
+        """Record an inbound call nobody answered and fire it (a missed call,
+        see the module) with its new ``id``.
+
+        ``call_id`` is agi_app's call id when the call had one, else the
+        live tracker's ``call_api_id``; ``phone`` the caller's number (None
+        when it was withheld or not a phone number: such a call is never
+        called back); ``did`` the number dialled; ``time`` when the call came
+        in; ``extensions`` those whose phones rang; ``ring_seconds`` how long
+        the caller waited.  Ids grow in the order the rows are committed (the
+        ``missedCalls`` cursor).  ``called_back`` and ``handled_at`` start
+        null, ``callback_attempts`` at 0."""
+
+    @abc.abstractmethod
+    def missed_calls_after(
+        self, after_id: int, limit: int, open_only: bool = False
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Up to ``limit`` missed calls with ``id > after_id``, ascending by
+        id; ``open_only``: only those nobody got through to yet
+        (``called_back`` null)."""
+
+    @abc.abstractmethod
+    def open_missed_calls(
+        self, since: str | None = None, pbx: str | None = None
+    ) -> Deferred[list[dict[str, Any]]]:
+        """The missed calls nobody got through to yet that have a ``phone``,
+        ascending by id; only those that came in at or after ``since`` (a
+        time), of one PBX or all.  The callback scheduler reads this: keep
+        it cheap while the handled ones pile up (an index of the open rows)."""
+
+    @abc.abstractmethod
+    def missed_calls_handled(
+        self, phones: Sequence[str], call_id: str, time: str
+    ) -> Deferred[list[int]]:
+        """Someone got through to the caller: every open missed call whose
+        ``phone`` is one of ``phones`` (the spellings of one number, with and
+        without ``+``) gets ``called_back`` = ``call_id`` (the call that
+        got through) and ``handled_at`` = ``time``.  Fires the ids changed
+        (none when there were no open ones)."""
+
+    @abc.abstractmethod
+    def missed_callback_placed(
+        self, phones: Sequence[str], call_id: str, time: str
+    ) -> Deferred[int]:
+        """A callback to one of ``phones`` was placed: every open missed call
+        of the number gets ``callback_attempts`` + 1, ``last_callback`` =
+        ``call_id`` and ``last_callback_at`` = ``time``.  Fires how many."""
+
+    # -- call statistics ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def operator_stats(
+        self, start: str, end: str, sip: str | None = None
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Per operator, ordered by sip, over the calls whose operator was
+        rung (``OPERATOR_CALLTO``) in ``[start, end)`` -- times at whole
+        UTC hours, ``2026-12-06T10:00:00.000Z`` (ValueError otherwise) --,
+        of one ``sip`` or all: ``{"sip", "offered", "answered", "ring_ms",
+        "talked", "talk_ms"}``.
+
+        - the operator of a call is its ``sip``; for a call without one (an
+          incoming or IVR call) the extension its OPERATOR_CALLTO detail
+          names (``extension 1000``); a phoneToPhone call has none;
+        - ``offered``: calls with OPERATOR_CALLTO; ``answered``: of those,
+          with OPERATOR_PICKUP; ``ring_ms``: the sum, over the answered, of
+          the milliseconds from OPERATOR_CALLTO to OPERATOR_PICKUP;
+        - ``talked``: calls that ended in FINISH after OPERATOR_PICKUP with a
+          known conversation, ``talk_ms`` its sum: FINISH's ``talk_seconds``
+          (from CLIENT_PICKUP), or for incoming and IVR calls from
+          OPERATOR_PICKUP to the end.
+
+        Operators without a call offered in the range are left out.  Meant
+        to be fast over any range: the SQLite store keeps running totals
+        per operator and hour, so a range is two lookups per operator (see
+        :mod:`agi_app.store.schema`)."""
+
+    @abc.abstractmethod
+    def call_outcomes(
+        self, start: str, end: str, by: str = "hour"
+    ) -> Deferred[list[dict[str, Any]]]:
+        """The calls that began (``created_at``) in ``[start, end)`` and have
+        a final status, counted per ``by`` (``hour``: whole UTC hours as
+        above; ``day``: ``start`` and ``end`` at midnight UTC) and final
+        status: ``[{"period": "2026-12-06T10" | "2026-12-06", "counts":
+        {"FINISH": 12, ...}}]``, ascending, periods without calls left out."""

@@ -124,29 +124,29 @@ class CallsSQLiteMixin(SQLiteEngine):
         return self._run(self._create_call, row)
 
     def _create_call(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        assert self._db is not None
-        with self._db.atomic():
-            if row["external_key"] is not None:
-                found = self._select(
-                    f"SELECT {_CALL_COLUMNS} FROM calls WHERE external_key = ?",
-                    (row["external_key"],),
-                )
-                if found:
-                    existing = found[0]
-                    if existing["kind"] == row["kind"] and existing["params"] == row["params"]:
-                        return _call_from_row(existing), False
-                    raise ExternalKeyConflict(existing["call_id"])
-            self._insert("calls", row)
-            self._insert(
-                "call_status",
-                {
-                    "call_id": row["call_id"],
-                    "order_id": row["order_id"],
-                    "status": "CALL",
-                    "time": row["created_at"],
-                    "detail": None,
-                },
+        # One job of the worker thread: its own savepoint (engine._batch)
+        # makes it all or nothing.
+        if row["external_key"] is not None:
+            found = self._select(
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE external_key = ?",
+                (row["external_key"],),
             )
+            if found:
+                existing = found[0]
+                if existing["kind"] == row["kind"] and existing["params"] == row["params"]:
+                    return _call_from_row(existing), False
+                raise ExternalKeyConflict(existing["call_id"])
+        self._insert("calls", row)
+        self._insert(
+            "call_status",
+            {
+                "call_id": row["call_id"],
+                "order_id": row["order_id"],
+                "status": "CALL",
+                "time": row["created_at"],
+                "detail": None,
+            },
+        )
         return _call_from_row(dict(row)), True
 
     def add_status(
@@ -184,30 +184,30 @@ class CallsSQLiteMixin(SQLiteEngine):
         when: str,
         talk_seconds: float | None,
     ) -> tuple[dict[str, Any] | None, str | None]:
-        assert self._db is not None and self._conn is not None
-        with self._db.atomic():
-            found = self._select(
-                "SELECT order_id, final_status FROM calls WHERE call_id = ?", (call_id,)
+        assert self._conn is not None
+        # one job of the worker thread, in a savepoint of its own (engine._batch)
+        found = self._select(
+            "SELECT order_id, final_status FROM calls WHERE call_id = ?", (call_id,)
+        )
+        if not found:
+            raise UnknownCall(call_id)
+        order_id, final = found[0]["order_id"], found[0]["final_status"]
+        if final is not None:
+            return None, final
+        entry = {
+            "call_id": call_id,
+            "order_id": order_id,
+            "status": status,
+            "time": when,
+            "detail": detail,
+        }
+        entry_id = self._insert("call_status", entry)
+        if status in FINAL_STATUSES:
+            self._conn.execute(
+                "UPDATE calls SET final_status = ?, finished_at = ?, talk_seconds = ? "
+                "WHERE call_id = ?",
+                (status, when, talk_seconds, call_id),
             )
-            if not found:
-                raise UnknownCall(call_id)
-            order_id, final = found[0]["order_id"], found[0]["final_status"]
-            if final is not None:
-                return None, final
-            entry = {
-                "call_id": call_id,
-                "order_id": order_id,
-                "status": status,
-                "time": when,
-                "detail": detail,
-            }
-            entry_id = self._insert("call_status", entry)
-            if status in FINAL_STATUSES:
-                self._conn.execute(
-                    "UPDATE calls SET final_status = ?, finished_at = ?, talk_seconds = ? "
-                    "WHERE call_id = ?",
-                    (status, when, talk_seconds, call_id),
-                )
         return {"id": entry_id, **entry}, None
 
     def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:

@@ -7,8 +7,9 @@
   list of migration steps;
 - one module of SQL per domain: :mod:`~agi_app.store.calls_sqlite` (calls
   and their status history), :mod:`~agi_app.store.recordings_sqlite`,
-  :mod:`~agi_app.store.operators_sqlite` and
-  :mod:`~agi_app.store.events_sqlite`.
+  :mod:`~agi_app.store.operators_sqlite`, :mod:`~agi_app.store.events_sqlite`,
+  :mod:`~agi_app.store.missed_sqlite` (missed calls) and
+  :mod:`~agi_app.store.stats_sqlite` (call statistics).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 from agi_app.store.base import Store
 from agi_app.store.calls_sqlite import CallsSQLiteMixin
 from agi_app.store.events_sqlite import EventsSQLiteMixin
+from agi_app.store.missed_sqlite import MissedSQLiteMixin
 from agi_app.store.operators_sqlite import OperatorsSQLiteMixin
 from agi_app.store.recordings_sqlite import RecordingsSQLiteMixin
 from agi_app.store.schema import MIGRATIONS, migrate
+from agi_app.store.stats_sqlite import StatsSQLiteMixin
 
 __all__ = ["MIGRATIONS", "SQLiteStore", "migrate"]
 
@@ -30,6 +33,8 @@ class SQLiteStore(
     RecordingsSQLiteMixin,
     OperatorsSQLiteMixin,
     EventsSQLiteMixin,
+    MissedSQLiteMixin,
+    StatsSQLiteMixin,
     Store,
 ):
     """The store in one SQLite file.

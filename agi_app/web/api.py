@@ -24,6 +24,7 @@ import email.policy
 import hmac
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "ApiResponse",
     "Handler",
     "Params",
+    "RequestObserver",
     "Route",
     "Router",
 ]
@@ -175,6 +177,12 @@ class ApiRequest:
 
 
 Handler = Callable[..., "Awaitable[Any] | Deferred[Any] | Mapping[str, Any] | ApiResponse"]
+#: ``observe(method, route, status, seconds)`` after each answer is written:
+#: ``route`` is the matched pattern (None: no route matched), ``status`` the
+#: answer's code (499: the client went away first), ``seconds`` from the
+#: start of rendering to the answer (a resource that streams, such as a
+#: recording download, counts until it started)
+RequestObserver = Callable[[str, "str | None", int, float], object]
 
 
 @dataclass(frozen=True)
@@ -397,28 +405,40 @@ class ApiResource(Resource):
     """A twisted.web resource that serves a :class:`Router`'s routes.
 
     It handles every path it is given (``isLeaf``), reading the whole of
-    ``request.path``, so it can sit at the site's root.
+    ``request.path``, so it can sit at the site's root.  ``observe`` (see
+    :data:`RequestObserver`) hears of every answer, timed with ``timer``.
     """
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, router: Router, *, api_keys: Iterable[str] = ()):
+    def __init__(
+        self,
+        router: Router,
+        *,
+        api_keys: Iterable[str] = (),
+        observe: RequestObserver | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+    ):
         super().__init__()
         self._router = router
         self._api_keys = _keys(api_keys)
+        self._observe = observe
+        self._timer = timer
 
     # -- twisted.web entry point ----------------------------------------------
 
     def render(self, request: IRequest) -> int:
-        state = {"gone": False}
+        method = request.method.decode("ascii", "replace").upper()
+        state: dict[str, Any] = {"gone": False, "route": None, "method": method,
+                                 "started": self._timer() if self._observe else 0.0}  # fmt: skip
         request.notifyFinish().addErrback(lambda _: state.__setitem__("gone", True))
         fmt = "json"
         try:
             path = _decode_path(request.path)
             fmt = _suffix_format(path)
-            method = request.method.decode("ascii", "replace").upper()
             route, path_params, fmt = self._router.resolve(method, path)
+            state["route"] = route.pattern
             if route.auth and self._api_keys:
                 self._authenticate(request)
             params = self._params(request)
@@ -430,6 +450,13 @@ class ApiResource(Resource):
         d.addErrback(self._answer_failure, request, state, fmt)
         d.addErrback(self._give_up, request)
         return NOT_DONE_YET
+
+    def _observed(self, request: IRequest, state: dict[str, Any]) -> None:
+        """Tell the observer of the answer just written (or of the client gone)."""
+        observe = self._observe
+        if observe is not None:
+            code = 499 if state["gone"] else request.code
+            observe(state["method"], state["route"], code, self._timer() - state["started"])
 
     # -- steps ------------------------------------------------------------
 
@@ -461,6 +488,7 @@ class ApiResource(Resource):
 
     def _answer(self, result: Any, request: IRequest, state: dict, fmt: str) -> None:
         if state["gone"]:
+            self._observed(request, state)
             return
         if isinstance(result, ApiResponse):
             response = result
@@ -475,13 +503,16 @@ class ApiResource(Resource):
             if out is not NOT_DONE_YET:
                 request.write(out)
                 request.finish()
+            self._observed(request, state)
             return
         self._write(request, fmt, response.status, response.body, response.headers)
+        self._observed(request, state)
 
     def _answer_failure(
         self, failure: Failure, request: IRequest, state: dict, fmt: str
     ) -> None:
         if state["gone"]:
+            self._observed(request, state)
             return
         if request.startedWriting:
             # Too late for an error answer: the status line is out already.
@@ -496,6 +527,7 @@ class ApiResource(Resource):
             )
             error = ApiError(500, "internal", "internal error")
         self._write(request, fmt, error.status, error.body(), error.headers)
+        self._observed(request, state)
 
     def _give_up(self, failure: Failure, request: IRequest) -> None:
         self._log.failure("answering {path} failed", failure, path=request.path.decode("latin-1"))

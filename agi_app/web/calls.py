@@ -4,14 +4,17 @@
 - ``POST /api/calls/extToPhone`` and ``/api/calls/phoneToPhone`` — the same
   flow with the call model's parameter names.
 
-Each handler only parses and checks parameters (:mod:`agi_app.validation`)
-into a :class:`~agi_app.calls.service.CallRequest` and hands it to the
+Each route's parameters are declared once (:mod:`agi_app.web.params`); the
+handlers get them checked, build a
+:class:`~agi_app.calls.service.CallRequest` and hand it to the
 :class:`~agi_app.calls.service.CallService`; nothing unchecked reaches it.
+A trunk named by a request must be ``[dialing] default_trunk`` or one of
+``[dialing] trunks`` (400 ``unknown_trunk``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -19,26 +22,137 @@ from twisted.internet import defer
 from agi_app import validation as v
 from agi_app.calls import statuses as st
 from agi_app.calls.service import CallRequest, CallService
-from agi_app.web import openapi as oa
+from agi_app.web import params as p
 from agi_app.web.api import ApiRequest, ApiResponse, Router
+from agi_app.web.openapi import paths
+from agi_app.web.params import EXTERNAL_KEY, ORDER_ID, TRUNK_NUMBER, Answer, Operation
 
-__all__ = ["CallEndpoints"]
+__all__ = ["OPERATIONS", "CallEndpoints"]
 
 #: longest limit_call_time accepted, seconds (a day)
 MAX_TALK = 86400
 #: extra seconds extToPhone (async=false) waits beyond the ring time
 OUTCOME_MARGIN = 10
 
+_CALL_ERRORS = (400, 401, 409, 503)
+_RING = "seconds the operator's phone rings (default [dialing] call_time_to_ext)"
+_TALK = "seconds of conversation allowed"
+_WAITING = "play the waiting announcement"
+_SHOWN = "caller ID shown to the operator instead of the client's number"
+_AUTO_ANSWER = (
+    "1: the operator's phone answers by itself (the INVITE carries [dialing] "
+    "auto_answer_headers); 0: it rings; default [dialing] operator_auto_answer"
+)
 
-def _opt(req: ApiRequest, name: str, check: Callable[[Any, str], Any]) -> Any:
-    value = req.params.get(name)
-    if value is None or value == "":
-        return None
-    return check(value, name)
 
+def _auto_answer(name: str) -> p.Param:
+    # no default of its own: absent is the configured one (CallRequest.auto_answer None)
+    return p.Param(name, v.flag, p.FLAG_SCHEMA, _AUTO_ANSWER)
 
-def _secs(lo: int, hi: int) -> Callable[[Any, str], int]:
-    return lambda value, name: v.seconds(value, name, lo, hi)
+MAKE_CALL = Operation(
+    methods=("GET", "POST"),
+    path="/api/makeCall",
+    summary="Operator-first click-to-call",
+    description=(
+        "Rings the operator (sip); when they answer they hear the waiting "
+        "announcement, then the client (phone) is dialled, connected and "
+        "recorded. Answers as soon as the call exists; the outcome is in "
+        "the history. A repeated external_key with the same parameters "
+        "returns the same call_id and places nothing."
+    ),
+    tag="calls",
+    params=(
+        p.extension("sip", "operator extension", required=True),
+        p.phone("phone", "client number", required=True),
+        ORDER_ID.but(required=True),
+        EXTERNAL_KEY.but(required=True),
+        TRUNK_NUMBER.but(name="trunk"),
+        p.seconds("call_time_to_ext", _RING, 1, 600),
+        p.seconds("limit_call_time", _TALK, 1, MAX_TALK),
+        p.flag("playback_waiting", _WAITING, True),
+        p.text("caller_id_for_employee", _SHOWN),
+        _auto_answer("auto_answer"),
+    ),
+    answers=(
+        Answer(200, "success", {
+            "type": "object", "required": ["call_id"],
+            "properties": {"call_id": {"type": "string"}},
+        }),
+    ),
+    errors=_CALL_ERRORS,
+)  # fmt: skip
+_MODEL_ANSWER = Answer(200, "success", {
+    "type": "object",
+    "required": ["status", "generalCallID"],
+    "properties": {
+        "status": {"const": "success"},
+        "generalCallID": {"type": "string"},
+        "result": {"type": ["string", "null"]},
+    },
+})  # fmt: skip
+EXT_TO_PHONE = Operation(
+    methods=("POST",),
+    path="/api/calls/extToPhone",
+    summary="Operator-first call (call model)",
+    description=(
+        "The flow of makeCall. With async false (the default) the answer waits for "
+        "the operator leg's outcome and carries it as result (OPERATOR_PICKUP or "
+        "the failing status)."
+    ),
+    tag="call model",
+    params=(
+        p.extension("ext_number", "operator extension", required=True),
+        p.phone("phone_number", "client number", required=True),
+        ORDER_ID,
+        EXTERNAL_KEY,
+        TRUNK_NUMBER,
+        p.seconds("callTimeToExt", _RING, 1, 600),
+        p.seconds("limitCallTime", _TALK, 1, MAX_TALK),
+        p.flag("playbackWaiting", _WAITING, True),
+        p.text("callerIdForEmployee", _SHOWN),
+        p.flag("async", "answer at once, without waiting for the operator", False),
+        _auto_answer("autoAnswer"),
+    ),
+    answers=(_MODEL_ANSWER,),
+    errors=_CALL_ERRORS,
+)
+PHONE_TO_PHONE = Operation(
+    methods=("POST",),
+    path="/api/calls/phoneToPhone",
+    summary="Connect two outside numbers",
+    description=(
+        "Rings phoneNumber1, plays it the waiting announcement, then dials "
+        "phoneNumber2, both through trunkNumber."
+    ),
+    tag="call model",
+    params=(
+        p.phone("phoneNumber1", "the number rung first", required=True),
+        p.phone("phoneNumber2", "the number dialled once the first answered", required=True),
+        TRUNK_NUMBER.but(required=True),
+        ORDER_ID,
+        EXTERNAL_KEY,
+        p.seconds("limitCallTime", _TALK, 1, MAX_TALK),
+        p.flag("playbackWaiting", _WAITING, True),
+    ),
+    answers=(_MODEL_ANSWER,),
+    errors=_CALL_ERRORS,
+)
+_HEALTH = {"type": "object", "required": ["status", "ami"]}
+HEALTH = Operation(
+    methods=("GET",),
+    path="/health",
+    summary="Service health (open, no API key)",
+    tag="meta",
+    answers=(
+        Answer(200, "the AMI session is logged in", _HEALTH),
+        Answer(503, "the AMI session is down (same body)", _HEALTH),
+    ),
+    errors=(),
+    auth=False,
+    formats=False,
+)
+#: Every route of this module.
+OPERATIONS = (MAKE_CALL, EXT_TO_PHONE, PHONE_TO_PHONE, HEALTH)
 
 
 class CallEndpoints:
@@ -52,59 +166,65 @@ class CallEndpoints:
         call_time_to_ext: int,
         health: Callable[[], tuple[bool, dict[str, Any]]],
         clock: Any,
+        trunks: Iterable[str] = (),
     ):
+        """``trunks``: the trunks a request may name (``[dialing] all_trunks``);
+        ``default_trunk`` is always one."""
         self.calls = calls
         self.default_trunk = default_trunk
         self.call_time_to_ext = call_time_to_ext
         self._health = health
         self.clock = clock
+        self._known_trunk = p.known_trunk((default_trunk, *trunks))
 
     def add_routes(self, router: Router) -> None:
         """Register every route of this module on ``router``."""
-        router.add(("GET", "POST"), "/api/makeCall", self.make_call)
-        router.add(("POST",), "/api/calls/extToPhone", self.ext_to_phone)
-        router.add(("POST",), "/api/calls/phoneToPhone", self.phone_to_phone)
-        router.add(("GET",), "/health", self.health, auth=False, formats=False)
+        p.add_route(router, MAKE_CALL, self.make_call, rules={"trunk": self._known_trunk})
+        for op, handler in ((EXT_TO_PHONE, self.ext_to_phone),
+                            (PHONE_TO_PHONE, self.phone_to_phone)):  # fmt: skip
+            p.add_route(router, op, handler, rules={"trunkNumber": self._known_trunk})
+        p.add_route(router, HEALTH, self.health)
 
     # -- handlers ---------------------------------------------------------------
 
-    async def health(self, req: ApiRequest) -> ApiResponse:
+    async def health(self, req: ApiRequest, args: dict[str, Any]) -> ApiResponse:
         ok, body = self._health()
         return ApiResponse(body, status=200 if ok else 503)
 
-    async def make_call(self, req: ApiRequest) -> dict[str, Any]:
+    async def make_call(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """``/api/makeCall``: answers ``{"call_id"}`` as soon as the call exists."""
         call = CallRequest(
             kind="makeCall",
-            first=v.extension(req.params.get("sip"), "sip"),
-            phone=v.phone(req.params.get("phone"), "phone"),
-            order_id=v.identifier(req.params.get("order_id"), "order_id"),
-            external_key=v.identifier(req.params.get("external_key"), "external_key"),
-            trunk=_opt(req, "trunk", v.extension) or self.default_trunk,
-            call_time_to_ext=_opt(req, "call_time_to_ext", _secs(1, 600))
-            or self.call_time_to_ext,
-            limit_call_time=_opt(req, "limit_call_time", _secs(1, MAX_TALK)),
-            playback_waiting=_flag(req, "playback_waiting", True),
-            caller_id_for_employee=_opt(req, "caller_id_for_employee", v.display_text),
+            first=args["sip"],
+            phone=args["phone"],
+            order_id=args["order_id"],
+            external_key=args["external_key"],
+            trunk=args["trunk"] or self.default_trunk,
+            call_time_to_ext=args["call_time_to_ext"] or self.call_time_to_ext,
+            limit_call_time=args["limit_call_time"],
+            playback_waiting=args["playback_waiting"],
+            caller_id_for_employee=args["caller_id_for_employee"],
+            auto_answer=args["auto_answer"],
         )
         call_id, _created = await self._place(call)
         return {"call_id": call_id}
 
-    async def ext_to_phone(self, req: ApiRequest) -> dict[str, Any]:
+    async def ext_to_phone(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """``extToPhone``: with ``async`` false waits for the operator leg."""
         call = CallRequest(
             kind="extToPhone",
-            first=v.extension(req.params.get("ext_number"), "ext_number"),
-            phone=v.phone(req.params.get("phone_number"), "phone_number"),
-            order_id=_opt(req, "order_id", v.identifier),
-            external_key=_opt(req, "external_key", v.identifier),
-            trunk=_opt(req, "trunkNumber", v.extension) or self.default_trunk,
-            call_time_to_ext=_opt(req, "callTimeToExt", _secs(1, 600)) or self.call_time_to_ext,
-            limit_call_time=_opt(req, "limitCallTime", _secs(1, MAX_TALK)),
-            playback_waiting=_flag(req, "playbackWaiting", True),
-            caller_id_for_employee=_opt(req, "callerIdForEmployee", v.display_text),
+            first=args["ext_number"],
+            phone=args["phone_number"],
+            order_id=args["order_id"],
+            external_key=args["external_key"],
+            trunk=args["trunkNumber"] or self.default_trunk,
+            call_time_to_ext=args["callTimeToExt"] or self.call_time_to_ext,
+            limit_call_time=args["limitCallTime"],
+            playback_waiting=args["playbackWaiting"],
+            caller_id_for_employee=args["callerIdForEmployee"],
+            auto_answer=args["autoAnswer"],
         )
-        wait = not _flag(req, "async", False)
+        wait = not args["async"]
         call_id, created = await self._place(call)
         answer: dict[str, Any] = {"status": "success", "generalCallID": call_id}
         if wait:
@@ -119,19 +239,19 @@ class CallEndpoints:
             answer["result"] = result
         return answer
 
-    async def phone_to_phone(self, req: ApiRequest) -> dict[str, Any]:
+    async def phone_to_phone(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """``phoneToPhone``: rings ``phoneNumber1`` first, then ``phoneNumber2``."""
         call = CallRequest(
             kind="phoneToPhone",
-            first=v.phone(req.params.get("phoneNumber1"), "phoneNumber1"),
+            first=args["phoneNumber1"],
             first_is_phone=True,
-            phone=v.phone(req.params.get("phoneNumber2"), "phoneNumber2"),
-            trunk=v.extension(req.params.get("trunkNumber"), "trunkNumber"),
-            order_id=_opt(req, "order_id", v.identifier),
-            external_key=_opt(req, "external_key", v.identifier),
+            phone=args["phoneNumber2"],
+            trunk=args["trunkNumber"],
+            order_id=args["order_id"],
+            external_key=args["external_key"],
             call_time_to_ext=self.call_time_to_ext,
-            limit_call_time=_opt(req, "limitCallTime", _secs(1, MAX_TALK)),
-            playback_waiting=_flag(req, "playbackWaiting", True),
+            limit_call_time=args["limitCallTime"],
+            playback_waiting=args["playbackWaiting"],
         )
         call_id, _created = await self._place(call)
         return {"status": "success", "generalCallID": call_id}
@@ -153,130 +273,4 @@ class CallEndpoints:
     @staticmethod
     def openapi_paths() -> dict[str, Any]:
         """The OpenAPI path items of these routes."""
-        phone = {"type": "string", "pattern": r"^\+?[0-9]{3,15}$"}
-        ext = {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,32}$"}
-        ident = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
-        secs = {"type": "integer", "minimum": 1}
-        flag = {"type": ["integer", "boolean", "string"], "enum": [0, 1, True, False, "0", "1"]}
-        text = {"type": "string", "maxLength": 64}
-        make_call = oa.api_operation(
-            summary="Operator-first click-to-call",
-            description=(
-                "Rings the operator (sip); when they answer they hear the waiting "
-                "announcement, then the client (phone) is dialled, connected and "
-                "recorded. Answers as soon as the call exists; the outcome is in "
-                "the history. A repeated external_key with the same parameters "
-                "returns the same call_id and places nothing."
-            ),
-            parameters=[
-                oa.param("sip", ext, "operator extension", required=True),
-                oa.param("phone", phone, "client number", required=True),
-                oa.param("order_id", ident, "the CRM's order", required=True),
-                oa.param("external_key", ident, "idempotency key", required=True),
-                oa.param("call_time_to_ext", secs, "seconds the operator's phone rings"),
-                oa.param("limit_call_time", secs, "seconds of conversation allowed"),
-                oa.param("playback_waiting", flag, "play the waiting announcement (1)"),
-                oa.param("caller_id_for_employee", text, "caller ID shown to the operator"),
-                oa.param("trunk", ext, "trunk the client is dialled through"),
-            ],
-            response={
-                "type": "object",
-                "required": ["call_id"],
-                "properties": {"call_id": {"type": "string"}},
-            },
-            errors=(400, 401, 409, 503),
-            tag="calls",
-        )
-        model_answer = {
-            "type": "object",
-            "required": ["status", "generalCallID"],
-            "properties": {
-                "status": {"const": "success"},
-                "generalCallID": {"type": "string"},
-                "result": {"type": ["string", "null"]},
-            },
-        }
-
-        def body(fields: dict[str, tuple[dict, bool]]) -> dict[str, Any]:
-            schema = {
-                "type": "object",
-                "properties": {k: s for k, (s, _r) in fields.items()},
-                "required": [k for k, (_s, r) in fields.items() if r],
-            }
-            return {
-                "post": {
-                    "tags": ["call model"],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": schema},
-                            "application/x-www-form-urlencoded": {"schema": schema},
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "success",
-                            "content": {"application/json": {"schema": model_answer}},
-                        },
-                        **oa.error_responses((400, 401, 409, 503)),
-                    },
-                }
-            }
-
-        ext_to_phone = body(
-            {
-                "ext_number": (ext, True),
-                "phone_number": (phone, True),
-                "callTimeToExt": (secs, False),
-                "limitCallTime": (secs, False),
-                "playbackWaiting": (flag, False),
-                "trunkNumber": (ext, False),
-                "callerIdForEmployee": (text, False),
-                "async": (flag, False),
-                "order_id": (ident, False),
-                "external_key": (ident, False),
-            }
-        )
-        ext_to_phone["post"]["summary"] = "Operator-first call (call model)"
-        phone_to_phone = body(
-            {
-                "phoneNumber1": (phone, True),
-                "phoneNumber2": (phone, True),
-                "trunkNumber": (ext, True),
-                "limitCallTime": (secs, False),
-                "playbackWaiting": (flag, False),
-                "order_id": (ident, False),
-                "external_key": (ident, False),
-            }
-        )
-        phone_to_phone["post"]["summary"] = "Connect two outside numbers"
-        health_schema = {"type": "object", "required": ["status", "ami"]}
-        return {
-            "/api/makeCall": make_call,
-            "/api/calls/extToPhone": ext_to_phone,
-            "/api/calls/phoneToPhone": phone_to_phone,
-            "/health": {
-                "get": {
-                    "summary": "Service health (open, no API key)",
-                    "tags": ["meta"],
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "the AMI session is logged in",
-                            "content": {"application/json": {"schema": health_schema}},
-                        },
-                        "503": {
-                            "description": "the AMI session is down (same body)",
-                            "content": {"application/json": {"schema": health_schema}},
-                        },
-                    },
-                }
-            },
-        }
-
-
-def _flag(req: ApiRequest, name: str, default: bool) -> bool:
-    value = req.params.get(name)
-    if value is None or value == "":
-        return default
-    return v.flag(value, name)
+        return paths(OPERATIONS)

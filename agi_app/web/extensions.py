@@ -5,10 +5,12 @@
   ``{"action", "send_dst"}`` -> ``{"status": "success"}`` once the PBX took it
 - ``DELETE /extension/{extension_id}/current_calls/{call_api_id}`` -> 204
 
-The handlers only read parameters and hand them to
-:class:`agi_app.live.control.CallControl`, which checks every value before
-anything reaches the PBX; its errors become the API's 4xx/503 answers.
-``extension_id`` may be written ``@200`` as in seed 004's paths.
+The parameters are declared once (:mod:`agi_app.web.params`) and checked by
+their form; :class:`agi_app.live.control.CallControl` checks what depends on
+the PBX (the extension exists, the call is the extension's, ``send_dst``
+leads somewhere) before anything reaches it; its errors become the API's
+4xx/503 answers.  ``extension_id`` may be written ``@200`` as in seed 004's
+paths.
 """
 
 from __future__ import annotations
@@ -16,13 +18,95 @@ from __future__ import annotations
 from typing import Any
 
 from agi_app.live.control import ACTIONS, CallControl
+from agi_app.web import params as p
 from agi_app.web.api import ApiRequest, ApiResponse, Router
+from agi_app.web.openapi import paths, ref
+from agi_app.web.params import EXTENSION_ID, Answer, Operation, Param
 
-__all__ = ["CurrentCallsEndpoints"]
+__all__ = ["OPERATIONS", "CurrentCallsEndpoints"]
+
+_BASE = "/extension/{extension_id}/current_calls/"
+_CALL_API_ID = p.identifier(
+    "call_api_id",
+    "call_api_id from the call list (or the generalCallID of a call agi_app placed)",
+    required=True,
+    location=p.PATH,
+)
+_ERRORS = (400, 401, 404, 409, 503)
+_NOTES = {
+    409: "the call is not in a state the action applies to (code not_connected, "
+    "not_on_hold, not_ringing...) or the PBX refused it (pbx_refused)"
+}
 
 
-def _extension(value: str) -> str:
-    return value[1:] if value.startswith("@") else value
+def _action(value: Any, field: str) -> str:
+    return CallControl.check_action(value)
+
+
+def _send_dst(value: Any, field: str) -> Any:
+    # Whether send_dst is needed, and what it leads to, depends on the action
+    # and on the PBX's extensions: CallControl.act checks it.
+    return value
+
+
+LIST = Operation(
+    methods=("GET",),
+    path=_BASE,
+    summary="Current calls of an extension",
+    tag="current calls",
+    params=(EXTENSION_ID,),
+    answers=(
+        Answer(200, "the live calls the extension takes part in", {
+            "type": "object",
+            "required": ["call_list"],
+            "properties": {"call_list": {"type": "array", "items": ref("CallMdl")}},
+        }),
+    ),
+    errors=(400, 401, 404, 503),
+)  # fmt: skip
+UPDATE = Operation(
+    methods=("PUT",),
+    path=_BASE + "{call_api_id}",
+    summary="Transfer, listen in, hold, park or pick up a call",
+    tag="current calls",
+    params=(
+        # the order CallControl.act checks them in
+        Param("action", _action, {"type": "string", "enum": list(ACTIONS)},
+              "what to do", required=True),
+        Param("send_dst", _send_dst, {"type": "string"},
+              "an extension of the PBX or a phone number; required for every action but "
+              "hold, offhold and park"),
+        EXTENSION_ID,
+        _CALL_API_ID,
+    ),
+    answers=(
+        Answer(200, "the PBX accepted the action", {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"const": "success"},
+                "parking_space": {"type": "string", "description": "park only"},
+            },
+        }),
+    ),
+    errors=_ERRORS,
+    notes=_NOTES,
+    # No .json/.xml suffix on these: a call id may contain dots.
+    formats=False,
+)  # fmt: skip
+HANG_UP = Operation(
+    methods=("DELETE",),
+    path=_BASE + "{call_api_id}",
+    summary="Hang the call up",
+    tag="current calls",
+    params=(EXTENSION_ID, _CALL_API_ID),
+    answers=(Answer(204, "hung up"),),
+    errors=_ERRORS,
+    notes=_NOTES,
+    formats=False,
+)
+#: Every route of this module.
+OPERATIONS = (LIST, UPDATE, HANG_UP)
 
 
 class CurrentCallsEndpoints:
@@ -33,28 +117,28 @@ class CurrentCallsEndpoints:
 
     def add_routes(self, router: Router) -> None:
         """Register this module's routes on ``router``."""
-        base = "/extension/{extension_id}/current_calls"
-        router.add(("GET",), base, self.list_calls)
-        # No .json/.xml suffix on these: a call id may contain dots.
-        router.add(("PUT",), base + "/{call_api_id}", self.update, formats=False)
-        router.add(("DELETE",), base + "/{call_api_id}", self.hang_up, formats=False)
+        # The extension must exist before its call is looked at (404, or 503
+        # while the PBX is unreachable); an action and its send_dst are
+        # checked before both, inside CallControl.act.
+        exists = {"extension_id": self.control.check_extension}
+        p.add_route(router, LIST, self.list_calls, rules=exists)
+        p.add_route(router, UPDATE, self.update)
+        p.add_route(router, HANG_UP, self.hang_up, rules=exists)
 
-    async def list_calls(self, req: ApiRequest, extension_id: str) -> dict[str, Any]:
+    async def list_calls(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """The extension's live calls as ``call_mdl`` objects."""
-        return {"call_list": self.control.current_calls(_extension(extension_id))}
+        return {"call_list": self.control.current_calls(args["extension_id"])}
 
-    async def update(self, req: ApiRequest, extension_id: str, call_api_id: str
-                     ) -> dict[str, Any]:  # fmt: skip
+    async def update(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
         """One call-control action on the call."""
         extra = await self.control.act(
-            _extension(extension_id), call_api_id, req.params.get("action"),
-            req.params.get("send_dst"),
-        )  # fmt: skip
+            args["extension_id"], args["call_api_id"], args["action"], args["send_dst"]
+        )
         return {"status": "success", **extra}
 
-    async def hang_up(self, req: ApiRequest, extension_id: str, call_api_id: str) -> ApiResponse:
+    async def hang_up(self, req: ApiRequest, args: dict[str, Any]) -> ApiResponse:
         """Hang the call up."""
-        await self.control.hangup(_extension(extension_id), call_api_id)
+        await self.control.hangup(args["extension_id"], args["call_api_id"])
         return ApiResponse(None, status=204)
 
     # -- OpenAPI ----------------------------------------------------------------
@@ -62,89 +146,7 @@ class CurrentCallsEndpoints:
     @staticmethod
     def openapi_paths() -> dict[str, Any]:
         """The OpenAPI path items of these routes."""
-        from agi_app.web import openapi as oa
-
-        ext = {
-            "name": "extension_id", "in": "path", "required": True,
-            "description": "the extension (1000), or @1000",
-            "schema": {"type": "string", "pattern": r"^@?[A-Za-z0-9_-]{1,32}$"},
-        }  # fmt: skip
-        call = {
-            "name": "call_api_id", "in": "path", "required": True,
-            "description": "call_api_id from the call list (or the generalCallID of a call "
-                           "agi_app placed)",
-            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"},
-        }  # fmt: skip
-        errors = oa.error_responses((400, 401, 404, 409, 503))
-        errors["409"]["description"] = (
-            "the call is not in a state the action applies to (code not_connected, "
-            "not_on_hold, not_ringing...) or the PBX refused it (pbx_refused)"
-        )
-        action = {
-            "type": "object",
-            "required": ["action"],
-            "properties": {
-                "action": {"enum": list(ACTIONS)},
-                "send_dst": {
-                    "type": "string",
-                    "description": "an extension of the PBX or a phone number; required "
-                                   "for every action but hold, offhold and park",
-                },
-            },
-        }  # fmt: skip
-        answer = {
-            "type": "object",
-            "required": ["status"],
-            "properties": {
-                "status": {"const": "success"},
-                "parking_space": {"type": "string", "description": "park only"},
-            },
-        }
-        return {
-            "/extension/{extension_id}/current_calls/": {
-                "get": {
-                    "summary": "Current calls of an extension",
-                    "tags": ["current calls"],
-                    "parameters": [ext],
-                    "responses": {
-                        "200": {
-                            "description": "the live calls the extension takes part in",
-                            "content": {"application/json": {"schema": {
-                                "type": "object",
-                                "required": ["call_list"],
-                                "properties": {"call_list": {
-                                    "type": "array", "items": oa.ref("CallMdl"),
-                                }},
-                            }}},
-                        },
-                        **oa.error_responses((400, 401, 404, 503)),
-                    },
-                }
-            },
-            "/extension/{extension_id}/current_calls/{call_api_id}": {
-                "put": {
-                    "summary": "Transfer, listen in, hold, park or pick up a call",
-                    "tags": ["current calls"],
-                    "parameters": [ext, call],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": action},
-                                    "application/x-www-form-urlencoded": {"schema": action}},
-                    },
-                    "responses": {
-                        "200": {"description": "the PBX accepted the action",
-                                "content": {"application/json": {"schema": answer}}},
-                        **errors,
-                    },
-                },
-                "delete": {
-                    "summary": "Hang the call up",
-                    "tags": ["current calls"],
-                    "parameters": [ext, call],
-                    "responses": {"204": {"description": "hung up"}, **errors},
-                },
-            },
-        }  # fmt: skip
+        return paths(OPERATIONS)
 
     @staticmethod
     def openapi_schemas() -> dict[str, Any]:

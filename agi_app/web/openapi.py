@@ -1,35 +1,46 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
 
+Every route is declared once, as an :class:`~agi_app.web.params.Operation`
+(:mod:`agi_app.web.params`); :func:`paths` writes the document's path items
+from those declarations -- the parameters with their schemas (pattern,
+bounds, enum), the request body of a POST/PUT, the answers and the error
+answers -- so the document says what the parser accepts.
+
 Each endpoint module contributes its part: a function ``openapi_paths()``
 returning its ``paths`` entries, and optionally ``openapi_schemas()``
 returning component schemas it names.  :func:`build_document` assembles the
 parts (refusing a path or schema defined twice) around the shared pieces
 defined here: the error body, the history entry, and the API key schemes.
-
-:func:`api_operation` writes the usual CRM endpoint: GET with a query
-string and POST with the same fields as a form or JSON body, answering JSON
-(or XML with a ``.xml`` suffix).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agi_app import __version__
 from agi_app.store.base import STATUSES
 from agi_app.web.api import ApiRequest, Router
+from agi_app.web.params import PATH, Answer, Operation, Param, add_route
 
 __all__ = [
+    "BODY_TYPES",
     "COMMON_SCHEMAS",
     "ERROR_DESCRIPTIONS",
+    "OPENAPI",
     "add_routes",
-    "api_operation",
+    "body_schema",
     "build_document",
     "error_responses",
-    "param",
+    "parameter",
+    "paths",
     "ref",
 ]
+
+#: The body types every POST/PUT takes (the router parses them all).
+BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+# Methods whose parameters travel in the body; the others' in the query.
+_BODY_METHODS = ("POST", "PUT")
 
 #: What each error status means everywhere in the API.
 ERROR_DESCRIPTIONS = {
@@ -93,83 +104,115 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def param(
-    name: str, schema: Mapping[str, Any], description: str, *, required: bool = False
-) -> dict[str, Any]:
-    """A query parameter (also a body field of the POST form)."""
+def _documented(p: Param) -> tuple[dict[str, Any], str]:
+    """``p``'s schema and description as the document gives them: an
+    optional parameter also takes an empty value (or a JSON null), which
+    counts as leaving it out -- what form-posting CRMs often send."""
+    schema = dict(p.schema)
+    if p.required:
+        return schema, p.doc
+    rules = schema["anyOf"] if set(schema) == {"anyOf"} else [schema]
+    wrapped: dict[str, Any] = {"anyOf": [*rules, {"const": ""}, {"type": "null"}]}
+    if isinstance(p.default, (bool, int, str)):
+        wrapped["default"] = p.default
+    return wrapped, p.doc + "; empty: as if left out"
+
+
+def parameter(p: Param) -> dict[str, Any]:
+    """The OpenAPI Parameter Object of ``p`` (in the query or the path)."""
+    schema, doc = _documented(p)
     return {
-        "name": name,
-        "in": "query",
-        "required": required,
-        "description": description,
-        "schema": dict(schema),
+        "name": p.name,
+        "in": "path" if p.location == PATH else "query",
+        "required": p.required,
+        "description": doc,
+        "schema": schema,
     }
 
 
-def error_responses(statuses: Iterable[int]) -> dict[str, Any]:
-    """Responses entries for error ``statuses``, all with the Error body."""
+def body_schema(params: Iterable[Param]) -> dict[str, Any]:
+    """The schema of a body (form or JSON object) carrying ``params``."""
+    params = [p for p in params if p.location != PATH]
+    properties = {}
+    for p in params:
+        schema, doc = _documented(p)
+        properties[p.name] = {**schema, "description": doc}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [p.name for p in params if p.required],
+    }
+
+
+def error_responses(
+    statuses: Iterable[int], notes: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """Responses entries for error ``statuses``, all with the Error body;
+    ``notes`` replace the API-wide description of a status."""
+    notes = notes or {}
     return {
         str(s): {
-            "description": ERROR_DESCRIPTIONS[s],
+            "description": notes.get(s, ERROR_DESCRIPTIONS[s]),
             "content": {"application/json": {"schema": ref("Error")}},
         }
         for s in statuses
     }
 
 
-def _answer(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {
-            "application/json": {"schema": dict(schema)},
-            "application/xml": {
-                "schema": dict(schema),
-                "description": "with a .xml path suffix: root <response>, lists as <item>s",
-            },
-        },
-    }
-
-
-def api_operation(
-    *,
-    summary: str,
-    description: str,
-    parameters: Sequence[Mapping[str, Any]],
-    response: Mapping[str, Any],
-    errors: Iterable[int] = (400, 401),
-    tag: str,
-    methods: Iterable[str] = ("get", "post"),
-) -> dict[str, Any]:
-    """A path item for a CRM endpoint: GET with ``parameters`` in the query,
-    POST with the same fields as a form or JSON object body."""
-    errors = tuple(errors)
-    item: dict[str, Any] = {}
-    body_schema = {
-        "type": "object",
-        "properties": {p["name"]: p["schema"] for p in parameters},
-        "required": [p["name"] for p in parameters if p.get("required")],
-    }
-    for method in methods:
-        op: dict[str, Any] = {
-            "summary": summary,
-            "description": description,
-            "tags": [tag],
-            "responses": {"200": _answer(response, "success"), **error_responses(errors)},
+def _answer(answer: Answer, formats: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": answer.description}
+    if answer.schema is None:
+        return out
+    content: dict[str, Any] = {t: {"schema": dict(answer.schema)} for t in answer.media_types}
+    if formats and "application/json" in content:
+        content["application/xml"] = {
+            "schema": dict(answer.schema),
+            "description": "with a .xml path suffix: root <response>, lists as <item>s",
         }
-        if method == "get":
-            op["parameters"] = [dict(p) for p in parameters]
-        else:
-            op["requestBody"] = {
-                # a form with a required field cannot go without a body
-                "required": bool(body_schema["required"]),
-                "content": {
-                    "application/json": {"schema": body_schema},
-                    "application/x-www-form-urlencoded": {"schema": body_schema},
-                    "multipart/form-data": {"schema": body_schema},
-                },
-            }
-        item[method] = op
-    return item
+    out["content"] = content
+    return out
+
+
+def _operation(op: Operation, method: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": op.summary}
+    if op.description:
+        out["description"] = op.description
+    out["tags"] = [op.tag]
+    if not op.auth:
+        out["security"] = []
+    in_body = method in _BODY_METHODS
+    parameters = [
+        parameter(p) for p in op.params if p.location == PATH or not in_body
+    ]
+    if parameters:
+        out["parameters"] = parameters
+    fields = [p for p in op.params if p.location != PATH]
+    if in_body and fields:
+        schema = body_schema(fields)
+        out["requestBody"] = {
+            # a form with a required field cannot go without a body
+            "required": bool(schema["required"]),
+            "content": {t: {"schema": schema} for t in BODY_TYPES},
+        }
+    out["responses"] = {
+        **{str(a.status): _answer(a, op.formats) for a in op.answers},
+        **error_responses(op.errors, op.notes),
+    }
+    return out
+
+
+def paths(operations: Iterable[Operation]) -> dict[str, Any]:
+    """The ``paths`` entries of ``operations``: one path item per path,
+    one OpenAPI operation per method (HEAD is implied by GET)."""
+    out: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        item = out.setdefault(op.path, {})
+        for method in op.methods:
+            key = method.lower()
+            if key in item:
+                raise ValueError(f"OpenAPI {method} {op.path} declared twice")
+            item[key] = _operation(op, method.upper())
+    return out
 
 
 def build_document(
@@ -177,13 +220,13 @@ def build_document(
 ) -> dict[str, Any]:
     """Assemble the OpenAPI document from endpoint modules (anything with
     ``openapi_paths()`` and optionally ``openapi_schemas()``)."""
-    paths: dict[str, Any] = {"/openapi.json": _self_path()}
+    items: dict[str, Any] = paths([OPENAPI])
     schemas: dict[str, Any] = dict(COMMON_SCHEMAS)
     for part in parts:
         for path, item in part.openapi_paths().items():
-            if path in paths:
+            if path in items:
                 raise ValueError(f"OpenAPI path {path} defined twice")
-            paths[path] = item
+            items[path] = item
         for name, schema in getattr(part, "openapi_schemas", dict)().items():
             if name in schemas and schemas[name] != schema:
                 raise ValueError(f"OpenAPI schema {name} defined twice")
@@ -202,7 +245,7 @@ def build_document(
             ),
         },
         "security": [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}],
-        "paths": paths,
+        "paths": items,
         "components": {
             "schemas": schemas,
             "securitySchemes": {
@@ -213,26 +256,23 @@ def build_document(
     }
 
 
-def _self_path() -> dict[str, Any]:
-    return {
-        "get": {
-            "summary": "This document",
-            "tags": ["meta"],
-            "security": [],
-            "responses": {
-                "200": {
-                    "description": "the OpenAPI 3.1 document",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
-            },
-        }
-    }
+#: ``GET /openapi.json``.
+OPENAPI = Operation(
+    methods=("GET",),
+    path="/openapi.json",
+    summary="This document",
+    tag="meta",
+    answers=(Answer(200, "the OpenAPI 3.1 document", {"type": "object"}),),
+    errors=(),
+    auth=False,
+    formats=False,
+)
 
 
 def add_routes(router: Router, document: Mapping[str, Any]) -> None:
     """Serve ``document`` at ``GET /openapi.json`` (no API key needed)."""
 
-    async def openapi(req: ApiRequest) -> Mapping[str, Any]:
+    async def openapi(req: ApiRequest, args: dict[str, Any]) -> Mapping[str, Any]:
         return document
 
-    router.add(("GET",), "/openapi.json", openapi, auth=False, formats=False)
+    add_route(router, OPENAPI, openapi)

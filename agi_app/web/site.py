@@ -16,7 +16,7 @@ from twisted.web.iweb import IAccessLogFormatter, IRequest
 from twisted.web.resource import IResource, Resource
 from zope.interface import provider
 
-from agi_app.web.api import MAX_BODY, ApiResource, Router
+from agi_app.web.api import MAX_BODY, ApiResource, RequestObserver, Router
 
 __all__ = ["STATIC_DIR", "LimitedRequest", "access_log_line", "build_site", "redact_uri"]
 
@@ -143,11 +143,13 @@ def build_site(
     api_keys: Iterable[str],
     static_dir: str | Path | None = STATIC_DIR,
     clock: IReactorTime,
+    observe: RequestObserver | None = None,
 ) -> server.Site:
     """The twisted.web Site of the HTTP API: ``router``'s routes behind the
     API key check, ``static_dir`` under ``/static/`` (None: no static files),
-    the 64 KiB body limit, and the redacting access log."""
-    api = ApiResource(router, api_keys=api_keys)
+    the 64 KiB body limit, and the redacting access log.  ``observe`` hears
+    of every API answer (the metrics' HTTP histogram)."""
+    api = ApiResource(router, api_keys=api_keys, observe=observe)
     files = _StaticFiles(str(static_dir)) if static_dir is not None else None
     site = server.Site(
         _Root(api, files),

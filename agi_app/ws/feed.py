@@ -7,6 +7,9 @@ ringing, direction ``in``, nobody else      type 2, incoming call to the
 in the call talking yet                     manager: ``callID, from, to``
 ringing, direction ``in``, the call was     type 1, incoming transfer
 answered by someone else before             request: ``callID, from, to``
+                                            (types 1 and 2 also ``name``,
+                                            ``crm_url`` of a caller the
+                                            CRM lookup found)
 hungup                                      type 3, finished call: ``callID,
                                             from, to, start, end, duration,
                                             direction, record``
@@ -41,26 +44,38 @@ def _timestamp(gmt: str | None) -> int | None:
 
 
 def widget_event(
-    event: Any, *, answered_elsewhere: bool = False, record_url: str | None = None
+    event: Any,
+    *,
+    answered_elsewhere: bool = False,
+    record_url: str | None = None,
+    name: str | None = None,
+    crm_url: str | None = None,
 ) -> dict[str, Any] | None:
     """The widget event of a tracker :class:`~agi_app.live.tracker.CallEvent` for
     the widgets of ``event.extension``, or None.
 
     ``answered_elsewhere``: another leg of the call was already talking
     when this one started ringing (a transfer).  ``record_url``: the
-    recording link of a finished call."""
+    recording link of a finished call.  ``name``, ``crm_url``: what the CRM
+    said of the caller of an inbound call (:mod:`agi_app.inbound`), added
+    to the incoming-call events when known."""
     if not event.extension:
         return None
     call = event.call or {}
     caller = call.get("caller_id_number")
     called = call.get("called_number")
     if event.kind == "ringing" and event.direction == "in":
-        return {
+        incoming = {
             "type": TYPE_TRANSFER if answered_elsewhere else TYPE_INCOMING,
             "callID": event.call_api_id,
             "from": caller,
             "to": called or event.extension,
         }
+        if name:
+            incoming["name"] = name
+        if crm_url:
+            incoming["crm_url"] = crm_url
+        return incoming
     if event.kind == "hungup":
         end = int(event.time)
         duration = int(round(event.duration or 0))

@@ -298,7 +298,8 @@ class WidgetHub:
             if info.get("phone"):
                 call["called_number"] = info["phone"]
             event = replace(event, direction="out", call=call)
-        found = widget_event(event, answered_elsewhere=elsewhere, record_url=info.get("record_url"))
+        found = widget_event(event, answered_elsewhere=elsewhere, record_url=info.get("record_url"),
+                             name=info.get("name"), crm_url=info.get("crm_url"))  # fmt: skip
         if found is not None:
             self.send_event(event.extension, found)
 

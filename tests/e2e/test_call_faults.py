@@ -606,3 +606,43 @@ async def test_agi_app_killed_with_every_kind_of_call_in_progress(sandbox, proce
         assert_kept(before[call_id], entries)
         if kind in ("click-to-call", "group"):
             assert_one_final(entries)
+
+
+@pytest_twisted.ensureDeferred
+async def test_agi_app_killed_under_load_drops_no_call(sandbox, process):
+    """Calls placed about three a second, every phone answering; agi_app
+    killed with SIGKILL 3 s in and started again 3 s later, then more calls.
+    A call between the operator's answer and the client's goes on in the
+    dialplan without agi_app (the Originate handed it the client's dial
+    string); the new process takes the calls up from the channels and the
+    AMI events.  Every accepted call ends FINISH, with one final status."""
+    process.start()
+    await process.ready()
+    operators = [f"100{n}" for n in range(10)]
+    for number in operators:
+        sandbox.phones.start(number, answer(after=1.0))
+    phones = [f"3806399500{n:02d}" for n in range(18)]
+    # one rule for all (a change of the PSTN's rules restarts it)
+    sandbox.pstn.set_default(answer_after=1.0, hangup_after=2)
+    placed: list[str] = []
+
+    async def place_some(count: int, first: int) -> None:
+        for n in range(first, first + count):
+            phone = phones[n]
+            placed.append(await process.place(
+                sip=operators[n % len(operators)], phone=phone, order_id="f-load",
+                external_key=f"k-load-{n}",
+            ))  # fmt: skip
+            await task.deferLater(reactor(), 0.33, lambda: None)
+
+    await place_some(9, 0)
+    process.kill()
+    await task.deferLater(reactor(), 3.0, lambda: None)
+    process.start()
+    await process.ready()
+    await place_some(9, 9)
+    results = {c: await process.wait(c, None, timeout=30) for c in placed}
+    finals = {c: [s for s in words(e) if s in st.FINAL] for c, e in results.items()}
+    assert all(f == ["FINISH"] for f in finals.values()), (finals, process.logs())
+    for entries in results.values():
+        assert_one_final(entries)

@@ -31,8 +31,10 @@ HAPPY = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_
 
 @pytest_twisted.async_yield_fixture
 async def app(sandbox, tmp_path):
-    # a short client ring time keeps CLIENT_NOANSWER quick
-    config = app_config(sandbox, tmp_path, AGI_APP_DIALING_CALL_TIME_TO_CLIENT="3")
+    # a short client ring time keeps CLIENT_NOANSWER quick; no-such-trunk is
+    # configured but missing on the PBX, so a call through it ends in ERROR
+    config = app_config(sandbox, tmp_path, AGI_APP_DIALING_CALL_TIME_TO_CLIENT="3",
+                        AGI_APP_DIALING_TRUNKS="no-such-trunk")
     application = await start_app(config)
     yield application
     await application.stop()
@@ -248,6 +250,7 @@ async def test_same_external_key_places_one_call(sandbox, app, api):
         ("sip", ""),
         ("caller_id_for_employee", 'x" <1>\r\nAction: Originate'),
         ("trunk", "pstn/../x"),
+        ("trunk", "1001"),  # an extension, not a configured trunk: unknown_trunk
         ("order_id", "a/b"),
     ],
 )

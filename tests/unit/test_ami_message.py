@@ -218,7 +218,10 @@ def test_variable_values_that_asterisk_would_split_or_mangle(value):
         variable_assignment("X", value)
 
 
-@pytest.mark.parametrize("name", ["", "A=B", "A,B", "A B", "A\nB", "a(b", "X)"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "A=B", "A,B", "A B", "A\nB", "a(b", "X)", "F(a,)", "F(a,b)=c", "A,B(c)", "F(a,b c)"],
+)
 def test_variable_names(name):
     with pytest.raises(AMIInjectionError):
         variable_assignment(name, "1")
@@ -228,3 +231,92 @@ def test_variable_assignment_ok():
     assert variable_assignment("__AGI_APP_CALL_ID", "c-17") == "__AGI_APP_CALL_ID=c-17"
     assert variable_assignment("CHANNEL(language)", "ru") == "CHANNEL(language)=ru"
     assert variable_assignment("EMPTY", "") == "EMPTY="
+    # a function of several arguments: Asterisk keeps the comma inside parentheses
+    assert (variable_assignment("PJSIP_HEADER(add,Call-Info)", "<sip:pbx>;answer-after=0")
+            == "PJSIP_HEADER(add,Call-Info)=<sip:pbx>;answer-after=0")  # fmt: skip
+
+
+# -- the parser's fast paths against plain reference code -----------------------
+
+
+def reference_parse(data: bytes, events: set[str] | None) -> list[list[tuple[str, str]]]:
+    """The headers of every message, line by line the plain way; events whose
+    name is not in ``events`` (and that carry no ActionID) left out."""
+    out = []
+    headers: list[tuple[str, str]] = []
+    for line in data.decode("utf-8", errors="replace").split("\n"):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line:
+            if headers:
+                keys = {k.lower(): v for k, v in reversed(headers)}
+                name = keys.get("event")
+                if (
+                    events is None
+                    or name is None
+                    or "actionid" in keys
+                    or name.strip().lower() in events
+                ):
+                    out.append(headers)
+                headers = []
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            headers.append((key.strip(), value.lstrip(" \t")))
+    return out
+
+
+_KEYS = st.sampled_from(
+    ["Event", "event", "Uniqueid", "UNIQUEID", "ChanVariable", "chanvariable", "ActionID",
+     "Response", " Spaced ", "Key\t", "A-b_c", "Caller:Name"]
+)  # fmt: skip
+_VALUES = st.text(
+    alphabet=st.sampled_from(list("ab:= \tÉİйx1")), max_size=8
+).filter(lambda v: "\n" not in v and "\r" not in v)
+_LINE = st.one_of(
+    st.tuples(_KEYS, st.sampled_from([":", ": ", ":  ", ":\t"]), _VALUES).map("".join),
+    st.sampled_from(["junk", "Event: Newstate", "Event: VarSet", "event: newstate"]),
+)
+_MESSAGE = st.lists(_LINE, min_size=1, max_size=6)
+
+
+@given(
+    st.lists(_MESSAGE, max_size=6),
+    st.sampled_from(["\r\n", "\n"]),
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+)
+def test_parser_agrees_with_the_plain_reference(messages, eol, filtered, cuts):
+    data = "".join(eol.join(m) + eol + eol for m in messages).encode()
+    events = {"newstate", "hangup"} if filtered else None
+    parser = AMIParser(expect_greeting=False, events=events)
+    got: list = []
+    start = 0
+    for end in sorted(set(min(c, len(data)) for c in cuts)) + [len(data)]:
+        got += parser.feed(data[start:end])
+        start = end
+    expected = reference_parse(data, events)
+    assert [m.raw for m in got] == expected
+    for msg, headers in zip(got, expected, strict=True):
+        for key in ("Event", "uniqueid", "ChanVariable", "Missing", "Spaced", "Key", "Caller"):
+            values = [v for k, v in headers if k.lower() == key.lower()]
+            assert msg.get(key) == (values[0] if values else None)
+            assert msg.getall(key) == values
+            assert (key in msg) == bool(values)
+
+
+def test_unwanted_events_are_skipped_unread_but_answers_are_kept():
+    parser = AMIParser(expect_greeting=False, events=["Hangup"])
+    data = (
+        b"Event: VarSet\r\nVariable: X\r\n\r\n"
+        b"Event: CoreShowChannel\r\nActionID: a-1\r\nUniqueid: 1.1\r\n\r\n"
+        b"Event: Hangup\r\nUniqueid: 1.1\r\n\r\n"
+        b"Response: Success\r\nActionID: a-2\r\n\r\n"
+    )
+    got = parser.feed(data)
+    assert [(m.get("Event"), m.get("ActionID")) for m in got] == [
+        ("CoreShowChannel", "a-1"), ("Hangup", None), (None, "a-2"),
+    ]  # fmt: skip
+    assert parser.skipped == 1
+    parser.want("varset")
+    assert [m["Variable"] for m in parser.feed(b"Event: VarSet\r\nVariable: Y\r\n\r\n")] == ["Y"]

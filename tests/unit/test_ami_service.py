@@ -92,14 +92,16 @@ class LoginTests(ServiceTestCase):
                                  "PJSIPShowContacts"])
         login = self.pbx.actions[0]
         self.assertEqual((login["Username"], login["Secret"], login["Events"]),
-                         (USER, SECRET, "on"))
+                         (USER, SECRET, "call,system"))
         self.assertEqual(self.svc.greeting, "Asterisk Call Manager/11.0.0")
 
     def test_login_bytes_are_crlf(self):
         self.start()
         data = bytes(self.pbx.peers[0].received)
         self.assertTrue(data.startswith(b"Action: Login\r\nActionID: "))
-        self.assertIn(b"\r\nUsername: agi_app\r\nSecret: s3cret\r\nEvents: on\r\n\r\n", data)
+        self.assertIn(
+            b"\r\nUsername: agi_app\r\nSecret: s3cret\r\nEvents: call,system\r\n\r\n", data
+        )
         self.assertNotIn(b"\n", data.replace(b"\r\n", b""))
 
     def test_login_refused_retries_with_backoff(self):
@@ -692,9 +694,13 @@ class EventTests(ServiceTestCase):
         emit("Newstate", Channel="PJSIP/102-00000002", ChannelState="5",
              ChannelStateDesc="Ringing", Uniqueid="1764105600.2")
         self.assertEqual(self.svc.channels["1764105600.2"]["ChannelStateDesc"], "Ringing")
-        emit("VarSet", Channel="PJSIP/102-00000002", ChannelState="5", Uniqueid="1764105600.2",
-             ChanVariable="AGI_APP_CALL_ID=c-2", Variable="X", Value="1")
+        emit("NewConnectedLine", Channel="PJSIP/102-00000002", ChannelState="5",
+             Uniqueid="1764105600.2", ChanVariable="AGI_APP_CALL_ID=c-2")
         self.assertEqual(self.svc.channels["1764105600.2"].variables, {"AGI_APP_CALL_ID": "c-2"})
+        # an event agi_app does not follow is skipped unread
+        emit("VarSet", Channel="PJSIP/102-00000002", ChannelState="6", Uniqueid="1764105600.2",
+             Variable="X", Value="1")
+        self.assertEqual(self.svc.channels["1764105600.2"]["ChannelState"], "5")
         emit("Hangup", Channel="PJSIP/102-00000002", Uniqueid="1764105600.2", Cause="16")
         self.assertNotIn("1764105600.2", self.svc.channels)
         # An event about an unknown channel does not invent one.

@@ -248,6 +248,7 @@ class AsteriskAGI:
             await self.expect('EXEC Playback "agi_app/please-wait"')
         await self.expect("EXEC MixMonitor")
         await self.expect('SET VARIABLE "CALLERID(all)"', "200 result=1")
+        await self.expect('SET VARIABLE "AGI_APP_DIALLED" "1"', "200 result=1")
         return await self.expect("EXEC Dial", reply="")
 
     async def after_dial(self, dialstatus: str) -> None:
@@ -289,7 +290,16 @@ async def test_a_connected_call_is_logged_in_order(h):
     assert originate["Context"] == "agi-app-operator"
     assert originate["Timeout"] == "30000"
     assert originate["CallerID"] == '"Order 15" <380639920000>'
-    assert originate.getall("Variable") == [f"__{CALL_ID_VAR}={call_id}"]
+    # the call id, and what the dialplan needs to connect the client by itself
+    assert originate.getall("Variable") == [
+        f"__{CALL_ID_VAR}={call_id}",
+        "AGI_APP_CLIENT=PJSIP/380639920000@pstn",
+        "AGI_APP_CLIENT_RING=40",
+        "AGI_APP_WAIT=1",
+        "AGI_APP_SHOWN=1000",
+        f"AGI_APP_RECORDING=/pbx/monitor/order-15_{call_id}.wav",
+        "AGI_APP_LIMIT_MS=60000",
+    ]
     assert await h.history(call_id) == ["CALL", "OPERATOR_CALLTO"]
     h.clock.advance(2)  # the operator answers
     await h.reached(call_id, "OPERATOR_PICKUP")
@@ -385,6 +395,26 @@ async def test_pbx_down_logs_call_then_error_and_raises(h):
     assert [e["status"] for e in entries] == ["CALL", "ERROR"]
     assert "AMI" in entries[-1]["detail"]
     assert h.pbx.actions_named("Originate") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_after_the_pbx_was_down_is_never_answered_as_placed(h):
+    """The first request found the AMI link down (503, CALL then ERROR).  A
+    retry with the same external_key must not answer 200 with the id of a
+    call that was never placed: it is the same 503 with the same call id,
+    also once the PBX is back (a new external_key places a new call)."""
+    with pytest.raises(PBXUnavailable) as first:
+        await h.calls.place(request(external_key="k-down"))
+    await h.connect()
+    with pytest.raises(PBXUnavailable) as again:
+        await h.calls.place(request(external_key="k-down"))
+    assert again.value.call_id == first.value.call_id
+    assert again.value.body()["call_id"] == first.value.call_id
+    assert h.pbx.actions_named("Originate") == []
+    assert await h.history(first.value.call_id) == ["CALL", "ERROR"]
+    call_id, created = await h.calls.place(request(external_key="k-up"))
+    assert created and call_id != first.value.call_id
+    assert len(h.pbx.actions_named("Originate")) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -775,11 +805,9 @@ async def test_a_group_rings_every_member_through_the_group_context(h):
     [originate] = h.pbx.actions_named("Originate")
     assert originate["Channel"] == "Local/s@agi-app-group/n"
     assert originate["Context"] == "agi-app-operator"
-    assert originate.getall("Variable") == [
-        f"__{CALL_ID_VAR}={call_id}",
-        "AGI_APP_GROUP=PJSIP/1000&PJSIP/1001",
-        "AGI_APP_RING=30",
-    ]
+    variables = originate.getall("Variable")
+    assert variables[0] == f"__{CALL_ID_VAR}={call_id}"
+    assert variables[-2:] == ["AGI_APP_GROUP=PJSIP/1000&PJSIP/1001", "AGI_APP_RING=30"]
     # the group's Dial decides how long it rings; the Originate waits longer
     assert originate["Timeout"] == "35000"
     assert (await h.store.get_call(call_id))["sip"] == "1000"
@@ -792,6 +820,7 @@ async def test_a_group_rings_every_member_through_the_group_context(h):
     await agi.expect("EXEC MixMonitor")
     # the client sees the first listed extension
     await agi.expect('SET VARIABLE "CALLERID(all)" "\\"\\" <1000>"', "200 result=1")
+    await agi.expect('SET VARIABLE "AGI_APP_DIALLED" "1"', "200 result=1")
     await agi.expect('EXEC Dial "PJSIP/380639920000@pstn,40,g"', reply="")
     assert await h.history(call_id) == DIALLED
     h.client_answered(operator)
@@ -978,3 +1007,138 @@ async def test_a_session_lost_because_agi_app_stops_leaves_the_call_open(h):
     assert await h.history(call_id) == CONNECTED
     assert (await h.store.get_call(call_id))["final_status"] is None
     assert errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_the_dialplan_connected_while_agi_app_was_away_is_taken_up(h):
+    """agi_app went away while the operator rang; the operator answered, the
+    dialplan found FastAGI unreachable and dialled the client by itself (the
+    Originate handed it the dial string).  After the restart the channel
+    snapshot shows both legs up: OPERATOR_PICKUP, CLIENT_CALLTO (dated when
+    the client's channel was created) and CLIENT_PICKUP (its moment not
+    seen); FINISH once they hang up, with no made-up talk time; the
+    recording the dialplan started is the call's."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place()
+    await h.restart({}, connect=False)
+    h.clock.advance(20)
+    h.pbx.add_channel("PJSIP/1000-00000011", uniqueid="k.op", state="Up",
+                      variables={CALL_ID_VAR: call_id}, Application="Dial")  # fmt: skip
+    h.pbx.add_channel("PJSIP/pstn-00000012", uniqueid="k.cl", state="Up",
+                      variables={CALL_ID_VAR: call_id}, Application="AppDial",
+                      Duration="00:00:07")  # fmt: skip
+    await h.connect()
+    await h.reached(call_id, "CLIENT_PICKUP")
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == CONNECTED
+    assert entries[3]["time"] == iso_time(T0 + 20 - 7)
+    assert entries[4]["detail"] == "answer time not seen"
+    h.channel_down(h.pbx.channels["k.cl"])
+    h.channel_down(h.pbx.channels["k.op"])
+    h.clock.advance(3)
+    assert await h.final(call_id) == HAPPY
+    assert (await h.entries(call_id))[-1]["detail"] == "talk time unknown"
+    [call] = await h.store.order_calls("order-15")
+    assert call["records"][0]["path"].endswith(f"order-15_{call_id}.wav")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_still_ringing_after_the_restart_is_followed_to_its_answer(h):
+    """The dialplan dialled the client while agi_app was away; it still rings
+    when agi_app is back: CLIENT_CALLTO from the snapshot, then the DialEnd
+    of its answer logs CLIENT_PICKUP the moment it happens."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place()
+    await h.restart({}, connect=False)
+    h.pbx.add_channel("PJSIP/1000-00000021", uniqueid="m.op", state="Up",
+                      variables={CALL_ID_VAR: call_id}, Application="Dial")  # fmt: skip
+    h.pbx.add_channel("PJSIP/pstn-00000022", uniqueid="m.cl", state="Ringing",
+                      variables={CALL_ID_VAR: call_id}, Application="AppDial")  # fmt: skip
+    await h.connect()
+    await h.reached(call_id, "CLIENT_CALLTO")
+    assert await h.history(call_id) == DIALLED
+    h.clock.advance(2)
+    h.client_answered(h.pbx.channels["m.op"])
+    await h.reached(call_id, "CLIENT_PICKUP")
+    entries = await h.entries(call_id)
+    assert entries[4]["time"] == iso_time(T0 + 2) and entries[4]["detail"] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_the_dialplan_dials_after_the_restart_is_followed(h):
+    """agi_app is back while the operator still hears the waiting
+    announcement the dialplan plays by itself: no client channel yet.  The
+    DialBegin to the client's trunk logs CLIENT_CALLTO, its DialEnd the
+    pickup, the hangups FINISH with the talk time."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place()
+    await h.restart({"p.op": ("PJSIP/1000-00000031", call_id, "Up")})
+    await h.reached(call_id, "OPERATOR_PICKUP")
+    assert await h.history(call_id) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP"]
+    operator = h.pbx.channels["p.op"]
+    h.clock.advance(3)
+    h.pbx.emit("DialBegin", operator + [("DestChannel", "PJSIP/pstn-00000032")])
+    await h.reached(call_id, "CLIENT_CALLTO")
+    h.clock.advance(1)
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    h.clock.advance(4)
+    h.channel_down(operator)
+    h.clock.advance(3)
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == HAPPY
+    assert entries[3]["detail"] == "dialled by the dialplan"
+    assert entries[-1]["detail"] == "talk 4 s"
+    # a DialBegin to anyone but the client's trunk (a group member) is no client
+    other = await h.place()
+    await h.restart({"q.op": ("PJSIP/1001-00000041", other, "Up")})
+    await h.reached(other, "OPERATOR_PICKUP")
+    h.pbx.emit("DialBegin", h.pbx.channels["q.op"] + [("DestChannel", "PJSIP/1002-00000042")])
+    await h.barrier()
+    assert await h.history(other) == ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_that_came_and_went_while_agi_app_was_away_ends_from_its_recording(h):
+    """The operator answered, the dialplan connected the client by itself and
+    the conversation ended, all while no agi_app ran: no channel is left.
+    MixMonitor (``b``) wrote 3 s of audio, so the client answered and talked
+    3 s: FINISH with that talk time, the recording stored.  A call whose
+    file holds no audio ends as before (the client was never connected)."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    talked = await h.place(order_id="gone")
+    silent = await h.place(order_id="gone")
+    await h.restart({}, connect=False)
+    folder = h.tmp_path / "monitor"
+    folder.mkdir(exist_ok=True)
+    (folder / f"gone_{talked}.wav").write_bytes(b"\0" * (44 + 16000 * 3))
+    (folder / f"gone_{silent}.wav").write_bytes(b"\0" * 44)
+    await h.connect()
+    assert await h.final(talked) == HAPPY
+    entries = await h.entries(talked)
+    assert entries[-1]["detail"] == "talk 3 s (from the recording)"
+    assert entries[4]["detail"] == "answer time not seen"
+    assert (await h.store.get_call(talked))["talk_seconds"] == pytest.approx(3.0)
+    [call] = [c for c in await h.store.order_calls("gone") if c["call_id"] == talked]
+    assert call["records"][0]["path"] == str(folder / f"gone_{talked}.wav")
+    assert await h.final(silent) == ["CALL", "OPERATOR_CALLTO", "ERROR"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_answer_whose_dial_began_unseen_is_logged_in_order(h):
+    """The dialplan's Dial to the client began between the login's snapshot
+    and the moment agi_app took the call up: the DialEnd of the answer is
+    the first sign of the client.  CLIENT_CALLTO and CLIENT_PICKUP are both
+    logged then, in order."""
+    await h.connect()
+    h.pbx.default_outcome = OriginateOutcome(delay=None)
+    call_id = await h.place()
+    await h.restart({"u.op": ("PJSIP/1000-00000051", call_id, "Up")})
+    await h.reached(call_id, "OPERATOR_PICKUP")
+    h.client_answered(h.pbx.channels["u.op"])  # DestChannel PJSIP/pstn-...
+    await h.reached(call_id, "CLIENT_PICKUP")
+    assert await h.history(call_id) == CONNECTED

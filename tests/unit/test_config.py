@@ -346,3 +346,13 @@ def test_a_bad_store_url_is_refused_without_its_password(url: str, message: str)
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_trunks_are_a_comma_separated_list_of_trunk_names(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "[dialing]\ndefault_trunk = pstn\ntrunks = gsm, pstn ,sip-2\n")
+    assert cfg.dialing.trunks == ("gsm", "pstn", "sip-2")
+    assert cfg.dialing.all_trunks == ("pstn", "gsm", "sip-2")
+    assert load(None, environ={"AGI_APP_DIALING_TRUNKS": "b2"}).dialing.all_trunks == ("pstn", "b2")
+    for bad in ("gsm,a/b", "x" * 33, "pstn@host"):
+        with pytest.raises(ConfigError, match=r"\[dialing\] trunks: '.*' must match"):
+            load(None, environ={"AGI_APP_DIALING_TRUNKS": bad})

@@ -180,3 +180,18 @@ def test_openapi_document_takes_these_parts(stack):
     assert "/extension/{extension_id}/current_calls/{call_api_id}" in document["paths"]
     assert "/api/calls/callWithInteractiveVoiceResponse" in document["paths"]
     assert "CallMdl" in document["components"]["schemas"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_automated_calls_take_only_configured_trunks(stack):
+    for path, extra in [("/api/calls/callWithAnnouncement", {"voiceFileID": "announcement"}),
+                        ("/api/calls/callWithInteractiveVoiceResponse", {"ivrName": "confirm"})]:
+        code, body = await stack.request("POST", path, {"phone_number": "0443334023",
+                                                        "trunkNumber": "101", **extra})
+        assert (code, body["error"]) == (400, {
+            "code": "unknown_trunk", "field": "trunkNumber",
+            "message": "trunkNumber '101' is not a configured trunk"})
+    assert stack.sent() == []
+    code, body = await stack.request("POST", "/api/calls/callWithAnnouncement", {
+        "phone_number": "0443334023", "voiceFileID": "announcement", "trunkNumber": "pstn"})
+    assert code == 200 and stack.sent() == ["Originate"]

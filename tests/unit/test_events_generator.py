@@ -90,6 +90,49 @@ class GeneratorTests(TrackerTestCase):
         self.assertEqual(times[2] - times[1], 42_000_000)
         self.assertEqual(self.delivered("1001"), [], "1001 took no part")
 
+    def test_an_inbound_call_the_crm_knew_carries_name_and_link(self):
+        """An inbound call agi_app looked up in the CRM (agi_app.inbound):
+        every event of the operator's leg names the caller as the CRM does."""
+        self.store.calls["c-90"] = {
+            "order_id": None, "external_key": None, "kind": "incoming", "sip": "1000",
+            "phone": "380501234567",
+            "params": {"caller": "380501234567", "lookup": "found", "name": "Ivan Petrenko",
+                       "crm_url": "https://crm.example/c/17", "operator": "1000"},
+        }  # fmt: skip
+        self.subscribe("1000")
+        sim = self.sim
+        sim.new("PJSIP/pstn-00000002", "trunk-9", state="Ring", context="agi-app-inbound",
+                exten="0443334023", num="380501234567", cname="", var="c-90")  # fmt: skip
+        sim.new("PJSIP/1000-00000003", "op-9", linkedid="trunk-9", context="sandbox-operators",
+                num="1000", cname="Operator 1000", var="c-90")  # fmt: skip
+        sim.set("op-9", ConnectedLineNum="380501234567", ConnectedLineName="Ivan Petrenko",
+                Exten="1000")  # fmt: skip
+        sim.dial("trunk-9", "op-9", "1000")
+        sim.state("op-9", "Ringing")
+        sim.answer_operator("trunk-9", "op-9")
+        self.reactor.advance(3)
+        sim.hangup("op-9")
+        sim.hangup("trunk-9")
+        events = self.delivered("1000")
+        self.assertEqual([t for t, _ in events], ["dial-in", "answer", "hangup"])
+        for _, f in events:
+            self.assertEqual(f["CallID"], "c-90")
+            self.assertEqual(f["CallFlow"], "in")
+            self.assertEqual((f["name"], f["CallerIDName"]), ("Ivan Petrenko", "Ivan Petrenko"))
+            self.assertEqual(f["crm_url"], "https://crm.example/c/17")
+            self.assertEqual(f["CallerIDNum"], "380501234567")
+
+    def test_calls_without_a_lookup_carry_no_name_fields(self):
+        self.store.calls["c-91"] = {"kind": "incoming", "params": {"ivrName": "main"}}
+        self.subscribe("1000")
+        self.sim.trunk_to_operator()
+        events = self.delivered("1000")
+        self.assertEqual([t for t, _ in events], ["dial-in", "answer"])
+        for _, f in events:
+            self.assertNotIn("name", f)
+            self.assertNotIn("crm_url", f)
+            self.assertEqual(f["CallerIDName"], "Client")
+
     def test_click_to_call_gives_dial_out_answer_hangup_with_order_and_record(self):
         self.store.calls["c-77"] = {"order_id": "ord-15", "external_key": "k-15"}
         self.store.recordings["c-77"] = [{"record_id": 9}]

@@ -66,6 +66,22 @@ def test_the_ami_user_and_every_operator_are_configured(configs):
         assert f"[{number}](operator-aor)" in pjsip
 
 
+def test_the_ami_read_classes_are_the_readmes_or_chosen():
+    def read_classes(**kwargs) -> str:
+        text = pc.asterisk_configs(
+            PROFILE, name="t1", pbx_dir="/srv/agi_app/t1", module_dir="/m", modules=[],
+            ami_username="agi_app", ami_secret="s3cret", **kwargs,
+        )["manager.conf"]  # fmt: skip
+        manager = configparser.ConfigParser(strict=False, interpolation=None)
+        manager.read_string(text)
+        return manager["agi_app"]["read"]
+
+    assert read_classes() == pc.AMI_READ["readme"] == "system,call,agent,user,dtmf,reporting"
+    assert read_classes(ami_read=pc.AMI_READ["all"]) == "all"
+    with pytest.raises(ValueError):
+        read_classes(ami_read="all\n[evil]")
+
+
 def test_only_modules_that_bind_ports_or_reach_out_are_not_loaded(configs):
     lines = [x for x in configs["modules.conf"].splitlines() if x.startswith("noload")]
     assert lines == ["noload => cdr_csv.so", "noload => chan_iax2.so", "noload => res_ari.so"]

@@ -175,11 +175,18 @@ async def test_writes_run_only_on_the_worker_thread(sqlite_store: SQLiteStore):
 
 
 async def _seen_by(store: SQLiteStore, read) -> tuple[set[int], object, bool, bool]:
-    """Which threads ran SQL on the inline reader and the writer during ``read``."""
+    """Which threads ran SQL on the inline reader and the writer during ``read``
+    (the writer's batch framing around the tracing itself left out)."""
     inline: set[int] = set()
     worker: set[int] = set()
+    framing = ("BEGIN", "COMMIT", "SAVEPOINT job", "RELEASE job")
+
+    def traced(sql: str) -> None:
+        if sql not in framing:
+            worker.add(threading.get_ident())
+
     store._reader.set_trace_callback(lambda sql: inline.add(threading.get_ident()))
-    await store._run(store._conn.set_trace_callback, lambda sql: worker.add(threading.get_ident()))
+    await store._run(store._conn.set_trace_callback, traced)
     result = await read()
     store._reader.set_trace_callback(None)
     await store._run(store._conn.set_trace_callback, None)

@@ -4,11 +4,14 @@ AGI command or a dial string."""
 from __future__ import annotations
 
 import re
+import sys
 
+import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agi_app import validation
 from agi_app.validation import (
     FORBIDDEN,
     InvalidInput,
@@ -342,3 +345,49 @@ def test_a_valid_value_with_one_dangerous_character_is_refused(rule, bad: str, w
 @given(value=st.from_regex(PHONE_RULE, fullmatch=True))
 def test_phone_output_is_ascii_digits_and_plus(value: str) -> None:
     assert set(phone(value)) <= set("+0123456789")
+
+
+# -- one rule per kind of value, the same for Python and for JSON Schema --------
+
+RULES = {
+    "PHONE": validation.PHONE,
+    "EXTENSION": validation.EXTENSION,
+    "IDENTIFIER": validation.IDENTIFIER,
+    "PROMPT_NAME": validation.PROMPT_NAME,
+    "SECONDS": validation.SECONDS,
+    "WHOLE_NUMBER": validation.WHOLE_NUMBER,
+    "FLAG": validation.FLAG,
+    "DISPLAY_TEXT": validation.DISPLAY_TEXT,
+    "word_list": validation.word_list(["offline", "online", "inuse"]),
+    "word_choice": validation.word_choice(["GET", "POST"]),
+}
+
+
+def test_the_contract_patterns_are_the_rules() -> None:
+    assert validation.PHONE.pattern == r"^\+?[0-9]{3,15}$"
+    assert validation.EXTENSION.pattern == r"^[A-Za-z0-9_-]{1,32}$"
+    assert validation.IDENTIFIER.pattern == r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+def test_blanks_are_what_strip_removes() -> None:
+    blanks = validation.Rule(f"[{validation.WHITESPACE}]", "a blank")
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    assert [c for c in map(chr, range(sys.maxunicode + 1)) if blanks.match(c)] == spaces
+
+
+@settings(max_examples=300)
+@given(name=st.sampled_from(sorted(RULES)), data=st.data())
+def test_json_schema_reads_each_pattern_as_python_does(name: str, data) -> None:
+    rule = RULES[name]
+    valid = st.from_regex(rule.pattern, fullmatch=True)
+    value = data.draw(st.one_of(
+        valid, st.tuples(valid, ODD_CHAR, st.integers(min_value=0)).map(_insert),
+        valid.map(str.upper), valid.map(lambda s: s + "\n"), ANY_TEXT,
+    ))  # fmt: skip
+    schema = jsonschema_rs.validator_for(rule.schema())
+    assert schema.is_valid(value) == rule.match(value), value
+
+
+@pytest.mark.parametrize("value", ["1", " YES ", "\u3000off\x1c", "0\n", "TrUe"])
+def test_flag_words_in_any_case_with_blanks(value: str) -> None:
+    assert flag(value, "f") is (value.strip().lower() in ("1", "yes", "true"))

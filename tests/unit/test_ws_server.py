@@ -566,3 +566,32 @@ def test_stopping_the_hub_closes_every_widget_with_1001(stack):
     stack.hub.stop()
     assert closed_with(ours) == (1001, "server shutting down")
     assert closed_with(theirs) == (1001, "server shutting down")
+
+
+class LookedUpInfo(FakeInfo):
+    """An inbound call the CRM lookup knew (agi_app.inbound)."""
+
+    async def get(self, call_id, refresh=False):
+        info = await super().get(call_id, refresh)
+        return {**info, "name": "Ivan Petrenko", "crm_url": "https://crm.example/c/17"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_incoming_call_event_names_a_caller_the_crm_knew():
+    reactor = _reactor()
+    hub = WidgetHub(client_ids=("password",), info=LookedUpInfo())
+    port = reactor.listenTCP(0, WidgetFactory(hub, reactor=reactor), interface="127.0.0.1")
+    client = await connect_widget(reactor, port.getHost().port)
+    try:
+        await client.hello(user_phone="1000")
+        hub.on_call_event(event("ringing"))
+        assert (await client.next())["event"] == {
+            "type": 2, "callID": "call-1", "from": "380501234567", "to": "0443334023",
+            "name": "Ivan Petrenko", "crm_url": "https://crm.example/c/17",
+        }  # fmt: skip
+        hub.on_call_event(event("hungup", duration=3))
+        finished = (await client.next())["event"]
+        assert finished["type"] == 3 and "name" not in finished
+    finally:
+        client.dropConnection(abort=True)
+        await defer.maybeDeferred(port.stopListening)

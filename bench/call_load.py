@@ -1,0 +1,804 @@
+"""The whole stack under load on the sandbox PBX, as a CRM uses it.
+
+The sandbox Asterisk 22 (its own instance and ports: ``--offset``), ten SIPp
+operators answering, the PSTN SIPp answering every client and hanging up
+after ``--talk`` seconds, and agi_app as a child process (``agi-app serve
+--config``, so its CPU is its own).  At each rate the CRM side (this
+process) places calls for ``--seconds`` seconds, spread over the operators:
+
+* ``--mode makecall``: ``GET /api/makeCall.json``;
+* ``--mode ext2phone``: ``POST /api/calls/extToPhone`` (waiting for the
+  operator leg, as the API does by default), with a webhook subscription to
+  every event type for every operator delivering to a local receiver, and a
+  connected widget (``agi_app.ws.testing``) for every operator.
+
+It then waits until every accepted call has its final status (read from the
+store's file, so the waiting costs agi_app nothing) and the webhooks have
+arrived, and prints per rate: calls requested / accepted / complete chains
+(``CALL OPERATOR_CALLTO OPERATOR_PICKUP CLIENT_CALLTO CLIENT_PICKUP
+FINISH``) / other final statuses; the CPU (utime + stime of every thread,
+``/proc/PID/stat``) of agi_app and of Asterisk per call over the same
+window, and their ratio; webhook deliveries and widget messages against
+what is expected; makeCall latency; agi_app's resident memory before and
+after.
+
+``--ami-read readme|all`` renders the sandbox's manager.conf with the read
+classes the README gives, or with ``read = all``.  ``--soak SECONDS``
+places 10 calls/s for that long and prints, per minute, agi_app's resident
+memory, open file descriptors, store size per call and makeCall p99.
+``--py-spy DIR`` records a sampling profile of agi_app during each rate
+and prints where its time went.
+
+Everything runs on 127.0.0.1, is bounded (at most 100 calls/s, 60 s per
+rate, 3,000 calls per rate, 30 minutes of soak) and stops by itself.  Needs
+root and the sandbox prerequisites (see the README's "The sandbox PBX").
+
+Usage::
+
+    .venv/bin/python bench/call_load.py --rates 25,50 --seconds 10
+    .venv/bin/python bench/call_load.py --rates 25,50 --ami-read all
+    .venv/bin/python bench/call_load.py --mode ext2phone --rates 25
+    .venv/bin/python bench/call_load.py --soak 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agi_app.sandbox import provision as prov  # noqa: E402
+from agi_app.sandbox.pbx import PBX, test_profile  # noqa: E402
+from agi_app.sandbox.pbx_config import AMI_READ, OPERATORS  # noqa: E402
+from agi_app.sandbox.phones import Phones, answer, kill_phones  # noqa: E402
+
+CHAIN = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]
+FINAL = {
+    "FINISH", "ERROR", "OPERATOR_BUSY", "OPERATOR_NOANSWER", "OPERATOR_OFFLINE",
+    "CLIENT_BUSY", "CLIENT_NOANSWER", "CLIENT_CANCEL",
+}  # fmt: skip
+EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
+#: webhooks and widget messages one completed operator-first call gives the
+#: operator's extension: dial-out, answer, hangup; the widget's "finished"
+#: (an agi_app call of the user's own phone shows no incoming popup)
+WEBHOOKS_PER_CALL = 3
+WIDGET_PER_CALL = 1
+MAX_RATE, MAX_SECONDS, MAX_CALLS, MAX_SOAK = 100.0, 60.0, 3000, 1800.0
+SOAK_RATE = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- /proc ------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (children not included)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# -- the stack ----------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """The sandbox PBX, its phones and agi_app, started by :func:`start_stack`."""
+
+    pbx: PBX
+    phones: Phones
+    agi: subprocess.Popen
+    folder: Path
+    store_path: Path
+    http_port: int
+    ws_port: int
+    receiver_port: int
+    log_path: Path
+    #: calls placed through the API so far
+    calls_placed: int = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        if self.agi.poll() is None:
+            self.agi.send_signal(signal.SIGTERM)
+            try:
+                self.agi.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.agi.kill()
+                self.agi.wait()
+        self.phones.stop_all()
+        self.pbx.stop()
+
+
+def start_stack(args: argparse.Namespace) -> Stack:
+    reason = prov.missing_prerequisites()
+    if reason:
+        sys.exit(f"call_load: the sandbox cannot run here: {reason}")
+    root = prov.provision()
+    offset = str(args.offset)
+    profile = test_profile({"AGI_APP_SANDBOX_PORT_OFFSET": offset})
+    pbx = PBX(root, profile, ami_read=AMI_READ[args.ami_read], log=lambda line: None)
+    kill_phones(pbx)
+    pbx.start(stop_at_exit=True)
+    phones = Phones(pbx, log=lambda line: None)
+    operator = replace(answer(after=args.answer_after), audio=args.audio)
+    client = replace(answer(after=args.client_answer_after, hangup_after=args.talk),
+                     audio=args.audio)  # fmt: skip
+    for number in OPERATORS:
+        phones.start(number, operator)
+    phones.pstn.start(client)
+    folder = Path(tempfile.mkdtemp(prefix="agi_app-load-"))
+    # ports beside the e2e tests' of the same offset (27080 + offset/20 ...)
+    http_port = 27080 + args.offset // 20 + 7
+    ws_port, receiver_port = http_port + 1, http_port + 2
+    settings = dict(pbx.agi_app_config())
+    store_path = folder / "agi_app.sqlite3"
+    settings.update({
+        "AGI_APP_HTTP_LISTEN": f"tcp:{http_port}:interface=127.0.0.1",
+        "AGI_APP_HTTP_PUBLIC_URL": f"http://127.0.0.1:{http_port}",
+        "AGI_APP_WEBSOCKET_LISTEN": f"tcp:{ws_port}:interface=127.0.0.1",
+        "AGI_APP_STORE_PATH": str(store_path),
+    })  # fmt: skip
+    config = folder / "agi_app.conf"
+    config.write_text(_ini(settings))
+    log_path = folder / "agi_app.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGI_APP_")}
+    env["AGI_APP_LOG_LEVEL"] = args.log_level
+    entry = ["-m", "agi_app"]
+    if args.breakdown:
+        entry = [str(ROOT / "bench" / "cpu_breakdown.py")]
+        env["CALL_LOAD_BREAKDOWN"] = str(folder / "breakdown.txt")
+    agi = subprocess.Popen(
+        [sys.executable, *entry, "serve", "--config", str(config)],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115 - child keeps it
+    )  # fmt: skip
+    return Stack(pbx, phones, agi, folder, store_path, http_port, ws_port, receiver_port,
+                 log_path)  # fmt: skip
+
+
+def _ini(settings: dict[str, str]) -> str:
+    from agi_app.sandbox.pbx_config import settings_ini
+
+    return settings_ini(settings)
+
+
+# -- reading the store (from this process: costs agi_app nothing) -----------------
+
+
+class StoreReader:
+    def __init__(self, path: Path):
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                         isolation_level=None)  # fmt: skip
+        return self._conn
+
+    def finals(self, call_ids: list[str]) -> int:
+        done = 0
+        for i in range(0, len(call_ids), 500):
+            part = call_ids[i : i + 500]
+            q = ",".join("?" * len(part))
+            done += self.conn().execute(
+                f"SELECT count(*) FROM calls WHERE final_status IS NOT NULL AND call_id IN ({q})",
+                part,
+            ).fetchone()[0]
+        return done
+
+    def failures(self, call_ids: list[str]) -> Counter:
+        """(status, detail) of the final status of each call given."""
+        out: Counter = Counter()
+        for i in range(0, len(call_ids), 500):
+            part = call_ids[i : i + 500]
+            q = ",".join("?" * len(part))
+            for status, detail in self.conn().execute(
+                f"SELECT s.status, s.detail FROM call_status s JOIN calls c "
+                f"ON c.call_id = s.call_id AND c.final_status = s.status "
+                f"WHERE s.call_id IN ({q})", part,
+            ):  # fmt: skip
+                out[(status, detail)] += 1
+        return out
+
+    def chains(self, call_ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {c: [] for c in call_ids}
+        for i in range(0, len(call_ids), 500):
+            part = call_ids[i : i + 500]
+            q = ",".join("?" * len(part))
+            for call_id, status in self.conn().execute(
+                f"SELECT call_id, status FROM call_status WHERE call_id IN ({q}) ORDER BY id", part
+            ):
+                out[call_id].append(status)
+        return out
+
+    def calls(self) -> int:
+        return self.conn().execute("SELECT count(*) FROM calls").fetchone()[0]
+
+    def size(self) -> int:
+        return sum(
+            p.stat().st_size
+            for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+            if p.exists()
+        )
+
+
+# -- the CRM side (Twisted) -------------------------------------------------------
+
+
+@dataclass
+class RateResult:
+    rate: float
+    requested: int = 0
+    accepted: int = 0
+    refused: Counter = field(default_factory=Counter)
+    complete: int = 0
+    finals: Counter = field(default_factory=Counter)
+    open_calls: int = 0
+    agi_cpu: float = 0.0
+    pbx_cpu: float = 0.0
+    window: float = 0.0
+    latency: list[float] = field(default_factory=list)
+    webhooks: int = 0
+    widget: int = 0
+    rss_before: float = 0.0
+    rss_after: float = 0.0
+    profile: str = ""
+    #: (final status, detail) of the calls that did not complete
+    failures: Counter = field(default_factory=Counter)
+
+    def per_call(self, cpu: float) -> float:
+        return 1000.0 * cpu / self.accepted if self.accepted else float("nan")
+
+
+class Crm:
+    """The CRM: places calls through the API, receives webhooks, runs widgets."""
+
+    def __init__(self, reactor: Any, stack: Stack, args: argparse.Namespace):
+        import treq
+        from twisted.web.client import HTTPConnectionPool
+
+        self.reactor = reactor
+        self.stack = stack
+        self.args = args
+        self.treq = treq
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 64
+        self.receiver: Any = None
+        self.receiver_port: Any = None
+        self.widgets: list[Any] = []
+        self.seq = 0
+        self.store = StoreReader(stack.store_path)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.stack.agi.poll() is not None:
+                raise SystemExit(f"agi_app exited; see {self.stack.log_path}")
+            try:
+                r = await self.treq.get(f"{self.stack.base}/health", pool=self.pool)
+                await r.content()
+                if r.code == 200:
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            await self.sleep(0.2)
+        raise SystemExit("agi_app did not become healthy in time")
+
+    def sleep(self, seconds: float):
+        from twisted.internet import task
+
+        return task.deferLater(self.reactor, seconds, lambda: None)
+
+    async def setup_events(self) -> None:
+        """A webhook subscription to every event type and a widget for every operator."""
+        from agi_app.events.testing import Receiver
+        from agi_app.ws.testing import connect_widget
+
+        self.receiver = Receiver()
+        self.receiver_port = self.reactor.listenTCP(
+            self.stack.receiver_port, self.receiver.site(), interface="127.0.0.1"
+        )
+        url = f"http://127.0.0.1:{self.stack.receiver_port}/hook"
+        for ext in OPERATORS:
+            for kind in EVENT_TYPES:
+                body = json.dumps({"url": url, "method": "POST", "event_type": kind}).encode()
+                r = await self.treq.post(
+                    f"{self.stack.base}/extension/{ext}/event/", data=body, pool=self.pool,
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                text = await r.content()
+                if r.code != 201:
+                    raise SystemExit(f"subscription refused: {r.code} {text!r}")
+            widget = await connect_widget(self.reactor, self.stack.ws_port)
+            await widget.hello(user_phone=ext)
+            widget.count_only = True
+            widget.count = 0
+            self.widgets.append(widget)
+
+    async def place(self, result: RateResult | None, latencies: list[float]) -> str | None:
+        self.seq += 1
+        n = self.seq
+        ext = OPERATORS[n % len(OPERATORS)]
+        phone = f"38063{n % 10_000_000:07d}"
+        started = time.monotonic()
+        try:
+            if self.args.mode == "makecall":
+                r = await self.treq.get(
+                    f"{self.stack.base}/api/makeCall.json", pool=self.pool,
+                    params={"sip": ext, "phone": phone, "order_id": f"o{n}",
+                            "external_key": f"k{n}-{os.getpid()}"},
+                )  # fmt: skip
+            else:
+                body = {"ext_number": ext, "phone_number": phone, "order_id": f"o{n}",
+                        "external_key": f"k{n}-{os.getpid()}"}  # fmt: skip
+                r = await self.treq.post(
+                    f"{self.stack.base}/api/calls/extToPhone", data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"}, pool=self.pool,
+                )  # fmt: skip
+            text = await r.content()
+        except Exception as e:  # noqa: BLE001 - counted as refused
+            if result is not None:
+                result.refused[type(e).__name__] += 1
+            return None
+        latencies.append(time.monotonic() - started)
+        self.stack.calls_placed += 1
+        if r.code != 200:
+            if result is not None:
+                result.refused[str(r.code)] += 1
+            return None
+        data = json.loads(text)
+        return data.get("call_id") or data.get("generalCallID")
+
+    async def fire(self, rate: float, seconds: float, result: RateResult | None,
+                   latencies: list[float]) -> list[str]:  # fmt: skip
+        """Place ``rate`` calls a second for ``seconds``; the ids of those accepted."""
+        from twisted.internet import defer
+
+        count = int(round(rate * seconds))
+        start = time.monotonic()
+        pending = []
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await self.sleep(delay)
+            pending.append(defer.ensureDeferred(self.place(result, latencies)))
+        ids = await defer.gatherResults(pending)
+        if result is not None:
+            result.requested = count
+        return [c for c in ids if c]
+
+    async def wait_finals(self, call_ids: list[str], timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        done = 0
+        while time.monotonic() < deadline:
+            done = self.store.finals(call_ids)
+            if done >= len(call_ids):
+                return done
+            await self.sleep(0.25)
+        return done
+
+    async def wait_deliveries(self, want_webhooks: int, want_widget: int,
+                              timeout: float) -> None:  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.webhooks() >= want_webhooks and self.widget_messages() >= want_widget:
+                return
+            await self.sleep(0.25)
+
+    def webhooks(self) -> int:
+        return len(self.receiver.requests) if self.receiver is not None else 0
+
+    def widget_messages(self) -> int:
+        return sum(w.count for w in self.widgets)
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until the PBX has no channel left (the previous rate's calls are gone)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not await self.stack.pbx.channels_deferred(self.reactor):
+                return
+            await self.sleep(0.5)
+
+
+async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResult:
+    stack = crm.stack
+    pid, pbx_pid = stack.agi.pid, stack.pbx.pid
+    assert pbx_pid is not None
+    result = RateResult(rate)
+    hooks0, widget0 = crm.webhooks(), crm.widget_messages()
+    spy = None
+    if args.py_spy:
+        out = Path(args.py_spy) / f"agi_app-{args.mode}-{args.ami_read}-{rate:g}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+             "--rate", "100", "--gil", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        result.profile = str(out)
+        await crm.sleep(1.0)
+    result.rss_before = rss_mib(pid)
+    cpu0, pbx0, t0 = cpu_seconds(pid), cpu_seconds(pbx_pid), time.monotonic()
+    ids = await crm.fire(rate, args.seconds, result, result.latency)
+    result.accepted = len(ids)
+    await crm.wait_finals(ids, timeout=args.talk + 90)
+    if args.mode == "ext2phone":
+        await crm.wait_deliveries(hooks0 + WEBHOOKS_PER_CALL * len(ids),
+                                  widget0 + WIDGET_PER_CALL * len(ids), timeout=30)  # fmt: skip
+    result.agi_cpu = cpu_seconds(pid) - cpu0
+    result.pbx_cpu = cpu_seconds(pbx_pid) - pbx0
+    result.window = time.monotonic() - t0
+    result.rss_after = rss_mib(pid)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        await crm.sleep(0.1)
+        for _ in range(100):
+            if spy.poll() is not None:
+                break
+            await crm.sleep(0.1)
+    for chain in crm.store.chains(ids).values():
+        if chain == CHAIN:
+            result.complete += 1
+        final = next((s for s in chain if s in FINAL), None)
+        if final is None:
+            result.open_calls += 1
+        elif chain != CHAIN:
+            result.finals[final] += 1
+    failed = [c for c, chain in crm.store.chains(ids).items() if chain != CHAIN]
+    result.failures = crm.store.failures(failed)
+    result.webhooks = crm.webhooks() - hooks0
+    result.widget = crm.widget_messages() - widget0
+    return result
+
+
+def print_results(results: list[RateResult], args: argparse.Namespace) -> None:
+    print()
+    print(f"mode {args.mode}, AMI read classes: {args.ami_read} ({AMI_READ[args.ami_read]}), "
+          f"{args.seconds:g} s per rate, clients talk {args.talk:g} s, "
+          f"audio {'on' if args.audio else 'off'}")  # fmt: skip
+    head = ("| calls/s | requested | accepted | complete | other finals | agi_app ms/call "
+            "| Asterisk ms/call | ratio | makeCall p50/p99 ms | webhooks | widget "
+            "| RSS before/after MiB |")
+    print(head)
+    print("|" + "---|" * 12)
+    for r in results:
+        others = ", ".join(f"{k} {v}" for k, v in sorted(r.finals.items())) or "-"
+        if r.open_calls:
+            others += f", open {r.open_calls}"
+        if r.refused:
+            others += ", refused " + ", ".join(f"{k} {v}" for k, v in r.refused.items())
+        agi, pbx = r.per_call(r.agi_cpu), r.per_call(r.pbx_cpu)
+        if args.mode == "ext2phone":
+            hooks = f"{r.webhooks}/{WEBHOOKS_PER_CALL * r.accepted}"
+            widget = f"{r.widget}/{WIDGET_PER_CALL * r.accepted}"
+        else:
+            hooks = widget = "-"
+        print(
+            f"| {r.rate:g} | {r.requested} | {r.accepted} | {r.complete} | {others} "
+            f"| {agi:.2f} | {pbx:.2f} | {agi / pbx if pbx else float('nan'):.3f} "
+            f"| {1000 * pct(r.latency, 0.5):.1f} / {1000 * pct(r.latency, 0.99):.1f} "
+            f"| {hooks} | {widget} | {r.rss_before:.1f} / {r.rss_after:.1f} |"
+        )
+    for r in results:
+        for (status, detail), n in r.failures.most_common(5):
+            print(f"at {r.rate:g} calls/s: {n} x {status} ({detail})")
+    for r in results:
+        if r.profile:
+            print()
+            print(f"py-spy profile of agi_app at {r.rate:g} calls/s ({r.profile}):")
+            print(summarise_profile(r.profile))
+
+
+# -- profiles -------------------------------------------------------------------
+
+#: where a sample's time goes: the first (innermost-first) match names it
+BUCKETS = (
+    ("AMI receive path", ("agi_app/ami/",)),
+    ("call tracker", ("agi_app/live/tracker",)),
+    ("call lifecycle", ("agi_app/calls/",)),
+    ("store (writer thread and reads)", ("agi_app/store/", "sqlite_utils", "sqlite3")),
+    ("webhooks and widget", ("agi_app/events/", "agi_app/ws/", "autobahn", "treq")),
+    ("HTTP API", ("agi_app/web/", "twisted/web/")),
+    ("FastAGI", ("agi_app/agi/",)),
+    ("logging", ("twisted/logger", "agi_app/logs")),
+    ("Deferreds", ("twisted/internet/defer",)),
+    ("reactor and sockets", ("twisted/internet/", "twisted/protocols/")),
+    ("threads", ("threading", "twisted/python/threadpool", "twisted/_threads", "queue.py")),
+)
+
+
+def summarise_profile(path: str, top: int = 12) -> str:
+    """Shares of the samples (``--gil``: of the time a thread held the GIL,
+    i.e. ran Python): by part of agi_app (the outermost agi_app frame
+    decides: the AMI receive path includes the tracker and lifecycle
+    callbacks it runs), by module of agi_app's own code (the innermost
+    agi_app frame), and the functions with the most samples of their own."""
+    parts: Counter = Counter()
+    modules: Counter = Counter()
+    own: Counter = Counter()
+    total = 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        return f"  (no profile: {e})"
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        ours = [f for f in frames if "agi_app/" in f and "bench/" not in f]
+        name = "other"
+        probe = ours[:1] or frames
+        for label, needles in BUCKETS:
+            if any(any(needle in f for needle in needles) for f in probe):
+                name = label
+                break
+        parts[name] += n
+        if ours:
+            inner = ours[-1]
+            modules[inner[inner.index("agi_app/") : inner.index(".py") + 3]] += n
+        else:
+            modules["(no agi_app frame: reactor, threads, libraries)"] += n
+    if not total:
+        return "  (no samples)"
+    out = [f"  {total} samples with the GIL held (100 per second)", "  by part (outermost frame):"]
+    out += [f"  {100 * n / total:5.1f} %  {name}" for name, n in parts.most_common()]
+    out.append("  by module of agi_app (innermost agi_app frame):")
+    out += [f"  {100 * n / total:5.1f} %  {name}" for name, n in modules.most_common(top)]
+    out.append("  functions with the most samples of their own:")
+    out += [f"  {100 * n / total:5.1f} %  {name[:110]}" for name, n in own.most_common(top)]
+    return "\n".join(out)
+
+
+# -- AMI events per call -----------------------------------------------------------
+
+
+async def count_events(crm: Crm, mask: str, calls: int = 5) -> None:
+    """What one call costs on the AMI link: a session of its own, logged in
+    as agi_app's user with ``Events: mask``, counts the events (by name) and
+    bytes Asterisk writes while ``calls`` calls are placed one a second."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    pbx = crm.stack.pbx
+    counts: Counter = Counter()
+    sizes: Counter = Counter()
+
+    class Counting(Protocol):
+        buffer = b""
+
+        def connectionMade(self) -> None:
+            self.transport.write(
+                f"Action: Login\r\nUsername: {pbx.ami_username}\r\nSecret: {pbx.ami_secret}"
+                f"\r\nEvents: {mask}\r\n\r\n".encode()
+            )
+
+        def dataReceived(self, data: bytes) -> None:
+            *blocks, self.buffer = (self.buffer + data).split(b"\r\n\r\n")
+            for block in blocks:
+                if block.startswith(b"Event: "):
+                    name = block[7:].split(b"\r\n", 1)[0].decode()
+                    counts[name] += 1
+                    sizes[name] += len(block) + 4
+
+    proto = await connectProtocol(
+        TCP4ClientEndpoint(crm.reactor, "127.0.0.1", pbx.ami_port), Counting()
+    )
+    await crm.sleep(1.0)
+    counts.clear()
+    sizes.clear()
+    ids = await crm.fire(1.0, calls, None, [])
+    await crm.wait_finals(ids, crm.args.talk + 30)
+    await crm.wait_idle()
+    await crm.sleep(1.0)
+    proto.transport.loseConnection()
+    n = max(len(ids), 1)
+    total, size = sum(counts.values()), sum(sizes.values())
+    print(f"\nAMI events per call with Events: {mask} (read = {AMI_READ[crm.args.ami_read]}): "
+          f"{total / n:.1f} events, {size / n / 1024:.1f} KiB ({len(ids)} calls)")  # fmt: skip
+    print("| event | per call | bytes per call |")
+    print("|---|---:|---:|")
+    for name, c in counts.most_common():
+        print(f"| {name} | {c / n:.1f} | {sizes[name] / n:.0f} |")
+
+
+# -- soak -----------------------------------------------------------------------
+
+
+async def soak(crm: Crm, seconds: float) -> None:
+    from twisted.internet import defer
+
+    pid = crm.stack.agi.pid
+    print(f"\nsoak: {SOAK_RATE:g} calls/s for {seconds:g} s; per minute:")
+    print("| minute | calls so far | complete so far | RSS MiB | open fds | store bytes/call "
+          "| makeCall p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| 0 | 0 | 0 | {rss_mib(pid):.1f} | {open_fds(pid)} | - | - |", flush=True)
+    all_ids: list[str] = []
+    minute = 0
+    left = seconds
+    while left > 0:
+        span = min(60.0, left)
+        latencies: list[float] = []
+        chunk = []
+        # fire in 10 s pieces so a minute's calls overlap as in steady traffic
+        piece = 10.0
+        fired = 0.0
+        while fired < span:
+            step = min(piece, span - fired)
+            chunk.append(defer.ensureDeferred(crm.fire(SOAK_RATE, step, None, latencies)))
+            await defer.gatherResults(chunk[-1:])
+            fired += step
+        for d in chunk:
+            all_ids.extend(await d)
+        minute += 1
+        left -= span
+        finals_wait = 0 if left > 0 else crm.args.talk + 60
+        if finals_wait:
+            await crm.wait_finals(all_ids, finals_wait)
+        chains = crm.store.chains(all_ids)
+        complete = sum(1 for c in chains.values() if c == CHAIN)
+        calls = crm.store.calls()
+        print(
+            f"| {minute} | {len(all_ids)} | {complete} | {rss_mib(pid):.1f} | {open_fds(pid)} "
+            f"| {crm.store.size() / max(calls, 1):.0f} | {1000 * pct(latencies, 0.99):.1f} |",
+            flush=True,
+        )
+    finals = Counter(
+        next((s for s in c if s in FINAL), "open") for c in crm.store.chains(all_ids).values()
+    )
+    print(f"soak: {len(all_ids)} calls accepted; final statuses: {dict(finals)}")
+
+
+# -- main -------------------------------------------------------------------------
+
+
+async def main_async(reactor: Any, args: argparse.Namespace, stack: Stack) -> None:
+    crm = Crm(reactor, stack, args)
+    await crm.wait_ready()
+    if args.mode == "ext2phone":
+        await crm.setup_events()
+    if args.warmup:
+        ids = await crm.fire(min(args.warmup, 5.0), args.warmup / min(args.warmup, 5.0), None, [])
+        await crm.wait_finals(ids, args.talk + 30)
+        await crm.sleep(2.0)  # the warm-up's webhooks and widget messages
+        await crm.wait_idle()
+    if args.count_events:
+        await count_events(crm, args.count_events)
+    elif args.soak:
+        await soak(crm, args.soak)
+    else:
+        results = []
+        for rate in args.rates:
+            await crm.wait_idle()
+            result = await run_rate(crm, rate, args)
+            results.append(result)
+            print(f"rate {rate:g}: {result.complete}/{result.accepted} complete, agi_app "
+                  f"{result.per_call(result.agi_cpu):.2f} ms/call, Asterisk "
+                  f"{result.per_call(result.pbx_cpu):.2f} ms/call", flush=True)  # fmt: skip
+        print_results(results, args)
+    for w in crm.widgets:
+        w.dropConnection()
+    if crm.receiver_port is not None:
+        await crm.receiver_port.stopListening()
+    await crm.pool.closeCachedConnections()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default="25,50", help="calls per second, comma-separated")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of calls per rate")
+    p.add_argument("--mode", choices=("makecall", "ext2phone"), default="makecall")
+    p.add_argument("--ami-read", choices=tuple(AMI_READ), default="readme")
+    p.add_argument("--talk", type=float, default=2.0, help="seconds a client talks")
+    p.add_argument("--answer-after", type=float, default=0.2, help="operators answer after")
+    p.add_argument("--client-answer-after", type=float, default=0.5)
+    p.add_argument("--audio", action="store_true", help="phones send recorded speech")
+    p.add_argument("--warmup", type=float, default=10, help="calls placed before measuring")
+    p.add_argument("--soak", type=float, default=0.0, help="seconds at 10 calls/s")
+    p.add_argument("--count-events", default="", metavar="MASK",
+                   help="only count the AMI events of a few calls, for a session logged in "
+                   "with Events: MASK (on, or classes such as call,system)")
+    p.add_argument("--py-spy", default="", help="folder for py-spy profiles of each rate")
+    p.add_argument("--log-level", default="info", help="agi_app's log level")
+    p.add_argument("--offset", type=int,
+                   default=int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "2000") or 0),
+                   help="sandbox port offset (AGI_APP_SANDBOX_PORT_OFFSET)")  # fmt: skip
+    p.add_argument("--keep", action="store_true", help="keep the store and log folder")
+    p.add_argument("--breakdown", action="store_true",
+                   help="run agi_app through bench/cpu_breakdown.py and print its CPU by "
+                   "entry point")  # fmt: skip
+    args = p.parse_args(argv)
+    args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    for rate in args.rates:
+        if not 0 < rate <= MAX_RATE or rate * args.seconds > MAX_CALLS:
+            p.error(f"at most {MAX_RATE:g} calls/s and {MAX_CALLS} calls per rate")
+    if not 0 < args.seconds <= MAX_SECONDS:
+        p.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
+    if not 0 <= args.soak <= MAX_SOAK:
+        p.error(f"--soak is at most {MAX_SOAK:g} s")
+    if not 0 <= args.talk <= 30:
+        p.error("--talk must be 0-30 s")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stack = start_stack(args)
+    print(f"call_load: sandbox {stack.pbx.name} (AMI {stack.pbx.ami_port}, read = "
+          f"{AMI_READ[args.ami_read]}), agi_app pid {stack.agi.pid} on HTTP "
+          f"{stack.http_port}; store and log in {stack.folder}", flush=True)  # fmt: skip
+    failed = False
+    try:
+        from twisted.internet import defer, task
+
+        def run(reactor: Any) -> Any:
+            return defer.ensureDeferred(main_async(reactor, args, stack))
+
+        try:
+            task.react(run)
+        except SystemExit as e:
+            failed = bool(e.code)
+    finally:
+        stack.stop()
+        breakdown = stack.folder / "breakdown.txt"
+        if args.breakdown and breakdown.exists():
+            accepted = stack.calls_placed or 1
+            print(f"\nCPU of agi_app by entry point, whole run ({stack.calls_placed} calls placed, "
+                  f"warm-up included; per call = total / calls):")  # fmt: skip
+            for line in breakdown.read_text().splitlines():
+                parts = line.split()
+                if parts[0] != "process":
+                    line += f"  ({1000 * float(parts[0]) / accepted:.2f} ms per call)"
+                else:
+                    line += f"  ({1000 * float(parts[2]) / accepted:.2f} ms per call)"
+                print(line)
+        if not args.keep and not failed:
+            for p in sorted(stack.folder.iterdir()):
+                p.unlink()
+            stack.folder.rmdir()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
