@@ -9,7 +9,9 @@
 - one module of SQL per domain: :mod:`~agi_app.store.calls_pg` (calls and
   their status history; how history ids stay in commit order across
   processes), :mod:`~agi_app.store.recordings_pg`,
-  :mod:`~agi_app.store.operators_pg` and :mod:`~agi_app.store.events_pg`.
+  :mod:`~agi_app.store.operators_pg`, :mod:`~agi_app.store.events_pg`,
+  :mod:`~agi_app.store.missed_pg` (missed calls) and
+  :mod:`~agi_app.store.stats_pg` (call statistics).
 
 Several processes (nodes) may share one database: every rule of the store
 is kept by the database's locks and indexes, not by the process.
@@ -20,9 +22,11 @@ from __future__ import annotations
 from agi_app.store.base import Store
 from agi_app.store.calls_pg import CallsPostgresMixin
 from agi_app.store.events_pg import EventsPostgresMixin
+from agi_app.store.missed_pg import MissedPostgresMixin
 from agi_app.store.operators_pg import OperatorsPostgresMixin
 from agi_app.store.pg_schema import MIGRATIONS, migrate
 from agi_app.store.recordings_pg import RecordingsPostgresMixin
+from agi_app.store.stats_pg import StatsPostgresMixin
 
 __all__ = ["MIGRATIONS", "PostgresStore", "migrate"]
 
@@ -34,6 +38,8 @@ class PostgresStore(
     RecordingsPostgresMixin,
     OperatorsPostgresMixin,
     EventsPostgresMixin,
+    MissedPostgresMixin,
+    StatsPostgresMixin,
     Store,
 ):
     """The store in a PostgreSQL database.

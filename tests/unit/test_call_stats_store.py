@@ -1,22 +1,26 @@
-"""The call statistics of the store: the summary tables the triggers keep as
+"""The call statistics of the store (on both engines): the summary tables the triggers keep as
 statuses are written agree with the same figures computed the plain way
 from the history (here, in Python), with a rebuild from the history, and the
 store's range queries agree with sums over the plain figures."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from agi_app.calls import statuses as st
+from agi_app.store import Store, pg_schema
 from agi_app.store.schema import rebuild_call_stats
 from agi_app.store.stats_sqlite import hour_key
-from agi_app.store.testing import MemoryStore, fired
+from agi_app.store.testing import MemoryStore
 from agi_app.times import iso_time, parse_time
 
 T0 = datetime(2026, 12, 5, 22, 0, tzinfo=UTC).timestamp()
@@ -63,7 +67,25 @@ def calls(draw):
     return kind, sip, steps
 
 
-def play(store: MemoryStore, clock: Clock, all_calls, starts=None) -> None:
+def fired(d: Deferred):
+    """The result of ``d``: at once on SQLite's MemoryStore; on PostgreSQL
+    once the store's thread has delivered it (its reactor hands results
+    over in that thread, see :func:`fresh`)."""
+    done = threading.Event()
+    outcome: list = []
+
+    def keep(result):
+        outcome.append(result)
+        done.set()
+
+    d.addBoth(keep)
+    assert done.wait(30), f"{d!r} has not fired"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+def play(store: Store, clock: Clock, all_calls, starts=None) -> None:
     """Run the calls, each from its start (seconds after now; default one
     after the other), their steps interleaved in time order: a call's
     answer or end lands in an hour where later calls are counted already."""
@@ -87,14 +109,21 @@ def play(store: MemoryStore, clock: Clock, all_calls, starts=None) -> None:
             fired(store.add_status(f"c{n}", status, detail, talk_seconds=talk))
 
 
-def reference(store: MemoryStore) -> tuple[dict, dict]:
+def _rows(store: Store, sql: str) -> list[dict]:
+    return fired(store._run(store._select, sql))
+
+
+def reference(store: Store) -> tuple[dict, dict]:
     """The figures per (hour, sip) and the outcomes per (hour, status),
     computed from the history one call at a time."""
     operators: dict = defaultdict(lambda: dict.fromkeys(
         ("offered", "answered", "ring_ms", "talked", "talk_ms"), 0))  # fmt: skip
     outcomes: dict = defaultdict(int)
-    for call in store.all_calls():
-        entries = store.history(call["call_id"])
+    history = defaultdict(list)
+    for e in _rows(store, "SELECT * FROM call_status ORDER BY id"):
+        history[e["call_id"]].append(e)
+    for call in _rows(store, "SELECT * FROM calls"):
+        entries = history[call["call_id"]]
         by_status = {e["status"]: e for e in entries}
         if call["final_status"]:
             outcomes[(call["created_at"][:13], call["final_status"])] += 1
@@ -131,39 +160,95 @@ def ms_between(a: str, b: str) -> int:
     return max(0, round((parse_time(b) - parse_time(a)) * 1000))
 
 
-def tables(store: MemoryStore) -> tuple[dict, dict]:
+def tables(store: Store) -> tuple[dict, dict]:
     """The figures per (hour, sip) -- each hour's running totals minus the
     operator's previous ones -- and the outcomes per (hour, status)."""
-    rows = fired(store._run(store._select, "SELECT * FROM operator_totals ORDER BY sip, hour"))
+    rows = _rows(store, "SELECT * FROM operator_totals ORDER BY sip, hour")
     operators, before = {}, {}
     for r in rows:
         hour, sip = r.pop("hour"), r.pop("sip")
         previous = before.get(sip, dict.fromkeys(r, 0))
         operators[(hour, sip)] = {k: v - previous[k] for k, v in r.items()}
         before[sip] = r
-    assert fired(store._run(store._select, "SELECT * FROM operator_changes")) == []
-    rows = fired(store._run(store._select, "SELECT * FROM outcome_hours"))
+    if isinstance(store, MemoryStore):  # PostgreSQL's triggers call a function instead
+        assert _rows(store, "SELECT * FROM operator_changes") == []
+    rows = _rows(store, "SELECT * FROM outcome_hours")
     outcomes = {(r["period"], r["status"]): r["n"] for r in rows}
     return operators, outcomes
 
 
-def rebuild(store: MemoryStore) -> None:
-    def run() -> None:
-        with store._db.atomic():
-            rebuild_call_stats(store._conn)
+def rebuild(store: Store) -> None:
+    if isinstance(store, MemoryStore):
 
-    fired(store._run(run))
+        def run() -> None:
+            with store._db.atomic():
+                rebuild_call_stats(store._conn)
+
+        fired(store._run(run))
+        return
+
+    def run_pg(conn) -> None:
+        with conn.transaction():
+            pg_schema.rebuild_call_stats(conn)
+
+    fired(store._run(run_pg))
 
 
-def fresh() -> tuple[MemoryStore, Clock]:
-    clock = Clock()
-    clock.advance(T0)
-    return MemoryStore(clock), clock
+class _Handover:
+    """The reactor of a PostgreSQL store outside the reactor: hands each
+    result over in a thread of its own, where :func:`fired` waits for it
+    (not in the store's thread, which :meth:`close` joins)."""
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        threading.Thread(target=f, args=args, kwargs=kwargs).start()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _maker(cluster):
+    """Makes a new, empty store (each call one: SQLite's MemoryStore, or
+    with ``cluster`` a PostgresStore on a new schema of it) and its clock;
+    its Deferreds can be waited for with :func:`fired` outside the reactor."""
+
+    def make() -> tuple[Store, Clock]:
+        clock = Clock()
+        clock.advance(T0)
+        if cluster is None:
+            return MemoryStore(clock), clock
+        from agi_app.store.postgres import PostgresStore
+
+        store = PostgresStore(cluster.new_schema(), reactor=_Handover(), clock=clock)
+        store.open()
+        return store, clock
+
+    return make
+
+
+@pytest.fixture
+def fresh(store_engine: str, request: pytest.FixtureRequest):
+    """:func:`_maker` of the engine under test."""
+    return _maker(request.getfixturevalue("pg_cluster") if store_engine == "postgresql" else None)
+
+
+# One test per engine, not a parametrized one: pytest-twisted wraps a
+# hypothesis test's body in place, so its second parameter would run
+# wrapped twice.
+_EXAMPLES = settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow,
+                                            HealthCheck.function_scoped_fixture])  # fmt: skip
+
+
+@_EXAMPLES
 @given(hs.lists(calls(), max_size=25), hs.data())
-def test_the_kept_figures_are_the_history_summed_up(all_calls, data):
+def test_the_kept_figures_are_the_history_summed_up_on_sqlite(all_calls, data):
+    kept_figures_are_the_history_summed_up(_maker(None), all_calls, data)
+
+
+@_EXAMPLES
+@given(hs.lists(calls(), max_size=25), hs.data())
+def test_the_kept_figures_are_the_history_summed_up_on_postgresql(pg_cluster, all_calls, data):
+    kept_figures_are_the_history_summed_up(_maker(pg_cluster), all_calls, data)
+
+
+def kept_figures_are_the_history_summed_up(fresh, all_calls, data) -> None:
     store, clock = fresh()
     starts = data.draw(hs.lists(hs.floats(min_value=0, max_value=6 * 3600),
                                 min_size=len(all_calls), max_size=len(all_calls)))  # fmt: skip
@@ -210,7 +295,7 @@ def whole_hour(seconds: float) -> str:
     return iso_time(seconds - seconds % 3600)
 
 
-def test_a_range_by_day_reads_whole_days():
+def test_a_range_by_day_reads_whole_days(fresh):
     store, clock = fresh()
     try:
         play(store, clock, [("makeCall", "1000", [(st.OPERATOR_CALLTO, 0, None, None),
