@@ -118,3 +118,35 @@ def test_the_new_steps_apply_to_a_database_with_calls():
     assert conn.execute("SELECT * FROM outcome_hours").fetchall() == [
         ("2026-11-25T21", "FINISH", 1)]
     assert conn.execute("SELECT count(*) FROM missed_calls").fetchone() == (0,)
+
+
+def test_the_new_steps_apply_to_a_postgresql_database_with_calls(pg_cluster):
+    import psycopg
+
+    from agi_app.store import pg_schema
+
+    with psycopg.connect(pg_cluster.new_schema(), autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("CREATE TABLE agi_app_schema (version integer NOT NULL)")
+            conn.execute("INSERT INTO agi_app_schema (version) VALUES (3)")
+            for step in pg_schema.MIGRATIONS[:3]:
+                step(conn)
+            conn.execute(
+                "INSERT INTO calls (call_id, kind, sip, phone, created_at, final_status, "
+                "finished_at, talk_seconds) VALUES ('a', 'makeCall', '1000', '380', "
+                "'2026-11-25T21:00:00.000Z', 'FINISH', '2026-11-25T21:01:00.000Z', 42.5)"
+            )
+            for status, time in (("CALL", "00:00"), ("OPERATOR_CALLTO", "00:01"),
+                                 ("OPERATOR_PICKUP", "00:04"), ("CLIENT_CALLTO", "00:05"),
+                                 ("CLIENT_PICKUP", "00:08"), ("FINISH", "01:00")):  # fmt: skip
+                conn.execute(
+                    "INSERT INTO call_status (call_id, status, time) VALUES ('a', %s, %s)",
+                    (status, f"2026-11-25T21:{time}.000Z"),
+                )
+        assert pg_schema.migrate(conn) == len(pg_schema.MIGRATIONS) == len(MIGRATIONS)
+        rows = conn.execute("SELECT * FROM operator_totals").fetchall()
+        assert rows == [("1000", "2026-11-25T21", 1, 1, 3000, 1, 42500)]
+        assert conn.execute("SELECT * FROM operator_sips").fetchall() == [("1000",)]
+        assert conn.execute("SELECT * FROM outcome_hours").fetchall() == [
+            ("2026-11-25T21", "FINISH", 1)]
+        assert conn.execute("SELECT count(*) FROM missed_calls").fetchone() == (0,)
