@@ -355,8 +355,11 @@ def generate_pg(url: str, calls: int) -> dict[str, int]:
     opened once), plain indexes and foreign keys dropped while loading and
     made again after it, identities moved past the loaded ids, then
     VACUUM ANALYZE (visibility map and planner statistics, as a long-lived
-    database has them)."""
+    database has them).  The statistics triggers are dropped while loading
+    and the statistics computed once afterwards, as :func:`generate` does."""
     import psycopg
+
+    from agi_app.store.pg_schema import STATS_TRIGGERS, rebuild_call_stats
 
     started = time.monotonic()
     _say(f"store: generating in {_redact(url)} ({calls:,} calls, "
@@ -379,6 +382,8 @@ def generate_pg(url: str, calls: int) -> dict[str, int]:
             conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
         for name, _ in indexes:
             conn.execute(f"DROP INDEX {name}")
+        for trigger, table in STATS_TRIGGERS:
+            conn.execute(f"DROP TRIGGER {trigger} ON {table}")
         entry_id = record_id = 0
         copies = (
             ("calls (call_id, sip, phone, order_id, external_key, params, created_at, "
@@ -405,6 +410,9 @@ def generate_pg(url: str, calls: int) -> dict[str, int]:
             conn.execute(sql)
         for table, name, definition in keys:
             conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+        _say(f"  call statistics ({time.monotonic() - started:.0f} s)")
+        with conn.transaction():
+            rebuild_call_stats(conn)
         for table, column, last in (("call_status", "id", entry_id),
                                     ("recordings", "record_id", record_id)):  # fmt: skip
             conn.execute(
