@@ -313,3 +313,38 @@ def test_a_range_by_day_reads_whole_days(fresh):
                                           "2026-12-05T10:00:00.000Z")) == []  # fmt: skip
     finally:
         fired(store.close())
+
+
+def test_two_nodes_writing_at_once_keep_the_same_totals(pg_cluster):
+    """Two PostgreSQL stores on one database (two nodes) write the steps of
+    their calls at the same moments: the kept totals still sum up the
+    history (the triggers of both run under the history's lock)."""
+    from agi_app.store.postgres import PostgresStore
+
+    url = pg_cluster.new_schema()
+    clock = Clock()
+    clock.advance(T0)
+    nodes = [PostgresStore(url, reactor=_Handover(), clock=clock) for _ in range(2)]
+    for node in nodes:
+        node.open()
+    steps = [(st.OPERATOR_CALLTO, None, None), (st.OPERATOR_PICKUP, None, None),
+             (st.CLIENT_CALLTO, None, None), (st.CLIENT_PICKUP, None, None),
+             (st.FINISH, "talk", 30.25)]  # fmt: skip
+    try:
+        calls_ = range(40)
+        for n in calls_:
+            fired(nodes[n % 2].create_call(call_id=f"c{n}", kind="makeCall", sip=SIPS[n % 3],
+                                           phone="380631110000", order_id=None,
+                                           external_key=None, params={}))  # fmt: skip
+        for status, detail, talk in steps:
+            clock.advance(1234.5)  # the calls cross hours between steps
+            pending = [nodes[n % 2].add_status(f"c{n}", status, detail, talk_seconds=talk)
+                       for n in calls_]  # fmt: skip
+            for d in pending:
+                fired(d)
+        want_ops, want_outcomes = reference(nodes[0])
+        assert tables(nodes[1]) == (want_ops, want_outcomes)
+        assert sum(f["talked"] for f in want_ops.values()) == len(calls_)
+    finally:
+        for node in nodes:
+            fired(node.close())
