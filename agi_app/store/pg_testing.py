@@ -26,13 +26,27 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-__all__ = ["ClusterError", "ThrowawayCluster", "find_bin_dir", "missing_prerequisites"]
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+_T = TypeVar("_T")
+
+__all__ = [
+    "ClusterError",
+    "Handover",
+    "ThrowawayCluster",
+    "find_bin_dir",
+    "missing_prerequisites",
+    "settled",
+]
 
 #: the user that owns the cluster when the tests run as root
 SERVER_USER = "postgres"
@@ -298,3 +312,35 @@ def create_database(server_url: str, prefix: str = "t") -> str:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+
+
+# -- a store on PostgreSQL without a running reactor ---------------------------------
+
+
+class Handover:
+    """The ``reactor`` of a PostgresStore used outside the reactor (tests
+    written in the style of :class:`agi_app.store.testing.MemoryStore`): it
+    hands each result over in a thread of its own, where :func:`settled`
+    waits for it (not in the store's thread, which ``close()`` joins)."""
+
+    def callFromThread(self, f: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """Run ``f`` in a new thread."""
+        threading.Thread(target=f, args=args, kwargs=kwargs).start()
+
+
+def settled(d: Deferred[_T], timeout: float = 30) -> _T:
+    """The result of ``d``, waiting up to ``timeout`` seconds for it (a
+    Deferred of a MemoryStore has fired already; one of a PostgresStore
+    with a :class:`Handover` fires in another thread); its failure raised."""
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    def keep(result: Any) -> None:
+        outcome.append(result)
+        done.set()
+
+    d.addBoth(keep)
+    assert done.wait(timeout), f"{d!r} has not fired"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]

@@ -5,19 +5,18 @@ store's range queries agree with sums over the plain figures."""
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from agi_app.calls import statuses as st
 from agi_app.store import Store, pg_schema
+from agi_app.store.pg_testing import Handover
+from agi_app.store.pg_testing import settled as fired
 from agi_app.store.schema import rebuild_call_stats
 from agi_app.store.stats_sqlite import hour_key
 from agi_app.store.testing import MemoryStore
@@ -65,24 +64,6 @@ def calls(draw):
     talk = draw(hs.one_of(hs.none(), hs.floats(min_value=0, max_value=3600)))
     steps.append((st.FINISH, draw(pause), "talk", talk))
     return kind, sip, steps
-
-
-def fired(d: Deferred):
-    """The result of ``d``: at once on SQLite's MemoryStore; on PostgreSQL
-    once the store's thread has delivered it (its reactor hands results
-    over in that thread, see :func:`fresh`)."""
-    done = threading.Event()
-    outcome: list = []
-
-    def keep(result):
-        outcome.append(result)
-        done.set()
-
-    d.addBoth(keep)
-    assert done.wait(30), f"{d!r} has not fired"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
 
 
 def play(store: Store, clock: Clock, all_calls, starts=None) -> None:
@@ -194,15 +175,6 @@ def rebuild(store: Store) -> None:
     fired(store._run(run_pg))
 
 
-class _Handover:
-    """The reactor of a PostgreSQL store outside the reactor: hands each
-    result over in a thread of its own, where :func:`fired` waits for it
-    (not in the store's thread, which :meth:`close` joins)."""
-
-    def callFromThread(self, f, *args, **kwargs) -> None:
-        threading.Thread(target=f, args=args, kwargs=kwargs).start()
-
-
 def _maker(cluster):
     """Makes a new, empty store (each call one: SQLite's MemoryStore, or
     with ``cluster`` a PostgresStore on a new schema of it) and its clock;
@@ -215,7 +187,7 @@ def _maker(cluster):
             return MemoryStore(clock), clock
         from agi_app.store.postgres import PostgresStore
 
-        store = PostgresStore(cluster.new_schema(), reactor=_Handover(), clock=clock)
+        store = PostgresStore(cluster.new_schema(), reactor=Handover(), clock=clock)
         store.open()
         return store, clock
 
@@ -324,7 +296,7 @@ def test_two_nodes_writing_at_once_keep_the_same_totals(pg_cluster):
     url = pg_cluster.new_schema()
     clock = Clock()
     clock.advance(T0)
-    nodes = [PostgresStore(url, reactor=_Handover(), clock=clock) for _ in range(2)]
+    nodes = [PostgresStore(url, reactor=Handover(), clock=clock) for _ in range(2)]
     for node in nodes:
         node.open()
     steps = [(st.OPERATOR_CALLTO, None, None), (st.OPERATOR_PICKUP, None, None),
