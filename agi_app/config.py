@@ -45,6 +45,8 @@ __all__ = [
     "load",
     "is_loopback_endpoint",
     "is_loopback_host",
+    "is_loopback_listen",
+    "listen_interface",
     "sip_headers",
     "web_origin",
 ]
@@ -477,34 +479,56 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def is_loopback_endpoint(description: str) -> bool:
-    """True when a Twisted server endpoint string listens on loopback only
-    (its interface is a loopback address, or it is a UNIX socket).
+def listen_interface(description: str) -> str | None:
+    """The address a Twisted server endpoint string listens on, as Twisted
+    reads it: ``tcp:8080:interface=127.0.0.1`` -> ``"127.0.0.1"``.
 
-    The string is read by Twisted's own endpoint parser, so escapes
-    (``interface=\\:\\:1``), keyword and positional arguments and each kind's
-    default interface (every address, for ``tcp`` and ``tcp6``) count as
-    they do when the endpoint listens."""
+    The string is split by Twisted's endpoint-string parser and its
+    arguments bound to the parser of its kind (``tcp``, ``tcp6``, ``ssl``),
+    so escapes (``interface=\\:\\:1``), keyword and positional arguments,
+    the last of a repeated ``interface=`` and each kind's default count as
+    they do when the endpoint listens: ``""`` is every IPv4 address
+    (``tcp:8080``), ``"::"`` every IPv6 one; None is a UNIX socket.  Nothing
+    is opened or read (not even an ``ssl:`` endpoint's key file).
+
+    The one reading of every listen key (``[agi]``, ``[http]``,
+    ``[websocket]``).  Raises :class:`ValueError` for a string Twisted would
+    not listen on (unknown kind or argument).
+    """
     try:
         args, kwargs = endpoints._parse(description)
     except (ValueError, IndexError):
-        return False
-    if not args:
-        return False
-    kind = args[0].lower()
+        raise ValueError(f"not a Twisted endpoint string: {description!r}") from None
+    kind = args[0].lower() if args else ""
     if kind == "unix":
-        return True
+        return None
     parser = _SERVER_PARSERS.get(kind)
     if parser is None:
-        return False
+        raise ValueError(f"not a tcp, tcp6, ssl or unix endpoint: {description!r}")
     try:
         # The first parameter is the factory (or reactor) the endpoint gets.
         bound = inspect.signature(parser).bind(None, *args[1:], **kwargs)
-    except TypeError:
-        return False
+    except TypeError as e:
+        raise ValueError(f"not a Twisted {kind} endpoint ({e}): {description!r}") from None
     bound.apply_defaults()
     interface = bound.arguments.get("interface")
-    return isinstance(interface, str) and bool(interface) and is_loopback_host(interface)
+    return interface if isinstance(interface, str) else ""
+
+
+def is_loopback_listen(description: str) -> bool:
+    """True when a Twisted server endpoint string listens on loopback only:
+    a UNIX socket, or an interface (:func:`listen_interface`) that is a
+    loopback address or ``localhost``.  False for every address and for a
+    string Twisted would not listen on."""
+    try:
+        interface = listen_interface(description)
+    except ValueError:
+        return False
+    return interface is None or (bool(interface) and is_loopback_host(interface))
+
+
+#: The earlier name of :func:`is_loopback_listen`.
+is_loopback_endpoint = is_loopback_listen
 
 
 def web_origin(url: str, *, exact: bool = False) -> str:
@@ -533,11 +557,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[ami] port: must be 1..65535")
     if not cfg.ami.username:
         raise ConfigError("[ami] username: must not be empty")
-    for sec, key in (("agi", "listen"), ("http", "listen"), ("websocket", "listen")):
-        value = getattr(getattr(cfg, sec), key)
+    for sec in ("agi", "http", "websocket"):
+        value = getattr(cfg, sec).listen
         if not re.match(r"^(tcp|tcp6|unix|ssl):", value):
-            raise ConfigError(f"[{sec}] {key}: not a Twisted endpoint string: {value!r}")
-    if not cfg.http.api_keys and not is_loopback_endpoint(cfg.http.listen):
+            raise ConfigError(f"[{sec}] listen: not a Twisted endpoint string: {value!r}")
+        try:
+            listen_interface(value)
+        except ValueError as e:
+            raise ConfigError(f"[{sec}] listen: {e}") from None
+    if not cfg.http.api_keys and not is_loopback_listen(cfg.http.listen):
         raise ConfigError(
             "[http] api_keys: empty while [http] listen is not loopback "
             f"({cfg.http.listen!r}); set api_keys or listen on 127.0.0.1"
@@ -711,7 +739,7 @@ def _validate_websocket(cfg: Config) -> None:
         )
     if ws.token_secret and len(ws.token_secret) < MIN_TOKEN_SECRET:
         raise ConfigError(f"[websocket] token_secret: at least {MIN_TOKEN_SECRET} characters")
-    if ws.client_ids and not is_loopback_endpoint(ws.listen):
+    if ws.client_ids and not is_loopback_listen(ws.listen):
         # A page's JavaScript shows its client_id to whoever loads it: off
         # loopback only a token, which binds one extension, is safe.
         raise ConfigError(

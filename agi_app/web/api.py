@@ -8,9 +8,13 @@ around it does the rest the same way for every endpoint:
   parameters, an optional ``.json``/``.xml`` suffix (no suffix: JSON), a
   trailing slash ignored; unknown path 404, wrong method 405 with ``Allow``;
 - authentication (CONTRACT 1.1): ``X-API-Key`` header or ``api_key`` query
-  parameter, compared in constant time; open when no keys are configured;
+  parameter, compared in constant time; open when no keys are configured.
+  An open route may show some fields of its answer only to a request with a
+  key (:meth:`Router.public_fields`);
 - parameters: the query string merged with a form (urlencoded or multipart)
-  or JSON object body; a body over 64 KiB is 413, a malformed one 400;
+  or JSON object body, parsed within the bounds of :mod:`agi_app.web.body`
+  when the handler first reads them -- after authentication, and never for
+  a handler that takes none; a body over 64 KiB is 413, a malformed one 400;
 - errors: any :class:`agi_app.errors.AppError` a handler raises (and
   :class:`ApiError`, the HTTP layer's own) becomes its status with
   ``{"error": {"code", "message", "field"?}}`` in the requested
@@ -19,16 +23,13 @@ around it does the rest the same way for every endpoint:
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import dataclasses
 import hmac
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
@@ -39,6 +40,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from agi_app.errors import AppError
+from agi_app.web.body import MAX_BODY, parse_body, parse_pairs, unquote
 from agi_app.web.render import render
 
 __all__ = [
@@ -54,10 +56,6 @@ __all__ = [
     "Router",
 ]
 
-#: Largest request body accepted (CONTRACT 3: 413 above it).
-MAX_BODY = 64 * 1024
-# More fields than this in a query string or form is not a real client.
-_MAX_FIELDS = 1000
 _FORMATS = ("json", "xml")
 _MISSING: Any = object()
 
@@ -130,7 +128,12 @@ class Params(Mapping[str, Any]):
 
 
 class ApiRequest:
-    """What a handler sees of an HTTP request."""
+    """What a handler sees of an HTTP request.
+
+    :attr:`params` are read from the query string and the body the first
+    time a handler asks for them (a malformed or oversized one raises the
+    400 then), so a handler that takes no parameters never parses a body.
+    """
 
     def __init__(
         self,
@@ -139,7 +142,8 @@ class ApiRequest:
         method: str,
         path: str,
         fmt: str,
-        params: Params,
+        params: Params | None = None,
+        authenticated: bool = True,
     ):
         #: the twisted.web request underneath
         self.request = request
@@ -149,7 +153,16 @@ class ApiRequest:
         self.path = path
         #: "json" or "xml"
         self.fmt = fmt
-        self.params = params
+        #: a valid API key came with the request, or the server has no keys
+        self.authenticated = authenticated
+        self._params = params
+
+    @property
+    def params(self) -> Params:
+        """The request's parameters (parsed on first use)."""
+        if self._params is None:
+            self._params = _read_params(self.request)
+        return self._params
 
     @property
     def headers(self) -> Headers:
@@ -196,6 +209,9 @@ class Route:
     formats: bool
     #: per path segment: (is_parameter, casefolded literal or parameter name)
     segments: tuple[tuple[bool, str], ...]
+    #: for an open route: the answer's fields a request without a valid key
+    #: gets (None: all of them); see :meth:`Router.public_fields`
+    public: frozenset[str] | None = None
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         """The path parameters if ``parts`` (decoded segments) match."""
@@ -263,6 +279,27 @@ class Router:
         # "/api/calls/{method}"); otherwise first added, first matched.
         self._routes.sort(key=lambda r: tuple(is_param for is_param, _ in r.segments))
 
+    def public_fields(self, pattern: str, fields: Iterable[str]) -> None:
+        """Answers of the open route ``pattern`` (every method) keep only
+        ``fields`` for a request without a valid API key; with a key, or
+        when the server has no keys, they are whole.  Error answers are
+        never cut.  ``/health`` uses it: anyone may ask whether the service
+        is up, the details are for key holders (CONTRACT 8)."""
+        segments = tuple(
+            (True, m.group(1)) if (m := _PARAM.match(part)) else (False, part.casefold())
+            for part in _split(pattern)
+        )
+        found = False
+        for i, route in enumerate(self._routes):
+            if route.segments != segments:
+                continue
+            if route.auth:
+                raise ValueError(f"{pattern} needs a key anyway: nothing to hide")
+            self._routes[i] = dataclasses.replace(route, public=frozenset(fields))
+            found = True
+        if not found:
+            raise ValueError(f"no route {pattern}")
+
     def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str], str]:
         """Find the route for ``method`` and the decoded ``path``: fires
         ``(route, path_params, fmt)`` or raises :class:`ApiError` 404/405."""
@@ -295,106 +332,49 @@ class Router:
 
 def _decode_path(raw: bytes) -> str:
     try:
-        if b"%" not in raw:  # the usual path: nothing to unquote
-            return raw.decode("utf-8")
-        return "/".join(unquote_to_bytes(p).decode("utf-8") for p in raw.split(b"/"))
+        return unquote(raw).decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_path", "the path is not valid UTF-8") from None
+    except ValueError:
+        raise ApiError(400, "invalid_path", "the path is not percent-encoded") from None
 
 
-def _parse_pairs(raw: bytes, what: str) -> list[tuple[str, str]]:
-    """``a=1&b=%D0%98`` into text pairs; ``+`` is a space; invalid UTF-8 is a 400."""
-    items = [item for item in raw.split(b"&") if item]
-    if len(items) > _MAX_FIELDS:
-        raise ApiError(400, f"invalid_{what}", f"too many fields in the {what}")
-    pairs = []
-    try:
-        for item in items:
-            name, _, value = item.partition(b"=")
-            if b"%" not in item and b"+" not in item:  # the usual field: plain text
-                pairs.append((name.decode("utf-8"), value.decode("utf-8")))
-                continue
-            pairs.append(
-                (
-                    unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8"),
-                    unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8"),
-                )
-            )
-    except UnicodeDecodeError:
-        raise ApiError(400, f"invalid_{what}", f"the {what} is not valid UTF-8") from None
-    return pairs
+def _read_params(request: IRequest) -> Params:
+    """The query string's and the body's parameters, the API key left out."""
+    query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
+    multi: dict[str, list[Any]] = {}
+    for name, value in parse_pairs(query, "query"):
+        multi.setdefault(name, []).append(value)
+    for name, value in parse_body(_body(request), _content_type(request)):
+        multi.setdefault(name, []).append(value)
+    # The key authenticates the request; it is not a parameter of it.
+    multi.pop("api_key", None)
+    return Params(multi)
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _parse_json(body: bytes) -> list[tuple[str, Any]]:
-    try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(400, "invalid_body", "the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ApiError(400, "invalid_body", "the JSON body must be an object")
-    return list(value.items())
-
-
-def _parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    boundary = message.get_boundary()
-    if boundary and body.strip() == b"--" + boundary.encode("latin-1", "replace") + b"--":
-        # A form with no fields: just the closing delimiter, which clients
-        # send although MIME wants a part (the email parser calls it broken).
-        return []
-    if not message.is_multipart() or message.defects:
-        raise ApiError(400, "invalid_body", "the multipart body cannot be parsed")
-    out = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not name or part.get_filename() is not None:
-            raise ApiError(400, "invalid_body", "only named text fields are accepted")
-        payload = part.get_payload(decode=True) or b""
-        try:
-            out.append((str(name), payload.decode(part.get_content_charset() or "utf-8")))
-        except (UnicodeDecodeError, LookupError):
-            raise ApiError(400, "invalid_body", f"field {name} is not valid text") from None
-        if len(out) > _MAX_FIELDS:
-            raise ApiError(400, "invalid_body", "too many fields in the body")
-    return out
-
-
-def _body_pairs(request: IRequest) -> list[tuple[str, Any]]:
+def _body_too_large(request: IRequest) -> bool:
+    """Over :data:`MAX_BODY` by its Content-Length, or cut off while it came
+    (:class:`~agi_app.web.site.LimitedRequest`); checked without reading it."""
+    if getattr(request, "body_too_large", False):
+        return True
     length = request.requestHeaders.getRawHeaders(b"content-length")
-    if getattr(request, "body_too_large", False) or (
-        length and length[0].strip().isdigit() and int(length[0]) > MAX_BODY
-    ):
-        raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+    return bool(length and length[0].strip().isdigit() and int(length[0]) > MAX_BODY)
+
+
+def _body(request: IRequest) -> bytes:
     content = request.content
     if content is None:
-        return []
+        return b""
     content.seek(0)
     body = content.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
         raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
-    if not body.strip():
-        return []
-    header = request.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
-    try:
-        content_type = header.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
-        content_type = ""
-    mime = content_type.split(";", 1)[0].strip().lower()
-    if mime == "application/json" or mime.endswith("+json"):
-        return _parse_json(body)
-    if mime in ("", "application/x-www-form-urlencoded", "text/plain"):
-        # `curl -d '{"a": 1}'` labels JSON as a form: accept what it obviously is.
-        if body.lstrip().startswith(b"{"):
-            return _parse_json(body)
-        return _parse_pairs(body.strip(), "body")
-    if mime == "multipart/form-data":
-        return _parse_multipart(body, content_type)
-    raise ApiError(400, "invalid_body", f"unsupported Content-Type {mime!r}")
+    return body
+
+
+def _content_type(request: IRequest) -> str:
+    # latin-1 decodes any bytes: a strange header is the parser's to refuse.
+    return request.requestHeaders.getRawHeaders(b"content-type", [b""])[0].decode("latin-1")
 
 
 def _keys(keys: Iterable[str]) -> tuple[bytes, ...]:
@@ -434,18 +414,33 @@ class ApiResource(Resource):
                                  "started": self._timer() if self._observe else 0.0}  # fmt: skip
         request.notifyFinish().addErrback(lambda _: state.__setitem__("gone", True))
         fmt = "json"
+        # the fields a request without a key may see, when not all of them
+        public_only: frozenset[str] | None = None
         try:
+            # A URI twisted.web was not allowed to parse (LimitedRequest).
+            refused = getattr(request, "uri_refused", None)
+            if refused is not None:
+                raise refused
             path = _decode_path(request.path)
             fmt = _suffix_format(path)
             route, path_params, fmt = self._router.resolve(method, path)
             state["route"] = route.pattern
-            if route.auth and self._api_keys:
-                self._authenticate(request)
-            params = self._params(request)
-            api_request = ApiRequest(request, method=method, path=path, fmt=fmt, params=params)
+            authenticated = not self._api_keys or self._has_valid_key(request)
+            if route.auth and not authenticated:
+                raise ApiError(401, "unauthorized", "a valid API key is required (X-API-Key)")
+            if not authenticated:
+                public_only = route.public
+            # Only now may the body count: a stranger's is never looked at.
+            if _body_too_large(request):
+                raise ApiError(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+            api_request = ApiRequest(
+                request, method=method, path=path, fmt=fmt, authenticated=authenticated
+            )
             d = maybeDeferred(route.handler, api_request, **path_params)
         except Exception:
             d = fail()
+        if public_only is not None:
+            d.addCallback(_public_part, public_only)
         d.addCallback(self._answer, request, state, fmt)
         d.addErrback(self._answer_failure, request, state, fmt)
         d.addErrback(self._give_up, request)
@@ -460,31 +455,19 @@ class ApiResource(Resource):
 
     # -- steps ------------------------------------------------------------
 
-    def _authenticate(self, request: IRequest) -> None:
+    def _has_valid_key(self, request: IRequest) -> bool:
         given = request.requestHeaders.getRawHeaders(b"x-api-key")
         if given:
             key = given[0].strip()
         else:
             query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
-            keys = [v for k, v in _parse_pairs(query, "query") if k == "api_key"]
+            keys = [v for k, v in parse_pairs(query, "query") if k == "api_key"]
             key = keys[0].encode("utf-8") if len(keys) == 1 else b""
         # Compare with every key so the time taken says nothing about which matched.
         ok = False
         for candidate in self._api_keys:
             ok |= hmac.compare_digest(candidate, key)
-        if not ok:
-            raise ApiError(401, "unauthorized", "a valid API key is required (X-API-Key)")
-
-    def _params(self, request: IRequest) -> Params:
-        query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
-        multi: dict[str, list[Any]] = {}
-        for name, value in _parse_pairs(query, "query"):
-            multi.setdefault(name, []).append(value)
-        for name, value in _body_pairs(request):
-            multi.setdefault(name, []).append(value)
-        # The key authenticates the request; it is not a parameter of it.
-        multi.pop("api_key", None)
-        return Params(multi)
+        return ok
 
     def _answer(self, result: Any, request: IRequest, state: dict, fmt: str) -> None:
         if state["gone"]:
@@ -554,6 +537,16 @@ class ApiResource(Resource):
         request.setHeader(b"content-length", str(len(data)).encode("ascii"))
         request.write(data)
         request.finish()
+
+
+def _public_part(result: Any, fields: frozenset[str]) -> Any:
+    """The fields of an answer anyone may see (:meth:`Router.public_fields`)."""
+    if isinstance(result, ApiResponse) and result.body is not None:
+        body = {k: v for k, v in result.body.items() if k in fields}
+        return dataclasses.replace(result, body=body)
+    if isinstance(result, Mapping):
+        return {k: v for k, v in result.items() if k in fields}
+    return result
 
 
 def _suffix_format(path: str) -> str:

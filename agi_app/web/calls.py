@@ -137,11 +137,17 @@ PHONE_TO_PHONE = Operation(
     answers=(_MODEL_ANSWER,),
     errors=_CALL_ERRORS,
 )
-_HEALTH = {"type": "object", "required": ["status", "ami"]}
+_HEALTH = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]}},
+    "description": "only status without a valid API key (when keys are configured); "
+    "with one: version, ami, fastagi and store as well",
+}
 HEALTH = Operation(
     methods=("GET",),
     path="/health",
-    summary="Service health (open, no API key)",
+    summary="Service health (open; details need an API key)",
     tag="meta",
     answers=(
         Answer(200, "the AMI session is logged in", _HEALTH),

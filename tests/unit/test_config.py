@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agi_app import config
-from agi_app.config import Config, ConfigError, is_loopback_endpoint, load
+from agi_app.config import Config, ConfigError, is_loopback_listen, listen_interface, load
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "agi_app.conf.example"
 
@@ -229,7 +229,14 @@ def test_other_control_characters_are_refused(char: str) -> None:
 
 @pytest.mark.parametrize(
     "listen",
-    ["tcp:8080:interface=0.0.0.0", "tcp:8080", "tcp:8080:interface=203.0.113.5", "tcp6:8080"],
+    [
+        "tcp:8080:interface=0.0.0.0",
+        "tcp:8080",
+        "tcp:8080:interface=203.0.113.5",
+        "tcp6:8080",
+        # The first interface= is loopback, but Twisted listens on the last.
+        "tcp:8080:interface=127.0.0.1:interface=0.0.0.0",
+    ],
 )
 def test_a_non_loopback_listen_without_keys_is_refused(listen: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -260,32 +267,73 @@ def test_an_ipv6_loopback_listen_may_be_open() -> None:
         ("tcp:8080:interface=127.0.0.1", True),
         ("tcp:8080:interface=127.0.0.2", True),  # all of 127/8 is loopback
         ("tcp:interface=127.0.0.1:port=8080", True),  # keyword form, interface first
-        ("ssl:8443:privateKey=key.pem:interface=127.0.0.1", True),
+        ("tcp:8080:127.0.0.1", True),  # positional interface
+        ("ssl:8443:privateKey=key.pem:interface=127.0.0.1", True),  # no file is read
         ("tcp:8080:interface=localhost", True),
         ("unix:/run/agi_app.sock", True),
-        ("UNIX:address=/run/agi_app.sock", True),
+        ("unix:address=/run/agi_app.sock", True),
         ("tcp:8080:interface=0.0.0.0", False),
+        ("tcp:8080:0.0.0.0", False),
         ("tcp:8080", False),  # no interface: every address
+        ("tcp6:8080", False),  # every IPv6 address
         ("tcp:8080:interface=203.0.113.5", False),
         ("tcp:8080:interface=10.0.0.1", False),
         ("tcp:8080:interface=127.0.0.1x", False),
-        ("tcp:8080:xinterface=127.0.0.1", False),
         ("tcp:8080:interface=", False),
+        # Twisted listens on the last interface= given: so does the check.
+        ("tcp:8080:interface=127.0.0.1:interface=0.0.0.0", False),
+        ("tcp:8080:interface=0.0.0.0:interface=127.0.0.1", True),
     ],
 )
-def test_is_loopback_endpoint(description: str, loopback: bool) -> None:
-    assert is_loopback_endpoint(description) is loopback
+def test_is_loopback_listen(description: str, loopback: bool) -> None:
+    assert is_loopback_listen(description) is loopback
+
+
+@pytest.mark.parametrize(
+    "description, interface",
+    [
+        ("tcp:8080:interface=127.0.0.1:interface=0.0.0.0", "0.0.0.0"),
+        ("tcp:8080", ""),
+        (r"tcp6:8080:interface=\:\:1", "::1"),
+        ("tcp6:8080", "::"),
+        ("unix:/run/agi_app.sock", None),
+    ],
+)
+def test_listen_interface_reads_as_twisted_does(description: str, interface: str | None) -> None:
+    assert listen_interface(description) == interface
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "tcp:8080:xinterface=127.0.0.1",  # Twisted knows no such argument
+        "tcp:8080:interface=127.0.0.1:extra:arguments:here",
+        "nosuchkind:8080",
+        "",
+    ],
+)
+def test_what_twisted_cannot_listen_on_is_an_error(description: str) -> None:
+    with pytest.raises(ValueError):
+        listen_interface(description)
+    assert is_loopback_listen(description) is False
+
+
+@pytest.mark.parametrize("key", ["AGI_LISTEN", "HTTP_LISTEN", "WEBSOCKET_LISTEN"])
+def test_every_listen_key_is_parsed_by_twisted(key: str) -> None:
+    section = key.split("_")[0].lower()
+    with pytest.raises(ConfigError, match=rf"\[{section}\] listen: not a Twisted tcp endpoint"):
+        load(None, environ={f"AGI_APP_{key}": "tcp:8080:interfaces=127.0.0.1"})
 
 
 @pytest.mark.parametrize(
     "description", [r"tcp6:8080:interface=\:\:1", r"tcp6:port=8080:interface=\:\:1"]
 )
-def test_is_loopback_endpoint_escaped_ipv6(description: str) -> None:
-    assert is_loopback_endpoint(description) is True
+def test_is_loopback_listen_escaped_ipv6(description: str) -> None:
+    assert is_loopback_listen(description) is True
 
 
 def test_escaped_ipv6_any_address_is_not_loopback() -> None:
-    assert is_loopback_endpoint(r"tcp6:8080:interface=\:\:") is False
+    assert is_loopback_listen(r"tcp6:8080:interface=\:\:") is False
 
 
 # -- the other checks -----------------------------------------------------

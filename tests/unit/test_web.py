@@ -223,6 +223,66 @@ async def test_api_key_by_header_or_query(http):
     assert code == 200
 
 
+def _public_router() -> Router:
+    router = Router()
+
+    async def status(req):
+        return ApiResponse({"status": "degraded", "secret": "/var/x"}, status=503)
+
+    async def refused(req):
+        raise ApiError(409, "conflict", "no", extra={"secret": "kept"})
+
+    router.add(("GET",), "/status", status, auth=False, formats=False)
+    router.add(("GET",), "/refused", refused, auth=False)
+    router.add(("GET",), "/keyed", status)
+    router.public_fields("/status", ("status",))
+    router.public_fields("/refused", ())
+    return router
+
+
+@pytest_twisted.ensureDeferred
+async def test_public_fields_of_an_open_route():
+    site = build_site(_public_router(), api_keys=(KEY,), static_dir=None, clock=_reactor())
+    http = MemoryHTTP(site, _reactor())
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        assert await call_json(http, "GET", "/status", headers=headers) == (
+            503, {"status": "degraded"},
+        )  # fmt: skip
+    code, body = await call_json(http, "GET", "/status")
+    assert (code, body) == (503, {"status": "degraded", "secret": "/var/x"})
+    code, body = await call_json(http, "GET", f"/status?api_key={KEY}", headers={})
+    assert body["secret"] == "/var/x"
+    # Errors are never cut (they carry nothing a key would protect).
+    code, body = await call_json(http, "GET", "/refused", headers={})
+    assert code == 409 and body["secret"] == "kept"
+    open_site = build_site(_public_router(), api_keys=(), static_dir=None, clock=_reactor())
+    code, body = await call_json(MemoryHTTP(open_site, _reactor()), "GET", "/status", headers={})
+    assert body["secret"] == "/var/x"  # no keys configured: everyone is trusted
+
+
+def test_public_fields_needs_an_open_route():
+    router = _public_router()
+    with pytest.raises(ValueError):
+        router.public_fields("/keyed", ("status",))
+    with pytest.raises(ValueError):
+        router.public_fields("/nowhere", ("status",))
+
+
+@pytest_twisted.ensureDeferred
+async def test_parameters_are_read_only_when_a_handler_asks(http):
+    # /api/calls/special takes no parameters: its malformed body is never parsed.
+    code, body = await call_json(
+        http, "GET", "/api/calls/special?a=%FF", data=b"{not json",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert (code, body) == (200, {"special": True})
+    code, body = await call_json(
+        http, "GET", "/api/echo", data=b"{not json",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert code == 400 and body["error"]["code"] == "invalid_body"
+
+
 @pytest_twisted.ensureDeferred
 async def test_no_keys_configured_means_open(open_http):
     code, _ = await call_json(open_http, "GET", "/api/echo", headers={})

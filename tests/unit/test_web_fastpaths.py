@@ -1,6 +1,6 @@
 """The per-request shortcuts of the HTTP layer give exactly what the general
 code gives: access log escaping, API key redaction, path and query decoding,
-JSON rendering."""
+percent-decoding, JSON rendering."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agi_app.web import Router, build_site
-from agi_app.web.api import ApiError, _decode_path, _parse_pairs
+from agi_app.web.api import ApiError, _decode_path
+from agi_app.web.body import BodyError, parse_multipart, parse_pairs, unquote
 from agi_app.web.render import RawJSON, render_json, render_xml
 from agi_app.web.site import _printable, redact_uri
 from agi_app.web.testing import MemoryHTTP
@@ -64,6 +65,11 @@ def test_redact_uri_is_the_general_rule(query):
     assert redact_uri(uri) == _redact_reference(uri)
 
 
+def test_redact_uri_hides_the_whole_of_a_query_too_long_to_look_through():
+    uri = b"/x?" + b"%61&" * 300 + b"api_key=S"
+    assert redact_uri(uri) == b"/x?***"
+
+
 def test_redact_uri_encoded_and_spaced_names():
     assert redact_uri(b"/x?api%5Fkey=S&a=1") == b"/x?api%5Fkey=***&a=1"
     assert redact_uri(b"/x?+api_key+=S") == b"/x?+api_key+=***"
@@ -78,20 +84,43 @@ def test_decode_path_plain_and_quoted():
         _decode_path(b"/api/\xff")
     with pytest.raises(ApiError):
         _decode_path(b"/api/%FF")
+    assert _decode_path(b"/api/100%") == "/api/100%"
+
+
+# What a percent-encoded text is made of, including the odd cases: "%"
+# starting no escape, "=" (which the C decoder uses), line ends, lower case.
+_QUOTED_PIECES = st.sampled_from(
+    [b"%", b"=", b"%3D", b"=3D", b"%41", b"%4", b"%e2", b"%zz", b"a", b"F", b"0", b"h", b"x",
+     b"\r", b"\n", b"_", b"+", b" ", b"\xff"]
+)
+
+
+@given(st.lists(_QUOTED_PIECES, max_size=40).map(b"".join) | st.binary(max_size=64))
+def test_unquote_is_the_standard_library_rule(raw):
+    assert unquote(raw) == unquote_to_bytes(raw)
+
+
+def test_unquote_refuses_to_loop_over_many_signs_that_start_no_escape():
+    assert unquote(b"%41" * 20000) == b"A" * 20000  # escapes only: decoded in C
+    assert unquote(b"%" * 512) == b"%" * 512
+    with pytest.raises(ValueError):
+        unquote(b"%" * 513)
 
 
 def test_parse_pairs_plain_and_quoted():
-    assert _parse_pairs(b"a=1&b=&c&&d=x=y", "query") == [
+    assert parse_pairs(b"a=1&b=&c&&d=x=y", "query") == [
         ("a", "1"),
         ("b", ""),
         ("c", ""),
         ("d", "x=y"),
     ]
-    assert _parse_pairs(b"n%61me=a+b&x=%D0%98", "query") == [("name", "a b"), ("x", "\u0418")]
-    with pytest.raises(ApiError):
-        _parse_pairs(b"a=\xff", "query")
-    with pytest.raises(ApiError):
-        _parse_pairs(b"a=%FF", "query")
+    assert parse_pairs(b"n%61me=a+b&x=%D0%98", "query") == [("name", "a b"), ("x", "\u0418")]
+    with pytest.raises(BodyError):
+        parse_pairs(b"a=\xff", "query")
+    with pytest.raises(BodyError):
+        parse_pairs(b"a=%FF", "query")
+    with pytest.raises(BodyError, match="percent-encoded"):
+        parse_pairs(b"a=" + b"%" * 600, "body")
 
 
 _JSON = st.recursive(
@@ -205,13 +234,11 @@ async def test_access_log_escapes_what_is_not_printable():
 
 
 def test_empty_multipart_form_has_no_fields():
-    from agi_app.web.api import _parse_multipart
-
     content_type = "multipart/form-data; boundary=b0und"
-    assert _parse_multipart(b"--b0und--\r\n", content_type) == []
-    assert _parse_multipart(
+    assert parse_multipart(b"--b0und--\r\n", content_type) == []
+    assert parse_multipart(
         b'--b0und\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b0und--\r\n',
         content_type,
     ) == [("a", "1")]
-    with pytest.raises(ApiError):
-        _parse_multipart(b"--other--\r\n", content_type)
+    with pytest.raises(BodyError):
+        parse_multipart(b"--other--\r\n", content_type)
