@@ -15,8 +15,9 @@ PYTEST_ARGS ?=
 
 all: test
 
-# Host packages the sandbox and the tests need; installed only when missing.
-SYSTEM_PACKAGES := debootstrap sip-tester chromium
+# Host packages the sandbox and the tests need; installed only when missing
+# (postgresql: the store's tests run on a throwaway PostgreSQL cluster too).
+SYSTEM_PACKAGES := debootstrap sip-tester chromium postgresql
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \

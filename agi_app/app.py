@@ -46,7 +46,7 @@ from agi_app.logs import service_log_observer
 from agi_app.metrics import Metrics
 from agi_app.netguard import TargetGuard
 from agi_app.retention import Erasure, Retention
-from agi_app.store.sqlite import SQLiteStore
+from agi_app.store import store_from_config
 from agi_app.web import extensions_events, openapi
 from agi_app.web import history as history_module
 from agi_app.web.api import Router
@@ -170,9 +170,8 @@ class Application:
     def __init__(self, config: Config, reactor: Any):
         self.config = config
         self.reactor = reactor
-        self.store = SQLiteStore(
-            config.store.path, reactor=reactor, read_budget_us=config.store.read_budget_us
-        )
+        # SQLite at [store] path, or PostgreSQL when [store] url is set.
+        self.store = store_from_config(config, reactor)
         self.ami = AMIService(
             config.ami.host,
             config.ami.port,

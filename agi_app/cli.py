@@ -54,6 +54,13 @@ def _backup(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"agi-app: configuration error: {e}", file=sys.stderr)
         return 2
+    if config.store.url:
+        # SQLite's online backup has no PostgreSQL counterpart here: the
+        # database's own tools make a consistent copy of a live database.
+        print("agi-app: backup copies the SQLite store only; the store is in PostgreSQL "
+              "([store] url): back it up with pg_dump, e.g. pg_dump -Fc -f DEST DBNAME "
+              "(docs/scaling.md)", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         done = backup(config.store.path, args.dest)
     except StoreError as e:
@@ -144,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "backup",
         help="copy the SQLite store while the service runs",
         description="Copy [store] path of the configuration FILE to DEST: one consistent "
-        "snapshot, taken while the service may go on writing (docs/operations.md).",
+        "snapshot, taken while the service may go on writing (docs/operations.md).  SQLite "
+        "only: a store in PostgreSQL is backed up with pg_dump (docs/scaling.md).",
     )
     p.add_argument("--config", "-c", default=None, help="INI file (see agi_app.conf.example)")
     p.add_argument("dest", help="the backup file to write (replaced when it exists)")

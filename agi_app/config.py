@@ -129,7 +129,11 @@ MIN_TOKEN_SECRET = 16
 class StoreConfig:
     """``[store]``: the call log database."""
 
+    #: the SQLite file (used while ``url`` is empty)
     path: str = "var/agi_app.sqlite3"
+    #: ``postgresql://user:pass@host:port/db``: the store in that PostgreSQL
+    #: database instead (see docs/scaling.md); empty: SQLite at ``path``
+    url: str = ""
     #: the API's history reads run on the reactor thread within this budget
     #: (microseconds) and move to the store's worker thread past it; 0: all
     #: reads on the worker thread
@@ -617,6 +621,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[dialing] call_time_to_client: must be 1..600 seconds")
     if not 0 <= cfg.store.read_budget_us <= 100_000:
         raise ConfigError("[store] read_budget_us: must be 0..100000 microseconds")
+    _validate_store_url(cfg.store.url)
     if not 1 <= cfg.dialing.call_time_to_ext <= 600:
         raise ConfigError("[dialing] call_time_to_ext: must be 1..600 seconds")
     for sec, key in (
@@ -750,6 +755,35 @@ def _validate_retention(cfg: Config) -> None:
         raise ConfigError("[retention] interval: must be 60..86400 seconds")
     if not 1 <= r.batch_size <= 10000:
         raise ConfigError("[retention] batch_size: must be 1..10000")
+
+
+def _validate_store_url(url: str) -> None:
+    """``[store] url``: empty, or ``postgresql://[user[:pass]@]host[:port]/db``
+    (libpq's parameters may follow as a query).  Its password is never
+    repeated in an error."""
+    if not url:
+        return
+    where = "[store] url"
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres") or not url.lower().startswith(
+        f"{parts.scheme.lower()}://"
+    ):
+        raise ConfigError(
+            f"{where}: must be postgresql://user:pass@host:port/db (or empty for SQLite at "
+            "[store] path)"
+        )
+    try:
+        port = parts.port  # ValueError when it is not a port number
+    except ValueError:
+        port = 0
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"{where}: the port must be a number 1..65535")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError(f"{where}: names no host (postgresql://user:pass@host:port/db)")
+    if parts.path.strip("/") == "" or "/" in parts.path.strip("/"):
+        raise ConfigError(f"{where}: must name one database (postgresql://...@host:port/db)")
+    if parts.fragment:
+        raise ConfigError(f"{where}: a URL fragment (#...) means nothing here")
 
 
 def _validate_websocket(cfg: Config) -> None:

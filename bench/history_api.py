@@ -37,9 +37,18 @@ endpoint are checked against that SQL.  Last, the same load on a fixed
 answer: from a plain epoll loop (what the machine's sockets and scheduling
 add) and from a bare twisted.web ``Site`` (what the HTTP stack alone takes).
 
+With ``--store URL`` the same rows go into a PostgreSQL database too (by
+COPY, into the schema the application's own ``PostgresStore`` creates; kept
+for the next run, marked by a table ``agi_app_bench``), and the same load
+runs against a server on it after SQLite's: both tables are printed, then
+one line per endpoint with the two engines' figures side by side.
+``--store throwaway`` makes a PostgreSQL cluster for the run
+(:class:`agi_app.store.pg_testing.ThrowawayCluster`) and fills it anew.
+
 Usage::
 
     .venv/bin/python bench/history_api.py              # full run, ~2 min once generated
+    .venv/bin/python bench/history_api.py --store postgresql://u:p@127.0.0.1:5432/bench
     .venv/bin/python bench/history_api.py --quick      # one round of 1,000 requests
     .venv/bin/python bench/history_api.py --calls 200000 --rounds 1
 """
@@ -48,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -62,6 +72,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -116,20 +127,20 @@ def store_path(calls: int) -> Path:
     return CACHE_DIR / f"history-v{schema_version()}-{calls}.sqlite3"
 
 
-def create_schema(path: Path) -> None:
-    """Create the file by opening (and closing) the application's store once."""
-    from twisted.internet import reactor
-
-    from agi_app.store import SQLiteStore
-
-    store = SQLiteStore(str(path), reactor=reactor)
-    store.open()
-
-    def done(_: object) -> None:
-        reactor.stop()
-
-    reactor.callWhenRunning(lambda: store.close().addBoth(done))
-    reactor.run()
+def create_schema(location: str) -> None:
+    """Create the store (an SQLite file, or the tables in a PostgreSQL
+    database) by opening and closing the application's own store once, in a
+    process of its own (a reactor runs only once per process)."""
+    code = (
+        "import sys\n"
+        "from twisted.internet import reactor\n"
+        "from agi_app.store import store_at\n"
+        "store = store_at(sys.argv[1], reactor)\n"
+        "store.open()\n"
+        "reactor.callWhenRunning(lambda: store.close().addBoth(lambda _: reactor.stop()))\n"
+        "reactor.run()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, location], check=True, cwd=ROOT)
 
 
 def call_id(n: int) -> str:
@@ -168,6 +179,50 @@ def _events(calls: int) -> Iterator[tuple[int, int, int, int]]:
         yield heapq.heappop(pending)
 
 
+def _rows(calls: int, batch: int = 100_000) -> Iterator[tuple[list, list, list]]:
+    """The rows of the whole store, ``(calls, status entries, recordings)``
+    in batches of about ``batch`` entries: every engine's store is filled
+    with exactly these.  Entries and recordings carry their ids (the order
+    they were added); calls are listed in the order they were created."""
+    call_rows: list[tuple] = []
+    status_rows: list[tuple] = []
+    record_rows: list[tuple] = []
+    entry_id = record_id = 0
+    total = calls * STATUSES_PER_CALL
+    every = max(total // 20, 1)
+    started = time.monotonic()
+    for at, n, step, talk in _events(calls):
+        cid = call_id(n)
+        oid = order_id(n, calls)
+        when = _iso(at)
+        entry_id += 1
+        status_rows.append((entry_id, cid, oid, STEPS[step][0], when))
+        sip = str(1000 + n % 200)
+        phone = f"38063{n % 10_000_000:07d}"
+        if step == 0:
+            pickup = at + STEPS[4][1]
+            params = json.dumps(
+                {"order_id": oid, "phone": phone, "sip": sip}, separators=(",", ":")
+            )
+            call_rows.append(
+                (cid, sip, phone, oid, f"key-{n}", params, when, _iso(pickup + talk), talk / 1000)
+            )
+        elif step == 4:
+            record_id += 1
+            record_rows.append(
+                (record_id, cid, oid, f"key-{n}", sip, phone,
+                 f"/var/spool/asterisk/monitor/{oid}_{cid}.wav", when, talk / 1000,
+                 44 + talk * 16)
+            )  # fmt: skip
+        if entry_id % batch == 0:
+            yield call_rows, status_rows, record_rows
+            call_rows, status_rows, record_rows = [], [], []
+        if entry_id % every == 0:
+            _say(f"  generating: {entry_id:,} / {total:,} status entries "
+                 f"({time.monotonic() - started:.0f} s)")  # fmt: skip
+    yield call_rows, status_rows, record_rows
+
+
 def generate(path: Path, calls: int) -> dict[str, int]:
     """Fill a new store at ``path`` with ``calls`` calls; returns the counts."""
     from agi_app.store.schema import STATS_TRIGGERS, rebuild_call_stats
@@ -177,7 +232,7 @@ def generate(path: Path, calls: int) -> dict[str, int]:
         leftover.unlink(missing_ok=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    create_schema(tmp)
+    create_schema(str(tmp))
     conn = sqlite3.connect(tmp, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -1000000")  # 1 GB while building the indexes
@@ -206,50 +261,13 @@ def generate(path: Path, calls: int) -> dict[str, int]:
         "INSERT INTO recordings (record_id, call_id, order_id, external_key, sip, phone, "
         "path, created_at, duration, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
-    call_rows: list[tuple] = []
-    status_rows: list[tuple] = []
-    record_rows: list[tuple] = []
     entry_id = record_id = 0
-    total = calls * STATUSES_PER_CALL
-    every = max(total // 20, 1)
-
-    def flush() -> None:
+    for call_rows, status_rows, record_rows in _rows(calls):
         conn.executemany(calls_sql, call_rows)
         conn.executemany(status_sql, status_rows)
         conn.executemany(record_sql, record_rows)
-        call_rows.clear()
-        status_rows.clear()
-        record_rows.clear()
-
-    for at, n, step, talk in _events(calls):
-        cid = call_id(n)
-        oid = order_id(n, calls)
-        when = _iso(at)
-        entry_id += 1
-        status_rows.append((entry_id, cid, oid, STEPS[step][0], when))
-        sip = str(1000 + n % 200)
-        phone = f"38063{n % 10_000_000:07d}"
-        if step == 0:
-            pickup = at + STEPS[4][1]
-            params = json.dumps(
-                {"order_id": oid, "phone": phone, "sip": sip}, separators=(",", ":")
-            )
-            call_rows.append(
-                (cid, sip, phone, oid, f"key-{n}", params, when, _iso(pickup + talk), talk / 1000)
-            )
-        elif step == 4:
-            record_id += 1
-            record_rows.append(
-                (record_id, cid, oid, f"key-{n}", sip, phone,
-                 f"/var/spool/asterisk/monitor/{oid}_{cid}.wav", when, talk / 1000,
-                 44 + talk * 16)
-            )  # fmt: skip
-        if entry_id % 100_000 == 0:
-            flush()
-        if entry_id % every == 0:
-            _say(f"  generating: {entry_id:,} / {total:,} status entries "
-                 f"({time.monotonic() - started:.0f} s)")  # fmt: skip
-    flush()
+        entry_id += len(status_rows)
+        record_id += len(record_rows)
     _say(f"  building {len(indexes)} indexes ({time.monotonic() - started:.0f} s)")
     for _, sql in indexes:
         conn.execute(sql)
@@ -287,6 +305,130 @@ def ensure_store(calls: int) -> tuple[Path, dict[str, int]]:
     return path, generate(path, calls)
 
 
+# -- the same store on PostgreSQL --------------------------------------------------
+
+#: the table that marks a database filled by this benchmark (and with what)
+PG_MARK = "agi_app_bench"
+
+
+def ensure_pg_store(url: str, calls: int) -> dict[str, int]:
+    """The store of ``calls`` calls in the PostgreSQL database at ``url``:
+    kept when a run before filled it with the same number of calls and the
+    same schema, generated otherwise.  A database holding a store this
+    benchmark did not make is refused (it is never emptied)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        marked = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (PG_MARK,)).fetchone()[0]
+        if marked:
+            row = conn.execute(f"SELECT counts FROM {PG_MARK}").fetchone()
+            counts = json.loads(row[0]) if row else {}
+            if counts.get("calls") == calls and counts.get("schema") == schema_version():
+                _say(f"store: {_redact(url)} (kept: {counts['calls']:,} calls, "
+                     f"{counts['statuses']:,} statuses, "
+                     f"{counts['recordings']:,} recordings)")  # fmt: skip
+                return counts
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )]  # fmt: skip
+            _say(f"store: {_redact(url)} holds another benchmark store; dropping its tables")
+            for table in tables:
+                conn.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+            conn.execute("DROP FUNCTION IF EXISTS agi_app_count_rows() CASCADE")
+        elif conn.execute("SELECT to_regclass('calls') IS NOT NULL").fetchone()[0]:
+            raise SystemExit(
+                f"{_redact(url)} already holds an agi_app store this benchmark did not make: "
+                "give it an empty database"
+            )
+    return generate_pg(url, calls)
+
+
+def _redact(url: str) -> str:
+    from agi_app.store.pg_engine import redact_url
+
+    return redact_url(url)
+
+
+def generate_pg(url: str, calls: int) -> dict[str, int]:
+    """Fill the empty database at ``url`` with the rows :func:`generate`
+    writes to SQLite, by COPY: the application's own schema (its store
+    opened once), plain indexes and foreign keys dropped while loading and
+    made again after it, identities moved past the loaded ids, then
+    VACUUM ANALYZE (visibility map and planner statistics, as a long-lived
+    database has them).  The statistics triggers are dropped while loading
+    and the statistics computed once afterwards, as :func:`generate` does."""
+    import psycopg
+
+    from agi_app.store.pg_schema import STATS_TRIGGERS, rebuild_call_stats
+
+    started = time.monotonic()
+    _say(f"store: generating in {_redact(url)} ({calls:,} calls, "
+         f"{calls * STATUSES_PER_CALL:,} statuses)")  # fmt: skip
+    create_schema(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = ("calls", "call_status", "recordings")
+        indexes = conn.execute(
+            "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "WHERE i.indrelid = ANY(%s::regclass[]) AND NOT EXISTS "
+            "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+            (list(tables),),
+        ).fetchall()
+        keys = conn.execute(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE contype = 'f' AND conrelid = ANY(%s::regclass[])",
+            (list(tables),),
+        ).fetchall()
+        for table, name, _ in keys:
+            conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        for name, _ in indexes:
+            conn.execute(f"DROP INDEX {name}")
+        for trigger, table in STATS_TRIGGERS:
+            conn.execute(f"DROP TRIGGER {trigger} ON {table}")
+        entry_id = record_id = 0
+        copies = (
+            ("calls (call_id, sip, phone, order_id, external_key, params, created_at, "
+             "finished_at, talk_seconds, kind, final_status, pbx)", 0),
+            ("call_status (id, call_id, order_id, status, time)", 1),
+            ("recordings (record_id, call_id, order_id, external_key, sip, phone, path, "
+             "created_at, duration, size)", 2),
+        )  # fmt: skip
+        for batch in _rows(calls):
+            with conn.transaction():
+                for target, which in copies:
+                    rows = batch[which]
+                    if which == 0:
+                        rows = [(*r, "makeCall", "FINISH", "default") for r in rows]
+                    with conn.cursor().copy(f"COPY {target} FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+            entry_id += len(batch[1])
+            record_id += len(batch[2])
+        _say(f"  building {len(indexes)} indexes and {len(keys)} foreign keys "
+             f"({time.monotonic() - started:.0f} s)")  # fmt: skip
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        for _, sql in indexes:
+            conn.execute(sql)
+        for table, name, definition in keys:
+            conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+        _say(f"  call statistics ({time.monotonic() - started:.0f} s)")
+        with conn.transaction():
+            rebuild_call_stats(conn)
+        for table, column, last in (("call_status", "id", entry_id),
+                                    ("recordings", "record_id", record_id)):  # fmt: skip
+            conn.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, %s), %s)", (table, column, last)
+            )
+        _say(f"  vacuum analyze ({time.monotonic() - started:.0f} s)")
+        conn.execute("VACUUM ANALYZE")
+        counts = {"calls": calls, "statuses": entry_id, "recordings": record_id,
+                  "schema": schema_version()}  # fmt: skip
+        conn.execute(f"CREATE TABLE {PG_MARK} (counts text NOT NULL)")
+        conn.execute(f"INSERT INTO {PG_MARK} VALUES (%s)", (json.dumps(counts),))
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    _say(f"  generated in {time.monotonic() - started:.0f} s ({size / 2**20:,.0f} MiB)")
+    return counts
+
+
 # -- the server (its own process) ----------------------------------------------------
 
 
@@ -294,7 +436,8 @@ def serve(
     path: str, cpu: int, log_path: str, log_level: str = "info", read_budget_us: int = 2000,
     metrics: bool = False,
 ) -> None:
-    """Run the history endpoints on the application's HTTP stack until SIGTERM."""
+    """Run the history endpoints on the application's HTTP stack until
+    SIGTERM, on the store at ``path`` (an SQLite file or a PostgreSQL URL)."""
     from twisted.internet import epollreactor
 
     epollreactor.install()
@@ -302,7 +445,7 @@ def serve(
     from twisted.logger import LogLevel, globalLogBeginner
 
     from agi_app.logs import service_log_observer
-    from agi_app.store import SQLiteStore
+    from agi_app.store import store_at
     from agi_app.web import Router, build_site
     from agi_app.web.history import HistoryEndpoints
 
@@ -313,7 +456,7 @@ def serve(
     globalLogBeginner.beginLoggingTo(
         [service_log_observer(log_file, level)], redirectStandardIO=False
     )
-    store = SQLiteStore(path, reactor=reactor, read_budget_us=read_budget_us)
+    store = store_at(path, reactor, read_budget_us=read_budget_us)
     store.open()
     router = Router()
     HistoryEndpoints(store, public_url="http://127.0.0.1:8080").add_routes(router)
@@ -330,7 +473,8 @@ def serve(
     _pin(cpu)
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()
-    print(f"MOVED {store.reads_moved}", flush=True)
+    if hasattr(store, "reads_moved"):  # SQLite's inline reads
+        print(f"MOVED {store.reads_moved}", flush=True)
 
 
 def serve_fixed(cpu: int) -> None:
@@ -425,7 +569,7 @@ def transport_floor(
 
 
 def start_server(
-    path: Path, cpu: int, log_level: str, read_budget_us: int, metrics: bool = False
+    path: str, cpu: int, log_level: str, read_budget_us: int, metrics: bool = False
 ) -> tuple[subprocess.Popen, int]:
     log_path = CACHE_DIR / "server.log"
     proc = subprocess.Popen(
@@ -469,7 +613,7 @@ class Case:
     #: (path with query, floor arguments) per request
     requests: list[tuple[str, tuple]]
     #: the bare SQL of one request: returns what identifies the answer
-    floor: Callable[[sqlite3.Connection, tuple], object]
+    floor: Callable[[SQLConnection, tuple], object]
     #: the same identity, read from the endpoint's JSON answer
     identity: Callable[[dict], object]
     #: a reference line (not one of the issue's targets)
@@ -482,6 +626,10 @@ class Case:
         return min(self.rounds, key=lambda r: r.p99)
 
 
+#: a connection the floors run on: an sqlite3.Connection, or a _PostgresFloor
+#: (which takes the same statements)
+SQLConnection = Any
+
 _ENTRY = "id, call_id, order_id, status, time, detail"
 _RECORD = "record_id, call_id, order_id, external_key, sip, phone, path, created_at, duration, size"
 
@@ -491,21 +639,21 @@ _RECORD = "record_id, call_id, order_id, external_key, sip, phone, path, created
 # (that form pays off only when the reactor thread competes for the GIL).
 
 
-def _order_history_sql(conn: sqlite3.Connection, args: tuple) -> object:
+def _order_history_sql(conn: SQLConnection, args: tuple) -> object:
     rows = conn.execute(
         f"SELECT {_ENTRY} FROM call_status WHERE order_id = ? ORDER BY id", args
     ).fetchall()
     return [r[0] for r in rows]
 
 
-def _poll_sql(conn: sqlite3.Connection, args: tuple) -> object:
+def _poll_sql(conn: SQLConnection, args: tuple) -> object:
     rows = conn.execute(
         f"SELECT {_ENTRY} FROM call_status WHERE id > ? ORDER BY id LIMIT ?", args
     ).fetchall()
     return [r[0] for r in rows]
 
 
-def _one_call_sql(conn: sqlite3.Connection, args: tuple) -> object:
+def _one_call_sql(conn: SQLConnection, args: tuple) -> object:
     # (the call is looked up only when it has no entries: never here)
     rows = conn.execute(
         f"SELECT {_ENTRY} FROM call_status WHERE call_id = ? AND id > 0 ORDER BY id LIMIT 100",
@@ -514,7 +662,7 @@ def _one_call_sql(conn: sqlite3.Connection, args: tuple) -> object:
     return [r[0] for r in rows]
 
 
-def _record_page_sql(conn: sqlite3.Connection, args: tuple) -> object:
+def _record_page_sql(conn: SQLConnection, args: tuple) -> object:
     # the kept total, the id range, then the page by primary key (the ids
     # have no gaps here) -- SQLiteStore._newest_page
     page, per_page = args
@@ -532,7 +680,7 @@ def _record_page_sql(conn: sqlite3.Connection, args: tuple) -> object:
     return total, [r[0] for r in rows]
 
 
-def _operators_sql(conn: sqlite3.Connection, args: tuple) -> object:
+def _operators_sql(conn: SQLConnection, args: tuple) -> object:
     total = conn.execute("SELECT count(*) FROM operators").fetchone()[0]
     rows = conn.execute(
         "SELECT sip, status, since FROM operators ORDER BY sip LIMIT 20 OFFSET 0"
@@ -678,7 +826,7 @@ def _complete(buf: bytes) -> int | None:
     return int(buf[9:12])
 
 
-async def _check_answers(port: int, case: Case, conn: sqlite3.Connection, n: int) -> None:
+async def _check_answers(port: int, case: Case, conn: SQLConnection, n: int) -> None:
     """The endpoint and the bare SQL must give the same answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -694,7 +842,7 @@ async def _check_answers(port: int, case: Case, conn: sqlite3.Connection, n: int
         writer.close()
 
 
-def _floor(case: Case, conn: sqlite3.Connection, warmup: int) -> None:
+def _floor(case: Case, conn: SQLConnection, warmup: int) -> None:
     for i, (_, args) in enumerate(case.requests):
         started = time.perf_counter()
         case.floor(conn, args)
@@ -724,13 +872,17 @@ def queued(floor_ms: Sequence[float], concurrency: int) -> list[float]:
     return out
 
 
-def report(cases: list[Case], concurrency: int) -> bool:
-    """Print the table; True when every target is met."""
+def report(cases: list[Case], concurrency: int, engine: str = "SQLite") -> bool:
+    """Print the table of one engine's run; True when every target is met
+    (on PostgreSQL the p99 target only: its floor is a query on another
+    process, whose round trip the 3x target was not set for)."""
+    factor_target = engine == "SQLite"
     head = (f"{'endpoint':24} {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} {'CPU/req':>8} "
             f"{'floor p50':>9} {'floor p99':>9} {'x floor':>7} "
             f"{'queued p99':>10} {'x queued':>8}  p99<{TARGET_P99_MS:g}ms  "
-            f"<={TARGET_FACTOR:g}x floor")  # fmt: skip
+            f"{f'<={TARGET_FACTOR:g}x floor' if factor_target else ''}")  # fmt: skip
     _say("")
+    _say(f"{engine} store")
     _say(head)
     _say("-" * len(head))
     ok = True
@@ -741,24 +893,117 @@ def report(cases: list[Case], concurrency: int) -> bool:
         q99 = percentile(queued(c.floor_ms, concurrency), 0.99)
         factor = p99 / f99 if f99 else float("inf")
         fast = p99 < TARGET_P99_MS and not r.errors
-        near = factor <= TARGET_FACTOR and not r.errors
+        near = (factor <= TARGET_FACTOR or not factor_target) and not r.errors
         if c.reference:
             verdict = "(reference)"
         else:
             ok &= fast and near
-            verdict = f"{'met' if fast else 'MISSED':9} {'met' if near else 'MISSED'}"
+            verdict = f"{'met' if fast else 'MISSED':9} "
+            if factor_target:
+                verdict += "met" if near else "MISSED"
         if r.errors:
             verdict += f" ({r.errors} errors)"
         cpu_us = r.server_cpu / len(c.requests) * 1e6
         _say(f"{c.name:24} {len(c.requests) / r.seconds:6.0f} {p50:7.2f} {p99:7.2f} "
              f"{cpu_us:6.0f}us {f50:9.3f} {f99:9.3f} {factor:7.1f} {q99:10.3f} "
              f"{p99 / q99:8.1f}  {verdict}")  # fmt: skip
-    _say(f"targets: p99 < {TARGET_P99_MS:g} ms and p99 <= {TARGET_FACTOR:g} x the floor's p99, "
-         f"at concurrency {concurrency}.  floor: the same SQL alone, one query at a time; "
-         f"queued: the floor's queries at concurrency {concurrency} with nothing but the SQL "
-         f"(each waits for those ahead of it); CPU/req: the server process's CPU time per "
-         f"request")  # fmt: skip
+    targets = f"p99 < {TARGET_P99_MS:g} ms"
+    if factor_target:
+        targets += f" and p99 <= {TARGET_FACTOR:g} x the floor's p99"
+    _say(f"targets: {targets}, at concurrency {concurrency}.  floor: the same SQL alone, one "
+         f"query at a time; queued: the floor's queries at concurrency {concurrency} with "
+         f"nothing but the SQL (each waits for those ahead of it); CPU/req: the server "
+         f"process's CPU time per request")  # fmt: skip
     return ok
+
+
+def side_by_side(runs: list[tuple[str, list[Case]]]) -> None:
+    """One line per endpoint: each engine's p50/p99 of the same run."""
+    _say("")
+    head = f"{'endpoint':24}" + "".join(f" {name + ' p50/p99 ms':>26}" for name, _ in runs)
+    _say(head)
+    _say("-" * len(head))
+    for i, case in enumerate(runs[0][1]):
+        cells = []
+        for _, cases in runs:
+            r = cases[i].best
+            cells.append(f"{statistics.median(r.http_ms):12.2f} / {r.p99:9.2f}")
+        _say(f"{case.name:24}" + "".join(f" {cell:>26}" for cell in cells))
+
+
+class _PostgresFloor:
+    """A psycopg connection that takes the floors' SQL as written for
+    SQLite (``?`` placeholders): the same statements on both engines."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql: str, args: tuple = ()):
+        return self._conn.execute(sql.replace("?", "%s"), args)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def run_engine(
+    engine: str, location: str, cases: list[Case], args: argparse.Namespace, warmup: int
+) -> list[str]:
+    """Serve the store at ``location`` in its own process, check its answers
+    against the bare SQL, load it in rounds, then time the floors; returns
+    the server's last lines."""
+    import psutil
+
+    rounds = 1 if args.quick else args.rounds
+    server, port = start_server(
+        location, cpu=-1 if args.no_pin else 1, log_level=args.log_level,
+        read_budget_us=args.read_budget_us, metrics=args.metrics,
+    )  # fmt: skip
+    where = "any CPU" if args.no_pin else "CPU 1, load generator on CPU 0"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    _say(f"{engine}: server pid {server.pid} on {where}, log level {args.log_level}, read "
+         f"budget {args.read_budget_us} us, metrics {'on' if args.metrics else 'off'}; "
+         f"load average {load}")  # fmt: skip
+    try:
+        if engine == "SQLite":
+            conn = sqlite3.connect(f"file:{location}?mode=ro", uri=True, isolation_level=None)
+        else:
+            conn = _PostgresFloor(location)
+        process = psutil.Process(server.pid)
+        for case in cases:
+            asyncio.run(_check_answers(port, case, conn, 20))
+        # Round-robin over the endpoints: a burst of other work on the machine
+        # spoils one round of several endpoints rather than every round of one.
+        for n in range(rounds):
+            _say(f"round {n + 1}/{rounds}: {len(cases[0].requests):,} requests per endpoint "
+                 f"at concurrency {args.concurrency}")  # fmt: skip
+            for case in cases:
+                case.rounds.append(_load(port, case, args.concurrency, warmup, process))
+        for case in cases:
+            _floor(case, conn, warmup)
+        conn.close()
+    finally:
+        server.terminate()
+        rest, _ = server.communicate(timeout=10)
+    return rest.splitlines()
+
+
+def pg_location(store: str, stack: contextlib.ExitStack) -> str:
+    """The PostgreSQL database of ``--store``: its URL as given, or for
+    ``throwaway`` a database on a cluster made for this run (removed after it)."""
+    if store != "throwaway":
+        return store
+    from agi_app.store.pg_testing import ThrowawayCluster, create_database
+
+    # Reads only: durability does not matter; the buffers hold the hot indexes.
+    cluster = ThrowawayCluster(settings={
+        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+        "shared_buffers": "1GB", "max_wal_size": "4GB", "checkpoint_timeout": "30min",
+    })  # fmt: skip
+    stack.enter_context(cluster)
+    _say(f"PostgreSQL: a throwaway cluster for this run on 127.0.0.1:{cluster.port}")
+    return create_database(cluster.url, "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -789,6 +1034,14 @@ def main(argv: list[str] | None = None) -> int:
         "thread, as before inline reads)",
     )
     parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="also run the same load on the same store in PostgreSQL: "
+        "postgresql://user:pass@host:port/db (an empty database, or one an earlier run "
+        "filled), or 'throwaway' for a cluster made for this run; the figures are printed "
+        "beside SQLite's",
+    )
+    parser.add_argument(
         "--metrics",
         action="store_true",
         help="count every answer for GET /metrics, as the application does (the HTTP "
@@ -810,48 +1063,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_fixed_web:
         serve_fixed_web(args.cpu)
         return 0
-    import psutil
+    if args.store and args.store != "throwaway" and not args.store.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        parser.error("--store takes a postgresql:// URL or 'throwaway'")
 
     requests, rounds = (1000, 1) if args.quick else (args.requests, args.rounds)
     warmup = min(200, requests // 5)
     if args.calls < DEEP_PAGE * PER_PAGE:
         parser.error(f"--calls must be at least {DEEP_PAGE * PER_PAGE} for page {DEEP_PAGE}")
-    path, counts = ensure_store(args.calls)
-    cases = build_cases(counts, requests)
-    server, port = start_server(
-        path, cpu=-1 if args.no_pin else 1, log_level=args.log_level,
-        read_budget_us=args.read_budget_us, metrics=args.metrics,
-    )  # fmt: skip
-    if not args.no_pin:
-        _pin(0)
-    where = "any CPU" if args.no_pin else "CPU 1, load generator on CPU 0"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    _say(f"server pid {server.pid} on {where}, log level {args.log_level}, read budget "
-         f"{args.read_budget_us} us, metrics {'on' if args.metrics else 'off'}; "
-         f"load average {load}")  # fmt: skip
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-        process = psutil.Process(server.pid)
-        for case in cases:
-            asyncio.run(_check_answers(port, case, conn, 20))
-        # Round-robin over the endpoints: a burst of other work on the machine
-        # spoils one round of several endpoints rather than every round of one.
-        for n in range(rounds):
-            _say(f"round {n + 1}/{rounds}: {len(cases[0].requests):,} requests per endpoint "
-                 f"at concurrency {args.concurrency}")  # fmt: skip
-            for case in cases:
-                case.rounds.append(_load(port, case, args.concurrency, warmup, process))
-        for case in cases:
-            _floor(case, conn, warmup)
-        conn.close()
-    finally:
-        server.terminate()
-        rest, _ = server.communicate(timeout=10)
-    moved = [line.split()[1] for line in rest.splitlines() if line.startswith("MOVED ")]
-    if moved:
-        _say(f"store: {moved[0]} reads ran over the read budget and were done again on the "
-             f"worker thread")  # fmt: skip
-    reference, cpu = cases[-1], -1 if args.no_pin else 1
+    with contextlib.ExitStack() as stack:
+        path, counts = ensure_store(args.calls)
+        engines = [("SQLite", str(path))]
+        if args.store:
+            url = pg_location(args.store, stack)
+            pg_counts = ensure_pg_store(url, args.calls)
+            if {k: pg_counts[k] for k in counts} != counts:
+                raise SystemExit(f"the two stores differ: {counts} and {pg_counts}")
+            engines.append(("PostgreSQL", url))
+        if not args.no_pin:
+            _pin(0)
+        runs = []
+        for engine, location in engines:
+            cases = build_cases(counts, requests)  # the same requests for each engine
+            rest = run_engine(engine, location, cases, args, warmup)
+            moved = [line.split()[1] for line in rest if line.startswith("MOVED ")]
+            if moved:
+                _say(f"store: {moved[0]} reads ran over the read budget and were done again "
+                     f"on the worker thread")  # fmt: skip
+            runs.append((engine, cases))
+    reference, cpu = runs[0][1][-1], -1 if args.no_pin else 1
     floors = {
         web: min(
             (transport_floor(cpu, reference, args.concurrency, warmup, web)
@@ -860,7 +1101,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         for web in (False, True)
     }  # fmt: skip
-    met = report(cases, args.concurrency)
+    met = True
+    for engine, cases in runs:
+        met &= report(cases, args.concurrency, engine)
+    if len(runs) > 1:
+        side_by_side(runs)
     for web, what in (
         (False, "a plain epoll loop: what sockets and scheduling on this machine add"),
         (True, "a bare twisted.web Site: HTTP parsing and writing, nothing else"),

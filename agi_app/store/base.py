@@ -3,9 +3,10 @@
 Everything the application persists goes through :class:`Store`: calls, their
 status history (CONTRACT section 2), recordings and operator state.  Every
 public method returns a Deferred; an implementation keeps its blocking work
-off the reactor thread.  The SQLite implementation is
-:class:`agi_app.store.sqlite.SQLiteStore`; a PostgreSQL one would implement
-the same methods.
+off the reactor thread.  The implementations are
+:class:`agi_app.store.sqlite.SQLiteStore` and
+:class:`agi_app.store.postgres.PostgresStore`; every contract test of the
+store runs on both.
 
 Shapes of the dicts handed out:
 

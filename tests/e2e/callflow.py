@@ -19,6 +19,7 @@ from agi_app.agi import ScriptRegistry, listen
 from agi_app.app import Application
 from agi_app.config import AGIConfig, load
 from agi_app.sandbox import poll
+from agi_app.store.pg_testing import create_database
 
 #: the test session's HTTP and WebSocket ports (the sandbox's test profile
 #: uses 2xxxx ports; AGI_APP_SANDBOX_PORT_OFFSET moves them all, 10 apart
@@ -34,8 +35,25 @@ def reactor():
     return r
 
 
+#: a PostgreSQL server (the URL of any database on it) the e2e agi_app keeps
+#: its store on, a fresh database per test; unset: an SQLite file per test
+_STORE_SERVER = os.environ.get("AGI_APP_TEST_STORE_URL", "")
+_STORE_DATABASES: dict[str, str] = {}
+
+
+def _store_url(tmp_path) -> str:
+    """The test's own PostgreSQL database (one per test folder, so an app
+    started again in the same test finds its store), or "" for SQLite."""
+    if not _STORE_SERVER:
+        return ""
+    if str(tmp_path) not in _STORE_DATABASES:
+        _STORE_DATABASES[str(tmp_path)] = create_database(_STORE_SERVER, "e2e")
+    return _STORE_DATABASES[str(tmp_path)]
+
+
 def app_config(sandbox, tmp_path, **overrides: str):
-    """A Config for an agi_app talking to the sandbox, with its own store."""
+    """A Config for an agi_app talking to the sandbox, with its own store
+    (on PostgreSQL when ``AGI_APP_TEST_STORE_URL`` names a server)."""
     env = dict(sandbox.agi_app_config())
     env.update(
         {
@@ -43,6 +61,7 @@ def app_config(sandbox, tmp_path, **overrides: str):
             "AGI_APP_HTTP_PUBLIC_URL": f"http://127.0.0.1:{HTTP_PORT}",
             "AGI_APP_WEBSOCKET_LISTEN": f"tcp:{WS_PORT}:interface=127.0.0.1",
             "AGI_APP_STORE_PATH": str(tmp_path / "agi_app.sqlite3"),
+            "AGI_APP_STORE_URL": _store_url(tmp_path),
             "AGI_APP_AMI_PING_INTERVAL": "2",
             "AGI_APP_AMI_ACTION_TIMEOUT": "3",
             "AGI_APP_AMI_MAX_BACKOFF": "1",

@@ -1,4 +1,4 @@
-"""The call statistics of the store: the summary tables the triggers keep as
+"""The call statistics of the store (on both engines): the summary tables the triggers keep as
 statuses are written agree with the same figures computed the plain way
 from the history (here, in Python), with a rebuild from the history, and the
 store's range queries agree with sums over the plain figures."""
@@ -14,9 +14,12 @@ from hypothesis import strategies as hs
 from twisted.internet.task import Clock
 
 from agi_app.calls import statuses as st
+from agi_app.store import Store, pg_schema
+from agi_app.store.pg_testing import Handover
+from agi_app.store.pg_testing import settled as fired
 from agi_app.store.schema import rebuild_call_stats
 from agi_app.store.stats_sqlite import hour_key
-from agi_app.store.testing import MemoryStore, fired
+from agi_app.store.testing import MemoryStore
 from agi_app.times import iso_time, parse_time
 
 T0 = datetime(2026, 12, 5, 22, 0, tzinfo=UTC).timestamp()
@@ -63,7 +66,7 @@ def calls(draw):
     return kind, sip, steps
 
 
-def play(store: MemoryStore, clock: Clock, all_calls, starts=None) -> None:
+def play(store: Store, clock: Clock, all_calls, starts=None) -> None:
     """Run the calls, each from its start (seconds after now; default one
     after the other), their steps interleaved in time order: a call's
     answer or end lands in an hour where later calls are counted already."""
@@ -87,14 +90,21 @@ def play(store: MemoryStore, clock: Clock, all_calls, starts=None) -> None:
             fired(store.add_status(f"c{n}", status, detail, talk_seconds=talk))
 
 
-def reference(store: MemoryStore) -> tuple[dict, dict]:
+def _rows(store: Store, sql: str) -> list[dict]:
+    return fired(store._run(store._select, sql))
+
+
+def reference(store: Store) -> tuple[dict, dict]:
     """The figures per (hour, sip) and the outcomes per (hour, status),
     computed from the history one call at a time."""
     operators: dict = defaultdict(lambda: dict.fromkeys(
         ("offered", "answered", "ring_ms", "talked", "talk_ms"), 0))  # fmt: skip
     outcomes: dict = defaultdict(int)
-    for call in store.all_calls():
-        entries = store.history(call["call_id"])
+    history = defaultdict(list)
+    for e in _rows(store, "SELECT * FROM call_status ORDER BY id"):
+        history[e["call_id"]].append(e)
+    for call in _rows(store, "SELECT * FROM calls"):
+        entries = history[call["call_id"]]
         by_status = {e["status"]: e for e in entries}
         if call["final_status"]:
             outcomes[(call["created_at"][:13], call["final_status"])] += 1
@@ -131,39 +141,86 @@ def ms_between(a: str, b: str) -> int:
     return max(0, round((parse_time(b) - parse_time(a)) * 1000))
 
 
-def tables(store: MemoryStore) -> tuple[dict, dict]:
+def tables(store: Store) -> tuple[dict, dict]:
     """The figures per (hour, sip) -- each hour's running totals minus the
     operator's previous ones -- and the outcomes per (hour, status)."""
-    rows = fired(store._run(store._select, "SELECT * FROM operator_totals ORDER BY sip, hour"))
+    rows = _rows(store, "SELECT * FROM operator_totals ORDER BY sip, hour")
     operators, before = {}, {}
     for r in rows:
         hour, sip = r.pop("hour"), r.pop("sip")
         previous = before.get(sip, dict.fromkeys(r, 0))
         operators[(hour, sip)] = {k: v - previous[k] for k, v in r.items()}
         before[sip] = r
-    assert fired(store._run(store._select, "SELECT * FROM operator_changes")) == []
-    rows = fired(store._run(store._select, "SELECT * FROM outcome_hours"))
+    if isinstance(store, MemoryStore):  # PostgreSQL's triggers call a function instead
+        assert _rows(store, "SELECT * FROM operator_changes") == []
+    rows = _rows(store, "SELECT * FROM outcome_hours")
     outcomes = {(r["period"], r["status"]): r["n"] for r in rows}
     return operators, outcomes
 
 
-def rebuild(store: MemoryStore) -> None:
-    def run() -> None:
-        with store._db.atomic():
-            rebuild_call_stats(store._conn)
+def rebuild(store: Store) -> None:
+    if isinstance(store, MemoryStore):
 
-    fired(store._run(run))
+        def run() -> None:
+            with store._db.atomic():
+                rebuild_call_stats(store._conn)
+
+        fired(store._run(run))
+        return
+
+    def run_pg(conn) -> None:
+        with conn.transaction():
+            pg_schema.rebuild_call_stats(conn)
+
+    fired(store._run(run_pg))
 
 
-def fresh() -> tuple[MemoryStore, Clock]:
-    clock = Clock()
-    clock.advance(T0)
-    return MemoryStore(clock), clock
+def _maker(cluster):
+    """Makes a new, empty store (each call one: SQLite's MemoryStore, or
+    with ``cluster`` a PostgresStore on a new schema of it) and its clock;
+    its Deferreds can be waited for with :func:`fired` outside the reactor."""
+
+    def make() -> tuple[Store, Clock]:
+        clock = Clock()
+        clock.advance(T0)
+        if cluster is None:
+            return MemoryStore(clock), clock
+        from agi_app.store.postgres import PostgresStore
+
+        store = PostgresStore(cluster.new_schema(), reactor=Handover(), clock=clock)
+        store.open()
+        return store, clock
+
+    return make
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.fixture
+def fresh(store_engine: str, request: pytest.FixtureRequest):
+    """:func:`_maker` of the engine under test."""
+    return _maker(request.getfixturevalue("pg_cluster") if store_engine == "postgresql" else None)
+
+
+# One test per engine, not a parametrized one: pytest-twisted wraps a
+# hypothesis test's body in place, so its second parameter would run
+# wrapped twice.
+_EXAMPLES = settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow,
+                                            HealthCheck.function_scoped_fixture])  # fmt: skip
+
+
+@_EXAMPLES
 @given(hs.lists(calls(), max_size=25), hs.data())
-def test_the_kept_figures_are_the_history_summed_up(all_calls, data):
+def test_the_kept_figures_are_the_history_summed_up_on_sqlite(all_calls, data):
+    kept_figures_are_the_history_summed_up(_maker(None), all_calls, data)
+
+
+@_EXAMPLES
+@given(hs.lists(calls(), max_size=25), hs.data())
+def test_the_kept_figures_are_the_history_summed_up_on_postgresql(pg_cluster, all_calls, data):
+    kept_figures_are_the_history_summed_up(_maker(pg_cluster), all_calls, data)
+
+
+def kept_figures_are_the_history_summed_up(fresh, all_calls, data) -> None:
     store, clock = fresh()
     starts = data.draw(hs.lists(hs.floats(min_value=0, max_value=6 * 3600),
                                 min_size=len(all_calls), max_size=len(all_calls)))  # fmt: skip
@@ -210,7 +267,7 @@ def whole_hour(seconds: float) -> str:
     return iso_time(seconds - seconds % 3600)
 
 
-def test_a_range_by_day_reads_whole_days():
+def test_a_range_by_day_reads_whole_days(fresh):
     store, clock = fresh()
     try:
         play(store, clock, [("makeCall", "1000", [(st.OPERATOR_CALLTO, 0, None, None),
@@ -228,3 +285,38 @@ def test_a_range_by_day_reads_whole_days():
                                           "2026-12-05T10:00:00.000Z")) == []  # fmt: skip
     finally:
         fired(store.close())
+
+
+def test_two_nodes_writing_at_once_keep_the_same_totals(pg_cluster):
+    """Two PostgreSQL stores on one database (two nodes) write the steps of
+    their calls at the same moments: the kept totals still sum up the
+    history (the triggers of both run under the history's lock)."""
+    from agi_app.store.postgres import PostgresStore
+
+    url = pg_cluster.new_schema()
+    clock = Clock()
+    clock.advance(T0)
+    nodes = [PostgresStore(url, reactor=Handover(), clock=clock) for _ in range(2)]
+    for node in nodes:
+        node.open()
+    steps = [(st.OPERATOR_CALLTO, None, None), (st.OPERATOR_PICKUP, None, None),
+             (st.CLIENT_CALLTO, None, None), (st.CLIENT_PICKUP, None, None),
+             (st.FINISH, "talk", 30.25)]  # fmt: skip
+    try:
+        calls_ = range(40)
+        for n in calls_:
+            fired(nodes[n % 2].create_call(call_id=f"c{n}", kind="makeCall", sip=SIPS[n % 3],
+                                           phone="380631110000", order_id=None,
+                                           external_key=None, params={}))  # fmt: skip
+        for status, detail, talk in steps:
+            clock.advance(1234.5)  # the calls cross hours between steps
+            pending = [nodes[n % 2].add_status(f"c{n}", status, detail, talk_seconds=talk)
+                       for n in calls_]  # fmt: skip
+            for d in pending:
+                fired(d)
+        want_ops, want_outcomes = reference(nodes[0])
+        assert tables(nodes[1]) == (want_ops, want_outcomes)
+        assert sum(f["talked"] for f in want_ops.values()) == len(calls_)
+    finally:
+        for node in nodes:
+            fired(node.close())

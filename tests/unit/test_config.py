@@ -44,6 +44,7 @@ def test_defaults_are_the_contract_values() -> None:
     assert cfg.websocket.listen == "tcp:10150:interface=127.0.0.1"
     assert cfg.websocket.client_ids == ("password",)
     assert cfg.store.path == "var/agi_app.sqlite3"
+    assert cfg.store.url == ""  # SQLite unless a PostgreSQL URL is given
     d = cfg.dialing
     assert (d.operator_channel, d.client_channel) == ("PJSIP/{sip}", "PJSIP/{phone}@{trunk}")
     assert (d.default_trunk, d.call_time_to_ext) == ("pstn", 30)
@@ -355,6 +356,40 @@ def test_escaped_ipv6_any_address_is_not_loopback() -> None:
 def test_other_bad_values_name_the_key(key: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(None, environ={f"AGI_APP_{key}": value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://agi:pw@127.0.0.1:5432/agi_app",
+        "postgres://db.example/agi_app",
+        "postgresql://agi@[::1]/agi_app?sslmode=disable",
+        "postgresql:///agi_app?host=/run/postgresql",
+    ],
+)
+def test_a_postgresql_store_url_is_accepted(url: str) -> None:
+    assert load(None, environ={"AGI_APP_STORE_URL": url}).store.url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://h/db", r"must be postgresql://user:pass@host:port/db"),
+        ("postgresql:h/db", r"must be postgresql://"),
+        ("/var/lib/agi_app.sqlite3", r"must be postgresql://"),
+        ("postgresql://u:pw@h:99999/db", r"the port must be a number 1\.\.65535"),
+        ("postgresql://u:pw@h:0/db", r"the port must be a number"),
+        ("postgresql://u:pw@h:x/db", r"the port must be a number"),
+        ("postgresql://u:pw@/db", r"names no host"),
+        ("postgresql://u:pw@h/", r"must name one database"),
+        ("postgresql://u:pw@h/a/b", r"must name one database"),
+        ("postgresql://u:pw@h/db#x", r"a URL fragment"),
+    ],
+)
+def test_a_bad_store_url_is_refused_without_its_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^\[store\] url: " + message) as e:
+        load(None, environ={"AGI_APP_STORE_URL": url})
+    assert "pw" not in str(e.value)
 
 
 def test_config_error_is_a_value_error() -> None:

@@ -1,14 +1,13 @@
-"""The SQLite tables of the events service: subscriptions, the outbox in
-order, the delivery log, event ids that only grow, and a restart."""
+"""The tables of the events service, on SQLite and on PostgreSQL:
+subscriptions, the outbox in order, the delivery log, event ids that only
+grow, and a restart."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 
-from agi_app.store import SQLiteStore
+from agi_app.store import Store, store_at
 from agi_app.store.events_sqlite import LOG_KEEP
 
 
@@ -18,19 +17,20 @@ def _reactor():
     return reactor
 
 
-def open_store(path: Path) -> SQLiteStore:
-    store = SQLiteStore(str(path), reactor=_reactor())
+def open_store(location: str) -> Store:
+    store = store_at(location, _reactor())
     store.open()
     return store
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "events.sqlite3"
+def path(store_location: str) -> str:
+    """Where the store is: an SQLite file, or a PostgreSQL URL."""
+    return store_location
 
 
 @pytest.fixture
-def store(path: Path):
+def store(path: str):
     s = open_store(path)
     yield s
     pytest_twisted.blockon(s.close())

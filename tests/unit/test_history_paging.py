@@ -1,6 +1,6 @@
 """Paging of the newest-first listings (recordList, operatorHistory) at any
 depth, with the row counts the store keeps, and callHistory's unknown-call
-check -- against a real store on a temporary file."""
+check -- against a real store, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from agi_app.store import SQLiteStore, Store, schema
+from agi_app.store import SQLiteStore, Store, schema, store_at
 from agi_app.store.schema import MIGRATIONS
 from agi_app.web import Router, build_site, history
 from agi_app.web.testing import MemoryHTTP
@@ -24,14 +24,14 @@ def _reactor():
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = SQLiteStore(str(tmp_path / "store.sqlite3"), reactor=_reactor())
+def store(store_location: str):
+    s = store_at(store_location, _reactor())
     s.open()
     yield s
     pytest_twisted.blockon(s.close())
 
 
-async def add_recordings(store: SQLiteStore, count: int) -> list[int]:
+async def add_recordings(store: Store, count: int) -> list[int]:
     await store.create_call(
         call_id="c1", kind="makeCall", sip="1000", phone="380639920000", order_id="o-1",
         external_key=None, params={},
@@ -46,14 +46,15 @@ async def add_recordings(store: SQLiteStore, count: int) -> list[int]:
     return ids
 
 
-async def execute(store: SQLiteStore, sql: str, params: tuple = ()) -> None:
-    def run() -> None:
-        store._conn.execute(sql, params)
+async def execute(store: Store, sql: str) -> None:
+    """Run one statement on the store's own connection (its writer)."""
+    if isinstance(store, SQLiteStore):
+        await store._run(lambda: store._conn.execute(sql))
+    else:
+        await store._run(lambda conn: conn.execute(sql))
 
-    await store._run(run)
 
-
-async def expect_pages(store: SQLiteStore, ids: list[int]) -> None:
+async def expect_pages(store: Store, ids: list[int]) -> None:
     """Every page of every size up to 7 (and one past the end) is the slice of
     ``ids`` newest first, with the right total."""
     newest_first = sorted(ids, reverse=True)
@@ -73,7 +74,7 @@ async def expect_pages(store: SQLiteStore, ids: list[int]) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_record_pages_when_ids_are_contiguous(store: SQLiteStore):
+async def test_record_pages_when_ids_are_contiguous(store: Store):
     assert (await store.recordings(1, 20)) == (0, [])
     assert (await store.recordings_json(1, 20, "/r/")) == (0, "[]", 0)
     ids = await add_recordings(store, 23)
@@ -81,14 +82,14 @@ async def test_record_pages_when_ids_are_contiguous(store: SQLiteStore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_record_pages_after_the_oldest_are_removed(store: SQLiteStore):
+async def test_record_pages_after_the_oldest_are_removed(store: Store):
     ids = await add_recordings(store, 23)
     await execute(store, "DELETE FROM recordings WHERE record_id <= 5")
     await expect_pages(store, ids[5:])
 
 
 @pytest_twisted.ensureDeferred
-async def test_record_pages_with_gaps_in_the_ids(store: SQLiteStore):
+async def test_record_pages_with_gaps_in_the_ids(store: Store):
     ids = await add_recordings(store, 23)
     gone = {ids[3], ids[11], ids[12], ids[22]}  # the newest one too
     await execute(
@@ -101,7 +102,7 @@ async def test_record_pages_with_gaps_in_the_ids(store: SQLiteStore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_operator_history_pages_at_any_depth(store: SQLiteStore):
+async def test_operator_history_pages_at_any_depth(store: Store):
     changes = []
     for i in range(17):
         sip, status = f"10{i % 3:02d}", ("online", "inuse")[i // 3 % 2]
@@ -162,6 +163,52 @@ async def test_counts_of_an_existing_store_are_taken_when_it_is_upgraded(tmp_pat
         await s.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_pg_counts_of_an_existing_store_are_taken_when_it_is_upgraded(pg_cluster):
+    """The same on PostgreSQL: a database at the step before the row counts,
+    with rows, gets them counted when it is opened."""
+    import psycopg
+
+    from agi_app.store import pg_schema
+
+    location = pg_cluster.new_schema()
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("CREATE TABLE agi_app_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO agi_app_schema VALUES (0)")
+        for version, step in enumerate(pg_schema.MIGRATIONS[:-1]):
+            with conn.transaction():
+                step(conn)
+                conn.execute("UPDATE agi_app_schema SET version = %s", (version + 1,))
+        conn.execute(
+            "INSERT INTO calls (call_id, kind, params, created_at) "
+            "VALUES ('c', 'makeCall', '{}', '2026-11-25T21:04:37.123Z')"
+        )
+        for i in range(4):
+            conn.execute(
+                "INSERT INTO recordings (call_id, path, created_at) "
+                "VALUES ('c', %s, '2026-11-25T21:04:37.123Z')",
+                (f"/{i}.wav",),
+            )
+        conn.execute(
+            "INSERT INTO operator_history (sip, status, time) "
+            "VALUES ('1000', 'online', '2026-11-25T21:04:37.123Z')"
+        )
+    s = store_at(location, _reactor())
+    s.open()
+    try:
+        assert (await s.recordings(1, 10)).total == 4
+        assert (await s.operator_history(None, 1, 10)).total == 1
+        await s.add_recording(call_id="c", path="/4.wav")
+        page = await s.recordings(1, 2)
+        assert page.total == 5 and [r["path"] for r in page.items] == ["/4.wav", "/3.wav"]
+        await execute(s, "DELETE FROM recordings WHERE path IN ('/0.wav', '/1.wav')")
+        assert (await s.recordings(1, 10)).total == 3
+        await execute(s, "TRUNCATE recordings")
+        assert (await s.recordings(1, 10)) == (0, [])
+    finally:
+        await s.close()
+
+
 # -- callHistory of one call ------------------------------------------------------------
 
 
@@ -196,7 +243,7 @@ async def test_call_history_tells_an_unknown_call_from_one_with_nothing_new(stor
 
 
 @pytest_twisted.ensureDeferred
-async def test_entries_keep_every_character_and_their_order(store: SQLiteStore):
+async def test_entries_keep_every_character_and_their_order(store: Store):
     """The entries are read as one JSON row (see SQLiteStore._entries): any
     text must come back unchanged, nulls as None, ids as ints, in id order."""
     await store.create_call(

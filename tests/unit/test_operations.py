@@ -159,6 +159,18 @@ def test_the_backup_command(tmp_path, capsys):
     assert cli.main(["backup", "--config", str(ini), str(tmp_path / "no/such/dir/b")]) == 1
 
 
+def test_the_backup_command_refuses_a_store_in_postgresql(tmp_path, capsys):
+    ini = tmp_path / "agi_app.conf"
+    # never connected to: the command refuses before anything else
+    ini.write_text("[store]\nurl = postgresql://agi_app:s3cret@127.0.0.1:1/agi_app\n")
+    dest = tmp_path / "b.sqlite3"
+    assert cli.main(["backup", "--config", str(ini), str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "pg_dump" in err and "SQLite" in err
+    assert "s3cret" not in err
+    assert not dest.exists()
+
+
 # -- the systemd unit ------------------------------------------------------------------------
 
 

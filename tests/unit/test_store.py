@@ -1,5 +1,8 @@
-"""The SQLite store: schema and migrations, calls and statuses, recordings,
-operators, history queries, the worker thread and crash safety."""
+"""The store on both engines: schema and migrations, calls and statuses,
+recordings, operators, history queries and crash safety.  Every test that
+takes ``store`` or ``store_location`` runs on SQLite and on PostgreSQL (see
+tests/conftest.py); SQLite's worker thread and inline reads, and
+PostgreSQL's locks between several processes, have tests of their own."""
 
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ from agi_app.store import (
     FINAL_STATUSES,
     ExternalKeyConflict,
     SQLiteStore,
+    Store,
     StoreError,
     UnknownCall,
     iso_time,
+    store_at,
 )
 from agi_app.store.schema import MIGRATIONS
 from agi_app.store.testing import MemoryStore, fired
@@ -49,14 +54,29 @@ def clock() -> task.Clock:
     return c
 
 
+def open_at(location: str, clock: task.Clock | None = None) -> Store:
+    store = store_at(location, _reactor(), clock=clock)
+    store.open()
+    return store
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: task.Clock):
+def store(store_location: str, clock: task.Clock):
+    """An open store of the engine under test (both, one after the other)."""
+    s = open_at(store_location, clock)
+    yield s
+    pytest_twisted.blockon(s.close())
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path, clock: task.Clock):
+    """An open SQLite store, for the tests of SQLite's own machinery."""
     s = open_store(tmp_path / "var" / "store.sqlite3", clock)
     yield s
     pytest_twisted.blockon(s.close())
 
 
-async def make_call(store: SQLiteStore, call_id: str = "c1", **over) -> dict:
+async def make_call(store: Store, call_id: str = "c1", **over) -> dict:
     args = dict(
         call_id=call_id,
         kind="makeCall",
@@ -130,7 +150,8 @@ def test_a_newer_schema_is_refused(tmp_path: Path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_connection_settings(store: SQLiteStore):
+async def test_connection_settings(sqlite_store: SQLiteStore):
+    store = sqlite_store
     def pragmas():
         return {
             name: store._conn.execute(f"PRAGMA {name}").fetchone()[0]
@@ -142,7 +163,8 @@ async def test_connection_settings(store: SQLiteStore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_writes_run_only_on_the_worker_thread(store: SQLiteStore):
+async def test_writes_run_only_on_the_worker_thread(sqlite_store: SQLiteStore):
+    store = sqlite_store
     threads: set[int] = set()
     await store._run(store._conn.set_trace_callback, lambda sql: threads.add(threading.get_ident()))
     await make_call(store)
@@ -172,7 +194,8 @@ async def _seen_by(store: SQLiteStore, read) -> tuple[set[int], object, bool, bo
 
 
 @pytest_twisted.ensureDeferred
-async def test_api_reads_run_inline_and_see_every_committed_write(store: SQLiteStore):
+async def test_api_reads_run_inline_and_see_every_committed_write(sqlite_store: SQLiteStore):
+    store = sqlite_store
     await make_call(store)
     for status in ("OPERATOR_CALLTO", "OPERATOR_PICKUP"):
         entry = await store.add_status("c1", status)
@@ -198,7 +221,8 @@ async def test_api_reads_run_inline_and_see_every_committed_write(store: SQLiteS
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_read_over_its_budget_is_done_again_on_the_worker(store: SQLiteStore):
+async def test_a_read_over_its_budget_is_done_again_on_the_worker(sqlite_store: SQLiteStore):
+    store = sqlite_store
     await make_call(store)
     for _ in range(200):
         await store.add_status("c1", "OPERATOR_CALLTO")
@@ -215,9 +239,10 @@ async def test_a_read_over_its_budget_is_done_again_on_the_worker(store: SQLiteS
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_read_the_reader_cannot_do_now_is_done_on_the_worker(store: SQLiteStore):
+async def test_a_read_the_reader_cannot_do_now_is_done_on_the_worker(sqlite_store: SQLiteStore):
     """The inline reader never waits for a lock: a busy file sends the read
     to the worker thread, which may wait; other errors fail the read."""
+    store = sqlite_store
     await make_call(store)
     seen = []
 
@@ -256,8 +281,8 @@ async def test_reads_all_on_the_worker_without_a_budget(tmp_path: Path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_closed_store_fails_calls(tmp_path: Path):
-    store = open_store(tmp_path / "s.sqlite3")
+async def test_closed_store_fails_calls(store_location: str):
+    store = open_at(store_location)
     await store.close()
     with pytest.raises(StoreError):
         await store.get_call("x")
@@ -458,9 +483,10 @@ async def test_history_as_json_text_is_the_same_history(store: SQLiteStore):
     assert (await store.order_history_json("nobody")).count == 0
 
 
-def test_entry_list_is_sorted_when_the_aggregate_was_not(store: SQLiteStore, monkeypatch):
+def test_entry_list_is_sorted_when_the_aggregate_was_not(sqlite_store: SQLiteStore, monkeypatch):
     """SQLite does not promise the order an aggregate sees its rows in: a
     text out of order is put in order (ids are read off the text)."""
+    store = sqlite_store
     unordered = json.dumps([
         {"id": 7, "call_id": "a", "order_id": None, "status": "FINISH", "time": "t",
          "detail": None},
@@ -608,9 +634,9 @@ _WRITER = textwrap.dedent(
     """
     import sys
     from twisted.internet import reactor, defer
-    from agi_app.store import SQLiteStore
+    from agi_app.store import store_at
 
-    store = SQLiteStore(sys.argv[1], reactor=reactor)
+    store = store_at(sys.argv[1], reactor)
     store.open()
 
     async def main():
@@ -629,11 +655,11 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_acknowledged_writes_survive_sigkill(tmp_path: Path):
-    path = tmp_path / "crash.sqlite3"
+@pytest_twisted.ensureDeferred
+async def test_acknowledged_writes_survive_sigkill(store_location: str, clock: task.Clock):
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(path)],
+        [sys.executable, "-c", _WRITER, store_location],
         stdout=subprocess.PIPE,
         cwd=root,
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
@@ -649,10 +675,255 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path):
         proc.wait()
         proc.stdout.close()
     assert len(acknowledged) >= 300
-    conn = sqlite3.connect(path)
-    stored = {r[0] for r in conn.execute("SELECT id FROM call_status")}
-    conn.close()
+    store = open_at(store_location, clock)
+    try:
+        stored = {e["id"] for e in await store.statuses("c")}
+    finally:
+        await store.close()
     assert set(acknowledged) <= stored
+
+
+# -- PostgreSQL: several processes on one database ----------------------------------------
+
+
+@pytest.fixture
+def pg_location(pg_cluster) -> str:
+    """The URL of a fresh schema on the session's PostgreSQL cluster."""
+    return pg_cluster.new_schema()
+
+
+@pytest.fixture
+def pg_nodes(pg_location: str, clock: task.Clock):
+    """Two PostgreSQL stores on one database: two nodes, as far as the
+    database can tell (each has its own connections and writer thread)."""
+    nodes = [open_at(pg_location, clock), open_at(pg_location, clock)]
+    yield nodes
+    for node in nodes:
+        pytest_twisted.blockon(node.close())
+
+
+def _pg_schema_version(location: str) -> int:
+    import psycopg
+
+    from agi_app.store.pg_schema import schema_version
+
+    with psycopg.connect(location, autocommit=True) as conn:
+        return schema_version(conn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pg_open_migrates_an_empty_database_and_reopens_it(pg_location: str):
+    import psycopg
+
+    from agi_app.store.pg_schema import MIGRATIONS as PG_MIGRATIONS
+
+    store = open_at(pg_location)
+    call = (await make_call(store, "keep"))
+    await store.close()
+    assert _pg_schema_version(pg_location) == len(PG_MIGRATIONS) == len(MIGRATIONS)
+    with psycopg.connect(pg_location, autocommit=True) as conn:
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )}  # fmt: skip
+    assert {"calls", "call_status", "recordings", "operators", "operator_history", "events",
+            "event_outbox", "row_counts", "agi_app_schema"} <= tables  # fmt: skip
+    again = open_at(pg_location)  # an existing, current database: no step runs again
+    try:
+        assert await again.get_call("keep") == call
+    finally:
+        await again.close()
+
+
+def test_pg_a_newer_schema_is_refused(pg_location: str):
+    import psycopg
+
+    from agi_app.store.pg_schema import MIGRATIONS as PG_MIGRATIONS
+
+    with psycopg.connect(pg_location, autocommit=True) as conn:
+        conn.execute("CREATE TABLE agi_app_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO agi_app_schema VALUES (%s)", (len(PG_MIGRATIONS) + 1,))
+    with pytest.raises(StoreError, match="newer"):
+        open_at(pg_location)
+
+
+def test_pg_an_unreachable_database_is_a_clear_error_without_the_password(pg_cluster):
+    from agi_app.store.postgres import PostgresStore
+
+    closed = socket_port_nobody_listens_on()
+    store = PostgresStore(
+        f"postgresql://agi_app:s3cret@127.0.0.1:{closed}/x", reactor=_reactor(),
+        connect_timeout=1.0,
+    )  # fmt: skip
+    with pytest.raises(StoreError, match="cannot use the database") as e:
+        store.open()
+    assert "s3cret" not in str(e.value) and ":***@" in str(e.value)
+    assert not store.is_open
+
+
+def socket_port_nobody_listens_on() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest_twisted.ensureDeferred
+async def test_pg_queries_never_run_on_the_reactor_thread(pg_location: str):
+    store = open_at(pg_location)
+    try:
+        here = threading.get_ident()
+        write = await store._run(lambda conn: threading.get_ident())
+        reads = await defer.gatherResults(
+            [store._read(lambda conn: threading.get_ident()) for _ in range(8)]
+        )
+        assert write != here and here not in reads and write not in reads
+        # one writer thread: writes run one at a time, in call order
+        writers = await defer.gatherResults(
+            [store._run(lambda conn: threading.get_ident()) for _ in range(8)]
+        )
+        assert set(writers) == {write}
+        # every connection plans the store's statements once (pg_engine._configure)
+        modes = await defer.gatherResults(
+            [store._read(lambda conn: conn.execute("SHOW plan_cache_mode").fetchone()[0])
+             for _ in range(8)]
+            + [store._run(lambda conn: conn.execute("SHOW plan_cache_mode").fetchone()[0])]
+        )  # fmt: skip
+        assert set(modes) == {"force_generic_plan"}
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_engines_write_the_same_json(
+    sqlite_store: SQLiteStore, pg_location: str, clock: task.Clock
+):
+    """The API's JSON built in SQL: history entries are the same bytes on
+    both engines, recordings the same values."""
+    pg = open_at(pg_location, clock)
+    try:
+        texts, pages = [], []
+        for store in (sqlite_store, pg):
+            await make_call(store, "a", order_id="o1", external_key="k\"1")
+            for detail in ('say "hi" \\ {"id":1} \x01\x1f\t\n é ☎ \u2028', "", None):
+                await store.add_status("a", "OPERATOR_CALLTO", detail)
+            await store.add_recording(call_id="a", path="/r/a.wav", duration=3.0, size=44)
+            await store.add_recording(call_id="a", path="/r/b.wav", duration=7.123456)
+            texts.append((await store.order_history_json("o1")).json)
+            texts.append((await store.history_after_json(1, 2)).json)
+            pages.append(await store.recordings_json(1, 20, "http://h/records/"))
+        assert texts[0] == texts[2] and texts[1] == texts[3]
+        assert (pages[0].total, pages[0].count) == (pages[1].total, pages[1].count) == (2, 2)
+        assert pages[0].items() == pages[1].items()
+    finally:
+        await pg.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pg_history_ids_become_visible_in_commit_order(pg_nodes, pg_location: str):
+    """Another node's transaction has taken a history id and not committed
+    yet: a write here must not take (and show) a larger id before that one
+    is visible, or a poller would skip it for good."""
+    import psycopg
+
+    from agi_app.store.pg_schema import HISTORY_LOCK
+
+    node, _ = pg_nodes
+    await make_call(node, "a")
+    await make_call(node, "b")
+    [first] = await node.statuses("a")
+    other = psycopg.connect(pg_location)  # the other node, mid-transaction
+    try:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (HISTORY_LOCK,))
+        slow_id = other.execute(
+            "INSERT INTO call_status (call_id, order_id, status, time) "
+            "VALUES ('a', 'order-15', 'OPERATOR_CALLTO', '2026-11-25T21:04:37.123Z') RETURNING id"
+        ).fetchone()[0]
+        written = node.add_status("b", "OPERATOR_CALLTO")
+        # The write waits for the other transaction; a poller sees neither.
+        for _ in range(5):
+            page = await node.history_after(first["id"], 10)
+            assert [e["call_id"] for e in page] == ["b"]  # b's CALL entry only
+            assert not written.called
+        other.commit()
+    finally:
+        other.close()
+    entry = await written
+    assert entry["id"] > slow_id
+    page = await node.history_after(first["id"], 10)
+    assert [e["id"] for e in page][-2:] == [slow_id, entry["id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pg_two_nodes_polled_while_writing_never_miss_or_repeat(pg_nodes):
+    a, b = pg_nodes
+    expected, seen, last = 0, [], 0
+    for round_ in range(15):
+        writes = []
+        for node, name in ((a, f"a{round_}"), (b, f"b{round_}")):
+            writes.append(node.create_call(
+                call_id=name, kind="incoming", sip=None, phone="123", order_id=None,
+                external_key=None, params={},
+            ))  # fmt: skip
+            writes += [node.add_status(name, s) for s in ("OPERATOR_CALLTO", "OPERATOR_PICKUP")]
+            expected += 3
+        # Poll with a small page, through either node, while the writes are queued.
+        page = await (a, b)[round_ % 2].history_after(last, 2)
+        seen += [e["id"] for e in page]
+        if page:
+            last = page[-1]["id"]
+        await defer.gatherResults(writes)
+    while page := await a.history_after(last, 3):
+        seen += [e["id"] for e in page]
+        last = page[-1]["id"]
+    assert len(seen) == expected == len(set(seen)) and seen == sorted(seen)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pg_two_nodes_racing_final_statuses_leave_exactly_one(pg_nodes):
+    a, b = pg_nodes
+    calls = [f"race-{i}" for i in range(20)]
+    for c in calls:
+        await make_call(a, c)
+    pending = [
+        (c, s, node.add_status(c, s, "from racer"))
+        for s in sorted(FINAL_STATUSES) for c in calls for node in (a, b)
+    ]  # fmt: skip
+    results = await defer.gatherResults([d for _, _, d in pending])
+    for c in calls:
+        won = [s for (cc, s, _), r in zip(pending, results, strict=True) if cc == c and r]
+        assert len(won) == 1
+        assert (await b.get_call(c))["final_status"] == won[0]
+        finals = [e["status"] for e in await a.statuses(c) if e["status"] in FINAL_STATUSES]
+        assert finals == won
+
+
+@pytest_twisted.ensureDeferred
+async def test_pg_two_nodes_with_one_external_key_make_one_call(pg_nodes):
+    a, b = pg_nodes
+
+    def create(node, call_id, params):
+        return node.create_call(
+            call_id=call_id, kind="makeCall", sip="1000", phone="380639920000",
+            order_id="o", external_key="k", params=params,
+        )  # fmt: skip
+
+    results = await defer.DeferredList(
+        [create(a, "ca", {"x": 1}), create(b, "cb", {"x": 1}), create(b, "cc", {"x": 2})],
+        consumeErrors=True,
+    )
+    made = [r for ok, r in results if ok and r[1]]
+    again = [r for ok, r in results if ok and not r[1]]
+    conflicts = [r.value for ok, r in results if not ok]
+    assert len(made) == 1 and made[0][0]["call_id"] in ("ca", "cb", "cc")
+    winner = made[0][0]
+    if winner["params"] == {"x": 1}:
+        assert [c for c, _ in again] == [winner] and len(conflicts) == 1
+    else:
+        assert again == [] and len(conflicts) == 2
+    assert all(isinstance(e, ExternalKeyConflict) and e.call_id == winner["call_id"]
+               for e in conflicts)  # fmt: skip
+    assert len(await a.history_after(0, 100)) == 1
 
 
 # -- the in-memory store of unit tests ------------------------------------------
