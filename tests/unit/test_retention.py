@@ -99,79 +99,8 @@ def log(tmp_path: Path) -> Log:
     return Log(tmp_path)
 
 
-# -- the store's batch queries ------------------------------------------------------------
-
-
-def test_old_calls_are_the_finished_ones_before_the_time_oldest_first(log):
-    new = log.call(300)
-    old_open = log.call(1, finished=False)
-    second = log.call(20)
-    first = log.call(10, recorded=False)
-    batch = fired(log.store.old_calls("2026-06-01T00:00:00.000Z", 10))
-    assert batch.call_ids == [first, second]
-    assert [call for call, _ in batch.files] == [second]
-    assert batch.files[0][1].endswith(f"_{second}.wav")
-    assert fired(log.store.old_calls("2026-06-01T00:00:00.000Z", 1)).call_ids == [first]
-    assert new not in batch.call_ids and old_open not in batch.call_ids
-
-
-def test_delete_calls_removes_their_rows_and_keeps_the_counts_right(log):
-    a, b, c = log.call(1), log.call(2), log.call(3)
-    open_call = log.call(4, finished=False)
-    deleted = fired(log.store.delete_calls([a, c, open_call, "no-such-call"]))
-    assert (deleted.calls, deleted.entries, deleted.recordings) == (2, 6, 2)
-    assert sorted(Path(p).name for p in deleted.paths) == [f"o-1_{a}.wav", f"o-1_{c}.wav"]
-    assert log.calls() == [b, open_call]
-    assert log.rows("call_status") == 3 + 2
-    assert log.rows("recordings") == log.kept_total() == 2
-    # the rest of the log reads as before
-    assert [r["call_id"] for r in fired(log.store.recordings(1, 10)).items] == [open_call, b]
-    assert log.store.words(b) == ["CALL", "OPERATOR_CALLTO", "FINISH"]
-
-
-def test_old_recordings_and_their_deletion_skip_calls_in_progress(log):
-    a = log.call(1)
-    open_call = log.call(2, finished=False)
-    b = log.call(3)
-    log.call(100)
-    rows = fired(log.store.old_recordings("2026-02-01T00:00:00.000Z", 10))
-    ids = [r["record_id"] for r in rows]
-    assert [Path(r["path"]).name for r in rows] == [f"o-1_{a}.wav", f"o-1_{b}.wav"]
-    everything = [r["record_id"] for r in log.store.all_recordings()]
-    assert fired(log.store.delete_recordings(everything[:3])) == 2  # not the open call's
-    assert [r["call_id"] for r in log.store.all_recordings()] == [open_call, "c0004"]
-    assert log.kept_total() == 2
-    assert set(ids) <= set(everything[:3])
-    assert log.calls() == [a, open_call, b, "c0004"]  # the calls stay
-
-
-def test_subject_calls_of_an_order_and_of_a_phone_in_any_spelling(log):
-    a = log.call(1, order_id="o-7", phone="380631112233")
-    b = log.call(2, order_id="o-8", phone="+380631112233")
-    first = log.call(3, order_id="o-9", phone="380500000000", sip="380631112233",
-                     kind="phoneToPhone")  # fmt: skip
-    ext = log.call(4, order_id="o-9", phone="380500000000", sip="380631112233")  # a makeCall
-    going = log.call(5, order_id="o-7", phone="380509999999", finished=False)
-    order = fired(log.store.subject_calls(order_id="o-7"))
-    assert (order.call_ids, list(order.open_ids)) == ([a], [going])
-    for spelling in ("380631112233", "+380631112233"):
-        phone = fired(log.store.subject_calls(phone=spelling))
-        assert phone.call_ids == [a, b, first] and list(phone.open_ids) == []
-    assert ext not in fired(log.store.subject_calls(phone="380631112233", limit=10)).call_ids
-    assert fired(log.store.subject_calls(phone="380631112233", limit=2)).call_ids == [a, b]
-    with pytest.raises(ValueError):
-        log.store.subject_calls(order_id="o-7", phone="380631112233")
-
-
-def test_the_erasure_log_keeps_counts_and_the_subject_id(log):
-    entry = fired(log.store.log_erasure("order", "o-7", {"calls": 2, "entries": 9}))
-    assert entry["subject_id"] == "o-7" and entry["calls"] == 2 and entry["files"] == 0
-    fired(log.store.log_erasure("phone", "ab12", {"calls": 1}))
-    assert [e["subject"] for e in fired(log.store.erasures())] == ["order", "phone"]
-    assert [e["id"] for e in fired(log.store.erasures("phone", "ab12"))] == [entry["id"] + 1]
-    with pytest.raises(ValueError):
-        log.store.log_erasure("email", "x", {})
-
+# The store's batch queries are tested on both engines in
+# test_retention_store_engines.py.
 
 # -- the purge job -----------------------------------------------------------------------
 
