@@ -137,3 +137,13 @@ def test_no_import_hides_inside_a_function():
     hidden = [(a, b) for a, b, checking, nested in imports()
               if nested and not checking and a not in LAZY]  # fmt: skip
     assert hidden == []
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test files by their base name (no packages under
+    tests/): two test_x.py in different folders break a run of the whole
+    suite."""
+    tests = ROOT.parent / "tests"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) > 50, "the walk found no tests"
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

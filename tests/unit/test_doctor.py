@@ -1,5 +1,5 @@
 """The doctor's parts that need no PBX (the checks themselves run against the
-sandbox in tests/e2e/test_doctor.py): the contexts it looks for, its FastAGI
+sandbox in tests/e2e/test_doctor_e2e.py): the contexts it looks for, its FastAGI
 script, its output lines, and the faults the sandbox can be rendered with."""
 
 from __future__ import annotations
