@@ -47,6 +47,12 @@ _CHUNK = 64 * 1024
 _MAX_ERROR_TEXT = 2000
 
 
+#: the server's default ring time of the operator's phone (CONTRACT 4: callTimeToExt)
+DEFAULT_RING = 30.0
+#: seconds extToPhone without async waits beyond the ring time, plus a margin
+#: for the network (the server's own margin is 10 s)
+OUTCOME_WAIT = 15.0
+
 class ApiError(Exception):
     """The API answered with a non-2xx status.
 
@@ -112,10 +118,27 @@ class Calls:
         ``callTimeToExt``, ``limitCallTime``, ``playbackWaiting``, ``trunkNumber``,
         ``callerIdForEmployee``, ``async``, ``order_id``, ``external_key``.
 
+        Without ``async`` the server answers once the operator's leg has an
+        outcome: up to ``callTimeToExt`` (30 s by default) + 10 s.  The read
+        timeout of this request follows that wait (a client that gave up
+        earlier and retried without ``external_key`` would dial twice); pass
+        ``callTimeToExt`` when the server's ``[dialing] call_time_to_ext``
+        is not 30.
+
         >>> client.calls.extToPhone({"ext_number": "910", "phone_number": "0443334023"})
         {'status': 'success', 'generalCallID': '…', 'result': 'OPERATOR_PICKUP'}
         """
-        return self._post("extToPhone", params, kw)
+        body = dict(params or {})
+        body.update(kw)
+        timeout = None
+        if str(body.get("async", "")).lower() not in ("1", "true", "yes", "on"):
+            try:
+                ring = float(body.get("callTimeToExt") or DEFAULT_RING)
+            except (TypeError, ValueError):
+                ring = DEFAULT_RING  # the server answers 400 at once
+            timeout = max(self._client.timeout, ring + OUTCOME_WAIT)
+        return self._client._request("POST", "/api/calls/extToPhone", body=body,
+                                     timeout=timeout)  # fmt: skip
 
     def phoneToPhone(self, params: Mapping[str, Any] | None = None, **kw: Any) -> Any:
         """Two outside numbers: ``phoneNumber1``, ``phoneNumber2``, ``trunkNumber``;
@@ -474,9 +497,11 @@ class Client:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         stream_to: IO[bytes] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON answer (``None`` for an
-        empty one), or with ``stream_to`` the number of bytes copied there."""
+        empty one), or with ``stream_to`` the number of bytes copied there.
+        ``timeout``: this request's, instead of the client's."""
         url = self.url + path
         if query:
             pairs = [(k, _query_value(v)) for k, v in query.items() if v is not None]
@@ -492,7 +517,7 @@ class Client:
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
         what = f"{method} {path}"
         try:
-            resp = self._opener.open(req, timeout=self.timeout)
+            resp = self._opener.open(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as e:
             try:
                 raw = _read_all(e, what) if e.fp is not None else b""

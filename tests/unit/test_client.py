@@ -13,6 +13,7 @@ import io
 import json
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -883,3 +884,25 @@ def test_a_correct_signature_is_accepted() -> None:
 )
 def test_a_wrong_or_stale_signature_is_refused(header: str, payload: bytes, now: int) -> None:
     assert verify_signature(SECRET, header, payload, now=now) is False
+
+
+@pytest.mark.timeout(20)
+def test_ext_to_phone_waits_as_long_as_the_server_may(api: FakeAPI) -> None:
+    """Without async the server answers once the operator's leg has an
+    outcome (up to callTimeToExt + 10 s): the client's read timeout follows
+    that wait instead of giving up and tempting a retry that dials twice."""
+
+    def slow(seen: Seen, handler: BaseHTTPRequestHandler) -> Reply:
+        time.sleep(0.6)
+        return reply(200, {"status": "success", "generalCallID": "c-1",
+                           "result": "OPERATOR_PICKUP"})  # fmt: skip
+
+    api.route("POST", "/api/calls/extToPhone", slow)
+    client = Client(api.url, KEY, timeout=0.2)
+    answer = client.calls.extToPhone({"ext_number": "910", "phone_number": "0443334023",
+                                      "callTimeToExt": 1})  # fmt: skip
+    assert answer["result"] == "OPERATOR_PICKUP"
+    # the same wait with async, or any other call, keeps the client's timeout
+    with pytest.raises(ApiUnavailable):
+        client.calls.extToPhone({"ext_number": "910", "phone_number": "0443334023",
+                                 "async": True})  # fmt: skip
