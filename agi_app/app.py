@@ -43,7 +43,7 @@ from agi_app.live.control import CallControl, handed_over
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
 from agi_app.logs import service_log_observer
-from agi_app.metrics import Metrics
+from agi_app.metrics import Metrics, WebhookBacklog
 from agi_app.netguard import TargetGuard
 from agi_app.retention import Erasure, Retention
 from agi_app.store import store_from_config
@@ -52,6 +52,7 @@ from agi_app.web import history as history_module
 from agi_app.web.api import Router
 from agi_app.web.calls import CallEndpoints
 from agi_app.web.calls_control import CallControlEndpoints
+from agi_app.web.dashboard import Dashboard, DashboardEndpoints
 from agi_app.web.erasure import ErasureEndpoints
 from agi_app.web.extensions import CurrentCallsEndpoints
 from agi_app.web.extensions_events import ExtensionEventEndpoints
@@ -89,6 +90,8 @@ class EventParts:
     :param settings: delivery settings (default: from ``config``)
     :param record_link: the signed link of a recording (``RecordURL`` of
         ``record`` events); None: no ``record`` events
+    :param dashboard: the supervisor dashboard's snapshot (an async
+        function) the widget hub sends to supervisor connections
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class EventParts:
         control: Any = None,
         settings: DeliverySettings | None = None,
         record_link: Any = None,
+        dashboard: Any = None,
     ):
         self.config = config
         self.reactor = reactor
@@ -126,6 +130,7 @@ class EventParts:
             info=self.info,
             default_trunk=config.dialing.default_trunk,
             call_time_to_ext=config.dialing.call_time_to_ext,
+            dashboard=dashboard,
         )
         self.endpoints = ExtensionEventEndpoints(
             self.service,
@@ -230,11 +235,21 @@ class Application:
             secret, public_url=config.http.public_url, ttl=config.http.record_link_ttl,
             clock=reactor,
         )  # fmt: skip
+        # The supervisor's live dashboard: its figures read where the API
+        # reads them (sipList, current calls, callStats, the webhook backlog).
+        self.dashboard = Dashboard(
+            self.store, self.tracker, backlog=WebhookBacklog(self.store, reactor), clock=reactor
+        )
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
             control=self.control, reactor=reactor, record_link=self.links.url,
+            dashboard=self.dashboard.snapshot,
         )  # fmt: skip
+        # The dashboard is sent again a moment after a status or an
+        # operator's state changes (call events reach the hub anyway).
+        self.lifecycle.on_status.append(self.events.hub.dashboard_changed)
+        self.ami.subscribe(self.events.hub.dashboard_changed, "DeviceStateChange")
         self.lifecycle.recorder.on_complete(self.events.generator.recording_complete)
         # Old history and recordings go; a subject's data goes on request.
         run_blocking = _in_threads(reactor)
@@ -340,8 +355,12 @@ class Application:
         stats.add_routes(router)
         erasure = ErasureEndpoints(self.erasure)
         erasure.add_routes(router)
+        dashboard = DashboardEndpoints(
+            self.dashboard, self.config.websocket.token_secret, clock=self.reactor
+        )
+        dashboard.add_routes(router)
         parts = [history_module, calls, current, control, extensions_events, widget, missed,
-                 stats, erasure, self.metrics]  # fmt: skip
+                 stats, erasure, dashboard, self.metrics]  # fmt: skip
         openapi.add_routes(router, openapi.build_document(parts))
         return router
 

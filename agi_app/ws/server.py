@@ -15,6 +15,13 @@ Who may connect (``docs/security.md``, "Browser widget"):
   connection with a code of 4000-4099 and a reason saying why (the
   ``CLOSE_*`` constants).
 
+A supervisor token (``sv1.…``, :mod:`agi_app.ws.tokens`) opens a
+read-only connection for the live dashboard: it follows no phone and acts as
+none, and gets ``dashboard`` messages (the snapshot of ``GET
+/api/dashboard``) when it says hello, a moment after anything changes (calls,
+statuses, operators; at most every :data:`DASHBOARD_DELAY` seconds), and
+every :data:`DASHBOARD_INTERVAL` seconds in any case.
+
 After that a widget sets its user's phone (``set_phone``; with a token only
 its own extension), places calls (``call``), transfers (``transfer``, only
 calls its user's phone takes part in) and receives ``event`` messages for
@@ -29,7 +36,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +59,8 @@ __all__ = [
     "CLOSE_NO_HELLO",
     "CLOSE_OTHER_EXTENSION",
     "CLOSE_TOKEN_EXPIRED",
+    "DASHBOARD_DELAY",
+    "DASHBOARD_INTERVAL",
     "HELLO_TIMEOUT",
     "MAX_FRAME",
     "MAX_MESSAGE",
@@ -81,6 +90,14 @@ HELLO_TIMEOUT = 10.0
 MAX_MESSAGE = 4096
 #: largest message autobahn accepts at all; larger ones close the connection (1009)
 MAX_FRAME = 65536
+#: seconds from a change to the dashboard snapshot sent for it (changes in
+#: between are sent together: a burst of events costs one snapshot)
+DASHBOARD_DELAY = 0.3
+#: seconds between dashboard snapshots when nothing changes (the webhook
+#: backlog and the call durations move without events)
+DASHBOARD_INTERVAL = 5.0
+#: what a supervisor connection is told when it asks to act
+_READ_ONLY = "a supervisor connection watches every extension and acts as none"
 
 
 class WidgetError(AppError):
@@ -115,6 +132,9 @@ class WidgetHub:
     :param control: call control behind ``transfer()`` (a
         :class:`~agi_app.live.control.CallControl`), or None
     :param info: :class:`~agi_app.events.generator.CallInfo` for record links
+    :param dashboard: an async function giving the dashboard snapshot sent to
+        supervisor connections (``agi_app.web.dashboard.Dashboard.snapshot``);
+        None: supervisor tokens are refused
     """
 
     def __init__(
@@ -129,6 +149,8 @@ class WidgetHub:
         info: Any = None,
         default_trunk: str = "pstn",
         call_time_to_ext: int = 30,
+        dashboard: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        dashboard_interval: float = DASHBOARD_INTERVAL,
     ):
         if token_secret and clock is None:
             raise ValueError("a clock is needed to check the expiry of tokens")
@@ -144,6 +166,15 @@ class WidgetHub:
         self._by_phone: dict[str, set[WidgetProtocol]] = {}
         self._connections: set[WidgetProtocol] = set()
         self._unsubscribe: Callable[[], object] | None = None
+        self._dashboard = dashboard
+        self._dashboard_interval = dashboard_interval
+        self._supervisors: set[WidgetProtocol] = set()
+        self._dashboard_soon: Any = None  # the delayed push after a change
+        self._dashboard_tick: Any = None  # the periodic push
+        self._dashboard_building = False
+        self._dashboard_dirty = False
+        #: dashboard snapshots sent (each to every supervisor connection)
+        self.dashboards_sent = 0
         # The call as each live leg last saw it: at the hangup the other
         # party is often gone already.
         self._legs = LegMemory()
@@ -165,6 +196,7 @@ class WidgetHub:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self._stop_dashboard()
         for proto in list(self._connections):
             # 1001 "going away" is the code for this (RFC 6455 7.4.1), which
             # autobahn's sendClose() keeps for itself: write the frame directly.
@@ -202,6 +234,19 @@ class WidgetHub:
             return None
         raise Refused(CLOSE_BAD_CLIENT_ID, "invalid client_id")
 
+    def authenticate_supervisor(self, client_id: str) -> None:
+        """Accept a supervisor token, or raise :class:`Refused` (an
+        invalid, forged or expired one; any while there is no dashboard or
+        no token secret)."""
+        if not self._token_secret or self._dashboard is None:
+            raise Refused(CLOSE_BAD_CLIENT_ID, "invalid client_id")
+        try:
+            tokens.verify_supervisor(self._token_secret, client_id, self._clock.seconds())
+        except tokens.TokenExpired as e:
+            raise Refused(CLOSE_TOKEN_EXPIRED, e.reason) from None
+        except tokens.TokenError as e:
+            raise Refused(CLOSE_BAD_CLIENT_ID, e.reason) from None
+
     def refused(self, reason: str) -> None:
         """Count a refused connection."""
         self.refusals[reason] += 1
@@ -214,6 +259,9 @@ class WidgetHub:
         """A connection closed."""
         self._connections.discard(proto)
         self._unlink(proto)
+        self._supervisors.discard(proto)
+        if not self._supervisors:
+            self._stop_dashboard()
 
     def set_phone(self, proto: WidgetProtocol, phone: str | None) -> None:
         """Route the events of ``phone`` (an extension) to ``proto``."""
@@ -232,6 +280,72 @@ class WidgetHub:
     def widgets_of(self, phone: str) -> int:
         """How many widgets follow ``phone``."""
         return len(self._by_phone.get(phone, ()))
+
+    # -- the dashboard ------------------------------------------------------
+
+    @property
+    def supervisors(self) -> int:
+        """Connected supervisor connections (the live dashboard)."""
+        return len(self._supervisors)
+
+    def add_supervisor(self, proto: WidgetProtocol) -> None:
+        """A supervisor connection said hello: it gets a snapshot at once,
+        then one after every change and every ``dashboard_interval``."""
+        self._supervisors.add(proto)
+        if self._dashboard_tick is None or not self._dashboard_tick.active():
+            self._dashboard_tick = self._clock.callLater(self._dashboard_interval, self._tick)
+        self._push_dashboard()
+
+    def dashboard_changed(self, *_ignored: object) -> None:
+        """Something the dashboard shows changed (a call event, a status, an
+        operator's state): send a snapshot :data:`DASHBOARD_DELAY` seconds
+        from now, together with whatever else changes until then.  Costs
+        nothing while no supervisor is connected."""
+        if not self._supervisors:
+            return
+        if self._dashboard_soon is not None and self._dashboard_soon.active():
+            return
+        self._dashboard_soon = self._clock.callLater(DASHBOARD_DELAY, self._push_dashboard)
+
+    def _tick(self) -> None:
+        if not self._supervisors:
+            return
+        self._dashboard_tick = self._clock.callLater(self._dashboard_interval, self._tick)
+        self._push_dashboard()
+
+    def _stop_dashboard(self) -> None:
+        for call in (self._dashboard_soon, self._dashboard_tick):
+            if call is not None and call.active():
+                call.cancel()
+        self._dashboard_soon = self._dashboard_tick = None
+
+    def _push_dashboard(self) -> None:
+        if self._dashboard is None or not self._supervisors:
+            return
+        if self._dashboard_building:
+            # a snapshot is being made: another one follows it
+            self._dashboard_dirty = True
+            return
+        self._dashboard_building = True
+        d = defer.ensureDeferred(self._dashboard())
+        d.addCallback(self._send_dashboard)
+        d.addErrback(lambda f: log.failure("dashboard snapshot", f))
+        d.addBoth(self._dashboard_built)
+
+    def _dashboard_built(self, _: object) -> None:
+        self._dashboard_building = False
+        if self._dashboard_dirty:
+            self._dashboard_dirty = False
+            self.dashboard_changed()
+
+    def _send_dashboard(self, snapshot: dict[str, Any]) -> None:
+        """Send one snapshot to every supervisor (encoded once)."""
+        payload = json.dumps({"type": "dashboard", "dashboard": snapshot},
+                             separators=(",", ":")).encode()  # fmt: skip
+        for proto in list(self._supervisors):
+            if proto.state == WebSocketServerProtocol.STATE_OPEN:
+                proto.sendMessage(payload, isBinary=False)
+        self.dashboards_sent += 1
 
     # -- events -------------------------------------------------------------
 
@@ -253,6 +367,7 @@ class WidgetHub:
 
     def on_call_event(self, event: Any) -> None:
         """The tracker's callback: the widget event of the leg's extension."""
+        self.dashboard_changed()
         phone = event.extension
         if not phone:
             return
@@ -361,6 +476,8 @@ class WidgetProtocol(WebSocketServerProtocol):
         self.user_phone: str | None = None
         #: the extension a token binds this connection to (None: a static client_id)
         self.bound_phone: str | None = None
+        #: a supervisor token opened this connection: every extension, read only
+        self.supervisor = False
         self.client_type: str | None = None
         self.authenticated = False
         self._hello_timer: Any = None
@@ -409,6 +526,9 @@ class WidgetProtocol(WebSocketServerProtocol):
         if not self.authenticated:
             self._hello(message)
             return
+        if self.supervisor and kind in self._acting:
+            self._error("read_only", _READ_ONLY, request_id)
+            return
         handler = self._handlers.get(kind)
         if handler is None:
             self._error("unknown_type", f"unknown message type {kind[:40]!r}", request_id)
@@ -445,6 +565,9 @@ class WidgetProtocol(WebSocketServerProtocol):
         if message["type"] != "hello":
             self._refuse(CLOSE_NO_HELLO, "hello expected")
             return
+        if tokens.looks_like_supervisor_token(message.get("client_id")):
+            self._supervisor_hello(message)
+            return
         try:
             bound = self.factory.hub.authenticate(message.get("client_id"))
         except Refused as e:
@@ -480,6 +603,36 @@ class WidgetProtocol(WebSocketServerProtocol):
         )
         if error is not None:
             self._error(error.code, error.message)
+
+    def _supervisor_hello(self, message: dict[str, Any]) -> None:
+        try:
+            self.factory.hub.authenticate_supervisor(message["client_id"])
+        except Refused as e:
+            self._refuse(e.code, e.reason)
+            return
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self.authenticated = True
+        self.supervisor = True
+        client_type = message.get("client_type")
+        self.client_type = client_type[:64] if isinstance(client_type, str) else None
+        self.send_json(
+            {
+                "type": "welcome",
+                "protocol": PROTOCOL_VERSION,
+                "server": f"agi_app/{__version__}",
+                "user_phone": None,
+                "scope": "supervisor",
+            }
+        )
+        self.factory.hub.add_supervisor(self)
+
+    def _dashboard(self, message: dict[str, Any], request_id: Any) -> None:
+        if not self.supervisor:
+            self._error("not_supervisor", "the dashboard needs a supervisor token", request_id)
+            return
+        self.factory.hub.dashboard_changed()
+        self._result(request_id, {})
 
     def _set_phone(self, message: dict[str, Any], request_id: Any) -> None:
         phone = message.get("phone")
@@ -531,7 +684,10 @@ class WidgetProtocol(WebSocketServerProtocol):
         "ping": _ping,
         "call": _call,
         "transfer": _transfer,
+        "dashboard": _dashboard,
     }
+    #: what a supervisor connection may not ask
+    _acting = frozenset(("set_phone", "call", "transfer"))
 
 
 class WidgetFactory(WebSocketServerFactory):
