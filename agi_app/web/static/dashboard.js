@@ -163,6 +163,11 @@
       tile.appendChild(el('div', {'class': 'for', 'data-since': o.since}, ''));
       box.appendChild(tile);
     });
+    // every operator must stay on the screen: smaller tiles while they overflow
+    box.className = 'tiles';
+    ['dense', 'denser'].forEach(function (size) {
+      if (box.scrollHeight > box.clientHeight + 1) box.classList.add(size);
+    });
   }
 
   function drawCalls(calls) {
@@ -182,6 +187,17 @@
       body.appendChild(row);
     });
     $('no-calls').hidden = calls.length > 0;
+    // more calls than the panel holds: the oldest stay, the rest are counted
+    var panel = document.querySelector('.panel.calls');
+    var more = $('more-calls');
+    more.hidden = true;
+    var hidden = 0;
+    for (var i = body.rows.length - 1; i > 0 && panel.scrollHeight > panel.clientHeight + 1; i--) {
+      body.rows[i].hidden = true;
+      hidden++;
+      more.textContent = '+ ' + hidden + ' more';
+      more.hidden = false;
+    }
   }
 
   function hoursOf(outcomes) {
@@ -236,7 +252,7 @@
       }
       if (n % labelEvery === 0) {
         var d = new Date(h.start);
-        var label = (d.getHours() < 10 ? '0' : '') + d.getHours() + ':00';
+        var label = (d.getHours() < 10 ? '0' : '') + d.getHours() + ':00';  // local time
         group.appendChild(svg('text', {x: x + barWidth / 2, y: height - 6, 'text-anchor': 'middle'}, label));
       }
       chart.appendChild(group);
@@ -253,7 +269,7 @@
       legend.appendChild(item);
     });
     var from = new Date(Date.parse(outcomes.from));
-    $('chart-range').textContent = '(since ' + from.toLocaleString([], {hour: '2-digit', minute: '2-digit'}) + ')';
+    $('chart-range').textContent = '(since ' + from.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit', hour12: false}) + ')';
   }
 
   function drawHooks(hooks) {
@@ -270,7 +286,7 @@
   // Durations and the clock move every second between snapshots.
   function tick() {
     var now = new Date(Date.now() + serverOffset);
-    $('clock').textContent = now.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit', second: '2-digit'});
+    $('clock').textContent = now.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false});
     if (!last) return;
     var moved = elapsed();
     var rows = $('calls').tBodies[0].rows;
