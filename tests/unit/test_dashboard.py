@@ -322,6 +322,10 @@ async def test_the_snapshot_equals_the_api(site):
     text, _ = await site.metrics.exposition()
     [backlog] = re.findall(rb"^agi_app_webhook_backlog (\S+)$", text, re.M)
     assert body["webhooks"]["backlog"] == float(backlog) == 1
+    # the XML form of the same answer
+    response = await site.http.get(BASE + "/api/dashboard.xml", headers={"X-API-Key": KEY})
+    xml = (await response.content()).decode()
+    assert response.code == 200 and "<sip>1002</sip>" in xml and "<FINISH>1</FINISH>" in xml
 
 
 @pytest_twisted.ensureDeferred

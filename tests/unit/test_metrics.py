@@ -262,4 +262,6 @@ def test_each_application_has_a_registry_of_its_own():
     config = load(None, environ={})
     one, two = Application(config, MemoryReactorClock()), Application(config, MemoryReactorClock())
     assert one.metrics.registry is not two.metrics.registry
-    assert one.lifecycle.on_status == [one.metrics.status_logged]
+    # its own observer (beside the dashboard's), not the other's
+    assert one.lifecycle.on_status.count(one.metrics.status_logged) == 1
+    assert two.metrics.status_logged not in one.lifecycle.on_status
