@@ -232,6 +232,34 @@ def test_activity_is_the_busiest_call():
     assert activity("inuse", ["internal"]) == "idle"
 
 
+def test_calls_in_progress_one_line_per_extension(stack):
+    sim = stack.sim
+    # 1001 calls 1002: a line for each of them
+    sim.new("PJSIP/1001-00000020", "a-1", state="Ring", context="sandbox-operators",
+            exten="1002", num="1001", cname="Anna")  # fmt: skip
+    sim.new("PJSIP/1002-00000021", "b-1", linkedid="a-1", num="1002", cname="Bob")
+    sim.dial("a-1", "b-1", "PJSIP/1002")
+    for uid in ("b-1", "a-1"):
+        sim.state(uid, "Up")
+    sim.bridge("br-9", "a-1", "b-1")
+    # two outside lines and no extension (phone to phone): one line
+    sim.new("PJSIP/pstn-00000030", "p-1", num="380501110000")
+    sim.new("PJSIP/pstn-00000031", "p-2", linkedid="p-1", num="380502220000")
+    sim.dial("p-1", "p-2", "380502220000@pstn")
+    for uid in ("p-2", "p-1"):
+        sim.state(uid, "Up")
+    sim.bridge("br-10", "p-1", "p-2")
+    stack.clock.advance(3)
+    rows = Dashboard(None, stack.tracker, backlog=None, clock=stack.clock).calls(
+        stack.clock.seconds())
+    assert [(r["extension"], r["direction"], r["other_extension"], r["state"]) for r in rows] == [
+        ("1001", "out", "1002", "talking"), ("1002", "in", "1001", "talking"),
+        (None, rows[2]["direction"], None, "talking")]  # fmt: skip
+    assert rows[0]["number"] == stack.tracker.calls_of_extension("1001")[0]["called_number"]
+    assert [r["duration_s"] for r in rows] == [3, 3, 3]
+    assert len({r["call_api_id"] for r in rows}) == 2
+
+
 class Site:
     """The store, the tracker (with a call on 1000), the API routes the
     dashboard must agree with, and the dashboard's own."""
