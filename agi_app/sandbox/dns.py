@@ -134,15 +134,31 @@ class SrvZone:
         return f"agi{index + 1}.{self.name}"
 
 
-def zone_for(instance: str, ports: Sequence[int], priorities: Sequence[int] = (10, 20)) -> SrvZone:
-    """The zone ``fastagi.<instance>.test`` (``.test`` is reserved for
-    testing, RFC 2606) with one loopback target per port, priorities
-    ``priorities`` in order (the last one repeated)."""
+def parse_target(text: str) -> SrvTarget:
+    """``PORT[:PRIORITY[:WEIGHT]]`` (a FastAGI port on 127.0.0.1) as a
+    :class:`SrvTarget`; priority 10 and weight 0 when left out."""
+    m = re.fullmatch(r"([0-9]{1,5})(?::([0-9]{1,5}))?(?::([0-9]{1,5}))?", text.strip())
+    if not m:
+        raise ValueError(f"not PORT[:PRIORITY[:WEIGHT]]: {text!r}")
+    port, priority, weight = m.groups()
+    return SrvTarget(int(port), int(priority or 10), int(weight or 0))
+
+
+def zone_name(instance: str) -> str:
+    """The zone of instance ``instance``: ``fastagi.<instance>.test``
+    (``.test`` is reserved for testing, RFC 2606)."""
     label = instance.lower().replace("_", "-").strip("-") or "sandbox"
+    return f"fastagi.{label}.test"
+
+
+def zone_for(instance: str, ports: Sequence[int], priorities: Sequence[int] = (10, 20)) -> SrvZone:
+    """The zone of ``instance`` (:func:`zone_name`) with one loopback
+    target per port, priorities ``priorities`` in order (the last one
+    repeated)."""
     targets = tuple(
         SrvTarget(port, priorities[min(i, len(priorities) - 1)]) for i, port in enumerate(ports)
     )
-    return SrvZone(f"fastagi.{label}.test", targets)
+    return SrvZone(zone_name(instance), targets)
 
 
 def dns_address(ami_port: int) -> str:
@@ -236,13 +252,7 @@ class DNSServer:
         """The running dnsmasq's pid (also one left by a killed session)."""
         if self._proc is not None and self._proc.poll() is None:
             return self._proc.pid
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        if _util.pid_alive(pid) and str(self.conf_path) in _util.pid_cmdline(pid):
-            return pid
-        return None
+        return running_pid(self.folder)
 
     def start(self, timeout: float = 5.0) -> None:
         """Write the files and start dnsmasq (one left running is stopped
@@ -290,9 +300,30 @@ class DNSServer:
             except subprocess.TimeoutExpired:
                 pass
             self._proc = None
-        self.pid_file.unlink(missing_ok=True)
+        stop_leftover(self.folder)
 
     def queries(self) -> list[str]:
         """The names asked so far, in order (from the query log)."""
         text = _util.tail(self.log_path, 2000)
         return re.findall(r"query\[\w+\] (\S+) from", text)
+
+
+def running_pid(folder: Path) -> int | None:
+    """The pid of the dnsmasq started with ``folder``'s files, if it runs."""
+    folder = Path(folder)
+    try:
+        pid = int((folder / "dnsmasq.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if _util.pid_alive(pid) and str(folder / "dnsmasq.conf") in " ".join(_util.pid_cmdline(pid)):
+        return pid
+    return None
+
+
+def stop_leftover(folder: Path) -> None:
+    """Stop the dnsmasq of ``folder`` (e.g. started by another process or
+    a killed session) and forget its pid."""
+    pid = running_pid(folder)
+    if pid is not None:
+        _util.terminate(pid, timeout=2.0)
+    (Path(folder) / "dnsmasq.pid").unlink(missing_ok=True)

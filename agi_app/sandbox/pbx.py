@@ -343,12 +343,11 @@ class PBX:
         return dns.private_resolv_command(server.resolv_path, self.root, argv)
 
     def _stop_dns(self) -> None:
-        server = self._dns or (
-            dns.DNSServer(self.srv, self.dns_address, self.host_dir / "dns") if self.srv else None
-        )
-        if server is not None:
-            server.stop()
+        # also one another process started (``agi-app sandbox stop``)
+        if self._dns is not None:
+            self._dns.stop()
         self._dns = None
+        dns.stop_leftover(self.host_dir / "dns")
 
     def _wait_booted(self, deadline: float) -> None:
         ctl = self.run_dir / "asterisk.ctl"

@@ -209,9 +209,7 @@ def _refused_connect_seconds(log: str, zone: dns.SrvZone, port: int) -> list[flo
 
 
 @pytest_twisted.ensureDeferred
-async def test_calls_fail_over_to_the_second_srv_target_when_the_first_is_killed(
-    hagi, nodes, api
-):
+async def test_calls_fail_over_to_the_second_srv_target_when_the_first_is_killed(hagi, nodes, api):
     a, b = nodes
     zone = hagi.pbx.srv
     hagi.phones.start("1000", answer(after=0.2))
@@ -231,7 +229,8 @@ async def test_calls_fail_over_to_the_second_srv_target_when_the_first_is_killed
     # Node A killed: its port refuses, Asterisk goes on to node B.
     a.kill()
     killed = time.monotonic()
-    second = await make_call(api, sip="1000", phone="380639950001", order_id="h1", external_key="hagi-1")
+    second = await make_call(api, sip="1000", phone="380639950001", order_id="h1",
+                             external_key="hagi-1")  # fmt: skip
     await wait_until(lambda: b.agi_factory.total, timeout=FAILOVER_BUDGET,
                      what="a FastAGI session on node B", interval=0.01)  # fmt: skip
     failover = time.monotonic() - killed
@@ -258,6 +257,6 @@ async def test_calls_fail_over_to_the_second_srv_target_when_the_first_is_killed
         f"\nhagi failover: kill -> first FastAGI session on the second target "
         f"{failover:.3f} s (the call placed right after the kill; the operator "
         f"answers after 0.2 s); added setup per call with the first target down "
-        f"(AGI start -> refused connect logged): "
+        f"(AGI start -> first target refused, SRV and A lookups included): "
         f"{', '.join(f'{s * 1000:.0f} ms' for s in refused)}"
     )

@@ -192,3 +192,38 @@ def test_a_pbx_with_a_zone_renders_hagi_and_its_status_says_so(tmp_path: Path):
     assert instance.status()["fastagi_target"] == "hagi://fastagi.t1.test"
     plain = pbx.PBX(tree, profile, name="t1", log=lambda _: None)
     assert "AGI_APP_URL = agi://127.0.0.1:26773" in plain.configs()["extensions.conf"]
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "priority", "weight"),
+    [("4573", 4573, 10, 0), ("4574:20", 4574, 20, 0), (" 4575:10:60 ", 4575, 10, 60)],
+)
+def test_a_target_on_the_command_line(text, port, priority, weight):
+    target = dns.parse_target(text)
+    assert (target.port, target.priority, target.weight, target.address) == (
+        port, priority, weight, "127.0.0.1",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["", "x", "4573:", "4573:1:2:3", "10.0.0.5:4573", "99999"])
+def test_a_bad_target_on_the_command_line_is_refused(text):
+    with pytest.raises(ValueError):
+        dns.parse_target(text)
+
+
+def test_sandbox_start_refuses_a_bad_hagi_target_before_doing_anything(capsys):
+    from agi_app.sandbox import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["start", "--profile", "test", "--hagi", "10.0.0.5:4573"])
+    assert e.value.code == 2
+    assert "PORT[:PRIORITY[:WEIGHT]]" in capsys.readouterr().err
+
+
+def test_no_dnsmasq_is_taken_for_the_instance_server_without_its_conf(tmp_path: Path):
+    # A pid file naming a live process that is not this folder's dnsmasq
+    # (here: this very test process) is not ours to stop.
+    (tmp_path / "dnsmasq.pid").write_text(f"{os.getpid()}\n")
+    assert dns.running_pid(tmp_path) is None
+    dns.stop_leftover(tmp_path)
+    assert not (tmp_path / "dnsmasq.pid").exists()
