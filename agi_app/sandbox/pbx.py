@@ -224,6 +224,12 @@ class PBX:
         if "prompts" in self.faults:
             self._data_without_prompts()
 
+    def _rendered(self, name: str) -> str:
+        try:
+            return (self.etc_dir / name).read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
     def _data_without_prompts(self) -> None:
         # Fault "prompts": Asterisk's data folder (documentation, music on
         # hold...) with an empty sounds folder, so no prompt is installed.
@@ -428,6 +434,11 @@ class PBX:
             "instance_dir": str(self.host_dir),
             "recordings_dir": str(self.recordings_dir),
         }
+        if dns.running_pid(self.host_dir / "dns") is not None:
+            # started with srv, perhaps by another process: its zone is in the dialplan
+            url = re.search(r"^AGI_APP_URL = (\S+)", self._rendered("extensions.conf"), re.M)
+            info["fastagi_target"] = url.group(1) if url else info["fastagi_target"]
+            info["dns"] = f"{self.dns_address}:53"
         if info["running"]:
             try:
                 info["uptime"] = self.cli("core show uptime seconds").strip()

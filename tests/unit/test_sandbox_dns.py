@@ -227,3 +227,31 @@ def test_no_dnsmasq_is_taken_for_the_instance_server_without_its_conf(tmp_path: 
     assert dns.running_pid(tmp_path) is None
     dns.stop_leftover(tmp_path)
     assert not (tmp_path / "dnsmasq.pid").exists()
+
+
+def test_status_names_the_hagi_url_of_an_instance_another_process_started(tmp_path: Path):
+    tree = tmp_path / "root"
+    (tree / "usr/lib/asterisk/modules").mkdir(parents=True)
+    profile = pbx.test_profile({"AGI_APP_SANDBOX_PORT_OFFSET": "2200"})
+    started = pbx.PBX(tree, profile, name="t1", srv=ZONE, log=lambda _: None)
+    started.etc_dir.mkdir(parents=True)
+    (started.etc_dir / "extensions.conf").write_text(started.configs()["extensions.conf"])
+    folder = started.host_dir / "dns"
+    folder.mkdir()
+    # a process whose command line names the folder's dnsmasq.conf
+    # (in a session of its own, as the sandbox starts dnsmasq: stopped by group)
+    sleeper = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 30", f"--conf-file={folder}/dnsmasq.conf"],
+        start_new_session=True,
+    )
+    try:
+        (folder / "dnsmasq.pid").write_text(f"{sleeper.pid}\n")
+        info = pbx.PBX(tree, profile, name="t1", log=lambda _: None).status()
+        assert info["fastagi_target"] == "hagi://fastagi.t1.test"
+        assert info["dns"] == "127.53.106.102:53"
+        dns.stop_leftover(folder)
+        assert sleeper.wait(timeout=5) is not None
+        assert "dns" not in pbx.PBX(tree, profile, name="t1", log=lambda _: None).status()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
