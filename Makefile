@@ -16,8 +16,10 @@ PYTEST_ARGS ?=
 all: test
 
 # Host packages the sandbox and the tests need; installed only when missing
-# (postgresql: the store's tests run on a throwaway PostgreSQL cluster too).
-SYSTEM_PACKAGES := debootstrap sip-tester chromium postgresql
+# (postgresql: the store's tests run on a throwaway PostgreSQL cluster too;
+# dnsmasq-base: the DNS server behind a sandbox's hagi:// FastAGI failover,
+# the binary only, no system service).
+SYSTEM_PACKAGES := debootstrap sip-tester chromium postgresql dnsmasq-base
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \

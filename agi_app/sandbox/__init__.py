@@ -5,6 +5,8 @@
   Asterisk configuration files, rendered to text;
 * :mod:`agi_app.sandbox.pbx` - one Asterisk instance on disk and running
   (:class:`~agi_app.sandbox.pbx.PBX`);
+* :mod:`agi_app.sandbox.dns` - an instance's own DNS server (dnsmasq) with
+  the SRV records of ``hagi://`` FastAGI failover;
 * :mod:`agi_app.sandbox.scenarios` - phone behaviours rendered into SIPp
   scenarios (fragments in ``sipp/``) and command lines;
 * :mod:`agi_app.sandbox.phones` - the SIPp processes of the operator phones

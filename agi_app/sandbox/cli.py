@@ -2,6 +2,7 @@
 
 agi-app sandbox provision
 agi-app sandbox start [--profile run|test] [--demo-phones] [--write-config FILE]
+                      [--hagi PORT[:PRIORITY[:WEIGHT]] ...]
 agi-app sandbox stop [--profile run|test]
 agi-app sandbox status [--profile run|test]
 agi-app sandbox cli [--profile run|test] CMD...
@@ -15,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from agi_app.sandbox import dns
 from agi_app.sandbox import provision as prov
 from agi_app.sandbox.pbx import PBX, PROFILES, PBXError
 from agi_app.sandbox.phones import PhoneError, Phones, answer, kill_phones
@@ -57,6 +59,8 @@ def _start(args: argparse.Namespace) -> int:
     if _provisioned() is None:
         return 2
     pbx = _pbx(args)
+    if args.hagi:
+        pbx.srv = dns.SrvZone(dns.zone_name(pbx.name), tuple(args.hagi))
     if pbx.is_running():
         print(f"sandbox: the {pbx.name} instance is running: restarting it")
         kill_phones(pbx)
@@ -79,10 +83,19 @@ def _start(args: argparse.Namespace) -> int:
         print(f"sandbox: agi_app settings for this PBX written to {path}")
     print(
         f"sandbox: {pbx.name} running: AMI 127.0.0.1:{pbx.ami_port} "
-        f"(user {pbx.ami_username}), SIP 127.0.0.1:{pbx.sip_port}/udp, "
-        f"FastAGI expected on 127.0.0.1:{pbx.agi_port}"
+        f"(user {pbx.ami_username}), SIP 127.0.0.1:{pbx.sip_port}/udp, {_fastagi(pbx)}"
     )
     return 0
+
+
+def _fastagi(pbx: PBX) -> str:
+    """Where the instance's dialplan sends FastAGI sessions, in words."""
+    if pbx.srv is None:
+        return f"FastAGI expected on 127.0.0.1:{pbx.agi_port}"
+    targets = ", ".join(
+        f"127.0.0.1:{t.port} (priority {t.priority}, weight {t.weight})" for t in pbx.srv.targets
+    )
+    return f"FastAGI through {pbx.srv.url} (DNS {pbx.dns_address}:53): {targets}"
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -124,6 +137,13 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _srv_target(text: str) -> dns.SrvTarget:
+    try:
+        return dns.parse_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str]) -> int:
     """Run one ``agi-app sandbox`` command; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -148,6 +168,15 @@ def main(argv: list[str]) -> int:
         "make the PSTN answer every number",
     )
     p.add_argument("--write-config", metavar="FILE", help="write agi_app settings for this PBX")
+    p.add_argument(
+        "--hagi",
+        action="append",
+        type=_srv_target,
+        metavar="PORT[:PRIORITY[:WEIGHT]]",
+        help="FastAGI failover: AGI_APP_URL=hagi://fastagi.<instance>.test and a DNS server "
+        "of the instance's own with an SRV record per --hagi (a FastAGI port on 127.0.0.1; "
+        "priority 10, weight 0 by default)",
+    )
     command("stop", _stop, "stop the PBX and its phones")
     command("status", _status, "is it running, on which ports")
     p = command("cli", _cli, "run an Asterisk CLI command")

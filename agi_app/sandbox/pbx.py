@@ -9,6 +9,11 @@ rendered by :mod:`agi_app.sandbox.pbx_config` (the project's
 ``[globals]`` after it, an AMI user is added with
 ``channelvars = AGI_APP_CALL_ID``); this module lays the instance out on
 disk (configuration, dialplan, prompts), runs Asterisk and talks to it.
+
+With ``srv`` (a :class:`~agi_app.sandbox.dns.SrvZone`) the instance gets a
+DNS server of its own serving the zone's ``_agi._tcp`` SRV records, and
+``AGI_APP_URL`` is ``hagi://<zone>`` (FastAGI failover, see
+:mod:`agi_app.sandbox.dns`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agi_app.sandbox import _util, pbx_config
+from agi_app.sandbox import _util, dns, pbx_config
 from agi_app.sandbox.pbx_config import OPERATORS, PROFILES, TRUNK, Profile
-from agi_app.sandbox.provision import ensure_language_links
+from agi_app.sandbox.provision import ProvisionError, ensure_host_packages, ensure_language_links
 from agi_app.shipped import shipped_dir
 from agi_app.sounds import install as install_sounds
 
@@ -102,6 +107,7 @@ class PBX:
         ami_read: str = pbx_config.AMI_READ["readme"],
         log: Callable[[str], None] = _print,
         faults: tuple[str, ...] = (),
+        srv: dns.SrvZone | None = None,
     ) -> None:
         self.root = Path(root)
         self.profile = profile
@@ -115,6 +121,10 @@ class PBX:
         self.ami_read = ami_read
         #: settings broken on purpose (:data:`~agi_app.sandbox.pbx_config.FAULTS`)
         self.faults = faults
+        #: FastAGI through ``hagi://`` and this zone's SRV records (None:
+        #: ``agi://127.0.0.1:<agi_port>``); read at each start
+        self.srv = srv
+        self._dns: dns.DNSServer | None = None
         self._log = log
         self.pbx_dir = f"/srv/agi_app/{self.name}"
         self.host_dir = self.root / self.pbx_dir.lstrip("/")
@@ -170,7 +180,18 @@ class PBX:
             ami_secret=self.ami_secret,
             ami_read=self.ami_read,
             faults=self.faults,
+            agi_url=self.srv.url if self.srv else None,
         )
+
+    @property
+    def dns_address(self) -> str:
+        """The loopback address of this instance's DNS server (``srv``)."""
+        return dns.dns_address(self.ami_port)
+
+    @property
+    def dns(self) -> dns.DNSServer | None:
+        """The DNS server started with ``srv`` (None without)."""
+        return self._dns
 
     def render(self) -> None:
         """Write the instance's whole configuration and folders, copy the
@@ -202,6 +223,12 @@ class PBX:
         self._install_sounds()
         if "prompts" in self.faults:
             self._data_without_prompts()
+
+    def _rendered(self, name: str) -> str:
+        try:
+            return (self.etc_dir / name).read_text(encoding="utf-8")
+        except OSError:
+            return ""
 
     def _data_without_prompts(self) -> None:
         # Fault "prompts": Asterisk's data folder (documentation, music on
@@ -272,6 +299,9 @@ class PBX:
         if busy:
             raise PBXError(f"cannot start the {self.name} sandbox: {', '.join(busy)} in use")
         self.render()
+        argv = self._asterisk("-f", "-n")
+        if self.srv is not None:
+            argv = self._start_dns(argv)
         # Registrations live in the astdb: a fresh start has no operator online.
         for f in (self.host_dir / "lib").glob("astdb*"):
             f.unlink()
@@ -284,7 +314,7 @@ class PBX:
         with open(self.log_dir / "asterisk.out", "ab") as out:
             # -f: stay in the foreground of our (new) session; never -c.
             self._proc = subprocess.Popen(
-                self._asterisk("-f", "-n"),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -303,6 +333,27 @@ class PBX:
         self.boot_seconds = time.monotonic() - started
         self._log(f"sandbox: Asterisk ({self.name}) booted in {self.boot_seconds:.1f} s")
         return self.boot_seconds
+
+    def _start_dns(self, argv: list[str]) -> list[str]:
+        # The instance's own DNS server, and Asterisk started where the
+        # tree's /etc/resolv.conf names it (a private mount namespace).
+        server = dns.DNSServer(self.srv, self.dns_address, self.host_dir / "dns")
+        try:
+            if dns.missing():
+                ensure_host_packages(self._log)  # a tree cached before dnsmasq was needed
+            server.start()
+        except (dns.DNSError, ProvisionError) as e:
+            raise PBXError(f"cannot start the {self.name} sandbox's DNS server: {e}") from None
+        self._dns = server
+        self._log(f"sandbox: DNS for {self.srv.url} on {self.dns_address}:53")
+        return dns.private_resolv_command(server.resolv_path, self.root, argv)
+
+    def _stop_dns(self) -> None:
+        # also one another process started (``agi-app sandbox stop``)
+        if self._dns is not None:
+            self._dns.stop()
+        self._dns = None
+        dns.stop_leftover(self.host_dir / "dns")
 
     def _wait_booted(self, deadline: float) -> None:
         ctl = self.run_dir / "asterisk.ctl"
@@ -354,6 +405,7 @@ class PBX:
                 _util.terminate(self._proc.pid, timeout=1.0)
             self._proc = None
         self.pid_file.unlink(missing_ok=True)
+        self._stop_dns()
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None
@@ -378,10 +430,15 @@ class PBX:
             "pid": self.pid,
             "ami": f"127.0.0.1:{self.ami_port}",
             "sip": f"127.0.0.1:{self.sip_port}/udp",
-            "fastagi_target": f"127.0.0.1:{self.agi_port}",
+            "fastagi_target": self.srv.url if self.srv else f"127.0.0.1:{self.agi_port}",
             "instance_dir": str(self.host_dir),
             "recordings_dir": str(self.recordings_dir),
         }
+        if dns.running_pid(self.host_dir / "dns") is not None:
+            # started with srv, perhaps by another process: its zone is in the dialplan
+            url = re.search(r"^AGI_APP_URL = (\S+)", self._rendered("extensions.conf"), re.M)
+            info["fastagi_target"] = url.group(1) if url else info["fastagi_target"]
+            info["dns"] = f"{self.dns_address}:53"
         if info["running"]:
             try:
                 info["uptime"] = self.cli("core show uptime seconds").strip()

@@ -149,15 +149,21 @@ def asterisk_configs(
     ami_secret: str,
     ami_read: str = AMI_READ["readme"],
     faults: Iterable[str] = (),
+    agi_url: str | None = None,
 ) -> dict[str, str]:
     """Every configuration file of an instance, ``{file name: text}``:
     the templates filled in with ``profile``'s ports, the instance's
     ``name`` and folder ``pbx_dir`` (as Asterisk sees it), the AMI user
     (``ami_read``: its read classes, see :data:`AMI_READ`) and the
     chroot's ``module_dir`` with ``modules`` (the ``.so`` files in it).
-    ``faults`` (names of :data:`FAULTS`) break the setup on purpose."""
+    ``faults`` (names of :data:`FAULTS`) break the setup on purpose.
+    ``agi_url`` is the dialplan's ``AGI_APP_URL`` (default
+    ``agi://127.0.0.1:<agi_port>``; ``hagi://NAME`` for SRV failover)."""
     if not re.fullmatch(r"[a-z]+(,[a-z]+)*", ami_read):
         raise ValueError(f"AMI read classes must be a comma-separated list: {ami_read!r}")
+    agi_url = agi_url or f"agi://127.0.0.1:{profile.agi_port}"
+    if not re.fullmatch(r"h?agi://[A-Za-z0-9.:_-]+", agi_url):
+        raise ValueError(f"AGI_APP_URL must be agi://HOST[:PORT] or hagi://NAME: {agi_url!r}")
     faults = frozenset(faults)
     if faults - set(FAULTS):
         raise ValueError(f"unknown faults {sorted(faults - set(FAULTS))} (known: {list(FAULTS)})")
@@ -175,6 +181,7 @@ def asterisk_configs(
         "ami_secret": ami_secret,
         "sip_port": profile.sip_port,
         "agi_port": profile.agi_port,
+        "agi_url": agi_url,
         "pstn_port": profile.pstn_port,
         "rtp_start": profile.rtp_start,
         "rtp_end": profile.rtp_end,

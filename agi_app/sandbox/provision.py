@@ -42,8 +42,14 @@ __all__ = [
 ]
 
 DEFAULT_CACHE = "/var/cache/agi_app/sandbox"
-#: host packages the sandbox needs (debootstrap builds the tree, sip-tester is SIPp)
-HOST_PACKAGES = {"debootstrap": "/usr/sbin/debootstrap", "sip-tester": "/usr/bin/sipp"}
+#: host packages the sandbox needs (debootstrap builds the tree, sip-tester is
+#: SIPp, dnsmasq-base the DNS server of an instance with FastAGI failover:
+#: the server alone, without the system service the dnsmasq package adds)
+HOST_PACKAGES = {
+    "debootstrap": "/usr/sbin/debootstrap",
+    "sip-tester": "/usr/bin/sipp",
+    "dnsmasq-base": "/usr/sbin/dnsmasq",
+}
 #: English and Russian prompts plus music on hold, in the cheap GSM format
 SOUND_PACKAGES = (
     "asterisk-core-sounds-en-gsm",
@@ -169,7 +175,7 @@ def missing_prerequisites() -> str | None:
 
 
 def ensure_host_packages(log: Log = _print) -> None:
-    """Install ``debootstrap`` and ``sip-tester`` when absent."""
+    """Install the :data:`HOST_PACKAGES` that are absent."""
     missing = [p for p, path in HOST_PACKAGES.items() if not os.path.exists(path)]
     if not missing:
         return
