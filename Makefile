@@ -16,8 +16,10 @@ PYTEST_ARGS ?=
 all: test
 
 # Host packages the sandbox and the tests need; installed only when missing
-# (postgresql: the store's tests run on a throwaway PostgreSQL cluster too).
-SYSTEM_PACKAGES := debootstrap sip-tester chromium postgresql
+# (postgresql: the store's tests run on a throwaway PostgreSQL cluster too;
+# chromium: the widget and dashboard pages are tested in it; nodejs and
+# php-cli: the webhook signature snippets of docs/events.md are run in them).
+SYSTEM_PACKAGES := debootstrap sip-tester chromium postgresql nodejs php-cli
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
