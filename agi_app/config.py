@@ -402,7 +402,7 @@ class Config:
     #: taken from its folder: :data:`FILE_PATHS`)
     source: str | None = None
     #: the relative paths that were found only in the working directory, the
-    #: way before 0.9 (``[section] key``, path used); the service logs a warning
+    #: way before 0.2.0 (``[section] key``, path used); the service logs a warning
     legacy_paths: tuple[tuple[str, str], ...] = ()
 
 
@@ -470,7 +470,7 @@ def _beside(folder: Path, section: str, key: str, value: str,
             legacy: list[tuple[str, str]]) -> str:
     """``value`` (written in the file in ``folder``) as a path beside the file.
 
-    Before 0.9 such a path was taken from the working directory: when it
+    Before 0.2.0 such a path was taken from the working directory: when it
     exists there and not beside the file, that one is kept (and reported in
     ``legacy``) so that an upgrade finds its store and menus again."""
     if not value or os.path.isabs(value) or folder.resolve() == Path.cwd().resolve():

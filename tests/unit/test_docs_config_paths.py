@@ -1,5 +1,5 @@
 """Relative paths written in the configuration file are taken from the
-file's folder (docs/operations.md, CHANGELOG 0.9); the old reading (the
+file's folder (docs/operations.md, CHANGELOG.md 0.2.0); the old reading (the
 working directory) still finds a store or menu file that exists only there."""
 
 from __future__ import annotations
