@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,15 @@ def test_families_and_defaults_are_read_from_the_source() -> None:
     assert errordocs.entry_of("invalid_ttl").code == "invalid_<field>"
     assert errordocs.entry_of("invalid_body").code == "invalid_body"
     assert errordocs.entry_of("unknown_whatever") is None  # no family swallows it
+
+
+def test_the_widget_docs_name_only_codes_the_widget_is_sent() -> None:
+    text = (DOC.parent / "widget.md").read_text(encoding="utf-8")
+    table = text[text.index("| request | codes it may get |"):text.index("What each code means")]
+    codes = set(re.findall(r"`([a-z_]+)`", table)) - {"hello", "user_phone", "set_phone", "call",
+                                                      "transfer", "send_dst", "phone", "type"}
+    assert len(codes) > 20
+    for code in codes:
+        entry = errordocs.entry_of(code)
+        assert entry is not None, code
+        assert WIDGET in entry.channels, code
