@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from agi_app.config import FILE_PATHS, load
 
@@ -83,3 +84,21 @@ def test_from_the_files_own_folder_a_path_stays_as_written(
     conf = _write(tmp_path, "[store]\npath = var/x.sqlite3\n")
     monkeypatch.chdir(tmp_path)
     assert load(conf, environ={}).store.path == "var/x.sqlite3"
+
+
+def test_a_kept_old_path_is_logged_as_a_warning(tmp_path: Path, elsewhere: Path) -> None:
+    (elsewhere / "ivr.conf").write_text("", encoding="utf-8")
+    conf = _write(tmp_path / "etc", "[ivr]\npath = ivr.conf\n")
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        load(conf, environ={})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events
+                if e.get("log_namespace") == "agi_app.config" and e["log_level"] == LogLevel.warn]
+    assert warnings == [
+        f"[ivr] path: a relative path is now taken from the configuration file's folder; "
+        f"kept {elsewhere / 'ivr.conf'} (found in the working directory only): write the "
+        "absolute path"
+    ]
