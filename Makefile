@@ -17,9 +17,11 @@ all: test
 
 # Host packages the sandbox and the tests need; installed only when missing
 # (postgresql: the store's tests run on a throwaway PostgreSQL cluster too;
+# chromium: the widget and dashboard pages are tested in it; nodejs and
+# php-cli: the webhook signature snippets of docs/events.md are run in them;
 # dnsmasq-base: the DNS server behind a sandbox's hagi:// FastAGI failover,
 # the binary only, no system service).
-SYSTEM_PACKAGES := debootstrap sip-tester chromium postgresql dnsmasq-base
+SYSTEM_PACKAGES := debootstrap sip-tester chromium postgresql nodejs php-cli dnsmasq-base
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \

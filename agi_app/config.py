@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
+from twisted.logger import Logger
 
 from agi_app.hours import WorkingHours
 from agi_app.netguard import parse_networks
@@ -33,6 +34,7 @@ __all__ = [
     "CRMConfig",
     "Config",
     "ConfigError",
+    "FILE_PATHS",
     "DialingConfig",
     "EventsConfig",
     "HTTPConfig",
@@ -51,6 +53,9 @@ __all__ = [
     "sip_headers",
     "web_origin",
 ]
+
+
+log = Logger(namespace="agi_app.config")
 
 
 class ConfigError(ValueError):
@@ -393,8 +398,12 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
-    #: the file this was read from, if any (relative paths are taken from the cwd)
+    #: the file this was read from, if any (relative paths written in it are
+    #: taken from its folder: :data:`FILE_PATHS`)
     source: str | None = None
+    #: the relative paths that were found only in the working directory, the
+    #: way before 0.2.0 (``[section] key``, path used); the service logs a warning
+    legacy_paths: tuple[tuple[str, str], ...] = ()
 
 
 _SECTIONS = {
@@ -450,9 +459,36 @@ def _convert(section: str, key: str, raw: str, default: object) -> object:
     return raw.strip()
 
 
+#: The keys holding a file or folder of this machine.  A relative path
+#: written in the configuration file is taken from the file's folder; one
+#: from the environment or a default, from the working directory.
+#: (``[dialing] pbx_recordings_dir`` is the PBX's view: never resolved.)
+FILE_PATHS = (("store", "path"), ("ivr", "path"), ("dialing", "recordings_dir"))
+
+
+def _beside(folder: Path, section: str, key: str, value: str,
+            legacy: list[tuple[str, str]]) -> str:
+    """``value`` (written in the file in ``folder``) as a path beside the file.
+
+    Before 0.2.0 such a path was taken from the working directory: when it
+    exists there and not beside the file, that one is kept (and reported in
+    ``legacy``) so that an upgrade finds its store and menus again."""
+    if not value or os.path.isabs(value) or folder.resolve() == Path.cwd().resolve():
+        return value  # (from the file's own folder both readings are one file)
+    beside = folder / value
+    if not beside.exists() and (Path.cwd() / value).exists():
+        kept = str(Path.cwd() / value)
+        legacy.append((f"[{section}] {key}", kept))
+        return kept
+    return str(beside)
+
+
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` (may be ``None``: defaults only), apply environment overrides,
-    validate, and return a :class:`Config`.  Raises :class:`ConfigError`."""
+    validate, and return a :class:`Config`.  Raises :class:`ConfigError`.
+
+    A relative path in the file (:data:`FILE_PATHS`) becomes the path beside
+    the file (see :func:`_beside` for the compatibility rule)."""
     environ = os.environ if environ is None else environ
     parser = configparser.ConfigParser(
         inline_comment_prefixes=(";", "#"), interpolation=None, strict=True
@@ -469,6 +505,8 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
         if section not in _SECTIONS:
             raise ConfigError(f"unknown section [{section}] (known: {', '.join(_SECTIONS)})")
     built = {}
+    legacy: list[tuple[str, str]] = []
+    folder = Path(path).parent if path is not None else None
     for name, cls in _SECTIONS.items():
         values = {}
         known = {f.name: f for f in fields(cls)}
@@ -486,9 +524,16 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
                 raw = environ[env_name]
             if raw is not None:
                 values[key] = _convert(name, key, raw, default)
+                if (name, key) in FILE_PATHS and folder is not None and env_name not in environ:
+                    values[key] = _beside(folder, name, key, values[key], legacy)
         built[name] = cls(**values)
-    cfg = Config(**built, source=str(path) if path is not None else None)
+    cfg = Config(**built, source=str(path) if path is not None else None,
+                 legacy_paths=tuple(legacy))
     _validate(cfg)
+    for where, kept in legacy:
+        log.warn("{where}: a relative path is now taken from the configuration file's "
+                 "folder; kept {kept} (found in the working directory only): write the "
+                 "absolute path", where=where, kept=kept)
     return cfg
 
 

@@ -59,7 +59,8 @@ def test_an_empty_file_is_the_defaults(tmp_path: Path) -> None:
     assert cfg.source == str(tmp_path / "agi_app.conf")
 
 
-def test_the_example_file_parses_to_the_defaults() -> None:
+def test_the_example_file_parses_to_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(EXAMPLE.parent)  # its relative paths are then written as read
     cfg = load(EXAMPLE, environ={})
     assert dataclasses.replace(cfg, source=None) == Config()
 
