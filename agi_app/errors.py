@@ -282,6 +282,15 @@ CATALOGUE: tuple[ErrorCode, ...] = (
               "This server does not place calls for widgets.", "Use the HTTP API."),
     ErrorCode("transfer_unavailable", (), (WIDGET,),
               "This server runs without call control.", "Use the HTTP API's call control."),
+    ErrorCode("read_only", (), (WIDGET,),
+              "`call`, `transfer` or `set_phone` on a supervisor (dashboard) connection, "
+              "which watches every extension and acts as none.",
+              "Act from a widget connected for the extension."),
+    ErrorCode("not_supervisor", (), (WIDGET,),
+              "A dashboard request on a connection made with a widget token or a "
+              "`client_id`: only a supervisor token (`POST /api/supervisorToken`) sees "
+              "every extension.",
+              "Open the dashboard with a supervisor token."),
     # -- widget messages that are not requests
     ErrorCode("binary_message", (), (WIDGET,), "A binary WebSocket frame.",
               "Send JSON text frames."),

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOREIGN = {
     "File agi_app/please-wait does not exist in any format",  # Asterisk's log
     "SSL support unavailable",  # Twisted without pyOpenSSL
+    "AGI request failed for host",  # Asterisk's log (res_agi, hagi:// target down)
 }
 _HOLE = "\x00"
 
