@@ -649,6 +649,25 @@ class Lifecycle:
         if any(_is_up(c) for c in clients):
             await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
 
+    async def _catch_up_pickup(self, call: Call, live: set[str]) -> None:
+        """The AMI link was down while the call's FastAGI session went on:
+        the session logs all but the client's answer itself (it learns of
+        it only when Dial returns, at the end of the conversation), so a
+        client channel that is up in the snapshot is logged as CLIENT_PICKUP
+        now -- when exactly it answered is not seen -- and its recording is
+        stored with it."""
+        if call.kind not in self._client_dial or not call.reached(st.CLIENT_CALLTO):
+            return
+        channels = [self.ami.channels[u] for u in live if u in self.ami.channels]
+        if any(
+            (c.get("Application") or "") == "AppDial"
+            and self._is_client_channel(call, c.get("Channel") or "")
+            and _is_up(c)
+            for c in channels
+        ):
+            await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN,
+                           at=call.logged_at.get(st.CLIENT_CALLTO))  # fmt: skip
+
     async def _ended_in_conversation(self, call: Call) -> bool:
         """A call that came and went entirely while no agi_app watched (the
         dialplan connected the client by itself): the recording file tells.
@@ -823,6 +842,8 @@ class Lifecycle:
             call.channels = live
             if live and not call.agi_sessions:
                 await self._catch_up(call, live)
+            elif live:
+                await self._catch_up_pickup(call, live)
             if live or call.agi_sessions:
                 continue
             await self.settle(call, "no channel left on the PBX")
