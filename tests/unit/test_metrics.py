@@ -262,4 +262,5 @@ def test_each_application_has_a_registry_of_its_own():
     config = load(None, environ={})
     one, two = Application(config, MemoryReactorClock()), Application(config, MemoryReactorClock())
     assert one.metrics.registry is not two.metrics.registry
-    assert one.lifecycle.on_status == [one.metrics.status_logged]
+    assert one.metrics.status_logged in one.lifecycle.on_status
+    assert two.metrics.status_logged not in one.lifecycle.on_status
