@@ -290,6 +290,8 @@ class Lifecycle:
         self.recorder = Recorder(
             store=store, dialing=dialing, clock=clock, live=lambda c: call_is_live(ami, c)
         )
+        # the recordings a previous run left unmeasured are looked at once
+        self._left_recordings_done = False
 
     def add_kind(
         self,
@@ -848,7 +850,35 @@ class Lifecycle:
                 continue
             await self.settle(call, "no channel left on the PBX")
             closed += call.final
+        if not self._left_recordings_done and self.ami.connected:
+            self._left_recordings_done = True
+            await self._complete_left_recordings()
         return closed
+
+    #: how many of the newest recordings the first reconcile looks at
+    LEFT_RECORDINGS = 500
+
+    async def _complete_left_recordings(self) -> None:
+        """The size and duration of a recording are measured once its file
+        stops growing, a second or two after its call ended; a previous run
+        killed meanwhile left them unset for good.  After a start: every one
+        of the newest recordings without a size whose call has ended and is
+        not being measured here is measured now (its ``record`` event
+        follows)."""
+        page = await self.store.recordings(1, self.LEFT_RECORDINGS)
+        for row in page.items:
+            if (
+                row.get("size") is not None
+                or row["call_id"] in self._calls
+                or self.recorder.watching(row["record_id"])
+            ):
+                continue
+            call = await self.store.get_call(row["call_id"])
+            if call is None or not call.get("final_status"):
+                continue
+            self.recorder.finish(
+                Recording(row["call_id"], row["path"], record_id=row["record_id"])
+            )
 
 
 def _channel_prefix(dial: str) -> str:

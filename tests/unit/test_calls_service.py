@@ -1025,6 +1025,32 @@ async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_recording_left_unmeasured_by_a_killed_run_is_measured_after_the_start(h):
+    """The call ended and its file was being watched when agi_app was
+    killed: the next start measures it (size, duration)."""
+    await h.connect()
+    call_id = await h.place(playback_waiting=False, order_id="rec-3")
+    agi = h.session(call_id, uniqueid=f"{call_id}.op")
+    await agi.up_to_dial(playback=False)
+    operator = h.channel_up(call_id, "PJSIP/1000-0000000c", f"{call_id}.op")
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    h.clock.advance(3)
+    await agi.after_dial("ANSWER")
+    h.channel_down(operator)
+    assert await h.final(call_id) == HAPPY
+    await h.restart({})  # before the file was looked at twice
+    audio = 44 + 16000 * 3
+    (h.tmp_path / "monitor").mkdir(exist_ok=True)
+    (h.tmp_path / "monitor" / f"rec-3_{call_id}.wav").write_bytes(b"\0" * audio)
+    for _ in range(3):  # the size is read twice, half a second apart
+        h.clock.advance(0.5)
+        await h.barrier()
+    [record] = await h.store.call_recordings(call_id)
+    assert (record["size"], record["duration"]) == (audio, 3.0), record
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_session_lost_because_agi_app_stops_leaves_the_call_open(h):
     """Stopping agi_app drops its FastAGI connections; the conversation goes
     on on the PBX, so nothing is concluded: the call stays open for the next
