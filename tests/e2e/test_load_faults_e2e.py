@@ -756,20 +756,14 @@ async def test_agi_app_killed_under_load_every_answered_call_finishes(sandbox, p
                         if any(c["end_time"] and killed_at < c["end_time"] < back_at
                                for c in seen[p.phone].client)]  # fmt: skip
         assert ended_unseen, "no call ended while agi_app was down"
-        # A recording is complete (size and duration stored, record event
-        # sent) a moment after its call ended: for a call that ended just
-        # before the SIGKILL that moment never comes (see docs/operations.md).
-        records = await wait_until(
+        # Every recording complete, size and duration -- those of calls that
+        # ended in the moment before the SIGKILL too (measured after the start)
+        await wait_until(
             lambda: order_records(process.api, "lf-kill"),
-            lambda r: all(r[p.call_id] and (r[p.call_id][0]["size"] or
-                                            parse_time(calls[p.call_id][-1]["time"]) < killed_at)
-                          for p in accepted),
+            lambda r: all(r[p.call_id] and r[p.call_id][0]["size"] for p in accepted),
             30, "every recording complete", interval=0.5,
         )  # fmt: skip
-        answered = [p.call_id for p in accepted if records[p.call_id][0]["size"]]
-        cut_short = [p.call_id for p in accepted if not records[p.call_id][0]["size"]]
-        for call_id in cut_short:
-            assert killed_at - 10 < parse_time(calls[call_id][-1]["time"]) < killed_at
+        answered = [p.call_id for p in accepted]
         states = await all_delivered(process.api, subs, crm.receiver, answered)
         events, repeats = check_deliveries(crm.receiver, subs, states)
         # A call that ended in the last moment before the SIGKILL: its final
@@ -780,7 +774,7 @@ async def test_agi_app_killed_under_load_every_answered_call_finishes(sandbox, p
         lost = check_hangups(placed, seen, crm.receiver, may_lack=last_moment)
         report("agi_app killed", started, calls=len(placed), finals=dict(finals),
                ended_while_down=len(ended_unseen), events=events, repeats=repeats,
-               recordings_left_incomplete=len(cut_short), hangups_lost_at_kill=lost)  # fmt: skip
+               hangups_lost_at_kill=lost)  # fmt: skip
     finally:
         await load.stop()
 
