@@ -288,6 +288,8 @@ class Application:
             agi=lambda: self.agi_factory, widgets=self.events.hub,
         )  # fmt: skip
         self.lifecycle.on_status.append(self.metrics.status_logged)
+        # the hangup webhook of a call that ended while nobody watched
+        self.lifecycle.on_status.append(self.events.generator.status_logged)
 
     def _transferred(self, call_id: str, from_party: str, to: str) -> Any:
         return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")

@@ -290,6 +290,8 @@ class Lifecycle:
         self.recorder = Recorder(
             store=store, dialing=dialing, clock=clock, live=lambda c: call_is_live(ami, c)
         )
+        # the recordings a previous run left unmeasured are looked at once
+        self._left_recordings_done = False
 
     def add_kind(
         self,
@@ -649,6 +651,25 @@ class Lifecycle:
         if any(_is_up(c) for c in clients):
             await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN)
 
+    async def _catch_up_pickup(self, call: Call, live: set[str]) -> None:
+        """The AMI link was down while the call's FastAGI session went on:
+        the session logs all but the client's answer itself (it learns of
+        it only when Dial returns, at the end of the conversation), so a
+        client channel that is up in the snapshot is logged as CLIENT_PICKUP
+        now -- when exactly it answered is not seen -- and its recording is
+        stored with it."""
+        if call.kind not in self._client_dial or not call.reached(st.CLIENT_CALLTO):
+            return
+        channels = [self.ami.channels[u] for u in live if u in self.ami.channels]
+        if any(
+            (c.get("Application") or "") == "AppDial"
+            and self._is_client_channel(call, c.get("Channel") or "")
+            and _is_up(c)
+            for c in channels
+        ):
+            await self.log(call, st.CLIENT_PICKUP, PICKUP_UNSEEN,
+                           at=call.logged_at.get(st.CLIENT_CALLTO))  # fmt: skip
+
     async def _ended_in_conversation(self, call: Call) -> bool:
         """A call that came and went entirely while no agi_app watched (the
         dialplan connected the client by itself): the recording file tells.
@@ -823,11 +844,41 @@ class Lifecycle:
             call.channels = live
             if live and not call.agi_sessions:
                 await self._catch_up(call, live)
+            elif live:
+                await self._catch_up_pickup(call, live)
             if live or call.agi_sessions:
                 continue
             await self.settle(call, "no channel left on the PBX")
             closed += call.final
+        if not self._left_recordings_done and self.ami.connected:
+            self._left_recordings_done = True
+            await self._complete_left_recordings()
         return closed
+
+    #: how many of the newest recordings the first reconcile looks at
+    LEFT_RECORDINGS = 500
+
+    async def _complete_left_recordings(self) -> None:
+        """The size and duration of a recording are measured once its file
+        stops growing, a second or two after its call ended; a previous run
+        killed meanwhile left them unset for good.  After a start: every one
+        of the newest recordings without a size whose call has ended and is
+        not being measured here is measured now (its ``record`` event
+        follows)."""
+        page = await self.store.recordings(1, self.LEFT_RECORDINGS)
+        for row in page.items:
+            if (
+                row.get("size") is not None
+                or row["call_id"] in self._calls
+                or self.recorder.watching(row["record_id"])
+            ):
+                continue
+            call = await self.store.get_call(row["call_id"])
+            if call is None or not call.get("final_status"):
+                continue
+            self.recorder.finish(
+                Recording(row["call_id"], row["path"], record_id=row["record_id"])
+            )
 
 
 def _channel_prefix(dial: str) -> str:

@@ -96,6 +96,8 @@ class Recorder:
         self._interval = interval
         self._timers: set = set()
         self._stopped = False
+        #: record_ids whose size is being watched now
+        self._watching: set[int] = set()
         self._completed: list[Callable[[dict[str, Any]], object]] = []
 
     def on_complete(self, callback: Callable[[dict[str, Any]], object]) -> Callable[[], None]:
@@ -173,13 +175,18 @@ class Recorder:
         """The conversation is over: once the file stops growing, store its
         size and duration; a file of a recording that was never stored is
         removed if it holds no audio.  Once per recording."""
-        if rec is None or rec.watched or self._stopped:
+        if rec is None or rec.watched or self._stopped or rec.record_id in self._watching:
             return
         rec.watched = True
         if rec.record_id is None:
             self._drop_if_empty(rec)
         else:
+            self._watching.add(rec.record_id)
             self._complete(rec)
+
+    def watching(self, record_id: int) -> bool:
+        """Whether this process is waiting for that recording's file to settle."""
+        return record_id in self._watching
 
     def _later(self, fn: Callable[[], object]) -> None:
         def run() -> None:
@@ -200,6 +207,7 @@ class Recorder:
             except OSError:
                 size = -1
             if size > 0 and size == state["size"]:
+                self._watching.discard(rec.record_id)
                 duration = max(0.0, (size - WAV_HEADER) / WAV_BYTES_PER_SECOND)
                 d = self.store.update_recording(rec.record_id, duration=duration, size=size)
                 d.addCallback(self._announce)
@@ -209,6 +217,8 @@ class Recorder:
             state["tries"] -= 1
             if state["tries"] > 0:
                 self._later(check)
+            else:
+                self._watching.discard(rec.record_id)
 
         self._later(check)
 

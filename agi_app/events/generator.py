@@ -26,6 +26,11 @@ and a leg of an outside line dialled from a call that came in from outside
 for extension X (forwarding by incoming call rules) gives X a ``dial-out``
 with ``Transfered: yes``.
 
+A call agi_app placed for an operator that came and went while no agi_app
+(or no AMI link) watched -- the tracker never saw a leg of it, the lifecycle
+closed it after the restart or the login -- still gives the operator the
+``hangup`` of the leg that answered (:meth:`EventGenerator.status_logged`).
+
 A ``record`` event (CONTRACT section 10) is not a leg's: it comes when a
 call's recording is complete (its size and duration stored), for each
 extension that answered in the call (and the operator of a call agi_app
@@ -333,6 +338,8 @@ class EventGenerator:
         # call id -> {extension: the party fields of its answer}, for the
         # record event that comes once the call (and its recording) is over
         self._answered = LegMemory(keep=2048)
+        # agi_app call ids the tracker reported a leg of (see status_logged)
+        self._seen_calls = LegMemory(keep=10_000)
         #: events handed to the service (for tests and the benchmark)
         self.published = 0
 
@@ -356,6 +363,8 @@ class EventGenerator:
         """The tracker's callback: the leg's event, if any, is queued after
         the ones before it."""
         leg = self._tracker.leg(event.uniqueid) if hasattr(self._tracker, "leg") else None
+        if event.call_id:
+            self._seen_calls.remember(event.call_id, True)
         found = crm_event(event, leg)
         if found is None:
             return
@@ -424,6 +433,52 @@ class EventGenerator:
                 if answered_at is not None:
                     fields["TotalDuration"] = str(int(round(max(0.0, when - answered_at))))
         await self._events.publish(extension, event_type, fields, when=when)
+        self.published += 1
+
+    # -- calls that ended unseen ----------------------------------------------------
+
+    def status_logged(self, logged: Any) -> None:
+        """The lifecycle's observer (:attr:`Lifecycle.on_status`): a call
+        agi_app placed for an operator reached its final status, its
+        operator had answered, and the tracker never reported a leg of it
+        -- it came and went while no agi_app (or no AMI link) watched, and
+        the lifecycle closed it from what the store, the channels and the
+        recording tell.  The operator still gets the ``hangup`` of that leg
+        (CallStatus ANSWER, Duration the talk time when known, else 0); its
+        ``dial-out`` and ``answer`` are not made up."""
+        call = logged.call
+        if (
+            logged.entry.get("status") not in st.FINAL
+            or call.kind not in st.OPERATOR_FIRST_KINDS
+            or not call.reached(st.OPERATOR_PICKUP)
+            or self._seen_calls.get(call.call_id) is not None
+            or self._tracker.call(call.call_id) is not None
+        ):
+            return
+        when = parse_time(logged.entry.get("time") or "")
+        talk = logged.talk_seconds
+        self._tail.addCallback(
+            lambda _: defer.ensureDeferred(self._publish_unseen_hangup(call.call_id, when, talk))
+        )
+        self._tail.addErrback(
+            lambda f: log.failure("hangup of {call_id} lost", f, call_id=call.call_id)
+        )
+
+    async def _publish_unseen_hangup(
+        self, call_id: str, when: float | None, talk: float | None
+    ) -> None:
+        info = await self._info.get(call_id, refresh=True)
+        extension = info["operator"]
+        if not extension or not self._events.wants(extension, "hangup"):
+            return
+        fields: dict[str, Any] = {"CallID": call_id, "CallAPIID": call_id}
+        operator_first_fields(fields, extension, info)
+        fields["OrderID"] = info["order_id"]
+        fields["ExternalKey"] = info["external_key"]
+        fields["CallStatus"] = "ANSWER"
+        fields["Duration"] = str(int(round(talk or 0)))
+        fields["RecordURL"] = info["record_url"]
+        await self._events.publish(extension, "hangup", fields, when=when)
         self.published += 1
 
     # -- record events ------------------------------------------------------------

@@ -652,6 +652,52 @@ async def test_ami_lost_while_the_operator_answers_the_fastagi_session_carries_o
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_client_who_answered_while_the_link_was_down_is_logged_at_the_login(h):
+    """The link drops while the client rings and the client answers unseen;
+    the FastAGI session would tell only once Dial returns, at the end of the
+    conversation.  The snapshot after the login shows the client's channel
+    up: CLIENT_PICKUP (its moment not seen) and the recording are there at
+    once, while the call goes on; FINISH still comes from the session."""
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.channel_up(call_id, "PJSIP/1000-00000001", "1700000000.1")
+    h.drop()
+    h.clock.advance(4)
+    h.pbx.add_channel("PJSIP/pstn-00000002", uniqueid="1700000000.2", state="Up",
+                      variables={CALL_ID_VAR: call_id}, Application="AppDial")  # fmt: skip
+    await h.reconnect()
+    await h.reached(call_id, "CLIENT_PICKUP")
+    entries = await h.entries(call_id)
+    assert [e["status"] for e in entries] == CONNECTED
+    assert entries[4]["detail"] == "answer time not seen"
+    assert entries[4]["time"] == entries[3]["time"]
+    [call] = await h.store.order_calls("order-15")
+    assert call["records"] and call["records"][0]["path"].endswith(f"order-15_{call_id}.wav")
+    h.clock.advance(5)
+    await agi.after_dial("ANSWER")
+    assert await h.final(call_id) == HAPPY
+    assert (await h.entries(call_id))[-1]["detail"] == "talk time unknown"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_still_ringing_at_the_login_is_not_taken_for_answered(h):
+    await h.connect()
+    call_id = await h.place()
+    agi = h.session(call_id)
+    await agi.up_to_dial()
+    h.drop()
+    h.pbx.add_channel("PJSIP/pstn-00000002", uniqueid="1700000000.2", state="Ringing",
+                      variables={CALL_ID_VAR: call_id}, Application="AppDial")  # fmt: skip
+    await h.reconnect()
+    await h.barrier()
+    assert await h.history(call_id) == DIALLED
+    await agi.after_dial("NOANSWER")
+    assert await h.final(call_id) == [*DIALLED, "CLIENT_NOANSWER"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_hangups_missed_while_the_link_was_down_do_not_keep_a_call_open(h):
     """The FastAGI session never came (AGISTATUS=FAILURE): the call is followed
     by its channels alone.  One of them ends while the link is down; after the
@@ -976,6 +1022,32 @@ async def test_a_recording_across_a_restart_gets_its_size_and_duration(h):
     for call_id in (stored, unstored):
         [record] = await h.store.call_recordings(call_id)
         assert (record["size"], record["duration"]) == (audio, 3.0), record
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recording_left_unmeasured_by_a_killed_run_is_measured_after_the_start(h):
+    """The call ended and its file was being watched when agi_app was
+    killed: the next start measures it (size, duration)."""
+    await h.connect()
+    call_id = await h.place(playback_waiting=False, order_id="rec-3")
+    agi = h.session(call_id, uniqueid=f"{call_id}.op")
+    await agi.up_to_dial(playback=False)
+    operator = h.channel_up(call_id, "PJSIP/1000-0000000c", f"{call_id}.op")
+    h.client_answered(operator)
+    await h.reached(call_id, "CLIENT_PICKUP")
+    h.clock.advance(3)
+    await agi.after_dial("ANSWER")
+    h.channel_down(operator)
+    assert await h.final(call_id) == HAPPY
+    await h.restart({})  # before the file was looked at twice
+    audio = 44 + 16000 * 3
+    (h.tmp_path / "monitor").mkdir(exist_ok=True)
+    (h.tmp_path / "monitor" / f"rec-3_{call_id}.wav").write_bytes(b"\0" * audio)
+    for _ in range(3):  # the size is read twice, half a second apart
+        h.clock.advance(0.5)
+        await h.barrier()
+    [record] = await h.store.call_recordings(call_id)
+    assert (record["size"], record["duration"]) == (audio, 3.0), record
 
 
 @pytest_twisted.ensureDeferred

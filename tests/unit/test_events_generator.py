@@ -170,6 +170,55 @@ class GeneratorTests(TrackerTestCase):
         self.assertEqual(hangup["RecordURL"], "https://127.0.0.1:8443/records/9")
         self.assertEqual((hangup["CallStatus"], hangup["Duration"]), ("ANSWER", "5"))
 
+    def _closed(self, call_id, statuses, talk=None, time="2026-11-25T21:04:37Z"):
+        """The lifecycle logged the call's final status (what its observers get)."""
+        from agi_app.calls.lifecycle import Call, StatusLogged
+
+        call = Call(call_id, "makeCall", {}, logged=list(statuses), final=True)
+        entry = {"call_id": call_id, "status": statuses[-1], "time": time}
+        self.generator.status_logged(StatusLogged(call, entry, 0.0, talk))
+
+    def _placed(self, call_id):
+        self.store.calls[call_id] = {
+            "order_id": "ord-16", "external_key": "k-16", "kind": "makeCall", "sip": "1000",
+            "phone": "380639920002", "params": {},
+        }  # fmt: skip
+        self.store.recordings[call_id] = [{"record_id": 11}]
+
+    def test_a_call_that_ended_unseen_still_gives_the_operator_its_hangup(self):
+        """agi_app was down (or its AMI link) for the whole of a call the
+        dialplan connected by itself; the lifecycle closed it afterwards."""
+        self._placed("c-80")
+        self.subscribe("1000")
+        happy = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO",
+                 "CLIENT_PICKUP", "FINISH"]  # fmt: skip
+        self._closed("c-80", happy, talk=3.4)
+        [(kind, f)] = self.delivered("1000")
+        self.assertEqual(kind, "hangup")
+        self.assertEqual((f["CallID"], f["CallAPIID"]), ("c-80", "c-80"))
+        self.assertEqual((f["OrderID"], f["ExternalKey"]), ("ord-16", "k-16"))
+        self.assertEqual((f["CallFlow"], f["CallerExtension"]), ("out", "1000"))
+        self.assertEqual(f["CalledNumber"], "380639920002")
+        self.assertEqual((f["CallStatus"], f["Duration"]), ("ANSWER", "3"))
+        self.assertEqual(f["RecordURL"], "https://127.0.0.1:8443/records/11")
+        self.assertEqual(int(f["EventTime"]), 1795640677 * 1_000_000)
+
+    def test_a_call_seen_or_never_answered_gets_no_made_up_hangup(self):
+        self._placed("c-81")
+        self._placed("c-82")
+        self.subscribe("1000")
+        sim = self.sim
+        sim.new("PJSIP/1000-00000030", "agiapp-3", context="sandbox-operators", num="1000",
+                cname="1000", var="c-81")  # fmt: skip
+        sim.state("agiapp-3", "Up")
+        sim.hangup("agiapp-3")
+        seen = len(self.delivered("1000"))
+        self._closed("c-81", ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CANCEL"])
+        # the operator's phone never answered: nothing says it rang at all
+        self._closed("c-82", ["CALL", "OPERATOR_CALLTO", "ERROR"])
+        self.assertEqual(len(self.delivered("1000")), seen)
+        self.assertEqual([t for t, _ in self.delivered("1000")].count("hangup"), 1)
+
     def test_click_to_call_first_seen_ringing_in_is_still_the_operators_dial_out(self):
         # Asterisk may report the originated channel ringing before the
         # DialBegin that shows it was originated: the store knows better.
