@@ -267,6 +267,7 @@ class Application:
         # rest read from the parts when scraped.
         self.metrics = Metrics(
             clock=reactor, store=self.store, amis=lambda: [p.ami for p in self.pbxs],
+            pbxs=list(self.pbxs.pbxs),
             agi=lambda: self.agi_factory, widgets=self.events.hub,
         )  # fmt: skip
         for pbx in self.pbxs:

@@ -25,6 +25,7 @@ from callflow import (
     wait_until,
     words,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from agi_app.config import load
 from agi_app.sandbox.pbx import PBX, PBXError
@@ -32,6 +33,17 @@ from agi_app.sandbox.pbx import test_profile as offset_profile
 from agi_app.sandbox.phones import Phones, answer, kill_phones
 
 HAPPY = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]
+
+
+async def metric(api, name: str, **labels: str) -> float:
+    """One sample of ``GET /metrics``."""
+    code, body = await api.get("/metrics")
+    assert code == 200, body
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"no {name}{labels} in /metrics")
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +194,12 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api):
     assert words(entries) == HAPPY and {e["pbx"] for e in entries} == {"default"}
     code, health = await api.get("/health")
     assert code == 503 and health["status"] == "degraded"
+    assert {n: p["connected"] for n, p in health["pbxs"].items()} == {
+        "default": True, "east": False,
+    }
+    # each PBX's link and calls are counted apart
+    assert await metric(api, "agi_app_ami_connected", pbx="default") == 1
+    assert await metric(api, "agi_app_ami_connected", pbx="east") == 0
+    for status, pbx, count in (("FINISH", "east", 2), ("FINISH", "default", 2),
+                               ("ERROR", "east", 2), ("ERROR", "default", 0)):  # fmt: skip
+        assert await metric(api, "agi_app_calls_total", final_status=status, pbx=pbx) == count
