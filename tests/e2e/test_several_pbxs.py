@@ -32,6 +32,16 @@ from agi_app.sandbox.pbx import PBX, PBXError
 from agi_app.sandbox.pbx import test_profile as offset_profile
 from agi_app.sandbox.phones import Phones, answer, kill_phones
 
+#: an IVR menu that gives up after one silent second
+MENUS = """
+[quiet]
+prompt = connecting
+timeout = 1
+retries = 1
+timeout_prompt = connecting
+goodbye_prompt = connecting
+1 = hangup
+"""
 HAPPY = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]
 
 
@@ -88,9 +98,11 @@ def two_pbx_config(sandbox, east_pbx: PBX, tmp_path):
         f"secret = {east_pbx.ami_secret}\n"
         "ping_interval = 2\naction_timeout = 3\nmax_backoff = 1\n"
         f"recordings_dir = {east_pbx.recordings_dir}\n"
-        f"pbx_recordings_dir = {east_pbx.pbx_recordings_dir}\n",
+        f"pbx_recordings_dir = {east_pbx.pbx_recordings_dir}\n"
+        f"[ivr]\npath = {tmp_path / 'ivr.conf'}\n",
         encoding="utf-8",
     )
+    (tmp_path / "ivr.conf").write_text(MENUS, encoding="utf-8")
     return load(ini, environ=env)
 
 
@@ -172,6 +184,26 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api):
     code, body = await api.get("/api/recordList.json")
     assert sorted(r["pbx"] for r in body["records"]) == ["default", "east", "east"]
 
+    # A call agi_app did not place: the east PBX's dialplan sends a caller
+    # to an IVR menu; the FastAGI session is the east PBX's.
+    known = {e["call_id"] for e in await app.store.history_after(0, 1000)}
+    east_ami = app.pbxs.pbxs["east"].ami
+    incoming = await east_ami.originate(
+        "PJSIP/380639920014@pstn", context="agi-app-ivr", exten="quiet", priority=1,
+        caller_id='"Caller" <380639920014>', timeout_ms=5000,
+    )  # fmt: skip
+    assert incoming.success
+
+    async def incoming_call():
+        ids = {e["call_id"] for e in await app.store.history_after(0, 1000)} - known
+        return ids.pop() if ids else None
+
+    incoming_id = await wait_until(incoming_call, timeout=10, what="the incoming call")
+    entries = await wait_final(app, incoming_id, timeout=20)
+    call = await app.store.get_call(incoming_id)
+    assert (call["kind"], call["pbx"], call["final_status"]) == ("incoming", "east", "FINISH")
+    assert {e["pbx"] for e in entries} == {"east"}
+
     # The east PBX goes away: its extensions get 503, the default PBX goes on.
     east_phones.stop_all()
     east_pbx.stop()
@@ -200,6 +232,7 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api):
     # each PBX's link and calls are counted apart
     assert await metric(api, "agi_app_ami_connected", pbx="default") == 1
     assert await metric(api, "agi_app_ami_connected", pbx="east") == 0
-    for status, pbx, count in (("FINISH", "east", 2), ("FINISH", "default", 2),
+    # (east: two operator-first calls and the incoming one)
+    for status, pbx, count in (("FINISH", "east", 3), ("FINISH", "default", 2),
                                ("ERROR", "east", 2), ("ERROR", "default", 0)):  # fmt: skip
         assert await metric(api, "agi_app_calls_total", final_status=status, pbx=pbx) == count
