@@ -209,7 +209,7 @@ class Application:
         # What the API and the widget use: calls go to the PBX of the
         # extension (or pbx=), call control to the PBX that has the call.
         self.calls = PBXCalls(self.pbxs)
-        self.control = PBXControl(self.pbxs)
+        self.control = PBXControl(self.pbxs) if len(self.pbxs) > 1 else default.control
         # One FastAGI listener for every PBX's dialplan: each session runs
         # the script of the PBX its channel is on.
         self.scripts = ScriptRegistry()

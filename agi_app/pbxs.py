@@ -48,10 +48,10 @@ from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallRequest, CallService
 from agi_app.config import DEFAULT_PBX, AMIConfig
-from agi_app.errors import AppError, InvalidInput, NotFound
+from agi_app.errors import AppError, InvalidInput
 from agi_app.inbound import InboundService
 from agi_app.ivr.service import IVRService
-from agi_app.live.control import CallControl
+from agi_app.live.control import CallControl, CallNotFound
 from agi_app.live.operators import OperatorTracker
 from agi_app.live.tracker import CallTracker
 
@@ -383,14 +383,18 @@ class PBXControl:
     def __init__(self, directory: PBXDirectory):
         self.directory = directory
 
-    check_action = staticmethod(CallControl.check_action)
-
     def _knowing(self, extension: object) -> list[PBX]:
-        ext = validation.extension(extension, "extension_id")
+        try:
+            ext = validation.extension(extension, "extension_id")
+        except InvalidInput:
+            return []  # the PBX's own call control says what is wrong, in its order
         return [p for p in self.directory if p.ami.connected and p.knows(ext)]
 
     def _of_extension(self, extension: object) -> PBX:
-        ext = validation.extension(extension, "extension_id")
+        try:
+            ext = validation.extension(extension, "extension_id")
+        except InvalidInput:
+            return self.directory.default
         return self.directory.of_extension(ext)
 
     def check_extension(self, extension: object, field: str = "extension_id") -> str:
@@ -410,17 +414,15 @@ class PBXControl:
         return out
 
     def _with_call(self, extension: object, call_api_id: object) -> PBX:
-        cid = validation.identifier(call_api_id, "call_api_id")
-        for pbx in self._knowing(extension):
-            call = pbx.tracker.call(cid)
-            if call is not None:
-                return pbx
+        if isinstance(call_api_id, str):
+            for pbx in self._knowing(extension):
+                if pbx.tracker.call(call_api_id) is not None:
+                    return pbx
         return self._of_extension(extension)
 
     async def act(self, extension: object, call_api_id: object, action: object,
                   send_dst: object = None) -> dict[str, Any]:  # fmt: skip
         """:meth:`CallControl.act` on the PBX that has the call."""
-        self.check_action(action)
         pbx = self._with_call(extension, call_api_id)
         return await pbx.control.act(extension, call_api_id, action, send_dst)
 
@@ -429,10 +431,13 @@ class PBXControl:
         await self._with_call(extension, call_api_id).control.hangup(extension, call_api_id)
 
     async def _of_call(self, call_id: object) -> PBX:
-        cid = validation.identifier(call_id, "generalCallID")
+        try:
+            cid = validation.identifier(call_id, "generalCallID")
+        except InvalidInput:
+            return self.directory.default  # (which answers the 400)
         pbx = await self.directory.of_call(cid)
         if pbx is None:
-            raise NotFound(f"no call {cid}", code="unknown_call", field="generalCallID")
+            raise CallNotFound(f"no call {cid}", field="generalCallID")
         return pbx
 
     async def hangup_call(self, call_id: object) -> None:

@@ -22,6 +22,7 @@ from callflow import (
     recording_settled,
     start_app,
     wait_final,
+    wait_status,
     wait_until,
     words,
 )
@@ -184,6 +185,19 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api):
     code, body = await api.get("/api/recordList.json")
     assert sorted(r["pbx"] for r in body["records"]) == ["default", "east", "east"]
 
+    # Call control goes to the PBX that has the call.
+    east_phones.pstn.set("380639920015", answer_after=0.3, hangup_after=60)
+    held = await make_call(api, sip="1002", phone="380639920015", order_id="o-ctl",
+                           external_key="k-ctl")  # fmt: skip
+    await wait_status(app, held, "CLIENT_PICKUP")
+    code, body = await api.get("/extension/1002/current_calls/")
+    assert code == 200, body
+    assert [(c["call_id"], c["pbx"]) for c in body["call_list"]] == [(held, "east")]
+    code, body = await api.post("/api/calls/hangupCall", {"generalCallID": held})
+    assert code == 200, body
+    entries = await wait_final(app, held, timeout=15)
+    assert words(entries)[-1] == "FINISH" and {e["pbx"] for e in entries} == {"east"}
+
     # A call agi_app did not place: the east PBX's dialplan sends a caller
     # to an IVR menu; the FastAGI session is the east PBX's.
     known = {e["call_id"] for e in await app.store.history_after(0, 1000)}
@@ -232,7 +246,7 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api):
     # each PBX's link and calls are counted apart
     assert await metric(api, "agi_app_ami_connected", pbx="default") == 1
     assert await metric(api, "agi_app_ami_connected", pbx="east") == 0
-    # (east: two operator-first calls and the incoming one)
-    for status, pbx, count in (("FINISH", "east", 3), ("FINISH", "default", 2),
+    # (east: three operator-first calls and the incoming one)
+    for status, pbx, count in (("FINISH", "east", 4), ("FINISH", "default", 2),
                                ("ERROR", "east", 2), ("ERROR", "default", 0)):  # fmt: skip
         assert await metric(api, "agi_app_calls_total", final_status=status, pbx=pbx) == count

@@ -16,8 +16,9 @@ from agi_app.agi import ScriptRegistry
 from agi_app.ami.testing import FakeAMIServer
 from agi_app.calls.service import CallRequest
 from agi_app.config import load
-from agi_app.errors import InvalidInput, NotFound, PBXUnavailable
+from agi_app.errors import InvalidInput, PBXUnavailable
 from agi_app.inbound import CRMLookup
+from agi_app.live.control import CallNotFound
 from agi_app.pbxs import (
     PBX,
     SESSION_WAIT,
@@ -186,7 +187,7 @@ async def test_a_call_belongs_to_the_pbx_that_placed_it(two: TwoPBXs):
     assert (await two.directory.of_call(call_id)).name == "east"
     assert await two.directory.of_call("nope") is None
     control = PBXControl(two.directory)
-    with pytest.raises(NotFound):
+    with pytest.raises(CallNotFound):
         await control.hangup_call("nope")
     with pytest.raises(InvalidInput):
         await control.hangup_call("bad id!")
