@@ -29,6 +29,7 @@ from callflow import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from agi_app.config import load
+from agi_app.events.testing import Receiver
 from agi_app.sandbox.pbx import PBX, PBXError
 from agi_app.sandbox.pbx import test_profile as offset_profile
 from agi_app.sandbox.phones import Phones, answer, kill_phones
@@ -130,9 +131,27 @@ async def operators_online(api, wanted: set[tuple[str, str]]) -> list[dict]:
     )
 
 
+#: the CRM's webhook receiver, beside the HTTP port (moves with the offset)
+RECEIVER_PORT = HTTP_PORT + 5
+
+
+@pytest_twisted.async_yield_fixture
+async def crm():
+    receiver = Receiver()
+    port = reactor().listenTCP(RECEIVER_PORT, receiver.site(), interface="127.0.0.1")
+    yield receiver
+    await port.stopListening()
+
+
 @pytest_twisted.ensureDeferred
-async def test_two_pbxs_one_agi_app(sandbox, east, app, api):
+async def test_two_pbxs_one_agi_app(sandbox, east, app, api, crm):
     east_pbx, east_phones = east
+    # webhooks follow every PBX: the hangup of the east PBX's operator 1002
+    code, sub = await api.post("/extension/1002/event/", {
+        "url": f"http://127.0.0.1:{RECEIVER_PORT}/hook", "method": "POST",
+        "event_type": "hangup",
+    })  # fmt: skip
+    assert code == 201, sub
     sandbox.phones.start("1001", answer(after=0.2))
     east_phones.start("1002", answer(after=0.2))
     east_phones.start("1003", answer(after=0.2))
@@ -163,6 +182,8 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api):
         entries = await wait_final(app, call_id)
         assert words(entries) == HAPPY, (pbx, entries)
         assert {e["pbx"] for e in entries} == {pbx}
+    hooks = await crm.wait_for(1).addTimeout(15, reactor())
+    assert on_east in {(r.fields.get("CallID")) for r in hooks}, [r.fields for r in hooks]
     # the phones of each PBX got their own calls
     assert len(sandbox.operator("1001").calls()) == 1
     assert len(east_phones.operator("1002").calls()) == 1
