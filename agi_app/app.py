@@ -245,22 +245,14 @@ class Application:
             hash_key=secret, batch_size=retention.batch_size,
         )  # fmt: skip
         # Inbound calls nobody answered, and calling those callers back.
-        inbound = config.inbound
-        self.callbacks: AutoCallback | None = None
-        if inbound.auto_callback:
-            self.callbacks = AutoCallback(
-                calls=default.calls, group=inbound.group, hours=inbound.working_hours,
-                trunk=config.dialing.default_trunk, ring=config.dialing.call_time_to_ext,
-                attempts=inbound.callback_attempts, retry_delay=inbound.callback_retry_delay,
-                max_age=inbound.callback_max_age, device=config.dialing.operator_channel,
-                pbx=self.lifecycle.pbx,
-            )  # fmt: skip
-        # (missed calls and callbacks: the default PBX's inbound calls)
-        self.missed = MissedCalls(
-            tracker=self.tracker, store=self.store, clock=reactor, events=self.events.service,
-            group=inbound.group, pbx=self.lifecycle.pbx,
-            on_missed=self.callbacks.poke if self.callbacks is not None else None,
-        )  # fmt: skip
+        # Inbound calls nobody answered, and calling those callers back: on
+        # each PBX, through its own operators.
+        self.missed_calls: list[MissedCalls] = []
+        self.auto_callbacks: list[AutoCallback] = []
+        for pbx in self.pbxs:
+            self._missed_calls_of(pbx)
+        self.missed = self.missed_calls[0]
+        self.callbacks = self.auto_callbacks[0] if self.auto_callbacks else None
         self._ports: list = []
         self.agi_factory = None
         # GET /metrics: counted as it happens (statuses, HTTP answers), the
@@ -272,6 +264,24 @@ class Application:
         )  # fmt: skip
         for pbx in self.pbxs:
             pbx.lifecycle.on_status.append(self.metrics.status_logged)
+
+    def _missed_calls_of(self, pbx: PBX) -> None:
+        inbound, dialing = self.config.inbound, self.config.dialing
+        callbacks = None
+        if inbound.auto_callback:
+            callbacks = AutoCallback(
+                calls=pbx.calls, group=inbound.group, hours=inbound.working_hours,
+                trunk=dialing.default_trunk, ring=dialing.call_time_to_ext,
+                attempts=inbound.callback_attempts, retry_delay=inbound.callback_retry_delay,
+                max_age=inbound.callback_max_age, device=dialing.operator_channel,
+                pbx=pbx.name,
+            )  # fmt: skip
+            self.auto_callbacks.append(callbacks)
+        self.missed_calls.append(MissedCalls(
+            tracker=pbx.tracker, store=self.store, clock=self.reactor,
+            events=self.events.service, group=inbound.group, pbx=pbx.name,
+            on_missed=callbacks.poke if callbacks is not None else None,
+        ))  # fmt: skip
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """``(ok, body)`` for ``GET /health``: ok while every PBX's AMI
@@ -361,10 +371,11 @@ class Application:
         folder = os.path.dirname(os.path.abspath(self.config.store.path))
         os.makedirs(folder, exist_ok=True)
         self.store.open()
-        self.missed.start()
+        for missed in self.missed_calls:
+            missed.start()
         await self.events.start()
-        if self.callbacks is not None:
-            self.callbacks.start()
+        for callbacks in self.auto_callbacks:
+            callbacks.start()
         log.info("signed recording links: key {source}, valid {ttl} s",
                  source=self.link_secret_source, ttl=self.links.ttl)  # fmt: skip
         self.retention.start()
@@ -391,9 +402,10 @@ class Application:
         self.retention.stop()
         await self.events.stop()
         await self.crm.close()
-        if self.callbacks is not None:
-            self.callbacks.stop()
-        self.missed.stop()
+        for callbacks in self.auto_callbacks:
+            callbacks.stop()
+        for missed in self.missed_calls:
+            missed.stop()
         for pbx in self.pbxs:
             await pbx.stop()
         await self.store.close()
