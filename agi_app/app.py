@@ -39,6 +39,7 @@ from agi_app.metrics import Metrics
 from agi_app.netguard import TargetGuard
 from agi_app.pbxs import (
     PBX,
+    AllTrackers,
     PBXCalls,
     PBXControl,
     PBXDirectory,
@@ -88,6 +89,7 @@ class EventParts:
     :param tracker: the :class:`~agi_app.live.tracker.CallTracker` (of the
         default PBX: the widget's)
     :param more_trackers: the trackers of the further PBXs (their webhooks)
+    :param widget_tracker: what the widgets follow (default: ``tracker``)
     :param control: call control for the widget's ``transfer()`` (or None)
     :param settings: delivery settings (default: from ``config``)
     :param record_link: the signed link of a recording (``RecordURL`` of
@@ -106,6 +108,7 @@ class EventParts:
         settings: DeliverySettings | None = None,
         record_link: Any = None,
         more_trackers: Any = (),
+        widget_tracker: Any = None,
     ):
         self.config = config
         self.reactor = reactor
@@ -127,7 +130,7 @@ class EventParts:
             client_ids=config.websocket.client_ids,
             token_secret=config.websocket.token_secret,
             clock=reactor,
-            tracker=tracker,
+            tracker=widget_tracker or tracker,
             calls=calls,
             control=control,
             info=self.info,
@@ -229,6 +232,7 @@ class Application:
             config, store=self.store, calls=self.calls, tracker=self.tracker,
             control=self.control, reactor=reactor, record_link=self.links.url,
             more_trackers=[p.tracker for p in self.pbxs if p is not default],
+            widget_tracker=AllTrackers(self.pbxs) if len(self.pbxs) > 1 else None,
         )  # fmt: skip
         for pbx, generator in zip(self.pbxs, self.events.generators, strict=True):
             pbx.lifecycle.recorder.on_complete(generator.recording_complete)

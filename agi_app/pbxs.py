@@ -57,6 +57,7 @@ from agi_app.live.tracker import CallTracker
 
 __all__ = [
     "CALL_SCRIPTS",
+    "AllTrackers",
     "PBX",
     "PBXCalls",
     "PBXControl",
@@ -450,6 +451,35 @@ class PBXControl:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.directory.default.control, name)
+
+
+class AllTrackers:
+    """The live calls of every PBX as one tracker: what the widget follows
+    (its events from every PBX; a call looked up on each)."""
+
+    def __init__(self, directory: PBXDirectory):
+        self.directory = directory
+
+    def subscribe(self, callback: Callable[[Any], object]) -> Callable[[], None]:
+        """Follow every PBX's tracker; returns the function that stops it."""
+        offs = [pbx.tracker.subscribe(callback) for pbx in self.directory]
+
+        def off() -> None:
+            for each in offs:
+                each()
+
+        return off
+
+    def call(self, call_api_id: str) -> Any:
+        """The live call ``call_api_id`` on the first PBX that has it, or None."""
+        for pbx in self.directory:
+            found = pbx.tracker.call(call_api_id)
+            if found is not None:
+                return found
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.directory.default.tracker, name)
 
 
 def transferred(lifecycle: Lifecycle, call_id: str, from_party: str, to: str) -> Any:

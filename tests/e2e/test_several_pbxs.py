@@ -33,6 +33,7 @@ from agi_app.events.testing import Receiver
 from agi_app.sandbox.pbx import PBX, PBXError
 from agi_app.sandbox.pbx import test_profile as offset_profile
 from agi_app.sandbox.phones import Phones, answer, kill_phones
+from agi_app.ws.testing import connect_widget
 
 #: an IVR menu that gives up after one silent second
 MENUS = """
@@ -120,6 +121,17 @@ async def app(sandbox, east, tmp_path):
     await application.stop()
 
 
+async def finished_call(widget, timeout: float = 15.0) -> str:
+    """The callID of the next "finished call" event (type 3) the widget gets."""
+    deadline = reactor().seconds() + timeout
+    while True:
+        left = max(0.1, deadline - reactor().seconds())
+        message = await widget.next().addTimeout(left, reactor())
+        event = message.get("event") or {}
+        if message["type"] == "event" and event.get("type") == 3:
+            return event.get("callID")
+
+
 async def operators_online(api, wanted: set[tuple[str, str]]) -> list[dict]:
     async def sips():
         code, body = await api.get("/api/sipList.json", status="online", per_page=500)
@@ -158,6 +170,9 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api, crm):
     sandbox.pstn.set("380639920011", answer_after=0.3, hangup_after=2)
     east_phones.pstn.set("380639920012", answer_after=0.3, hangup_after=2)
     east_phones.pstn.set("380639920013", answer_after=0.3, hangup_after=2)
+    # the widget of an extension on the east PBX
+    widget = await connect_widget(reactor(), WS_PORT)
+    await widget.hello(user_phone="1002")
     sips = await operators_online(api, {("1001", "default"), ("1002", "east"), ("1003", "east")})
     # each extension is listed with the PBX that reported it
     assert ("1001", "east") not in {(o["sip"], o["pbx"]) for o in sips}
@@ -182,6 +197,8 @@ async def test_two_pbxs_one_agi_app(sandbox, east, app, api, crm):
         entries = await wait_final(app, call_id)
         assert words(entries) == HAPPY, (pbx, entries)
         assert {e["pbx"] for e in entries} == {pbx}
+    assert await finished_call(widget) == on_east
+    widget.transport.loseConnection()
     hooks = await crm.wait_for(1).addTimeout(15, reactor())
     assert on_east in {(r.fields.get("CallID")) for r in hooks}, [r.fields for r in hooks]
     # the phones of each PBX got their own calls
