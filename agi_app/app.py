@@ -24,27 +24,29 @@ from twisted.logger import Logger
 from agi_app import __version__
 from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
-from agi_app.ami.service import AMIService
-from agi_app.calls import statuses
 from agi_app.calls.callback import AutoCallback
-from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.missed import MissedCalls
-from agi_app.calls.outbound import OutboundCalls
-from agi_app.calls.service import CallService
 from agi_app.config import Config
 from agi_app.doctor import register_scripts as register_doctor_scripts
 from agi_app.events.delivery import DeliverySettings, TreqSender
 from agi_app.events.generator import CallInfo, EventGenerator
 from agi_app.events.service import EventService
-from agi_app.inbound import CRMLookup, InboundService
-from agi_app.ivr.service import IVRService
+from agi_app.inbound import CRMLookup
 from agi_app.links import RecordLinks, link_secret
-from agi_app.live.control import CallControl, handed_over
-from agi_app.live.operators import OperatorTracker
-from agi_app.live.tracker import CallTracker
+from agi_app.live.control import handed_over
 from agi_app.logs import service_log_observer
 from agi_app.metrics import Metrics, WebhookBacklog
 from agi_app.netguard import TargetGuard
+from agi_app.pbxs import (
+    PBX,
+    AllTrackers,
+    PBXCalls,
+    PBXControl,
+    PBXDirectory,
+    pbx_health,
+    route_scripts,
+    transferred,
+)
 from agi_app.retention import Erasure, Retention
 from agi_app.store import store_from_config
 from agi_app.web import extensions_events, openapi
@@ -85,7 +87,10 @@ class EventParts:
     :param config: the whole :class:`~agi_app.config.Config`
     :param store: the store (an :class:`~agi_app.events.store.EventStore` too)
     :param calls: the :class:`~agi_app.calls.service.CallService`
-    :param tracker: the :class:`~agi_app.live.tracker.CallTracker`
+    :param tracker: the :class:`~agi_app.live.tracker.CallTracker` (of the
+        default PBX: the widget's)
+    :param more_trackers: the trackers of the further PBXs (their webhooks)
+    :param widget_tracker: what the widgets follow (default: ``tracker``)
     :param control: call control for the widget's ``transfer()`` (or None)
     :param settings: delivery settings (default: from ``config``)
     :param record_link: the signed link of a recording (``RecordURL`` of
@@ -106,6 +111,8 @@ class EventParts:
         settings: DeliverySettings | None = None,
         record_link: Any = None,
         dashboard: Any = None,
+        more_trackers: Any = (),
+        widget_tracker: Any = None,
     ):
         self.config = config
         self.reactor = reactor
@@ -117,14 +124,17 @@ class EventParts:
         self.service = EventService(
             store, send=self.sender, clock=reactor, settings=settings, guard=self.guard
         )
-        self.generator = EventGenerator(
-            tracker, self.service, self.info, record_link, handed_over=handed_over
-        )
+        # One generator per PBX (each follows its own tracker), one outbox.
+        self.generators = [
+            EventGenerator(t, self.service, self.info, record_link, handed_over=handed_over)
+            for t in (tracker, *more_trackers)
+        ]
+        self.generator = self.generators[0]
         self.hub = WidgetHub(
             client_ids=config.websocket.client_ids,
             token_secret=config.websocket.token_secret,
             clock=reactor,
-            tracker=tracker,
+            tracker=widget_tracker or tracker,
             calls=calls,
             control=control,
             info=self.info,
@@ -148,7 +158,8 @@ class EventParts:
         """Resume deliveries, follow the tracker, listen for widgets.
         The store must be open."""
         await self.service.start()
-        self.generator.start()
+        for generator in self.generators:
+            generator.start()
         self.hub.start()
         endpoint = serverFromString(self.reactor, self.config.websocket.listen)
         origins = OriginPolicy.from_config(self.config)
@@ -164,7 +175,8 @@ class EventParts:
         if self.ws_port is not None:
             await defer.maybeDeferred(self.ws_port.stopListening)
             self.ws_port = None
-        self.generator.stop()
+        for generator in self.generators:
+            generator.stop()
         self.service.stop()
         await self.sender.close()
 
@@ -177,54 +189,39 @@ class Application:
         self.reactor = reactor
         # SQLite at [store] path, or PostgreSQL when [store] url is set.
         self.store = store_from_config(config, reactor)
-        self.ami = AMIService(
-            config.ami.host,
-            config.ami.port,
-            config.ami.username,
-            config.ami.secret,
-            reactor=reactor,
-            ping_interval=config.ami.ping_interval,
-            action_timeout=config.ami.action_timeout,
-            max_backoff=config.ami.max_backoff,
-        )
-        self.scripts = ScriptRegistry()
-        # Every call of every kind follows one lifecycle to its one final status.
-        self.lifecycle = Lifecycle(
-            store=self.store, ami=self.ami, dialing=config.dialing, clock=reactor
-        )
-        self.calls = CallService(
-            lifecycle=self.lifecycle, dialing=config.dialing,
-            auto_answer_headers=config.dialing.auto_answer(config.ami.host),
-        )  # fmt: skip
-        # Trunks are endpoints too, but not operators.
-        self.operators = OperatorTracker(
-            self.ami, self.store, reactor, exclude=config.dialing.all_trunks
-        )
-        # Every call on the PBX (also those agi_app did not place), and what
-        # can be done to them; a transferred call stays one call of the
-        # lifecycle (a TRANSFER entry, a recording per leg).
-        self.tracker = CallTracker.for_dialing(self.ami, config.dialing, reactor)
-        self.control = CallControl(
-            ami=self.ami, tracker=self.tracker, dialing=config.dialing, clock=reactor,
-            store=self.store, on_transfer=self._transferred,
-            leg_recording=self.lifecycle.leg_recording,
-            on_leg_recorded=self.lifecycle.leg_recorded,
-        )  # fmt: skip
-        self.ivr = IVRService(
-            lifecycle=self.lifecycle, dialing=config.dialing, path=config.ivr.path
-        )
-        self.outbound = OutboundCalls(
-            lifecycle=self.lifecycle, dialing=config.dialing, menus=self.ivr
-        )
         # Inbound calls: the caller looked up in the CRM ([crm]), through
-        # the webhooks' SSRF guard.
+        # the webhooks' SSRF guard (shared by every PBX).
         self.crm = CRMLookup.from_config(config, reactor)
-        self.inbound = InboundService(
-            lifecycle=self.lifecycle, dialing=config.dialing, lookup=self.crm,
-            group=config.inbound.group,
+        # One PBX per [ami] (named "default") and [ami:NAME] section, each
+        # with its own AMI link, lifecycle (reconciled after that link's own
+        # logins), call services, tracker, call control and operator states.
+        # Per-PBX leadership between several nodes would wrap each PBX's
+        # start and stop (PBX.start/PBX.stop) here.
+        self.pbxs = PBXDirectory(
+            [
+                PBX(name, section, config, store=self.store, reactor=reactor,
+                    lookup=self.crm, on_transfer=transferred)
+                for name, section in config.pbxs.items()
+            ],
+            store=self.store, clock=reactor,
         )  # fmt: skip
-        for part in (self.calls, self.ivr, self.outbound, self.inbound):
-            part.register_scripts(self.scripts)
+        default = self.pbxs.default
+        # The default PBX's parts under their single-PBX names.
+        self.ami = default.ami
+        self.lifecycle = default.lifecycle
+        self.tracker = default.tracker
+        self.operators = default.operators
+        self.ivr = default.ivr
+        self.outbound = default.outbound
+        self.inbound = default.inbound
+        # What the API and the widget use: calls go to the PBX of the
+        # extension (or pbx=), call control to the PBX that has the call.
+        self.calls = PBXCalls(self.pbxs)
+        self.control = PBXControl(self.pbxs) if len(self.pbxs) > 1 else default.control
+        # One FastAGI listener for every PBX's dialplan: each session runs
+        # the script of the PBX its channel is on.
+        self.scripts = ScriptRegistry()
+        route_scripts(self.pbxs, self.scripts)
         # agi-app doctor's FastAGI check (dialplan [agi-app-doctor])
         register_doctor_scripts(self.scripts)
         # Recording links that work without an API key for a while.
@@ -238,19 +235,23 @@ class Application:
         # The supervisor's live dashboard: its figures read where the API
         # reads them (sipList, current calls, callStats, the webhook backlog).
         self.dashboard = Dashboard(
-            self.store, self.tracker, backlog=WebhookBacklog(self.store, reactor), clock=reactor
-        )
+            self.store, self.tracker, backlog=WebhookBacklog(self.store, reactor), clock=reactor,
+            more_trackers=[p.tracker for p in self.pbxs if p is not default],
+        )  # fmt: skip
         # Webhooks to CRMs and the browser widget's feed.
         self.events = EventParts(
             config, store=self.store, calls=self.calls, tracker=self.tracker,
             control=self.control, reactor=reactor, record_link=self.links.url,
             dashboard=self.dashboard.snapshot,
+            more_trackers=[p.tracker for p in self.pbxs if p is not default],
+            widget_tracker=AllTrackers(self.pbxs) if len(self.pbxs) > 1 else None,
         )  # fmt: skip
-        # The dashboard is sent again a moment after a status or an
-        # operator's state changes (call events reach the hub anyway).
-        self.lifecycle.on_status.append(self.events.hub.dashboard_changed)
-        self.ami.subscribe(self.events.hub.dashboard_changed, "DeviceStateChange")
-        self.lifecycle.recorder.on_complete(self.events.generator.recording_complete)
+        for pbx, generator in zip(self.pbxs, self.events.generators, strict=True):
+            pbx.lifecycle.recorder.on_complete(generator.recording_complete)
+            # The dashboard is sent again a moment after a status or an
+            # operator's state changes (call events reach the hub anyway).
+            pbx.lifecycle.on_status.append(self.events.hub.dashboard_changed)
+            pbx.ami.subscribe(self.events.hub.dashboard_changed, "DeviceStateChange")
         # Old history and recordings go; a subject's data goes on request.
         run_blocking = _in_threads(reactor)
         retention = config.retention
@@ -264,46 +265,57 @@ class Application:
             hash_key=secret, batch_size=retention.batch_size,
         )  # fmt: skip
         # Inbound calls nobody answered, and calling those callers back.
-        inbound = config.inbound
-        self.callbacks: AutoCallback | None = None
-        if inbound.auto_callback:
-            self.callbacks = AutoCallback(
-                calls=self.calls, group=inbound.group, hours=inbound.working_hours,
-                trunk=config.dialing.default_trunk, ring=config.dialing.call_time_to_ext,
-                attempts=inbound.callback_attempts, retry_delay=inbound.callback_retry_delay,
-                max_age=inbound.callback_max_age, device=config.dialing.operator_channel,
-                pbx=self.lifecycle.pbx,
-            )  # fmt: skip
-        self.missed = MissedCalls(
-            tracker=self.tracker, store=self.store, clock=reactor, events=self.events.service,
-            group=inbound.group, pbx=self.lifecycle.pbx,
-            on_missed=self.callbacks.poke if self.callbacks is not None else None,
-        )  # fmt: skip
+        # Inbound calls nobody answered, and calling those callers back: on
+        # each PBX, through its own operators.
+        self.missed_calls: list[MissedCalls] = []
+        self.auto_callbacks: list[AutoCallback] = []
+        for pbx in self.pbxs:
+            self._missed_calls_of(pbx)
+        self.missed = self.missed_calls[0]
+        self.callbacks = self.auto_callbacks[0] if self.auto_callbacks else None
         self._ports: list = []
         self.agi_factory = None
         # GET /metrics: counted as it happens (statuses, HTTP answers), the
         # rest read from the parts when scraped.
         self.metrics = Metrics(
-            clock=reactor, store=self.store, amis=lambda: (self.ami,),
+            clock=reactor, store=self.store, amis=lambda: [p.ami for p in self.pbxs],
+            pbxs=list(self.pbxs.pbxs),
             agi=lambda: self.agi_factory, widgets=self.events.hub,
         )  # fmt: skip
-        self.lifecycle.on_status.append(self.metrics.status_logged)
-        # the hangup webhook of a call that ended while nobody watched
-        self.lifecycle.on_status.append(self.events.generator.status_logged)
+        for pbx, generator in zip(self.pbxs, self.events.generators, strict=True):
+            pbx.lifecycle.on_status.append(self.metrics.status_logged)
+            # the hangup webhook of a call that ended while nobody watched
+            pbx.lifecycle.on_status.append(generator.status_logged)
 
-    def _transferred(self, call_id: str, from_party: str, to: str) -> Any:
-        return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")
+    def _missed_calls_of(self, pbx: PBX) -> None:
+        inbound, dialing = self.config.inbound, self.config.dialing
+        callbacks = None
+        if inbound.auto_callback:
+            callbacks = AutoCallback(
+                calls=pbx.calls, group=inbound.group, hours=inbound.working_hours,
+                trunk=dialing.default_trunk, ring=dialing.call_time_to_ext,
+                attempts=inbound.callback_attempts, retry_delay=inbound.callback_retry_delay,
+                max_age=inbound.callback_max_age, device=dialing.operator_channel,
+                pbx=pbx.name,
+            )  # fmt: skip
+            self.auto_callbacks.append(callbacks)
+        self.missed_calls.append(MissedCalls(
+            tracker=pbx.tracker, store=self.store, clock=self.reactor,
+            events=self.events.service, group=inbound.group, pbx=pbx.name,
+            on_missed=callbacks.poke if callbacks is not None else None,
+        ))  # fmt: skip
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """``(ok, body)`` for ``GET /health``: ok while the AMI session is logged in.
+        """``(ok, body)`` for ``GET /health``: ok while every PBX's AMI
+        session is logged in (``ami``: the default PBX's; ``pbxs``: each).
         A request without an API key sees only ``status`` (:meth:`router`)."""
-        ami_up = bool(self.ami.connected)
+        ami_up = all(p.ami.connected for p in self.pbxs)
         factory = self.agi_factory
         body = {
             "status": "ok" if ami_up else "degraded",
             "version": __version__,
             "ami": {
-                "connected": ami_up,
+                "connected": bool(self.ami.connected),
                 "host": self.config.ami.host,
                 "port": self.config.ami.port,
                 "channels": len(self.ami.channels),
@@ -314,6 +326,7 @@ class Application:
                 "sessions": factory.total if factory is not None else 0,
             },
             "store": {"path": self.config.store.path, "open": self.store_open},
+            "pbxs": pbx_health(self.pbxs),
         }
         return ami_up, body
 
@@ -384,29 +397,27 @@ class Application:
         folder = os.path.dirname(os.path.abspath(self.config.store.path))
         os.makedirs(folder, exist_ok=True)
         self.store.open()
-        self.lifecycle.start()
-        self.operators.start()
-        self.tracker.start()
-        self.missed.start()
+        for missed in self.missed_calls:
+            missed.start()
         await self.events.start()
-        if self.callbacks is not None:
-            self.callbacks.start()
+        for callbacks in self.auto_callbacks:
+            callbacks.start()
         log.info("signed recording links: key {source}, valid {ttl} s",
                  source=self.link_secret_source, ttl=self.links.ttl)  # fmt: skip
         self.retention.start()
-        self.ami.startService()
+        for pbx in self.pbxs:
+            pbx.start()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
         self._ports.append(port)
         http = serverFromString(self.reactor, self.config.http.listen)
         self._ports.append(await http.listen(self.site()))
         log.info(
-            "agi_app {version}: FastAGI on {agi}, HTTP on {http}, AMI {host}:{port}",
+            "agi_app {version}: FastAGI on {agi}, HTTP on {http}, AMI {pbxs}",
             version=__version__,
             agi=self.config.agi.listen,
             http=self.config.http.listen,
-            host=self.config.ami.host,
-            port=self.config.ami.port,
+            pbxs=", ".join(f"{p.name} {p.config.host}:{p.config.port}" for p in self.pbxs),
         )
 
     async def stop(self) -> None:
@@ -417,13 +428,12 @@ class Application:
         self.retention.stop()
         await self.events.stop()
         await self.crm.close()
-        if self.callbacks is not None:
-            self.callbacks.stop()
-        self.missed.stop()
-        self.lifecycle.stop()
-        self.operators.stop()
-        self.tracker.stop()
-        await defer.maybeDeferred(self.ami.stopService)
+        for callbacks in self.auto_callbacks:
+            callbacks.stop()
+        for missed in self.missed_calls:
+            missed.stop()
+        for pbx in self.pbxs:
+            await pbx.stop()
         await self.store.close()
 
 

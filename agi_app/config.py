@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from agi_app.hours import WorkingHours
 from agi_app.netguard import parse_networks
-from agi_app.validation import EXTENSION
+from agi_app.validation import EXTENSION, PBX_NAME
 
 __all__ = [
     "AMIConfig",
@@ -34,6 +34,7 @@ __all__ = [
     "CRMConfig",
     "Config",
     "ConfigError",
+    "DEFAULT_PBX",
     "FILE_PATHS",
     "DialingConfig",
     "EventsConfig",
@@ -76,6 +77,21 @@ class AMIConfig:
     action_timeout: float = 10.0
     #: reconnect backoff cap in seconds
     max_backoff: float = 30.0
+    #: extensions known to be on this PBX (exact names, or a prefix ending in
+    #: ``*``): where a call to one goes while no PBX has reported its device
+    #: (see docs/scaling.md, "Several PBXs")
+    extensions: tuple[str, ...] = ()
+    #: this PBX's recordings as agi_app sees them, and as Asterisk writes
+    #: them; empty: ``[dialing] recordings_dir`` and ``pbx_recordings_dir``
+    recordings_dir: str = ""
+    pbx_recordings_dir: str = ""
+
+    def has_extension(self, extension: str) -> bool:
+        """Whether ``extensions`` names ``extension`` (or a prefix of it)."""
+        return any(
+            extension.startswith(item[:-1]) if item.endswith("*") else extension == item
+            for item in self.extensions
+        )
 
 
 @dataclass(frozen=True)
@@ -398,6 +414,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    #: the further PBXs, ``[ami:NAME]`` sections in the order of the file,
+    #: as ``(NAME, AMIConfig)``
+    more_pbxs: tuple[tuple[str, AMIConfig], ...] = ()
     #: the file this was read from, if any (relative paths written in it are
     #: taken from its folder: :data:`FILE_PATHS`)
     source: str | None = None
@@ -405,6 +424,16 @@ class Config:
     #: way before 0.2.0 (``[section] key``, path used); the service logs a warning
     legacy_paths: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def pbxs(self) -> dict[str, AMIConfig]:
+        """Every PBX by name, ``[ami]`` (:data:`DEFAULT_PBX`) first."""
+        return {DEFAULT_PBX: self.ami, **dict(self.more_pbxs)}
+
+
+#: the name of the PBX of ``[ami]``; ``[ami:NAME]`` sections add others
+DEFAULT_PBX = "default"
+#: the section of a further PBX: ``[ami:NAME]``
+_PBX_SECTION = "ami:"
 
 _SECTIONS = {
     "ami": AMIConfig,
@@ -463,7 +492,9 @@ def _convert(section: str, key: str, raw: str, default: object) -> object:
 #: written in the configuration file is taken from the file's folder; one
 #: from the environment or a default, from the working directory.
 #: (``[dialing] pbx_recordings_dir`` is the PBX's view: never resolved.)
-FILE_PATHS = (("store", "path"), ("ivr", "path"), ("dialing", "recordings_dir"))
+FILE_PATHS = (
+    ("store", "path"), ("ivr", "path"), ("dialing", "recordings_dir"), ("ami", "recordings_dir"),
+)  # fmt: skip
 
 
 def _beside(folder: Path, section: str, key: str, value: str,
@@ -501,40 +532,78 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
             parser.read(p, encoding="utf-8")
         except (configparser.Error, UnicodeDecodeError) as e:
             raise ConfigError(f"{p}: {e}") from None
+    more_pbxs = []
     for section in parser.sections():
-        if section not in _SECTIONS:
-            raise ConfigError(f"unknown section [{section}] (known: {', '.join(_SECTIONS)})")
-    built = {}
+        if section.startswith(_PBX_SECTION):
+            more_pbxs.append((_pbx_name(section), section))
+        elif section not in _SECTIONS:
+            raise ConfigError(
+                f"unknown section [{section}] (known: {', '.join(_SECTIONS)}, ami:NAME)"
+            )
     legacy: list[tuple[str, str]] = []
     folder = Path(path).parent if path is not None else None
-    for name, cls in _SECTIONS.items():
-        values = {}
-        known = {f.name: f for f in fields(cls)}
-        if parser.has_section(name):
-            for key in parser[name]:
-                if key not in known:
-                    raise ConfigError(f"[{name}] {key}: unknown key")
-        for key, f in known.items():
-            default = f.default if f.default is not f.default_factory else f.default_factory()
-            raw = None
-            if parser.has_option(name, key):
-                raw = parser.get(name, key)
-            env_name = f"AGI_APP_{name.upper()}_{key.upper()}"
-            if env_name in environ:
-                raw = environ[env_name]
-            if raw is not None:
-                values[key] = _convert(name, key, raw, default)
-                if (name, key) in FILE_PATHS and folder is not None and env_name not in environ:
-                    values[key] = _beside(folder, name, key, values[key], legacy)
-        built[name] = cls(**values)
-    cfg = Config(**built, source=str(path) if path is not None else None,
-                 legacy_paths=tuple(legacy))
+    built = {
+        name: _read_section(parser, name, cls, environ, folder, legacy)
+        for name, cls in _SECTIONS.items()
+    }
+    # A further PBX has [ami]'s keys; the AGI_APP_AMI_* overrides are [ami]'s only.
+    pbxs = tuple(
+        (n, _read_section(parser, section, AMIConfig, {}, folder, legacy))
+        for n, section in more_pbxs
+    )
+    cfg = Config(**built, more_pbxs=pbxs, source=str(path) if path is not None else None,
+                 legacy_paths=tuple(legacy))  # fmt: skip
     _validate(cfg)
     for where, kept in legacy:
         log.warn("{where}: a relative path is now taken from the configuration file's "
                  "folder; kept {kept} (found in the working directory only): write the "
                  "absolute path", where=where, kept=kept)
     return cfg
+
+
+def _pbx_name(section: str) -> str:
+    """NAME of an ``[ami:NAME]`` section, checked."""
+    name = section[len(_PBX_SECTION):]
+    if name == DEFAULT_PBX:
+        raise ConfigError(f"[{section}]: {DEFAULT_PBX!r} is the PBX of [ami]; name this one "
+                          "otherwise")  # fmt: skip
+    if not PBX_NAME.match(name):
+        raise ConfigError(f"[{section}]: a PBX's name must be {PBX_NAME.says}")
+    return name
+
+
+def _read_section(
+    parser: configparser.ConfigParser,
+    section: str,
+    cls: type,
+    environ: Mapping[str, str],
+    folder: Path | None = None,
+    legacy: list[tuple[str, str]] | None = None,
+) -> object:
+    """Section ``section`` of the file as ``cls``, with ``AGI_APP_<SECTION>_<KEY>``
+    overrides from ``environ``; a relative path of :data:`FILE_PATHS` written
+    in the file in ``folder`` is taken beside it (:func:`_beside`)."""
+    kind = section.split(":", 1)[0]  # [ami:NAME] has [ami]'s keys
+    values = {}
+    known = {f.name: f for f in fields(cls)}
+    if parser.has_section(section):
+        for key in parser[section]:
+            if key not in known:
+                raise ConfigError(f"[{section}] {key}: unknown key")
+    for key, f in known.items():
+        default = f.default if f.default is not f.default_factory else f.default_factory()
+        raw = None
+        if parser.has_option(section, key):
+            raw = parser.get(section, key)
+        env_name = f"AGI_APP_{section.upper()}_{key.upper()}"
+        if env_name in environ:
+            raw = environ[env_name]
+        if raw is not None:
+            values[key] = _convert(section, key, raw, default)
+            if (kind, key) in FILE_PATHS and folder is not None and env_name not in environ:
+                values[key] = _beside(folder, section, key, values[key],
+                                      legacy if legacy is not None else [])  # fmt: skip
+    return cls(**values)
 
 
 # Twisted's own parser of each kind of server endpoint string; binding an
@@ -631,11 +700,37 @@ def web_origin(url: str, *, exact: bool = False) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+def _pbx_section(name: str) -> str:
+    return "ami" if name == DEFAULT_PBX else f"{_PBX_SECTION}{name}"
+
+
+def _validate_pbxs(cfg: Config) -> None:
+    """Every PBX: a port, a user, extensions that are extensions, and no two
+    PBXs at one address (one PBX followed twice would see each call twice)."""
+    seen: dict[tuple[str, int], str] = {}
+    for name, ami in cfg.pbxs.items():
+        where = f"[{_pbx_section(name)}]"
+        if not ami.host.strip():
+            raise ConfigError(f"{where} host: must not be empty")
+        if not 0 < ami.port < 65536:
+            raise ConfigError(f"{where} port: must be 1..65535")
+        if not ami.username:
+            raise ConfigError(f"{where} username: must not be empty")
+        for item in ami.extensions:
+            if not EXTENSION.match(item.removesuffix("*")):
+                raise ConfigError(f"{where} extensions: {item!r} must match {EXTENSION.body}, "
+                                  "optionally followed by *")  # fmt: skip
+        address = (ami.host.strip().lower().strip("[]"), ami.port)
+        if address in seen:
+            raise ConfigError(
+                f"{where} host, port: {ami.host}:{ami.port} is the PBX of "
+                f"[{_pbx_section(seen[address])}] already"
+            )
+        seen[address] = name
+
+
 def _validate(cfg: Config) -> None:
-    if not 0 < cfg.ami.port < 65536:
-        raise ConfigError("[ami] port: must be 1..65535")
-    if not cfg.ami.username:
-        raise ConfigError("[ami] username: must not be empty")
+    _validate_pbxs(cfg)
     for sec in ("agi", "http", "websocket"):
         value = getattr(cfg, sec).listen
         if not re.match(r"^(tcp|tcp6|unix|ssl):", value):
@@ -696,10 +791,11 @@ def _validate(cfg: Config) -> None:
 
 
 def _validate_auto_answer(cfg: Config) -> None:
-    try:
-        cfg.dialing.auto_answer(cfg.ami.host)
-    except ValueError as e:
-        raise ConfigError(f"[dialing] auto_answer_headers: {e}") from None
+    for ami in cfg.pbxs.values():
+        try:
+            cfg.dialing.auto_answer(ami.host)
+        except ValueError as e:
+            raise ConfigError(f"[dialing] auto_answer_headers: {e}") from None
     if cfg.dialing.operator_auto_answer and not cfg.dialing.auto_answer_headers:
         raise ConfigError("[dialing] operator_auto_answer: [dialing] auto_answer_headers is empty")
     if cfg.dialing.operator_auto_answer and not cfg.dialing.operator_channel.startswith("PJSIP/"):

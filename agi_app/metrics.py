@@ -118,9 +118,11 @@ class _CallCollector:
     """Final statuses, setup and talk times, store write times: from the
     lifecycle's :class:`~agi_app.calls.lifecycle.StatusLogged`."""
 
-    def __init__(self) -> None:
-        # every final status from the start, so rate() sees the first one
-        self.finals: Counter[str] = Counter(dict.fromkeys(sorted(st.FINAL), 0))
+    def __init__(self, pbxs: Iterable[str] = ("default",)) -> None:
+        # every final status of every PBX from the start, so rate() sees the first one
+        self.finals: Counter[tuple[str, str]] = Counter(
+            dict.fromkeys(((s, p) for p in pbxs for s in sorted(st.FINAL)), 0)
+        )
         self.setup = Histogram(
             "agi_app_call_setup_seconds",
             "Seconds from CALL to CLIENT_PICKUP of the calls whose client answered.",
@@ -144,7 +146,7 @@ class _CallCollector:
         self.store_write.observe(logged.write_seconds)
         call = logged.call
         if status in st.FINAL:
-            self.finals[status] += 1
+            self.finals[status, logged.entry.get("pbx", "default")] += 1
             if status == st.FINISH and logged.talk_seconds is not None:
                 self.talk.observe(logged.talk_seconds)
         elif status == st.CLIENT_PICKUP and not call.pickup_unseen:
@@ -155,11 +157,11 @@ class _CallCollector:
 
     def collect(self) -> Iterator[Metric]:
         calls = CounterMetricFamily(
-            "agi_app_calls", "Calls that reached their final status, by that status.",
-            labels=("final_status",),
+            "agi_app_calls", "Calls that reached their final status, by that status and PBX.",
+            labels=("final_status", "pbx"),
         )  # fmt: skip
-        for status, count in sorted(self.finals.items()):
-            calls.add_metric([status], count)
+        for (status, pbx), count in sorted(self.finals.items()):
+            calls.add_metric([status, pbx], count)
         yield calls
         yield self.setup.family()
         yield self.talk.family()
@@ -355,6 +357,7 @@ class Metrics:
     :param amis: a function giving the AMI services (one per PBX)
     :param agi: a function giving the FastAGI factory (None while not listening)
     :param widgets: the widget hub (:class:`~agi_app.ws.WidgetHub`), if any
+    :param pbxs: the names of the PBXs (their call counters start at 0)
 
     Wire :meth:`status_logged` to the lifecycle's ``on_status`` and
     :meth:`observe_request` to the HTTP site's ``observe``.
@@ -368,9 +371,10 @@ class Metrics:
         amis: Callable[[], Iterable[Any]] = tuple,
         agi: Callable[[], Any] = lambda: None,
         widgets: Any = None,
+        pbxs: Iterable[str] = ("default",),
     ):
         self.registry = CollectorRegistry(auto_describe=False)
-        self._calls = _CallCollector()
+        self._calls = _CallCollector(pbxs)
         self._http = _HTTPCollector()
         self.webhooks = WebhookBacklog(store, clock) if store is not None else None
         collectors: list[Any] = [

@@ -27,6 +27,7 @@ __all__ = [
     "FLAG",
     "FORBIDDEN",
     "IDENTIFIER",
+    "PBX_NAME",
     "PHONE",
     "PROMPT_NAME",
     "SECONDS",
@@ -40,6 +41,7 @@ __all__ = [
     "extension",
     "flag",
     "identifier",
+    "pbx_name",
     "phone",
     "seconds",
     "whole_number",
@@ -104,6 +106,9 @@ def any_case(word: str) -> str:
 PHONE = Rule(r"\+?[0-9]{3,15}", "3 to 15 digits, optionally after '+'")
 EXTENSION = Rule(r"[A-Za-z0-9_-]{1,32}", "1 to 32 of A-Z a-z 0-9 _ -")
 IDENTIFIER = Rule(r"[A-Za-z0-9_.:-]{1,64}", "1 to 64 of A-Z a-z 0-9 _ . : -")
+#: A PBX's name: ``NAME`` of an ``[ami:NAME]`` section, ``default`` for
+#: ``[ami]``; the API's ``pbx`` and the ``pbx`` of what the store keeps.
+PBX_NAME = Rule(r"[a-z][a-z0-9_-]{0,31}", "1 to 32 of a-z 0-9 _ -, starting with a letter")
 #: A recorded message's name (voiceFileID): see :func:`agi_app.sounds.check_name`.
 PROMPT_NAME = Rule(r"[A-Za-z0-9_-]{1,64}", "1 to 64 of A-Z a-z 0-9 _ -")
 #: A number of seconds as text: digits, blanks around them allowed.
@@ -160,6 +165,11 @@ def identifier(value: object, field: str) -> str:
     """An order_id / external_key / call id: :data:`IDENTIFIER`,
     ``^[A-Za-z0-9_.:-]{1,64}$``."""
     return _ruled(IDENTIFIER, value, field)
+
+
+def pbx_name(value: object, field: str) -> str:
+    """A PBX's name: :data:`PBX_NAME`, ``^[a-z][a-z0-9_-]{0,31}$``."""
+    return _ruled(PBX_NAME, value, field)
 
 
 def seconds(value: object, field: str, minimum: int = 1, maximum: int = 86400) -> int:

@@ -44,7 +44,7 @@ from agi_app.agi import errors as agi_errors
 from agi_app.ami import errors as ami_errors
 from agi_app.calls import statuses as st
 from agi_app.calls.lifecycle import CALL_ID_VAR, PICKUP_UNSEEN, Call, Lifecycle
-from agi_app.errors import Conflict, PBXUnavailable
+from agi_app.errors import Conflict, InvalidInput, PBXUnavailable
 
 __all__ = ["CALL_ID_VAR", "PBX_DOWN", "CallRequest", "CallService"]
 
@@ -167,8 +167,12 @@ class CallService:
 
     # -- placing a call ---------------------------------------------------------
 
-    async def place(self, req: CallRequest) -> tuple[str, bool]:
+    async def place(self, req: CallRequest, pbx: str | None = None) -> tuple[str, bool]:
         """Create and start a call; returns ``(call_id, created)``.
+
+        ``pbx``: the PBX the request asks for; this service places calls on
+        its lifecycle's PBX only (another is a 400 ``unknown_pbx``; with
+        several PBXs, :class:`agi_app.pbxs.PBXCalls` picks the service).
 
         A repeated ``external_key`` with the same parameters returns the
         existing call with ``created`` False and places nothing; with other
@@ -178,6 +182,8 @@ class CallService:
         repeat of that request: a retry is never answered as if a call had
         been placed (a new ``external_key`` places a new call).
         """
+        if pbx is not None and pbx != self.lifecycle.pbx:
+            raise InvalidInput("pbx", f"pbx {pbx!r} is not a configured PBX", code="unknown_pbx")
         if req.auto_answer and not self.can_auto_answer:
             raise Conflict(
                 "auto-answer is not available: [dialing] auto_answer_headers is empty or "

@@ -71,6 +71,7 @@ class OperatorTracker:
     """Writes operator state changes from AMI into the store.
 
     ``exclude``: endpoint names that are not operators (trunks), ignored.
+    ``pbx``: the name of the PBX the AMI link is to (its operators' rows).
     """
 
     _log = Logger()
@@ -82,8 +83,10 @@ class OperatorTracker:
         clock: IReactorTime,
         *,
         exclude: Iterable[str] = (),
+        pbx: str = "default",
     ):
         self._ami = ami_service
+        self.pbx = pbx
         self._store = store
         self._clock = clock
         self._exclude = frozenset(exclude)
@@ -107,7 +110,9 @@ class OperatorTracker:
             self._set(*found)
 
     def _set(self, sip: str, status: str) -> Deferred[bool]:
-        d = self._store.set_operator_status(sip, status, iso_time(self._clock.seconds()))
+        d = self._store.set_operator_status(
+            sip, status, iso_time(self._clock.seconds()), pbx=self.pbx
+        )
         d.addErrback(
             lambda f: self._log.failure(
                 "operator {sip}: storing {status} failed", f, sip=sip, status=status
@@ -127,7 +132,7 @@ class OperatorTracker:
                 seen[found[0]] = found[1]
         for sip, status in seen.items():
             self._set(sip, status)
-        d = self._store.operator_statuses()
+        d = self._store.operator_statuses(self.pbx)
 
         def forget_missing(known: dict[str, str]) -> None:
             if not seen:

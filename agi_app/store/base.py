@@ -12,10 +12,14 @@ Shapes of the dicts handed out:
 
 - call: ``call_id, kind, sip, phone, order_id, external_key, params (dict),
   created_at, final_status, finished_at, talk_seconds, pbx``
-- history entry: ``id, call_id, order_id, status, time, detail``
+- history entry: ``id, call_id, order_id, status, time, detail, pbx``
 - recording: ``record_id, call_id, order_id, external_key, sip, phone, path,
-  created_at, duration, size``
-- operator: ``sip, status, since``; operator history entry: ``id, sip, status, time``
+  created_at, duration, size, pbx``
+- operator: ``sip, status, since, pbx``; operator history entry: ``id, sip,
+  status, time, pbx``
+
+``pbx`` is the name of the PBX (``default``: ``[ami]``; ``NAME``:
+``[ami:NAME]``) the call was on, or that reported the operator's state.
 - missed call: ``id, call_id, phone, did, time, extensions (list), ring_seconds,
   called_back, handled_at, callback_attempts, last_callback, last_callback_at, pbx``
 - operator statistics: ``sip, offered, answered, ring_ms, talked, talk_ms``
@@ -169,7 +173,7 @@ class Deleted(NamedTuple):
 #: The fields of a recording as the CRM API lists it, in order, then ``url``.
 API_RECORD_FIELDS = (
     "record_id", "call_id", "order_id", "external_key", "sip", "phone", "created_at",
-    "duration", "size",
+    "duration", "size", "pbx",
 )  # fmt: skip
 
 
@@ -365,20 +369,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_operator_status(
-        self, sip: str, status: str, time: str | None = None
+        self, sip: str, status: str, time: str | None = None, pbx: str = "default"
     ) -> Deferred[bool]:
-        """Record an operator's state (one of :data:`OPERATOR_STATES`); fires
-        True when it changed (and was added to the operator history)."""
+        """Record the state of extension ``sip`` on PBX ``pbx`` (one of
+        :data:`OPERATOR_STATES`); fires True when it changed (and was added
+        to the operator history)."""
 
     @abc.abstractmethod
-    def operator_statuses(self) -> Deferred[dict[str, str]]:
-        """Every known operator's current state, ``{sip: status}``."""
+    def operator_statuses(self, pbx: str = "default") -> Deferred[dict[str, str]]:
+        """The current state of every known operator of PBX ``pbx``, ``{sip: status}``."""
 
     @abc.abstractmethod
     def operators(
         self, page: int, per_page: int, statuses: frozenset[str] | None = None
     ) -> Deferred[Page]:
-        """Operators ordered by sip, optionally only those in ``statuses``."""
+        """Operators ordered by sip (then pbx: one extension may be on
+        several PBXs), optionally only those in ``statuses``."""
 
     @abc.abstractmethod
     def operator_history(

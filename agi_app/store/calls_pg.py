@@ -63,7 +63,7 @@ _CALL_COLUMNS = (
     "call_id, kind, sip, phone, order_id, external_key, params, created_at, "
     "final_status, finished_at, talk_seconds, pbx"
 )
-_ENTRY_COLUMNS = "id, call_id, order_id, status, time, detail"
+_ENTRY_COLUMNS = "id, call_id, order_id, status, time, detail, pbx"
 # One list of entries as JSON text, its length and its last id, from the
 # entries the subquery ``e`` selects (one statement: one snapshot).
 _ENTRY_LIST = (
@@ -176,6 +176,7 @@ class CallsPostgresMixin(PostgresEngine):
                     "status": "CALL",
                     "time": row["created_at"],
                     "detail": None,
+                    "pbx": row["pbx"],
                 },
             )
         return _call_from_row(dict(row)), True
@@ -220,12 +221,13 @@ class CallsPostgresMixin(PostgresEngine):
             # The row lock: another writer of this call waits here until
             # this transaction ends, then reads what it wrote.
             found = conn.execute(
-                "SELECT order_id, final_status FROM calls WHERE call_id = %s FOR NO KEY UPDATE",
+                "SELECT order_id, final_status, pbx FROM calls WHERE call_id = %s "
+                "FOR NO KEY UPDATE",
                 (call_id,),
             ).fetchone()
             if found is None:
                 raise UnknownCall(call_id)
-            order_id, final = found
+            order_id, final, pbx = found
             if final is not None:
                 return None, final
             entry = {
@@ -234,6 +236,7 @@ class CallsPostgresMixin(PostgresEngine):
                 "status": status,
                 "time": when,
                 "detail": detail,
+                "pbx": pbx,
             }
             entry_id = self._add_entry(conn, entry)
             if status in FINAL_STATUSES:

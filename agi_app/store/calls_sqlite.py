@@ -40,7 +40,7 @@ _CALL_COLUMNS = (
     "call_id, kind, sip, phone, order_id, external_key, params, created_at, "
     "final_status, finished_at, talk_seconds, pbx"
 )
-_ENTRY_COLUMNS = "id, call_id, order_id, status, time, detail"
+_ENTRY_COLUMNS = "id, call_id, order_id, status, time, detail, pbx"
 # The same columns as one JSON object per entry (none is REAL: SQLite's JSON
 # would print a REAL with 15 significant digits, not exactly).
 _ENTRY_JSON = "json_object(" + ", ".join(
@@ -153,6 +153,7 @@ class CallsSQLiteMixin(SQLiteEngine):
                 "status": "CALL",
                 "time": row["created_at"],
                 "detail": None,
+                "pbx": row["pbx"],
             },
         )
         return _call_from_row(dict(row)), True
@@ -195,7 +196,7 @@ class CallsSQLiteMixin(SQLiteEngine):
         assert self._conn is not None
         # one job of the worker thread, in a savepoint of its own (engine._batch)
         found = self._select(
-            "SELECT order_id, final_status FROM calls WHERE call_id = ?", (call_id,)
+            "SELECT order_id, final_status, pbx FROM calls WHERE call_id = ?", (call_id,)
         )
         if not found:
             raise UnknownCall(call_id)
@@ -208,6 +209,7 @@ class CallsSQLiteMixin(SQLiteEngine):
             "status": status,
             "time": when,
             "detail": detail,
+            "pbx": found[0]["pbx"],
         }
         entry_id = self._insert("call_status", entry)
         if status in FINAL_STATUSES:

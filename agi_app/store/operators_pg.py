@@ -18,15 +18,15 @@ from agi_app.store.pg_engine import PostgresEngine
 __all__ = ["OperatorsPostgresMixin"]
 
 _PAGE = """
-WITH m AS (SELECT sip, status, since FROM operators {where})
+WITH m AS (SELECT sip, status, since, pbx FROM operators {where})
 SELECT (SELECT count(*) FROM m),
-       (SELECT coalesce(json_agg(p ORDER BY p.sip), '[]'::json)
-        FROM (SELECT * FROM m ORDER BY sip LIMIT %(limit)s OFFSET %(offset)s) p)
+       (SELECT coalesce(json_agg(p ORDER BY p.sip, p.pbx), '[]'::json)
+        FROM (SELECT * FROM m ORDER BY sip, pbx LIMIT %(limit)s OFFSET %(offset)s) p)
 """
 _SIP_HISTORY = """
 SELECT (SELECT count(*) FROM operator_history WHERE sip = %(sip)s),
        (SELECT coalesce(json_agg(p ORDER BY p.id DESC), '[]'::json)
-        FROM (SELECT id, sip, status, time FROM operator_history WHERE sip = %(sip)s
+        FROM (SELECT id, sip, status, time, pbx FROM operator_history WHERE sip = %(sip)s
               ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s) p)
 """
 
@@ -35,7 +35,7 @@ class OperatorsPostgresMixin(PostgresEngine):
     """Operators' current states and the history of their changes."""
 
     def set_operator_status(
-        self, sip: str, status: str, time: str | None = None
+        self, sip: str, status: str, time: str | None = None, pbx: str = "default"
     ) -> Deferred[bool]:
         if status not in OPERATOR_STATES:
             raise ValueError(f"unknown operator status {status!r}")
@@ -44,31 +44,36 @@ class OperatorsPostgresMixin(PostgresEngine):
         def update(conn) -> bool:
             with conn.transaction():
                 created = conn.execute(
-                    "INSERT INTO operators (sip, status, since) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (sip) DO NOTHING RETURNING sip",
-                    (sip, status, when),
+                    "INSERT INTO operators (pbx, sip, status, since) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (pbx, sip) DO NOTHING RETURNING sip",
+                    (pbx, sip, status, when),
                 ).fetchone()
                 if created is None:
                     current = self._scalar(
-                        conn, "SELECT status FROM operators WHERE sip = %s FOR UPDATE", (sip,)
+                        conn,
+                        "SELECT status FROM operators WHERE pbx = %s AND sip = %s FOR UPDATE",
+                        (pbx, sip),
                     )
                     if current == status:
                         return False
                     conn.execute(
-                        "UPDATE operators SET status = %s, since = %s WHERE sip = %s",
-                        (status, when, sip),
+                        "UPDATE operators SET status = %s, since = %s WHERE pbx = %s AND sip = %s",
+                        (status, when, pbx, sip),
                     )
                 conn.execute(
-                    "INSERT INTO operator_history (sip, status, time) VALUES (%s, %s, %s)",
-                    (sip, status, when),
+                    "INSERT INTO operator_history (sip, status, time, pbx) "
+                    "VALUES (%s, %s, %s, %s)",
+                    (sip, status, when, pbx),
                 )
             return True
 
         return self._run(update)
 
-    def operator_statuses(self) -> Deferred[dict[str, str]]:
+    def operator_statuses(self, pbx: str = "default") -> Deferred[dict[str, str]]:
         def query(conn) -> dict[str, str]:
-            return dict(conn.execute("SELECT sip, status FROM operators").fetchall())
+            return dict(
+                conn.execute("SELECT sip, status FROM operators WHERE pbx = %s", (pbx,)).fetchall()
+            )
 
         return self._run(query)
 
@@ -102,7 +107,7 @@ class OperatorsPostgresMixin(PostgresEngine):
         def query(conn) -> Page:
             if sip is None:
                 return self._newest_page(
-                    conn, "operator_history", "id", "id, sip, status, time", offset, per_page
+                    conn, "operator_history", "id", "id, sip, status, time, pbx", offset, per_page
                 )
             total, items = conn.execute(
                 _SIP_HISTORY, {"sip": sip, "limit": per_page, "offset": offset}

@@ -24,7 +24,7 @@ class OperatorsSQLiteMixin(SQLiteEngine):
     """Operators' current states and the history of their changes."""
 
     def set_operator_status(
-        self, sip: str, status: str, time: str | None = None
+        self, sip: str, status: str, time: str | None = None, pbx: str = "default"
     ) -> Deferred[bool]:
         if status not in OPERATOR_STATES:
             raise ValueError(f"unknown operator status {status!r}")
@@ -33,23 +33,27 @@ class OperatorsSQLiteMixin(SQLiteEngine):
         def update() -> bool:
             assert self._db is not None and self._conn is not None
             with self._db.atomic():
-                current = self._scalar("SELECT status FROM operators WHERE sip = ?", (sip,))
+                current = self._scalar(
+                    "SELECT status FROM operators WHERE pbx = ? AND sip = ?", (pbx, sip)
+                )
                 if current == status:
                     return False
                 self._conn.execute(
-                    "INSERT INTO operators (sip, status, since) VALUES (?, ?, ?) "
-                    "ON CONFLICT (sip) DO UPDATE SET status = excluded.status, "
+                    "INSERT INTO operators (pbx, sip, status, since) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (pbx, sip) DO UPDATE SET status = excluded.status, "
                     "since = excluded.since",
-                    (sip, status, when),
+                    (pbx, sip, status, when),
                 )
-                self._insert("operator_history", {"sip": sip, "status": status, "time": when})
+                self._insert(
+                    "operator_history", {"sip": sip, "status": status, "time": when, "pbx": pbx}
+                )
             return True
 
         return self._run(update)
 
-    def operator_statuses(self) -> Deferred[dict[str, str]]:
+    def operator_statuses(self, pbx: str = "default") -> Deferred[dict[str, str]]:
         def query() -> dict[str, str]:
-            rows = self._select("SELECT sip, status FROM operators")
+            rows = self._select("SELECT sip, status FROM operators WHERE pbx = ?", (pbx,))
             return {r["sip"]: r["status"] for r in rows}
 
         return self._run(query)
@@ -70,8 +74,8 @@ class OperatorsSQLiteMixin(SQLiteEngine):
             with snapshot(conn):
                 total = self._scalar(f"SELECT count(*) FROM operators {where}", params, conn)
                 rows = self._select(
-                    f"SELECT sip, status, since FROM operators {where} "
-                    "ORDER BY sip LIMIT ? OFFSET ?",
+                    f"SELECT sip, status, since, pbx FROM operators {where} "
+                    "ORDER BY sip, pbx LIMIT ? OFFSET ?",
                     [*params, per_page, offset],
                     conn,
                 )
@@ -87,14 +91,14 @@ class OperatorsSQLiteMixin(SQLiteEngine):
         def query(conn: sqlite3.Connection) -> Page:
             if sip is None:
                 return self._newest_page(
-                    conn, "operator_history", "id", "id, sip, status, time", offset, per_page
+                    conn, "operator_history", "id", "id, sip, status, time, pbx", offset, per_page
                 )
             with snapshot(conn):
                 total = self._scalar(
                     "SELECT count(*) FROM operator_history WHERE sip = ?", (sip,), conn
                 )
                 rows = self._select(
-                    "SELECT id, sip, status, time FROM operator_history WHERE id IN ("
+                    "SELECT id, sip, status, time, pbx FROM operator_history WHERE id IN ("
                     " SELECT id FROM operator_history WHERE sip = ?"
                     " ORDER BY id DESC LIMIT ? OFFSET ?) ORDER BY id DESC",
                     (sip, per_page, offset),

@@ -470,6 +470,20 @@ _SCHEMA_RETENTION = (
 )
 
 
+# Several PBXs ([ami:NAME], docs/scaling.md): history entries, recordings
+# and operator state changes carry the PBX of their call (or endpoint), rows
+# from before say 'default' (the PBX of [ami]); an operator is one extension
+# on one PBX (agi_app.store.schema._migration_pbx).
+_SCHEMA_PBX = (
+    *(f"ALTER TABLE {table} ADD COLUMN pbx text NOT NULL DEFAULT 'default'"
+      for table in ("call_status", "recordings", "operator_history")),
+    "ALTER TABLE operators ADD COLUMN pbx text NOT NULL DEFAULT 'default'",
+    "ALTER TABLE operators DROP CONSTRAINT operators_pkey",
+    "ALTER TABLE operators ADD PRIMARY KEY (pbx, sip)",
+    "CREATE INDEX operators_sip ON operators (sip, pbx)",
+)  # fmt: skip
+
+
 #: Schema steps; step N (1-based) brings the version from N-1 to N.  The
 #: same steps as SQLite's, so one version number means one schema on both.
 #: Only ever append: a released step must never change.
@@ -480,6 +494,7 @@ MIGRATIONS: tuple[Callable, ...] = (
     _run_all(_SCHEMA_MISSED),
     _migration_call_stats,
     _run_all(_SCHEMA_RETENTION),
+    _run_all(_SCHEMA_PBX),
 )
 
 

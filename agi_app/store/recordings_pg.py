@@ -20,7 +20,8 @@ __all__ = ["RECORD_COLUMNS", "RecordingsPostgresMixin"]
 
 #: The columns of a stored recording, in the order of the table.
 RECORD_COLUMNS = (
-    "record_id, call_id, order_id, external_key, sip, phone, path, created_at, duration, size"
+    "record_id, call_id, order_id, external_key, sip, phone, path, created_at, duration, size, "
+    "pbx"
 )
 # A recording as the CRM API lists it (see base.api_record): every column
 # but the path, then the url (the prefix is the query's parameter).
@@ -31,8 +32,9 @@ _RECORD_API_JSON = json_object_sql(
 _RECORD_PAGE_JSON = newest_page_sql("recordings", "record_id", _RECORD_API_JSON, RECORD_COLUMNS)
 _INSERT = f"""
 INSERT INTO recordings
-    (call_id, order_id, external_key, sip, phone, path, created_at, duration, size)
-SELECT call_id, order_id, external_key, sip, phone, %s, %s, %s, %s FROM calls WHERE call_id = %s
+    (call_id, order_id, external_key, sip, phone, path, created_at, duration, size, pbx)
+SELECT call_id, order_id, external_key, sip, phone, %s, %s, %s, %s, pbx
+FROM calls WHERE call_id = %s
 RETURNING {RECORD_COLUMNS}
 """
 

@@ -25,7 +25,8 @@ __all__ = ["RECORD_COLUMNS", "RecordingsSQLiteMixin"]
 
 #: The columns of a stored recording, in the order of the table.
 RECORD_COLUMNS = (
-    "record_id, call_id, order_id, external_key, sip, phone, path, created_at, duration, size"
+    "record_id, call_id, order_id, external_key, sip, phone, path, created_at, duration, size, "
+    "pbx"
 )
 # A recording as the CRM API lists it (see base.api_record); durations are
 # stored rounded to milliseconds, which SQLite's JSON writes exactly.
@@ -85,6 +86,7 @@ class RecordingsSQLiteMixin(SQLiteEngine):
                     "created_at": when,
                     "duration": duration,
                     "size": size,
+                    "pbx": call["pbx"],
                 }
                 record_id = self._insert("recordings", row)
             return {"record_id": record_id, **row}

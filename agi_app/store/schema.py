@@ -459,6 +459,42 @@ def _migration_retention(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS erasures_subject ON erasures (subject, subject_id)")
 
 
+#: the tables whose rows name the PBX they come from (besides ``calls`` and
+#: ``missed_calls``, which always did), given a ``pbx`` column by
+#: :func:`_migration_pbx`
+PBX_TABLES = ("call_status", "recordings", "operator_history")
+
+
+def _migration_pbx(conn: sqlite3.Connection) -> None:
+    """Schema step: several PBXs ([ami:NAME], docs/scaling.md).  History
+    entries, recordings and operator state changes carry the PBX of their
+    call (or endpoint); rows from before say ``'default'``, the PBX of
+    ``[ami]``.  An operator is one extension on one PBX: ``operators`` is
+    keyed by ``(pbx, sip)`` (SQLite cannot change a primary key, so the
+    table is made again)."""
+    for table in PBX_TABLES:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN pbx TEXT NOT NULL DEFAULT 'default'")
+    conn.execute(
+        """
+        CREATE TABLE operators_by_pbx (
+            pbx TEXT NOT NULL DEFAULT 'default',
+            sip TEXT NOT NULL,
+            status TEXT NOT NULL,
+            since TEXT NOT NULL,
+            PRIMARY KEY (pbx, sip)
+        )
+        """
+    )
+    conn.execute(
+        "INSERT INTO operators_by_pbx (pbx, sip, status, since) "
+        "SELECT 'default', sip, status, since FROM operators"
+    )
+    conn.execute("DROP TABLE operators")
+    conn.execute("ALTER TABLE operators_by_pbx RENAME TO operators")
+    conn.execute("CREATE INDEX operators_status ON operators (status, sip)")
+    conn.execute("CREATE INDEX operators_sip ON operators (sip, pbx)")
+
+
 #: Schema steps; step N (1-based) brings ``PRAGMA user_version`` from N-1 to N.
 #: Only ever append: a released step must never change.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
@@ -468,6 +504,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_missed_calls,
     _migration_call_stats,
     _migration_retention,
+    _migration_pbx,
 )
 
 

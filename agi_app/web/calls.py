@@ -72,6 +72,7 @@ MAKE_CALL = Operation(
         p.flag("playback_waiting", _WAITING, True),
         p.text("caller_id_for_employee", _SHOWN),
         _auto_answer("auto_answer"),
+        p.PBX,
     ),
     answers=(
         Answer(200, "success", {
@@ -112,6 +113,7 @@ EXT_TO_PHONE = Operation(
         p.text("callerIdForEmployee", _SHOWN),
         p.flag("async", "answer at once, without waiting for the operator", False),
         _auto_answer("autoAnswer"),
+        p.PBX,
     ),
     answers=(_MODEL_ANSWER,),
     errors=_CALL_ERRORS,
@@ -212,7 +214,7 @@ class CallEndpoints:
             caller_id_for_employee=args["caller_id_for_employee"],
             auto_answer=args["auto_answer"],
         )
-        call_id, _created = await self._place(call)
+        call_id, _created = await self._place(call, args["pbx"])
         return {"call_id": call_id}
 
     async def ext_to_phone(self, req: ApiRequest, args: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +233,7 @@ class CallEndpoints:
             auto_answer=args["autoAnswer"],
         )
         wait = not args["async"]
-        call_id, created = await self._place(call)
+        call_id, created = await self._place(call, args["pbx"])
         answer: dict[str, Any] = {"status": "success", "generalCallID": call_id}
         if wait:
             d = self.calls.operator_outcome(call_id)
@@ -264,8 +266,10 @@ class CallEndpoints:
 
     # -- helpers ----------------------------------------------------------------
 
-    async def _place(self, call: CallRequest) -> tuple[str, bool]:
-        return await self.calls.place(call)
+    async def _place(self, call: CallRequest, pbx: str | None = None) -> tuple[str, bool]:
+        if pbx is None:
+            return await self.calls.place(call)
+        return await self.calls.place(call, pbx=pbx)
 
     async def _last_status(self, call_id: str) -> str | None:
         entries = await self.calls.store.statuses(call_id)

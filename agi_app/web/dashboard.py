@@ -104,14 +104,17 @@ class Dashboard:
 
     :param store: the store (operators, the call log)
     :param tracker: the :class:`~agi_app.live.tracker.CallTracker`
+    :param more_trackers: the trackers of the further PBXs (``[ami:NAME]``)
     :param backlog: the webhook outbox reader of ``/metrics``
         (:class:`agi_app.metrics.WebhookBacklog`), or None
     :param clock: an ``IReactorTime`` ("today", call durations)
     """
 
-    def __init__(self, store: Any, tracker: Any, *, backlog: Any, clock: Any):
+    def __init__(
+        self, store: Any, tracker: Any, *, backlog: Any, clock: Any, more_trackers: Any = ()
+    ):
         self._store = store
-        self._tracker = tracker
+        self._trackers = (tracker, *more_trackers)
         self._backlog = backlog
         self._clock = clock
         self._stats = StatsEndpoints(store, clock=clock)
@@ -133,15 +136,16 @@ class Dashboard:
         call (its ``current_calls`` view), one for a call no extension takes
         part in (a phone-to-phone or announcement call), oldest first."""
         rows = []
-        for call in self._tracker.calls():
-            extensions = sorted({leg.extension for leg in call.live_legs()
-                                 if leg.extension and leg.party})  # fmt: skip
-            for extension in extensions:
-                rows.append(_call_row(self._tracker.view(call, extension), extension, now))
-            if not extensions:
-                view = self._tracker.view(call, None)
-                if view["real_call"]:
-                    rows.append(_call_row(view, None, now))
+        for tracker in self._trackers:
+            for call in tracker.calls():
+                extensions = sorted({leg.extension for leg in call.live_legs()
+                                     if leg.extension and leg.party})  # fmt: skip
+                for extension in extensions:
+                    rows.append(_call_row(tracker.view(call, extension), extension, now))
+                if not extensions:
+                    view = tracker.view(call, None)
+                    if view["real_call"]:
+                        rows.append(_call_row(view, None, now))
         return rows
 
     async def outcomes(self) -> dict[str, Any]:

@@ -183,6 +183,7 @@ class CurrentCallsEndpoints:
                     "call_id": {**text, "description": "agi_app's call id (generalCallID)"},
                     "state": {"enum": ["ringing", "up", "talking", "hold", "parked",
                                        "listening", "internal"]},
+                    "pbx": {"type": "string", "description": "the PBX the call is on"},
                 },
             }
         }  # fmt: skip

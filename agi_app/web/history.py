@@ -148,6 +148,7 @@ class HistoryEndpoints:
                     "phone": c["phone"],
                     "created_at": c["created_at"],
                     "final_status": c["final_status"],
+                    "pbx": c["pbx"],
                     "records": [self._record(r, signed) for r in c["records"]],
                 }
                 for c in calls
@@ -191,7 +192,7 @@ class HistoryEndpoints:
             "per_page": per_page,
             "total": result.total,
             "sips": [
-                {"sip": o["sip"], "status": o["status"], "since": o["since"]}
+                {"sip": o["sip"], "status": o["status"], "since": o["since"], "pbx": o["pbx"]}
                 for o in result.items
             ],
         }
@@ -205,7 +206,7 @@ class HistoryEndpoints:
             "per_page": per_page,
             "total": result.total,
             "history": [
-                {"sip": h["sip"], "status": h["status"], "time": h["time"]}
+                {"sip": h["sip"], "status": h["status"], "time": h["time"], "pbx": h["pbx"]}
                 for h in result.items
             ],
         }
@@ -326,7 +327,7 @@ ORDER_RECORDS = _crm(
                     "additionalProperties": False,
                     "required": [
                         "call_id", "external_key", "sip", "phone", "created_at",
-                        "final_status", "records",
+                        "final_status", "pbx", "records",
                     ],
                     "properties": {
                         "call_id": {"type": "string"},
@@ -335,6 +336,7 @@ ORDER_RECORDS = _crm(
                         "phone": _NULLABLE_TEXT,
                         "created_at": ref("Time"),
                         "final_status": {"oneOf": [ref("CallStatus"), {"type": "null"}]},
+                        "pbx": ref("PBX"),
                         "records": {"type": "array", "items": ref("Record")},
                     },
                 },
@@ -409,7 +411,7 @@ SIP_LIST = _crm(
     "/api/sipList",
     "Operators and their state",
     "online: idle; inuse: ringing, talking or on hold; offline: unregistered, "
-    "unreachable or unknown. Ordered by sip.",
+    "unreachable or unknown. One entry per extension and PBX (pbx), ordered by sip.",
     (
         PAGE,
         PER_PAGE,
@@ -425,11 +427,12 @@ SIP_LIST = _crm(
         {
             "type": "object",
             "additionalProperties": False,
-            "required": ["sip", "status", "since"],
+            "required": ["sip", "status", "since", "pbx"],
             "properties": {
                 "sip": {"type": "string"},
                 "status": ref("OperatorStatus"),
                 "since": ref("Time"),
+                "pbx": ref("PBX"),
             },
         },
     ),
@@ -445,11 +448,12 @@ OPERATOR_HISTORY = _crm(
         {
             "type": "object",
             "additionalProperties": False,
-            "required": ["sip", "status", "time"],
+            "required": ["sip", "status", "time", "pbx"],
             "properties": {
                 "sip": {"type": "string"},
                 "status": ref("OperatorStatus"),
                 "time": ref("Time"),
+                "pbx": ref("PBX"),
             },
         },
     ),
@@ -528,7 +532,7 @@ def openapi_schemas() -> dict[str, Any]:
             "additionalProperties": False,
             "required": [
                 "record_id", "call_id", "order_id", "external_key", "sip", "phone",
-                "created_at", "duration", "size", "url",
+                "created_at", "duration", "size", "pbx", "url",
             ],
             "properties": {
                 "record_id": {"type": "integer", "minimum": 1},
@@ -540,6 +544,7 @@ def openapi_schemas() -> dict[str, Any]:
                 "created_at": ref("Time"),
                 "duration": {"type": ["number", "null"], "description": "seconds"},
                 "size": {"type": ["integer", "null"], "description": "bytes"},
+                "pbx": ref("PBX"),
                 "url": {
                     "type": "string",
                     "description": "GET it (with the API key, or as it is when signed=1) "

@@ -20,6 +20,7 @@ from typing import Any
 
 from agi_app import __version__
 from agi_app.store.base import STATUSES
+from agi_app.validation import PBX_NAME
 from agi_app.web.api import ApiRequest, Router
 from agi_app.web.params import PATH, Answer, Operation, Param, add_route
 
@@ -84,7 +85,7 @@ COMMON_SCHEMAS: dict[str, Any] = {
     "CallStatus": {"type": "string", "enum": list(STATUSES)},
     "HistoryEntry": {
         "type": "object",
-        "required": ["id", "call_id", "order_id", "status", "time", "detail"],
+        "required": ["id", "call_id", "order_id", "status", "time", "detail", "pbx"],
         "additionalProperties": False,
         "properties": {
             "id": {
@@ -97,7 +98,13 @@ COMMON_SCHEMAS: dict[str, Any] = {
             "status": {"$ref": "#/components/schemas/CallStatus"},
             "time": {"$ref": "#/components/schemas/Time"},
             "detail": {"type": ["string", "null"]},
+            "pbx": {"$ref": "#/components/schemas/PBX"},
         },
+    },
+    "PBX": {
+        **PBX_NAME.schema(),
+        "description": "the PBX of the call or operator: default ([ami]) or the NAME "
+        "of an [ami:NAME] section",
     },
 }
 

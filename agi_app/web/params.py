@@ -43,6 +43,7 @@ __all__ = [
     "ORDER_ID",
     "PAGE",
     "PATH",
+    "PBX",
     "PER_PAGE",
     "QUERY",
     "TRUNK_NUMBER",
@@ -389,6 +390,16 @@ EXTENSION_ID = Param(
     "the extension (200), or @200 as in seed 004",
     required=True,
     location=PATH,
+)
+#: The PBX a call is placed on (several PBXs: ``[ami:NAME]``, docs/scaling.md).
+PBX = Param(
+    "pbx",
+    v.pbx_name,
+    v.PBX_NAME.schema(),
+    "the PBX to place the call on: default ([ami]) or the NAME of an [ami:NAME] section; "
+    "absent: the PBX the extension belongs to (where its phone is registered; else the "
+    "PBX whose extensions key names it; else where it was last registered; else "
+    "default). Not configured: 400 unknown_pbx; that PBX down: 503",
 )
 #: ``page`` of a paged listing.
 PAGE = whole_number("page", "page number, from 1", 1, MAX_PAGE, default=1)

@@ -272,7 +272,7 @@ async def test_history_endpoints_tell_exactly_what_happened(sandbox, app, http, 
             "order_id": placed[name]["order_id"], "external_key": placed[name]["external_key"],
             "sip": placed[name]["sip"], "phone": placed[name]["phone"],
             "created_at": rec["created_at"], "duration": rec["duration"], "size": rec["size"],
-            "url": f"{BASE}/records/{rec['record_id']}",
+            "pbx": "default", "url": f"{BASE}/records/{rec['record_id']}",
         }  # fmt: skip
 
     for order, names in {"hist-A": ["busy", "finish"], "hist-B": ["noanswer", "offline"]}.items():
@@ -285,7 +285,7 @@ async def test_history_endpoints_tell_exactly_what_happened(sandbox, app, http, 
                     "call_id": ids[n], "external_key": placed[n]["external_key"],
                     "sip": placed[n]["sip"], "phone": placed[n]["phone"],
                     "created_at": truth[n][0]["time"], "final_status": truth[n][-1]["status"],
-                    "records": [api_record(n, r) for r in records[n]],
+                    "pbx": "default", "records": [api_record(n, r) for r in records[n]],
                 }
                 for n in names  # created in this order
             ],

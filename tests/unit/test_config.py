@@ -69,10 +69,63 @@ def test_the_example_file_documents_every_key() -> None:
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
     parser.read(EXAMPLE, encoding="utf-8")
     in_example = {s: set(parser[s]) for s in parser.sections()}
+    # (the [ami:NAME] example is commented out: it has [ami]'s keys)
     known = {
         name: {f.name for f in dataclasses.fields(cls)} for name, cls in config._SECTIONS.items()
     }
     assert in_example == known
+
+
+# -- several PBXs ------------------------------------------------------------
+
+
+def test_ami_sections_add_pbxs_with_the_keys_of_ami(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        "[ami]\nhost = 10.0.0.5\n"
+        "[ami:east]\nhost = 10.0.0.6\nsecret = s2\nextensions = 2*, 3001\n"
+        "[ami:west-2]\nhost = 10.0.0.7\nport = 5039\nping_interval = 5\n",
+        environ={"AGI_APP_AMI_USERNAME": "from-env"},
+    )
+    assert list(cfg.pbxs) == ["default", "east", "west-2"]
+    assert cfg.pbxs["default"] is cfg.ami
+    assert cfg.ami.username == "from-env"  # the overrides are [ami]'s
+    east = cfg.pbxs["east"]
+    assert (east.host, east.port, east.username, east.secret) == (
+        "10.0.0.6", 5038, "agi_app", "s2",
+    )
+    assert east.extensions == ("2*", "3001")
+    assert east.has_extension("2001") and east.has_extension("3001")
+    assert not east.has_extension("30011") and not east.has_extension("1001")
+    assert (cfg.pbxs["west-2"].port, cfg.pbxs["west-2"].ping_interval) == (5039, 5.0)
+    assert load(None, environ={}).pbxs == {"default": load(None, environ={}).ami}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[ami:East]\nhost = h\n", "[ami:East]: a PBX's name must be 1 to 32 of a-z"),
+        ("[ami:]\nhost = h\n", "[ami:]: a PBX's name must be"),
+        ("[ami:2nd]\nhost = h\n", "[ami:2nd]: a PBX's name must be"),
+        ("[ami:a b]\nhost = h\n", "[ami:a b]: a PBX's name must be"),
+        ("[ami:" + "x" * 33 + "]\nhost = h\n", "a PBX's name must be"),
+        ("[ami:default]\nhost = h\n", "[ami:default]: 'default' is the PBX of [ami]"),
+        ("[ami:east]\nhots = h\n", "[ami:east] hots: unknown key"),
+        ("[ami:east]\nport = 70000\nhost = h\n", "[ami:east] port: must be 1..65535"),
+        ("[ami:east]\nhost = h\nusername =\n", "[ami:east] username: must not be empty"),
+        ("[ami:east]\nhost = h\nextensions = 1@x\n", "[ami:east] extensions: '1@x'"),
+        ("[ami:east]\nport = 5038\n",
+         "[ami:east] host, port: 127.0.0.1:5038 is the PBX of [ami] already"),
+        ("[ami:east]\nhost = H1\n[ami:west]\nhost = h1\n",
+         "[ami:west] host, port: h1:5038 is the PBX of [ami:east] already"),
+        ("[ami:east]\nhost = h\n[ami:east]\nhost = g\n", "section 'ami:east' already exists"),
+        ("[amix]\n", "unknown section [amix]"),
+    ],
+)
+def test_bad_pbx_sections_are_named(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_text(tmp_path, text)
+    assert message in str(e.value)
 
 
 def test_pbx_recordings_falls_back_to_recordings_dir(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ async def test_record_list_pages_newest_first(http, store, clock, document, tmp_
         "created_at": "2026-11-25T21:04:41.123Z",
         "duration": None,
         "size": 3,
+        "pbx": "default",
         "url": f"https://127.0.0.1:8443/records/{first['record_id']}",
     }
     code, body = await get_json(http, "/api/recordList")
@@ -206,6 +207,7 @@ async def test_order_records(http, store, clock, document, tmp_path):
         "phone": "380639920000",
         "created_at": "2026-11-25T21:04:37.123Z",
         "final_status": "OPERATOR_NOANSWER",
+        "pbx": "default",
         "records": [],
     }
     assert body["calls"][1]["final_status"] is None
@@ -237,7 +239,9 @@ async def test_order_history_flat_and_grouped(http, store, document):
         ("a", "OPERATOR_BUSY"),
     ]
     assert flat["history"][-1]["detail"] == "486 Busy Here"
-    assert set(flat["history"][0]) == {"id", "call_id", "order_id", "status", "time", "detail"}
+    assert set(flat["history"][0]) == {
+        "id", "call_id", "order_id", "status", "time", "detail", "pbx",
+    }
 
     code, grouped = await get_json(http, "/api/orderHistory?order_id=o-1&group_by_call=1")
     check_schema(document, "/api/orderHistory", 200, grouped)
@@ -349,7 +353,7 @@ async def test_sip_list(http, store, clock, document):
     assert body["total"] == 4
     assert [s["sip"] for s in body["sips"]] == ["1000", "1001", "1002", "1003"]
     assert body["sips"][3] == {
-        "sip": "1003", "status": "online", "since": "2026-11-25T21:04:42.123Z",
+        "sip": "1003", "status": "online", "since": "2026-11-25T21:04:42.123Z", "pbx": "default",
     }
     code, body = await get_json(http, "/api/sipList?status=online,offline&per_page=2&page=1")
     assert body["total"] == 3 and [s["sip"] for s in body["sips"]] == ["1000", "1002"]
@@ -377,7 +381,7 @@ async def test_operator_history(http, store, document):
     ]
     code, body = await get_json(http, "/api/operatorHistory?sip=1000&per_page=2&page=2")
     assert body["total"] == 3 and [h["status"] for h in body["history"]] == ["online"]
-    assert set(body["history"][0]) == {"sip", "status", "time"}
+    assert set(body["history"][0]) == {"sip", "status", "time", "pbx"}
     code, body = await get_json(http, "/api/operatorHistory?sip=PJSIP/1000")
     assert code == 400 and body["error"]["field"] == "sip"
 

@@ -260,7 +260,7 @@ async def test_entries_keep_every_character_and_their_order(store: Store):
     assert [e["detail"] for e in entries] == [None, *details]
     assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
     assert all(type(e["id"]) is int for e in entries)
-    assert list(entries[1]) == ["id", "call_id", "order_id", "status", "time", "detail"]
+    assert list(entries[1]) == ["id", "call_id", "order_id", "status", "time", "detail", "pbx"]
     assert entries[1]["call_id"] == "c:1" and entries[1]["order_id"] == "o.1"
     assert await store.order_history("o.1") == entries
     assert await store.history_after(entries[2]["id"], 3) == entries[3:6]

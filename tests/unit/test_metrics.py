@@ -108,9 +108,9 @@ async def test_final_statuses_setup_and_talk_time_come_from_the_lifecycle(tmp_pa
     await lifecycle.log(busy, "OPERATOR_BUSY")  # a repeat writes nothing, counts nothing
 
     found = await scrape(metrics)
-    assert value(found, "agi_app_calls_total", final_status="FINISH") == 1
-    assert value(found, "agi_app_calls_total", final_status="OPERATOR_BUSY") == 1
-    assert value(found, "agi_app_calls_total", final_status="CLIENT_BUSY") == 0
+    assert value(found, "agi_app_calls_total", final_status="FINISH", pbx="default") == 1
+    assert value(found, "agi_app_calls_total", final_status="OPERATOR_BUSY", pbx="default") == 1
+    assert value(found, "agi_app_calls_total", final_status="CLIENT_BUSY", pbx="default") == 0
     assert value(found, "agi_app_call_setup_seconds_count") == 1
     assert value(found, "agi_app_call_setup_seconds_sum") == pytest.approx(7)
     assert value(found, "agi_app_call_setup_seconds_bucket", le="6.0") == 0
@@ -236,7 +236,7 @@ async def test_a_closed_store_leaves_the_webhook_metrics_out():
     await store.close()
     found = await scrape(Metrics(clock=MemoryReactorClock(), store=store))
     assert not [k for k in found if k[0].startswith("agi_app_webhook")]
-    assert value(found, "agi_app_calls_total", final_status="FINISH") == 0
+    assert value(found, "agi_app_calls_total", final_status="FINISH", pbx="default") == 0
 
 
 @pytest_twisted.ensureDeferred

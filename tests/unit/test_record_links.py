@@ -220,7 +220,7 @@ async def test_record_list_and_order_records_hand_out_signed_links(http, store, 
     assert listed["url"].startswith(f"{PUBLIC}/records/{rec['record_id']}?expires=")
     assert {k for k in listed if k != "url"} == {
         "record_id", "call_id", "order_id", "external_key", "sip", "phone", "created_at",
-        "duration", "size",
+        "duration", "size", "pbx",
     }  # fmt: skip
     assert await fetch(http, listed["url"]) == (200, b"RIFF-audio")
     code, body = await fetch(http, "/api/orderRecords.json?order_id=o-1&signed=yes", auth)

@@ -321,6 +321,7 @@ async def test_create_call_writes_the_call_and_its_CALL_entry(store: SQLiteStore
             "status": "CALL",
             "time": "2026-11-25T21:04:37.123Z",
             "detail": None,
+            "pbx": "default",
         }
     ]
 
@@ -572,6 +573,7 @@ async def test_recordings(store: SQLiteStore, clock: task.Clock):
         "created_at": "2026-11-25T21:04:38.123Z",
         "duration": None,
         "size": None,
+        "pbx": "default",
     }
     updated = await store.update_recording(recs[0]["record_id"], duration=12.5, size=2048)
     assert updated == {**recs[0], "duration": 12.5, "size": 2048}
@@ -610,7 +612,7 @@ async def test_operator_state_changes_only(store: SQLiteStore, clock: task.Clock
     everyone = await store.operators(1, 10)
     assert everyone.total == 3
     assert everyone.items[0] == {
-        "sip": "1000", "status": "inuse", "since": "2026-11-25T21:04:39.123Z",
+        "sip": "1000", "status": "inuse", "since": "2026-11-25T21:04:39.123Z", "pbx": "default",
     }
     some = await store.operators(1, 1, frozenset({"online", "offline"}))
     assert some.total == 2 and [o["sip"] for o in some.items] == ["1001"]
@@ -626,6 +628,114 @@ async def test_operator_state_changes_only(store: SQLiteStore, clock: task.Clock
     assert one.total == 2
     assert [(h["sip"], h["status"]) for h in one.items] == [("1000", "online")]
     assert (await store.operator_history("9999")).total == 0
+
+
+# -- several PBXs ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_entries_and_recordings_carry_the_pbx_of_their_call(store: Store):
+    await make_call(store, "a", pbx="east")
+    await make_call(store, "b")
+    await store.add_status("a", "OPERATOR_CALLTO")
+    await store.add_status("b", "OPERATOR_CALLTO")
+    rec = await store.add_recording(call_id="a", path="/rec/a.wav")
+    assert rec["pbx"] == "east"
+    assert [(e["call_id"], e["status"], e["pbx"]) for e in await store.history_after(0, 10)] == [
+        ("a", "CALL", "east"), ("b", "CALL", "default"),
+        ("a", "OPERATOR_CALLTO", "east"), ("b", "OPERATOR_CALLTO", "default"),
+    ]  # fmt: skip
+    # the JSON text the API hands out says the same
+    assert [e["pbx"] for e in (await store.order_history_json("order-15")).entries()] == [
+        "east", "default", "east", "default",
+    ]
+    assert [(c["call_id"], c["pbx"], [r["pbx"] for r in c["records"]])
+            for c in await store.order_calls("order-15")] == [
+        ("a", "east", ["east"]), ("b", "default", []),
+    ]  # fmt: skip
+    page = await store.recordings_json(1, 10, "/records/")
+    assert [r["pbx"] for r in page.items()] == ["east"]
+    assert [c["call_id"] for c in await store.open_calls(pbx="east")] == ["a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_extension_on_two_pbxs_is_two_operators(store: Store, clock: task.Clock):
+    assert await store.set_operator_status("1000", "online") is True
+    assert await store.set_operator_status("1000", "offline", pbx="east") is True
+    # each PBX's state changes on its own
+    assert await store.set_operator_status("1000", "offline", pbx="east") is False
+    assert await store.set_operator_status("1000", "inuse") is True
+    assert await store.operator_statuses() == {"1000": "inuse"}
+    assert await store.operator_statuses("east") == {"1000": "offline"}
+    assert await store.operator_statuses("west") == {}
+    listed = await store.operators(1, 10)
+    assert listed.total == 2
+    assert [(o["sip"], o["pbx"], o["status"]) for o in listed.items] == [
+        ("1000", "default", "inuse"), ("1000", "east", "offline"),
+    ]
+    hist = await store.operator_history("1000")
+    assert [(h["pbx"], h["status"]) for h in hist.items] == [
+        ("default", "inuse"), ("east", "offline"), ("default", "online"),
+    ]
+
+
+_OLD_ROWS = (
+    "INSERT INTO calls (call_id, kind, created_at) VALUES ('c', 'makeCall', 't')",
+    "INSERT INTO call_status (call_id, status, time) VALUES ('c', 'CALL', 't')",
+    "INSERT INTO recordings (call_id, path, created_at) VALUES ('c', '/r', 't')",
+    "INSERT INTO operators (sip, status, since) VALUES ('1000', 'online', 't')",
+    "INSERT INTO operator_history (sip, status, time) VALUES ('1000', 'online', 't')",
+)
+
+
+def _build_before_the_pbx_step(location: str) -> None:
+    """The store at ``location`` as the step before several PBXs left it,
+    with a call, its entry and recording, and an operator."""
+    if not location.startswith("postgresql"):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(location, isolation_level=None)
+        for version, step in enumerate(MIGRATIONS[:-1]):
+            conn.execute("BEGIN")
+            step(conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        for statement in _OLD_ROWS:
+            conn.execute(statement)
+        conn.close()
+        return
+    import psycopg
+
+    from agi_app.store.pg_schema import MIGRATIONS as PG_MIGRATIONS
+
+    with psycopg.connect(location, autocommit=True) as conn:
+        with conn.transaction():
+            for step in PG_MIGRATIONS[:-1]:
+                step(conn)
+            conn.execute("CREATE TABLE agi_app_schema (version integer NOT NULL)")
+            conn.execute(
+                "INSERT INTO agi_app_schema (version) VALUES (%s)", (len(PG_MIGRATIONS) - 1,)
+            )
+            for statement in _OLD_ROWS:
+                conn.execute(statement)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pbx_step_keeps_what_was_there_as_the_default_pbx(store_location: str):
+    """A store of the step before several PBXs: its rows become the default
+    PBX's, and an operator's row is keyed by PBX and sip from then on."""
+    _build_before_the_pbx_step(store_location)
+    store = open_at(store_location)
+    try:
+        assert (await store.history_after(0, 10))[0]["pbx"] == "default"
+        assert (await store.call_recordings("c"))[0]["pbx"] == "default"
+        assert (await store.operators(1, 10)).items == [
+            {"sip": "1000", "status": "online", "since": "t", "pbx": "default"}
+        ]
+        assert (await store.operator_history()).items[0]["pbx"] == "default"
+        assert await store.set_operator_status("1000", "online", pbx="east") is True
+        assert (await store.operators(1, 10)).total == 2
+    finally:
+        await store.close()
 
 
 # -- crash safety -------------------------------------------------------------
