@@ -45,7 +45,9 @@ _PLACEHOLDER = "<field>"
 #: Errors raised where no client waits for an answer: ``(module, class)``.
 #: An IVR menu removed while its call was ringing ends that call in the
 #: FastAGI script (logged); the API checked the name when the call was placed.
-NOT_ANSWERED = frozenset({("ivr/service.py", "UnknownMenu")})
+#: A FastAGI session whose channel is live on no PBX that may run its script
+#: (several PBXs) is refused in the session itself (AGI_APP_RESULT=ERROR).
+NOT_ANSWERED = frozenset({("ivr/service.py", "UnknownMenu"), ("pbxs.py", "UnknownSession")})
 
 
 @dataclass(frozen=True)

@@ -310,6 +310,10 @@ CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode("erasure_failed", (500,), (HTTP,),
               "Recording files could not be removed; nothing more of the subject was erased.",
               "Ask again once the admin has fixed the file permissions."),
+    ErrorCode("unknown_pbx", (400,), _BOTH,
+              "`pbx` names no configured PBX (`[ami]` is `default`, each `[ami:NAME]` "
+              "another); nothing was stored.",
+              "Use a PBX name from `/health` (`pbxs`) or leave `pbx` out."),
     ErrorCode("pbx_unavailable", (503,), _BOTH,
               "The AMI link to Asterisk is down: nothing was sent to the PBX. A call created "
               "before that was found carries its `call_id` (history: CALL then ERROR).",

@@ -125,7 +125,8 @@ class Dashboard:
         page = 1
         while True:
             result = await self._store.operators(page, MAX_PER_PAGE, None)
-            found.extend({"sip": o["sip"], "status": o["status"], "since": o["since"]}
+            found.extend({"sip": o["sip"], "status": o["status"], "since": o["since"],
+                          "pbx": o.get("pbx", "default")}
                          for o in result.items)  # fmt: skip
             if len(result.items) < MAX_PER_PAGE or len(found) >= result.total:
                 return found

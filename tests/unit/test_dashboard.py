@@ -329,7 +329,7 @@ async def test_the_snapshot_equals_the_api(site):
     jsonschema.validate(body, {**schema, "components": site.document["components"]})
     # operators: sipList, with what the tracker says they do
     code, sips = await site.request("GET", "/api/sipList.json?per_page=500")
-    assert [{k: o[k] for k in ("sip", "status", "since")} for o in body["operators"]
+    assert [{k: o[k] for k in ("sip", "status", "since", "pbx")} for o in body["operators"]
             ] == sips["sips"]
     assert [(o["sip"], o["activity"], o["calls"]) for o in body["operators"]] == [
         ("1000", "talking", 1), ("1001", "idle", 0), ("1002", "offline", 0)]
@@ -407,3 +407,17 @@ async def test_an_unreadable_outbox_leaves_the_backlog_unknown(stack):
     dashboard = Dashboard(None, stack.tracker, backlog=backlog, clock=stack.clock)
     assert await dashboard.webhooks() is None
     assert await Dashboard(None, stack.tracker, backlog=None, clock=stack.clock).webhooks() is None
+
+
+def test_calls_in_progress_of_every_pbx():
+    # two PBXs: each has its own tracker; the dashboard lists the calls of both
+    first, second = Stack(), Stack()
+    first.sim.new("PJSIP/1001-00000020", "a-1", num="1001", state="Up")
+    second.sim.new("PJSIP/2001-00000040", "z-1", num="2001", state="Up")
+    first.clock.advance(2)
+    alone = Dashboard(None, first.tracker, backlog=None, clock=first.clock)
+    both = Dashboard(None, first.tracker, backlog=None, clock=first.clock,
+                     more_trackers=[second.tracker])  # fmt: skip
+    now = first.clock.seconds()
+    assert [r["extension"] for r in alone.calls(now)] == ["1001"]
+    assert [r["extension"] for r in both.calls(now)] == ["1001", "2001"]
