@@ -92,7 +92,22 @@ def gmt(seconds: float | None) -> str | None:
     """``YYYY-MM-DD HH:MM:SS`` in GMT (CONTRACT 5), or None."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%d %H:%M:%S")
+    whole = int(seconds)
+    # Every call event shows the times of its call, mostly the same few
+    # seconds: the text of the last ones is kept (strftime is the dearest
+    # part of a call view).
+    text = _GMT_MADE.get(whole)
+    if text is None:
+        if len(_GMT_MADE) >= _GMT_KEPT:
+            _GMT_MADE.clear()
+        text = _GMT_MADE[whole] = datetime.fromtimestamp(whole, UTC).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+    return text
+
+
+_GMT_MADE: dict[int, str] = {}
+_GMT_KEPT = 512
 
 
 def _known(value: str | None) -> str | None:
@@ -116,6 +131,12 @@ def _duration(value: str | None) -> int:
 
 def _variables(msg: Mapping[str, str], prefix: str) -> dict[str, str]:
     """``ChanVariable``-style headers of one channel in an event (``DestChanVariable``...)."""
+    if not prefix:
+        # the event's own channel: made once per event, shared with the
+        # other subscribers (do not change it)
+        variables = getattr(msg, "variables", None)
+        if variables is not None:
+            return variables
     getall = getattr(msg, "getall", None)
     values = getall(f"{prefix}ChanVariable") if getall else []
     out: dict[str, str] = {}
