@@ -231,6 +231,27 @@ class SQLiteEngine:
         savepoint; ``(True, result)`` or ``(False, Failure)`` per job."""
         conn = self._conn
         assert conn is not None
+        if len(jobs) == 1:
+            # (most batches under a steady load: the transaction is the job's
+            # savepoint, two statements fewer)
+            fn, args = jobs[0]
+            conn.execute("BEGIN")
+            try:
+                result = fn(*args)
+            except BaseException as e:
+                failure = Failure()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if not isinstance(e, Exception):
+                    raise
+                return [(False, failure)]
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return [(True, result)]
         results: list[tuple[bool, Any]] = []
         # jobs from here on are in the open transaction (not committed yet)
         first = 0
@@ -437,8 +458,11 @@ class WriterThread:
             thread.join()
 
     def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], object] | None, fn: Callable[..., Any],
-        *args: Any, **kwargs: Any,
+        self,
+        on_result: Callable[[bool, Any], object] | None,
+        fn: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         """Run ``fn(*args, **kwargs)`` on the thread, then ``on_result(True,
         result)`` or ``on_result(False, Failure)`` there."""
