@@ -22,9 +22,10 @@ next batch.  One hand-over each way per batch instead of per statement:
 under load those hand-overs (a thread wake-up and the GIL passed back and
 forth, then a wake-up of the reactor) cost more than the SQL.  Each piece
 of work runs in a savepoint of its own (a batch of one: in the transaction
-alone), so one that fails is undone alone and fails its own Deferred; the Deferreds fire only after
-the batch has committed, so whatever depends on a write (an answer, an
-event, the next status) still comes after it is durable.
+alone), so one that fails is undone alone and fails its own Deferred; the
+Deferreds fire only after the batch has committed, so whatever depends on
+a write (an answer, an event, the next status) still comes after it is
+durable.
 """
 
 from __future__ import annotations
