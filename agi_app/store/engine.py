@@ -16,9 +16,8 @@ process being killed (it may be lost only if the whole machine loses power).
 Work is handed to the thread in batches, one transaction each: what the
 reactor queues in one turn (the statuses, operator states and outbox rows
 that a burst of AMI events, FastAGI replies and requests gives) goes over
-together when the turn ends (under load, a few milliseconds later, see
-:data:`GROUP_WINDOW`), and what is queued while a batch runs goes as the
-next batch.  One hand-over each way per batch instead of per statement:
+together when the turn ends, and what is queued while a batch runs goes
+as the next batch.  One hand-over each way per batch instead of per statement:
 under load those hand-overs (a thread wake-up and the GIL passed back and
 forth, then a wake-up of the reactor) cost more than the SQL.  Each piece
 of work runs in a savepoint of its own (a batch of one: in the transaction
@@ -36,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from time import monotonic, perf_counter
+from time import perf_counter
 from typing import Any, TypeVar
 
 from sqlite_utils import Database
@@ -60,15 +59,6 @@ _INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
 
 # How often (in SQLite VM steps) an inline read checks its time budget.
 _PROGRESS_STEPS = 1000
-
-#: Under load -- the last batch came back less than BUSY_WITHIN seconds
-#: ago -- work waits GROUP_WINDOW seconds for more before it is handed over,
-#: rather than only until the end of the reactor turn: at 50 calls/s the
-#: statuses of several calls then share one transaction and one hand-over
-#: each way (a turn alone rarely holds more than one).  Idle, a write goes
-#: at the end of its turn as before.
-GROUP_WINDOW = 0.005
-BUSY_WITHIN = 0.05
 
 
 class SQLiteEngine:
@@ -111,8 +101,6 @@ class SQLiteEngine:
         self._queue: list[tuple[Callable[..., Any], tuple, Deferred]] = []
         self._in_flight = False
         self._flush_call: Any = None
-        # when the last batch came back (time.monotonic()), see GROUP_WINDOW
-        self._last_back = -1.0
         self._idle: list[Deferred] = []
         # How work waits for the end of the reactor turn; a reactor without
         # callLater (MemoryStore's same-thread stand-in) hands it over at once.
@@ -198,8 +186,7 @@ class SQLiteEngine:
             if self._later is None:
                 self._flush(self._pool)
             else:
-                busy = monotonic() - self._last_back < BUSY_WITHIN
-                self._flush_call = self._later(GROUP_WINDOW if busy else 0, self._flush_turn)
+                self._flush_call = self._later(0, self._flush_turn)
         return d
 
     def _flush_turn(self) -> None:
@@ -226,7 +213,6 @@ class SQLiteEngine:
 
     def _delivered(self, pool: ThreadPool, jobs: list, ok: bool, results: Any) -> None:
         self._in_flight = False
-        self._last_back = monotonic()
         if not ok:  # the batch itself failed (its commit): every piece with it
             results = [(False, results)] * len(jobs)
         for (_fn, _args, d), (good, value) in zip(jobs, results, strict=True):

@@ -1,17 +1,9 @@
-"""The store's worker thread (:class:`agi_app.store.engine.WriterThread`)
-and the grouping of writes under load (:data:`GROUP_WINDOW`)."""
+"""The store's worker thread (:class:`agi_app.store.engine.WriterThread`)."""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-import pytest
-import pytest_twisted
-from twisted.internet import defer
-
-from agi_app.store import SQLiteStore
-from agi_app.store import engine as engine_module
 from agi_app.store.engine import WriterThread
 
 
@@ -57,47 +49,3 @@ def test_writer_thread_stop_finishes_what_was_handed_over_then_drops_more():
     assert ran == list(range(50))
     writer.callInThreadWithCallback(None, ran.append, 99)
     assert ran == list(range(50))
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    s = SQLiteStore(str(tmp_path / "store.sqlite3"), reactor=_reactor())
-    s.open()
-    yield s
-    pytest_twisted.blockon(s.close())
-
-
-def _call(store: SQLiteStore, call_id: str):
-    return store.create_call(
-        call_id=call_id, kind="makeCall", sip="1000", phone="380639920000",
-        order_id=f"o-{call_id}", external_key=None, params={},
-    )  # fmt: skip
-
-
-def _turn():
-    """A Deferred firing in a later reactor turn."""
-    d: defer.Deferred = defer.Deferred()
-    _reactor().callLater(0, d.callback, None)
-    return d
-
-
-@pytest_twisted.ensureDeferred
-async def test_under_load_writes_of_several_turns_share_a_batch(store, monkeypatch):
-    monkeypatch.setattr(engine_module, "GROUP_WINDOW", 0.2)
-    await _call(store, "a")  # a batch just came back: the store is busy
-    await _turn()  # (work queued by its callbacks would go at once, as the next batch)
-    batches = store.batches
-    first = store.add_status("a", "OPERATOR_CALLTO")
-    await _turn()
-    second = store.add_status("a", "OPERATOR_PICKUP")
-    await defer.gatherResults([first, second])
-    assert store.batches == batches + 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_idle_a_write_goes_at_the_end_of_its_turn(store, monkeypatch):
-    monkeypatch.setattr(engine_module, "GROUP_WINDOW", 30.0)
-    monkeypatch.setattr(engine_module, "BUSY_WITHIN", 0.0)
-    # with no batch back recently, a 30 s window would time the test out
-    row, created = await _call(store, "b")
-    assert created and row["call_id"] == "b"
