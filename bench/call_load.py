@@ -91,6 +91,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of every thread of ``pid``: user and kernel (system calls,
+    which on loopback TCP include delivering to the peer) seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -128,12 +136,21 @@ class Stack:
     log_path: Path
     #: calls placed through the API so far
     calls_placed: int = 0
+    #: bench/ami_floor.py processes by mode (``--floor``)
+    floors: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def stop(self) -> None:
+        for floor in self.floors.values():
+            if floor.poll() is None:
+                floor.send_signal(signal.SIGTERM)
+                try:
+                    floor.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    floor.kill()
         if self.agi.poll() is None:
             self.agi.send_signal(signal.SIGTERM)
             try:
@@ -188,8 +205,18 @@ def start_stack(args: argparse.Namespace) -> Stack:
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
         stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115 - child keeps it
     )  # fmt: skip
-    return Stack(pbx, phones, agi, folder, store_path, http_port, ws_port, receiver_port,
-                 log_path)  # fmt: skip
+    stack = Stack(pbx, phones, agi, folder, store_path, http_port, ws_port, receiver_port,
+                  log_path)  # fmt: skip
+    if args.floor:
+        for mode in ("receive", "parse"):
+            stack.floors[mode] = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "ami_floor.py"), "--port",
+                 str(pbx.ami_port), "--username", pbx.ami_username, "--secret",
+                 pbx.ami_secret, "--mode", mode,
+                 *(["--dump", args.ami_dump] if args.ami_dump and mode == "receive" else [])],
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+    return stack
 
 
 def _ini(settings: dict[str, str]) -> str:
@@ -279,6 +306,10 @@ class RateResult:
     widget: int = 0
     rss_before: float = 0.0
     rss_after: float = 0.0
+    #: agi_app's CPU over the window spent in the kernel (stime)
+    agi_sys: float = 0.0
+    #: CPU of the floor processes (bench/ami_floor.py) over the same window
+    floor_cpu: dict[str, float] = field(default_factory=dict)
     profile: str = ""
     #: (final status, detail) of the calls that did not complete
     failures: Counter = field(default_factory=Counter)
@@ -455,6 +486,8 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
         result.profile = str(out)
         await crm.sleep(1.0)
     result.rss_before = rss_mib(pid)
+    floors0 = {mode: cpu_seconds(f.pid) for mode, f in stack.floors.items()}
+    sys0 = cpu_split(pid)[1]
     cpu0, pbx0, t0 = cpu_seconds(pid), cpu_seconds(pbx_pid), time.monotonic()
     ids = await crm.fire(rate, args.seconds, result, result.latency)
     result.accepted = len(ids)
@@ -463,8 +496,11 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
         await crm.wait_deliveries(hooks0 + WEBHOOKS_PER_CALL * len(ids),
                                   widget0 + WIDGET_PER_CALL * len(ids), timeout=30)  # fmt: skip
     result.agi_cpu = cpu_seconds(pid) - cpu0
+    result.agi_sys = cpu_split(pid)[1] - sys0
     result.pbx_cpu = cpu_seconds(pbx_pid) - pbx0
     result.window = time.monotonic() - t0
+    for mode, f in stack.floors.items():
+        result.floor_cpu[mode] = cpu_seconds(f.pid) - floors0[mode]
     result.rss_after = rss_mib(pid)
     if spy is not None:
         spy.send_signal(signal.SIGINT)
@@ -516,6 +552,21 @@ def print_results(results: list[RateResult], args: argparse.Namespace) -> None:
             f"| {1000 * pct(r.latency, 0.5):.1f} / {1000 * pct(r.latency, 0.99):.1f} "
             f"| {hooks} | {widget} | {r.rss_before:.1f} / {r.rss_after:.1f} |"
         )
+    if any(r.floor_cpu for r in results):
+        print()
+        print("floor, same window (bench/ami_floor.py: a session of its own with agi_app's "
+              "login and event classes):")  # fmt: skip
+        print("| calls/s | AMI receive only ms/call | AMI receive + agi_app's parser ms/call "
+              "| agi_app ms/call | 0.10 of Asterisk ms/call |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for r in results:
+            receive = r.per_call(r.floor_cpu.get("receive", 0.0))
+            parse = r.per_call(r.floor_cpu.get("parse", 0.0))
+            print(f"| {r.rate:g} | {receive:.2f} | {parse:.2f} | {r.per_call(r.agi_cpu):.2f} "
+                  f"| {0.1 * r.per_call(r.pbx_cpu):.2f} |")  # fmt: skip
+    for r in results:
+        print(f"at {r.rate:g} calls/s: agi_app {r.per_call(r.agi_cpu - r.agi_sys):.2f} ms/call "
+              f"in Python and libraries (user), {r.per_call(r.agi_sys):.2f} in the kernel (system)")
     for r in results:
         for (status, detail), n in r.failures.most_common(5):
             print(f"at {r.rate:g} calls/s: {n} x {status} ({detail})")
@@ -740,6 +791,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="only count the AMI events of a few calls, for a session logged in "
                    "with Events: MASK (on, or classes such as call,system)")
     p.add_argument("--py-spy", default="", help="folder for py-spy profiles of each rate")
+    p.add_argument("--floor", action="store_true",
+                   help="also run bench/ami_floor.py (AMI receive only; receive + parse) "
+                        "and print its CPU per call over the same window")  # fmt: skip
+    p.add_argument("--ami-dump", default="", metavar="FILE",
+                   help="with --floor: record the AMI bytes of the run to FILE")
     p.add_argument("--log-level", default="info", help="agi_app's log level")
     p.add_argument("--offset", type=int,
                    default=int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "2000") or 0),

@@ -8,7 +8,9 @@ reactor) with ``time.thread_time()`` (the CPU of the calling thread), runs
 ``agi_app.cli.main`` unchanged, and at exit writes one line per entry point
 to the file named by ``CALL_LOAD_BREAKDOWN``: seconds, calls, microseconds
 per call.  Nested entries are included in their callers (the AMI receive
-path includes the parser and the subscribers).
+path includes the parser and the subscribers).  With
+``CALL_LOAD_CPROFILE=FILE`` in the environment it also runs cProfile on
+the reactor thread and writes its stats to FILE at exit.
 """
 
 from __future__ import annotations
@@ -82,6 +84,15 @@ def main() -> int:
     for cls, name, label in ENTRIES:
         wrap(cls, name, label)
     atexit.register(report, time.process_time())
+    profile_path = os.environ.get("CALL_LOAD_CPROFILE")
+    if profile_path:
+        # a deterministic profile of the reactor thread (call counts; its
+        # own overhead makes the times larger than they are)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        atexit.register(lambda: (profiler.disable(), profiler.dump_stats(profile_path)))
+        profiler.enable()
     from agi_app.cli import main as cli_main
 
     return cli_main()

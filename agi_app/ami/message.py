@@ -49,6 +49,10 @@ _WIRE_UNSAFE = ("\r", "\n", "\x00")
 # starts another assignment, and quotes and backslashes are silently removed.
 _VARIABLE_VALUE_UNSAFE = _WIRE_UNSAFE + (",", '"', "\\")
 _SECRET_HEADERS = frozenset({"secret", "key"})
+# One header line of a message kept as text ("\n" before every line): the
+# key up to the first colon, the value after it without leading blanks
+# (what AMIParser._split makes of the same line).
+_HEADER_LINE = re.compile(r"\n([^:\n]*):[ \t]*([^\n]*)")
 
 HeaderValue = str | int | float | bool | None
 
@@ -61,21 +65,22 @@ class AMIMessage(Mapping[str, str]):
     * ``msg.variables`` - ``{"NAME": "value"}`` from ``ChanVariable: NAME=value``.
     * ``msg.raw`` - every ``(key, value)`` pair as received.
 
-    A message from the parser keeps its text and finds a header when it is
-    asked for (a search in the text, remembered): under load most of an AMI
-    client's time went into splitting every line of every event into
-    headers that nobody read.  Anything that needs every header (``raw``,
-    iteration, equality) splits them then.
+    A message from the parser keeps its text and splits it into headers
+    when one is first asked for, with one regular expression (in C), into
+    a dict of the first value of each key: the call tracker alone asks an
+    event for about fifteen headers, most of which it does not have, and a
+    search of the text per lookup cost more than the split.  Events nobody
+    asks anything are never split.
     """
 
-    __slots__ = ("_raw", "_index", "_keys", "_variables", "_text", "_low", "_found")
+    __slots__ = ("_raw", "_index", "_keys", "_variables", "_text", "_found", "_pairs")
 
     _found: dict[str, Any] | None
 
     def __init__(self, headers: Iterable[tuple[str, str]] = ()):
         self._text: str | None = None
-        self._low: str | None = None
-        self._found: dict[str, str | None] | None = None
+        self._found: dict[str, str] | None = None
+        self._pairs: list[tuple[str, str]] | None = None
         self._variables: dict[str, str] | None = None
         self._index_from(tuple((str(k), str(v)) for k, v in headers))
 
@@ -91,44 +96,38 @@ class AMIMessage(Mapping[str, str]):
         self._raw = raw
         self._index: dict[str, list[str]] | None = index
         self._keys = tuple(keys)
+        self._found = {low: values[0] for low, values in index.items()}
 
     @classmethod
-    def _from_text(cls, text: str, low: str) -> AMIMessage:
+    def _from_text(cls, text: str) -> AMIMessage:
         # ``text``: "\n" + the message's lines, each "Key: value" with the key
-        # at the start of its line (AMIParser checks); ``low``: the same
-        # lower-cased, character for character.
+        # at the start of its line and no blank around it (AMIParser checks).
         msg = cls.__new__(cls)
-        msg._text, msg._low, msg._found = text, low, {}
-        msg._variables = msg._index = None
+        msg._text = text
+        msg._found = msg._pairs = msg._variables = msg._index = None
         return msg
+
+    def _headers(self) -> list[tuple[str, str]]:
+        """Every ``(key, value)`` of a message kept as text, split by one
+        regular expression (in C: a Python step per line cost more than
+        the lookups it saved)."""
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self._pairs = _HEADER_LINE.findall(self._text)  # type: ignore[arg-type]
+        return pairs
 
     def _indexed(self) -> dict[str, list[str]]:
         index = self._index
         if index is None:
-            raw = []
-            for line in self._text[1:].split("\n"):  # type: ignore[index]
-                key, sep, value = line.partition(":")
-                if sep:
-                    raw.append((key.strip(), value.lstrip(" \t")))
-            self._index_from(tuple(raw))
+            self._index_from(tuple(self._headers()))
             index = self._index
         return index  # type: ignore[return-value]
 
-    def _first(self, key: str) -> str | None:
-        """The first value of ``key`` (None if absent), from the text."""
-        found = self._found
-        if key in found:  # type: ignore[operator]
-            return found[key]  # type: ignore[index]
-        name = key.lower()
-        at = self._low.find(f"\n{name}:")  # type: ignore[union-attr]
-        value = None
-        if at >= 0:
-            text = self._text
-            start = at + len(name) + 2
-            end = text.find("\n", start)  # type: ignore[union-attr]
-            value = text[start : end if end >= 0 else None].lstrip(" \t")  # type: ignore[index]
-        found[key] = value  # type: ignore[index]
-        return value
+    def _first_values(self) -> dict[str, str]:
+        """Lower-cased key -> its first value (reversed: the first value of
+        a key is written last and stays)."""
+        found = self._found = {k.lower(): v for k, v in reversed(self._headers())}
+        return found
 
     @classmethod
     def of(cls, **headers: str) -> AMIMessage:
@@ -145,11 +144,10 @@ class AMIMessage(Mapping[str, str]):
         """The first value of header ``key``, or ``default`` (no exception
         raised and caught inside, as ``Mapping.get`` would: most lookups of
         the call tracker are of headers an event does not have)."""
-        if self._index is None:
-            value = self._first(key)
-            return default if value is None else value
-        values = self._index.get(key.lower())
-        return values[0] if values else default
+        found = self._found
+        if found is None:
+            found = self._first_values()
+        return found.get(key.lower(), default)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
@@ -182,23 +180,10 @@ class AMIMessage(Mapping[str, str]):
         """Every value of header ``key`` in the order received (empty list if absent)."""
         if self._index is not None:
             return list(self._index.get(key.lower(), ()))
-        if self._first(key) is None:
+        if self.get(key) is None:
             return []
-        found = self._found
-        known = found.get(f"*{key}")  # type: ignore[union-attr]
-        if known is not None:  # (a key never starts with "*": its list, as a tuple)
-            return list(known)
-        name = f"\n{key.lower()}:"
-        text, low = self._text, self._low
-        values = []
-        at = low.find(name)  # type: ignore[union-attr]
-        while at >= 0:
-            start = at + len(name)
-            end = text.find("\n", start)  # type: ignore[union-attr]
-            values.append(text[start : end if end >= 0 else None].lstrip(" \t"))  # type: ignore[index]
-            at = low.find(name, start)  # type: ignore[union-attr]
-        found[f"*{key}"] = tuple(values)  # type: ignore[index,assignment]
-        return values
+        name = key.lower()
+        return [v for k, v in self._headers() if k.lower() == name]
 
     @property
     def raw(self) -> list[tuple[str, str]]:
@@ -360,18 +345,17 @@ class AMIParser:
         lines = text.count("\n")
         if lines > MAX_INCOMING_HEADERS:
             raise AMIProtocolError(f"message with more than {MAX_INCOMING_HEADERS} headers")
-        low = text.lower()
         if (
-            len(low) == len(text)  # lower-casing moved no character
-            and text.count(":") >= lines  # (a line without one is counted below)
+            text.count(":") >= lines  # (a line without one is counted below)
             and "\n " not in text
             and "\n\t" not in text
+            and "\r" not in text
             and " :" not in text
             and "\t:" not in text
         ):
             # Every line starts with its key (as Asterisk writes them): the
             # headers are found in the text when asked for.
-            msg = AMIMessage._from_text(text, low)
+            msg = AMIMessage._from_text(text)
         else:
             msg = self._split(text)
             if msg is None:

@@ -902,9 +902,9 @@ class AMIService(Service):
             callbacks = self._subscribers.get(key)
             if not callbacks:
                 continue
-            for callback in tuple(callbacks):
+            for entry in tuple(callbacks):
                 try:
-                    result = callback(msg)
+                    result = entry.callback(msg)  # (the _Subscription's own, one call less)
                 except Exception:
                     _event_log.failure("AMI {ami}: subscriber to {event} raised",
                                        ami=self.link_name, event=msg.event)  # fmt: skip

@@ -92,7 +92,30 @@ def gmt(seconds: float | None) -> str | None:
     """``YYYY-MM-DD HH:MM:SS`` in GMT (CONTRACT 5), or None."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%d %H:%M:%S")
+    whole = int(seconds)
+    # Every call event shows the times of its call, mostly the same few
+    # seconds: the text of the last ones is kept (strftime is the dearest
+    # part of a call view).
+    text = _GMT_MADE.get(whole)
+    if text is None:
+        if len(_GMT_MADE) >= _GMT_KEPT:
+            _GMT_MADE.clear()
+        text = _GMT_MADE[whole] = datetime.fromtimestamp(whole, UTC).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+    return text
+
+
+#: the channel snapshot headers :meth:`CallTracker._update` reads, in its order
+_SNAPSHOT = (
+    "Channel", "ChannelState", "CallerIDNum", "CallerIDName", "ConnectedLineNum",
+    "ConnectedLineName", "Context", "Exten", "Linkedid",
+)  # fmt: skip
+#: prefix (``""``, ``Dest``...) -> the names of :data:`_SNAPSHOT` with it, made once
+_SNAPSHOT_KEYS: dict[str, tuple[str, ...]] = {}
+
+_GMT_MADE: dict[int, str] = {}
+_GMT_KEPT = 512
 
 
 def _known(value: str | None) -> str | None:
@@ -116,6 +139,12 @@ def _duration(value: str | None) -> int:
 
 def _variables(msg: Mapping[str, str], prefix: str) -> dict[str, str]:
     """``ChanVariable``-style headers of one channel in an event (``DestChanVariable``...)."""
+    if not prefix:
+        # the event's own channel: made once per event, shared with the
+        # other subscribers (do not change it)
+        variables = getattr(msg, "variables", None)
+        if variables is not None:
+            return variables
     getall = getattr(msg, "getall", None)
     values = getall(f"{prefix}ChanVariable") if getall else []
     out: dict[str, str] = {}
@@ -764,29 +793,36 @@ class CallTracker:
     def _update(self, leg: Leg, msg: Any, prefix: str = "", place: bool = True) -> None:
         """Apply the channel snapshot of an event (``prefix``: Dest, Spyer...)."""
         get = msg.get
-        name = get(f"{prefix}Channel")
+        keys = _SNAPSHOT_KEYS.get(prefix)
+        if keys is None:
+            keys = _SNAPSHOT_KEYS[prefix] = tuple(f"{prefix}{key}" for key in _SNAPSHOT)
+        k_channel, k_state, k_num, k_name, k_cnum, k_cname, k_context, k_exten, k_linked = keys
+        name = get(k_channel)
         if name and name != leg.name:
             leg.name = name
             self._classify(leg)
-        state = get(f"{prefix}ChannelState")
+        state = get(k_state)
         if state not in (None, ""):
             new_state = _int(state, leg.state)
             if new_state == STATE_UP and leg.answered is None:
                 leg.answered = self.clock.seconds()
             leg.state = new_state
-        for attr, key in (
-            ("caller_num", "CallerIDNum"),
-            ("caller_name", "CallerIDName"),
-            ("connected_num", "ConnectedLineNum"),
-            ("connected_name", "ConnectedLineName"),
-        ):
-            value = get(f"{prefix}{key}")
-            if value is not None:
-                setattr(leg, attr, value)
-        context = get(f"{prefix}Context")
+        value = get(k_num)
+        if value is not None:
+            leg.caller_num = value
+        value = get(k_name)
+        if value is not None:
+            leg.caller_name = value
+        value = get(k_cnum)
+        if value is not None:
+            leg.connected_num = value
+        value = get(k_cname)
+        if value is not None:
+            leg.connected_name = value
+        context = get(k_context)
         if context is not None:
             leg.context = context
-        exten = get(f"{prefix}Exten")
+        exten = get(k_exten)
         if exten is not None:
             leg.exten = exten
         if not leg.inbound and leg.extension and leg.dialed_by and _known(leg.caller_name):
@@ -797,7 +833,7 @@ class CallTracker:
             leg.call_id = call_id
             if place and leg.call is not None:
                 self._join_call_id(leg)
-        linkedid = get(f"{prefix}Linkedid")
+        linkedid = get(k_linked)
         if linkedid and linkedid != leg.linkedid:
             leg.linkedid = linkedid
             if place and leg.call is not None:
