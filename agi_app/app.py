@@ -31,6 +31,7 @@ from agi_app.calls.lifecycle import Lifecycle
 from agi_app.calls.missed import MissedCalls
 from agi_app.calls.outbound import OutboundCalls
 from agi_app.calls.service import CallService
+from agi_app.cluster import ClusterNode, LifecycleDuty, StartStopDuty
 from agi_app.config import Config
 from agi_app.doctor import register_scripts as register_doctor_scripts
 from agi_app.events.delivery import DeliverySettings, TreqSender
@@ -273,6 +274,21 @@ class Application:
             agi=lambda: self.agi_factory, widgets=self.events.hub,
         )  # fmt: skip
         self.lifecycle.on_status.append(self.metrics.status_logged)
+        # Several nodes on one PostgreSQL store: each webhook delivered by one
+        # node at a time, and one node per PBX applying what its AMI events
+        # say (agi_app.cluster, docs/scaling.md).
+        self.node: ClusterNode | None = None
+        if config.store.url:
+            self.node = ClusterNode(
+                config.store.url, reactor=reactor, name=config.node.effective_name,
+                events=self.events.service, store=self.store,
+            )  # fmt: skip
+            self.node.lead_pbx(self.lifecycle.pbx, [
+                StartStopDuty(self.operators, resync=self.operators.resync),
+                StartStopDuty(self.missed),
+                StartStopDuty(self.events.generator),
+                LifecycleDuty(self.lifecycle, reactor),
+            ])  # fmt: skip
 
     def _transferred(self, call_id: str, from_party: str, to: str) -> Any:
         return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")
@@ -298,6 +314,8 @@ class Application:
             },
             "store": {"path": self.config.store.path, "open": self.store_open},
         }
+        if self.node is not None:
+            body["node"] = self.node.describe()
         return ami_up, body
 
     @property
@@ -363,6 +381,8 @@ class Application:
         folder = os.path.dirname(os.path.abspath(self.config.store.path))
         os.makedirs(folder, exist_ok=True)
         self.store.open()
+        if self.node is not None:
+            self.node.open()
         self.lifecycle.start()
         self.operators.start()
         self.tracker.start()
@@ -373,6 +393,8 @@ class Application:
         log.info("signed recording links: key {source}, valid {ttl} s",
                  source=self.link_secret_source, ttl=self.links.ttl)  # fmt: skip
         self.retention.start()
+        if self.node is not None:
+            self.node.start()
         self.ami.startService()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
@@ -394,6 +416,8 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         self.retention.stop()
+        if self.node is not None:
+            await self.node.stop()
         await self.events.stop()
         await self.crm.close()
         if self.callbacks is not None:
