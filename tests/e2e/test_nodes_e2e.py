@@ -6,7 +6,8 @@ the test's reactor.  The sandbox dialplan's FastAGI address points at node
 B's port: calls placed through A have their FastAGI session on B (two nodes
 follow each of them).  A starts first and leads the PBX.
 
-- calls placed through both nodes: the history is the same from either;
+- calls placed through both nodes: the history is the same from either; a
+  widget connected to B sees those placed through A end;
 - a webhook subscription per event type gets every event once, in order;
 - A killed with SIGKILL while calls are up: a new call through B succeeds
   within 5 s, B leads the PBX within seconds, every call placed before the
@@ -31,6 +32,7 @@ from agi_app.app import Application
 from agi_app.calls import statuses as st
 from agi_app.events.testing import Receiver
 from agi_app.sandbox.phones import answer
+from agi_app.ws.testing import connect_widget
 
 RECEIVER_PORT = HTTP_PORT + 5
 WS_B = HTTP_PORT + 6
@@ -142,6 +144,11 @@ async def test_two_nodes_share_the_calls_the_webhooks_and_take_over_when_one_die
         await wait_until(lambda: node_b.events.service.wants(OPERATORS[0], "hangup"), bool, 5,
                          "node B knows the subscriptions")  # fmt: skip
 
+        # a widget on node B, for the operator
+        widget = await connect_widget(reactor(), WS_B)
+        welcome = await widget.hello(user_phone=OPERATORS[0])
+        assert welcome.get("type") != "error", welcome
+
         # 1. calls through both nodes
         first = []
         for i, api in enumerate((api_a, api_b, api_a, api_b)):
@@ -152,6 +159,15 @@ async def test_two_nodes_share_the_calls_the_webhooks_and_take_over_when_one_die
             seen_a = await api_a.get("/api/orderHistory", order_id=order)
             seen_b = await api_b.get("/api/orderHistory", order_id=order)
             assert seen_a[0] == 200 and seen_a == seen_b, (seen_a, seen_b)
+        # the widget on B saw every one of them end, those placed through A too, once
+        await wait_until(lambda: [m for m in widget.messages if m.get("type") == "event"],
+                         lambda ms: {m["event"].get("callID") for m in ms
+                                     if m["event"]["type"] == 3} >= set(first),
+                         10, "widget events")  # fmt: skip
+        ended = [m["event"]["callID"] for m in widget.messages
+                 if m.get("type") == "event" and m["event"]["type"] == 3]  # fmt: skip
+        assert sorted(ended) == sorted(set(ended)), ended
+        widget.transport.loseConnection()
 
         # 2. A dies while calls are up
         during = []
