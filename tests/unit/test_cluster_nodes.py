@@ -1,6 +1,6 @@
 """Several nodes on one PostgreSQL store (agi_app.cluster): two stores,
-two lock sessions and two event services on one throwaway database are two
-nodes as far as the database can tell."""
+two lock sessions and two event services (or lifecycles) on one throwaway
+database are two nodes as far as the database can tell."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
+from agi_app.calls import statuses as st
+from agi_app.calls.lifecycle import CALL_ID_VAR, Lifecycle
 from agi_app.cluster import LEADER_SPACE, ClusterNode, Leadership
+from agi_app.config import DialingConfig
 from agi_app.events.delivery import DeliverySettings, OutgoingRequest
 from agi_app.events.service import EventService
 from agi_app.netguard import TargetGuard
@@ -241,3 +244,99 @@ async def test_locks_of_stores_in_other_schemas_are_apart(pg_cluster):
     finally:
         await one.close()
         await other.close()
+
+
+# -- calls followed by several nodes ----------------------------------------------
+
+
+class Channel(dict):
+    """A channel as the AMI service lists it (its variables beside its fields)."""
+
+    def __init__(self, call_id: str):
+        super().__init__(Channel="PJSIP/1000-1")
+        self.variables = {CALL_ID_VAR: call_id}
+
+
+class StubAMI:
+    """The little of an AMI service a Lifecycle asks while nothing is dialled."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.channels: dict[str, Channel] = {}
+
+    def subscribe(self, _callback, _event_name=None):
+        return lambda: None
+
+    def on_connect(self, _callback):
+        return lambda: None
+
+
+def _lifecycle(url: str, tmp_path, ami: StubAMI) -> Lifecycle:
+    store = store_at(url, _reactor())
+    store.open()
+    dialing = DialingConfig(recordings_dir=str(tmp_path), pbx_recordings_dir="/pbx/monitor")
+    lifecycle = Lifecycle(store=store, ami=ami, dialing=dialing, clock=_reactor(), grace=0.2)
+    lifecycle.shared = True
+    return lifecycle
+
+
+@pytest.fixture
+def two_lifecycles(pg_url: str, tmp_path):
+    made = [_lifecycle(pg_url, tmp_path, StubAMI()) for _ in range(2)]
+    yield made
+    for lifecycle in made:
+        lifecycle.stop()
+        pytest_twisted.blockon(lifecycle.store.close())
+
+
+async def _new_call(lifecycle: Lifecycle, n: int):
+    call, _ = await lifecycle.create(
+        st.MAKE_CALL, {"sip": "1000", "phone": f"38063992{n:04d}"}, sip="1000",
+        phone=f"38063992{n:04d}",
+    )  # fmt: skip
+    await lifecycle.log(call, st.OPERATOR_CALLTO)
+    return call
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_following_one_call_write_each_status_once_and_one_final(two_lifecycles):
+    placer, agi = two_lifecycles
+    call = await _new_call(placer, 1)
+    # the FastAGI session runs on the other node: it reads the call back
+    theirs = await agi.find(call.call_id)
+    assert theirs is not None and theirs is not call
+    # both see the operator answer (OriginateResponse here, the script there)
+    assert await placer.log(call, st.OPERATOR_PICKUP) is not None
+    assert await agi.log(theirs, st.OPERATOR_PICKUP) is None
+    assert theirs.reached(st.OPERATOR_PICKUP) and not theirs.final
+    await agi.log(theirs, st.CLIENT_CALLTO)
+    await agi.log(theirs, st.CLIENT_PICKUP)
+    await agi.finish(theirs, ended_at=_reactor().seconds())
+    # the placing node settles from what the store has: the call ended already
+    await placer.settle(call, "all channels hung up")
+    assert call.final and call.final_status == st.FINISH
+    words = [e["status"] for e in await placer.store.statuses(call.call_id)]
+    assert words == [st.CALL, st.OPERATOR_CALLTO, st.OPERATOR_PICKUP, st.CLIENT_CALLTO,
+                     st.CLIENT_PICKUP, st.FINISH]  # fmt: skip
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_leader_closes_the_calls_nobody_follows_and_no_other(two_lifecycles):
+    dead, leader = two_lifecycles
+    orphan = await _new_call(dead, 2)  # its node died: nobody follows it
+    live = await _new_call(dead, 3)  # still has a channel on the PBX
+    leader.ami.channels["u1"] = Channel(live.call_id)
+    leader.leading = False
+    assert await leader.sweep_orphans() == 0
+    leader.leading = True
+    assert await leader.sweep_orphans() == 0  # the first sweep only notes it
+    await task.deferLater(_reactor(), 0.3, lambda: None)  # past the grace
+    assert await leader.sweep_orphans() == 1
+    assert (await leader.store.get_call(orphan.call_id))["final_status"] == st.ERROR
+    assert (await leader.store.get_call(live.call_id))["final_status"] is None
+    # the channel goes: two sweeps later the call is closed too
+    del leader.ami.channels["u1"]
+    await leader.sweep_orphans()
+    await task.deferLater(_reactor(), 0.3, lambda: None)
+    assert await leader.sweep_orphans() == 1
+    assert (await leader.store.get_call(live.call_id))["final_status"] == st.ERROR
