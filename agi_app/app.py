@@ -283,12 +283,15 @@ class Application:
                 config.store.url, reactor=reactor, name=config.node.effective_name,
                 events=self.events.service, store=self.store,
             )  # fmt: skip
-            self.node.lead_pbx(self.lifecycle.pbx, [
+            duties = [
                 StartStopDuty(self.operators, resync=self.operators.resync),
                 StartStopDuty(self.missed),
                 StartStopDuty(self.events.generator),
                 LifecycleDuty(self.lifecycle, reactor),
-            ])  # fmt: skip
+            ]
+            if self.callbacks is not None:
+                duties.append(StartStopDuty(self.callbacks))
+            self.node.lead_pbx(self.lifecycle.pbx, duties)
 
     def _transferred(self, call_id: str, from_party: str, to: str) -> Any:
         return self.lifecycle.note(call_id, statuses.TRANSFER, f"{from_party} → {to}")
