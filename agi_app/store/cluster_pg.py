@@ -56,6 +56,14 @@ _LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(%s || ':' || current_schema())
 _UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext(%s || ':' || current_schema()), hashtext(%s))"
 
 
+class _SessionLost(Exception):
+    """The lock session ``epoch`` broke (its locks are gone)."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"lock session {epoch} lost")
+        self.epoch = epoch
+
+
 def notify_sql() -> str:
     """The statement that wakes the nodes listening on a channel, run in
     the transaction whose commit they should see (PostgreSQL delivers a
@@ -104,6 +112,11 @@ class ClusterLink:
         self._ping: task.LoopingCall | None = None
         self._schema = ""
         self._shutdown_trigger: object | None = None
+        # the lock session's number: counted on its thread (_epoch) and as
+        # the reactor last heard of it (_known_epoch)
+        self._epoch = 0
+        self._known_epoch = 0
+        self._reported: set[int] = set()
         #: lock sessions lost since open (each releases every lock held)
         self.sessions_lost = 0
 
@@ -118,6 +131,7 @@ class ClusterLink:
         try:
             self._conn = self._connect()
             self._schema = self._conn.execute("SELECT current_schema()").fetchone()[0] or ""
+            self._epoch = self._known_epoch = 1
         except psycopg.Error as e:
             raise StoreError(f"cannot use the database {redact_url(self.url)}: {e}") from e
         self._locks_thread = ThreadPool(1, 1, name="agi_app-cluster-locks")
@@ -192,15 +206,17 @@ class ClusterLink:
         (and needs one more :meth:`unlock`: PostgreSQL counts them)."""
         if self._locks_thread is None:
             return fail(StoreError("cluster link is not open"))
-        d = deferToThreadPool(self._reactor, self._locks_thread, self._lock, space, key)
+        d = deferToThreadPool(self._reactor, self._locks_thread, self._on_session,
+                              _LOCK_SQL, (space, key))  # fmt: skip
 
-        def taken(ok: bool) -> bool:
+        def taken(result: tuple[Any, int]) -> bool:
+            # a lock taken on a session known to be over is no lock
+            ok = self._current(result[1]) and bool(result[0])
             if ok:
                 self._held[(space, key)] += 1
             return ok
 
-        d.addCallbacks(taken, self._failed)
-        return d
+        return d.addCallbacks(taken, self._failed)
 
     def unlock(self, space: str, key: str) -> Deferred[None]:
         """Give the lock back (once per :meth:`try_lock` that took it)."""
@@ -210,54 +226,71 @@ class ClusterLink:
         held[(space, key)] -= 1
         if held[(space, key)] <= 0:
             del held[(space, key)]
-        d = deferToThreadPool(self._reactor, self._locks_thread, self._unlock, space, key)
-        d.addErrback(self._failed)
-        d.addErrback(lambda _f: None)  # a lost session gave it back already
+        d = deferToThreadPool(self._reactor, self._locks_thread, self._on_session,
+                              _UNLOCK_SQL, (space, key))  # fmt: skip
+        d.addCallbacks(lambda result: self._current(result[1]), self._failed)
+        d.addCallbacks(lambda _: None, lambda _f: None)  # a lost session gave it back already
         return d
 
     def on_lost(self, callback: Callable[[], object]) -> None:
         """``callback()`` when the lock session broke: every lock is gone."""
         self._lost.append(callback)
 
-    def _session(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect()
-        return self._conn
+    # Every use of the session happens on its thread, which alone connects,
+    # notices a broken session and closes it; each session gets the next
+    # number (its epoch), handed to the reactor with every result, so the
+    # reactor learns in order that a session ended -- also when a lock was
+    # taken on a new session before the failure of the old one was seen.
 
-    def _lock(self, space: str, key: str) -> bool:
-        return bool(self._session().execute(_LOCK_SQL, (space, key)).fetchone()[0])
+    def _on_session(self, sql: str | None, params: tuple = ()) -> tuple[Any, int]:
+        import psycopg
 
-    def _unlock(self, space: str, key: str) -> None:
-        self._session().execute(_UNLOCK_SQL, (space, key))
-
-    def _ping_session(self) -> None:
         conn = self._conn
         if conn is None or conn.closed:
-            raise ConnectionError("lock session closed")
-        conn.execute("SELECT 1")
+            if sql is None:  # a ping does not reconnect
+                raise _SessionLost(self._epoch)
+            conn = self._conn = self._connect()
+            self._epoch += 1
+        try:
+            row = conn.execute(sql or "SELECT 1", params).fetchone()
+        except psycopg.Error as e:
+            if conn.closed or conn.broken:
+                self._conn = None
+                conn.close()
+                raise _SessionLost(self._epoch) from e
+            raise
+        return (row[0] if row else None), self._epoch
+
+    def _current(self, epoch: int) -> bool:
+        """Take note of the session a result came from; False when that
+        session is over already (its locks are gone)."""
+        if epoch > self._known_epoch:
+            if self._known_epoch and self._held:
+                self._lost_session()  # the one before ended
+            self._known_epoch = epoch
+        return epoch == self._known_epoch
 
     def _check(self) -> Deferred[None] | None:
         if self._locks_thread is None:
             return None
-        d = deferToThreadPool(self._reactor, self._locks_thread, self._ping_session)
-        d.addErrback(self._failed)
+        d = deferToThreadPool(self._reactor, self._locks_thread, self._on_session, None)
+        d.addCallbacks(lambda result: self._current(result[1]), self._failed)
         d.addErrback(lambda _f: None)
         return d
 
     def _failed(self, failure: Any) -> Any:
-        """The lock session broke (or was broken already): it is closed, so
-        every lock it held is gone; the holders are told, and the next
-        request connects anew."""
-        self._drop_session()
+        """A request failed; when the session ended with it, every lock it
+        held is gone: the holders are told (the next request connects anew)."""
+        lost = failure.check(_SessionLost)
+        if lost is not None and failure.value.epoch >= self._known_epoch:
+            self._known_epoch = failure.value.epoch
+            self._lost_session()
         return failure
 
-    def _drop_session(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and self._locks_thread is not None:
-            # closed on its own thread, after whatever runs there now
-            self._locks_thread.callInThread(conn.close)
-        if not self._held and conn is None:
+    def _lost_session(self) -> None:
+        if not self._held and self._known_epoch in self._reported:
             return
+        self._reported.add(self._known_epoch)
         self._held.clear()
         self.sessions_lost += 1
         log.warn("the lock session on {url} was lost: every lock of this node is free",

@@ -340,3 +340,34 @@ async def test_the_leader_closes_the_calls_nobody_follows_and_no_other(two_lifec
     await task.deferLater(_reactor(), 0.3, lambda: None)
     assert await leader.sweep_orphans() == 1
     assert (await leader.store.get_call(live.call_id))["final_status"] == st.ERROR
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broken_lock_session_is_reported_once_and_the_next_lock_is_on_a_new_one(pg_url):
+    reactor = _reactor()
+    name = f"broken-{time.monotonic_ns()}"
+    link = ClusterLink(pg_url, reactor=reactor, name=name, ping_interval=60)
+    other = ClusterLink(pg_url, reactor=reactor, name=f"other-{time.monotonic_ns()}")
+    link.open()
+    other.open()
+    lost: list[int] = []
+    link.on_lost(lambda: lost.append(1))
+    try:
+        assert await link.try_lock(LEADER_SPACE, "x")
+        assert not await other.try_lock(LEADER_SPACE, "x")
+        _kill_session(pg_url, link._application_name)
+        # the next request meets the broken session: the loss is reported,
+        # and nothing is held any more
+        try:
+            await link.try_lock(LEADER_SPACE, "y")
+        except Exception:  # noqa: BLE001 - the request that found the session broken
+            pass
+        assert lost == [1] and not link.holds(LEADER_SPACE, "x")
+        assert await other.try_lock(LEADER_SPACE, "x")
+        # a new session: locks again, and no second report
+        assert await link.try_lock(LEADER_SPACE, "y")
+        assert link.holds(LEADER_SPACE, "y") and lost == [1]
+        assert not await link.try_lock(LEADER_SPACE, "x")
+    finally:
+        await link.close()
+        await other.close()
