@@ -371,3 +371,17 @@ async def test_a_broken_lock_session_is_reported_once_and_the_next_lock_is_on_a_
     finally:
         await link.close()
         await other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscription_deleted_on_one_node_is_gone_on_the_other(nodes):
+    (a, b), log = nodes
+    await a.start()
+    await b.start()
+    sub_id = await _subscribe(a, b)
+    assert await b.events.unsubscribe("101", sub_id)
+    await _until(lambda: not a.events.wants("101", "hangup"))
+    assert await a.events.publish("101", "hangup", {"CallID": "c"}) is None
+    assert await a.events.subscriptions("101") == []
+    await task.deferLater(_reactor(), 0.7, lambda: None)
+    assert log == []
