@@ -26,6 +26,7 @@ from agi_app.agi import ScriptRegistry
 from agi_app.agi import listen as agi_listen
 from agi_app.calls.callback import AutoCallback
 from agi_app.calls.missed import MissedCalls
+from agi_app.cluster import ClusterNode, LifecycleDuty, StartStopDuty
 from agi_app.config import Config
 from agi_app.doctor import register_scripts as register_doctor_scripts
 from agi_app.events.delivery import DeliverySettings, TreqSender
@@ -286,6 +287,28 @@ class Application:
             pbx.lifecycle.on_status.append(self.metrics.status_logged)
             # the hangup webhook of a call that ended while nobody watched
             pbx.lifecycle.on_status.append(generator.status_logged)
+        # Several nodes on one PostgreSQL store: each webhook delivered by one
+        # node at a time, and one node per PBX applying what its AMI events
+        # say (agi_app.cluster, docs/scaling.md).
+        self.node: ClusterNode | None = None
+        if config.store.url:
+            self.node = ClusterNode(
+                config.store.url, reactor=reactor, name=config.node.effective_name,
+                events=self.events.service, store=self.store,
+            )  # fmt: skip
+            callbacks = self.auto_callbacks or [None] * len(self.missed_calls)
+            for pbx, generator, missed, callback in zip(
+                self.pbxs, self.events.generators, self.missed_calls, callbacks, strict=True
+            ):
+                duties = [
+                    StartStopDuty(pbx.operators, resync=pbx.operators.resync),
+                    StartStopDuty(missed),
+                    StartStopDuty(generator),
+                    LifecycleDuty(pbx.lifecycle, reactor),
+                ]
+                if callback is not None:
+                    duties.append(StartStopDuty(callback))
+                self.node.lead_pbx(pbx.lifecycle.pbx, duties)
 
     def _missed_calls_of(self, pbx: PBX) -> None:
         inbound, dialing = self.config.inbound, self.config.dialing
@@ -328,6 +351,8 @@ class Application:
             "store": {"path": self.config.store.path, "open": self.store_open},
             "pbxs": pbx_health(self.pbxs),
         }
+        if self.node is not None:
+            body["node"] = self.node.describe()
         return ami_up, body
 
     @property
@@ -397,6 +422,8 @@ class Application:
         folder = os.path.dirname(os.path.abspath(self.config.store.path))
         os.makedirs(folder, exist_ok=True)
         self.store.open()
+        if self.node is not None:
+            self.node.open()
         for missed in self.missed_calls:
             missed.start()
         await self.events.start()
@@ -407,6 +434,10 @@ class Application:
         self.retention.start()
         for pbx in self.pbxs:
             pbx.start()
+        # (after the parts started: a node that does not lead a PBX stops
+        # that PBX's duties once its lock attempt answers)
+        if self.node is not None:
+            self.node.start()
         port = await agi_listen(self.reactor, self.config.agi, self.scripts)
         self.agi_factory = port.factory
         self._ports.append(port)
@@ -426,6 +457,8 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         self.retention.stop()
+        if self.node is not None:
+            await self.node.stop()
         await self.events.stop()
         await self.crm.close()
         for callbacks in self.auto_callbacks:

@@ -14,6 +14,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import string
 import unicodedata
 from collections.abc import Mapping
@@ -393,6 +394,24 @@ class RetentionConfig:
     batch_size: int = 100
 
 
+@dataclass(frozen=True)
+class NodeConfig:
+    """``[node]``: this process among several sharing one PostgreSQL store
+    (docs/scaling.md, "Several nodes")."""
+
+    #: the node's name in logs, ``GET /health`` and the database's
+    #: ``application_name``; empty: the host name
+    name: str = ""
+
+    @property
+    def effective_name(self) -> str:
+        """``name``, or the host name when it is empty."""
+        return self.name or socket.gethostname()
+
+
+#: ``[node] name``: letters, digits and ``.-_``, as a host name
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", re.ASCII)
+
 #: ``[retention] history_days`` / ``recordings_days``: at most 100 years
 MAX_RETENTION_DAYS = 36500
 
@@ -414,6 +433,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
     #: the further PBXs, ``[ami:NAME]`` sections in the order of the file,
     #: as ``(NAME, AMIConfig)``
     more_pbxs: tuple[tuple[str, AMIConfig], ...] = ()
@@ -449,6 +469,7 @@ _SECTIONS = {
     "metrics": MetricsConfig,
     "log": LogConfig,
     "retention": RetentionConfig,
+    "node": NodeConfig,
 }
 
 def _unsafe_char(c: str) -> bool:
@@ -784,6 +805,8 @@ def _validate(cfg: Config) -> None:
     _validate_inbound(cfg)
     _validate_links(cfg)
     _validate_retention(cfg)
+    if cfg.node.name and not _NODE_NAME.match(cfg.node.name):
+        raise ConfigError("[node] name: 1-63 letters, digits, dots, hyphens or underscores")
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level: must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format.lower() not in LOG_FORMATS:

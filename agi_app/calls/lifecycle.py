@@ -284,6 +284,15 @@ class Lifecycle:
         #: set by stop(): a session lost from now on is this process going
         #: away, not the call ending (the next start takes the call up again)
         self.stopping = False
+        #: other nodes follow calls of this PBX too (one PostgreSQL store,
+        #: agi_app.cluster): what the store has is read back before a call is
+        #: settled, and reconcile() takes up only this node's calls
+        self.shared = False
+        #: this node leads the PBX (always, alone): it closes the calls that
+        #: no node follows (:meth:`sweep_orphans`)
+        self.leading = True
+        # call id -> when a sweep first saw the open call without a channel
+        self._orphans: dict[str, float] = {}
         #: called with a :class:`StatusLogged` after every status written
         #: (metrics); an observer must not raise and must not wait
         self.on_status: list[Callable[[StatusLogged], object]] = []
@@ -486,8 +495,13 @@ class Lifecycle:
                 floor = call.logged_at.get(need or "", at) if need else at
                 at = min(now, max(at, floor))
                 extra["time"] = iso_time(at)
+            if self.shared and status not in st.REPEATABLE:
+                extra["once"] = True  # another node may have written it
             entry = await self.store.add_status(call.call_id, status, detail, **extra)
-            if entry is None:  # the store had it final already (another run)
+            if entry is None:
+                if self.shared and await self._refresh(call, status):
+                    return None  # another node wrote it: the call goes on
+                # the store had it final already (another run, another node)
                 self._ended(call)
                 return None
             call.logged.append(status)
@@ -693,10 +707,36 @@ class Lifecycle:
                        talk_seconds=talk)  # fmt: skip
         return call.final
 
+    async def _refresh(self, call: Call, status: str | None = None) -> bool:
+        """Read back what the store has of a call that other nodes follow
+        too: the statuses they wrote join the call's (``status``, just
+        refused as a repeat, among them); a final status ends the call here.
+        True while the call goes on."""
+        row = await self.store.get_call(call.call_id)
+        if row is None or row.get("final_status"):
+            if not call.final:
+                if row is not None and row["final_status"] not in call.logged:
+                    call.logged.append(row["final_status"])
+                self._ended(call)
+            return False
+        for entry in await self.store.statuses(call.call_id):
+            if entry["status"] not in call.logged:
+                call.logged.append(entry["status"])
+                at = parse_time(entry["time"])
+                if at is not None:
+                    call.logged_at.setdefault(entry["status"], at)
+        if status is not None and status not in call.logged:
+            call.logged.append(status)
+        self._wake(call)
+        return True
+
     async def settle(self, call: Call, why: str, *, ended_at: float | None = None,
                      failed: bool = False) -> None:  # fmt: skip
-        """End the call from what it reached (:func:`outcome`)."""
+        """End the call from what it reached (:func:`outcome`); with other
+        nodes, from what the store has of it (they may have ended it)."""
         if call.final:
+            return
+        if self.shared and not await self._refresh(call):
             return
         if not call.agi_sessions and await self._ended_in_conversation(call):
             return
@@ -819,6 +859,8 @@ class Lifecycle:
             if not self.ami.connected:
                 break  # the link dropped again: the next login reconciles
             call_id = row["call_id"]
+            if self.shared and call_id not in self._calls:
+                continue  # another node's, or nobody's: sweep_orphans()
             call = await self.find(call_id)
             live = self._live_channels(call_id)
             if call is None:
@@ -879,6 +921,42 @@ class Lifecycle:
             self.recorder.finish(
                 Recording(row["call_id"], row["path"], record_id=row["record_id"])
             )
+
+
+    async def sweep_orphans(self) -> int:
+        """Close the calls of this PBX that no node follows any more (the
+        node that placed them died): an open call that is not followed here
+        and has had no channel on the PBX since the previous sweep is taken
+        up from the store and settled (:meth:`settle`: from what it reached,
+        the recording telling a conversation).  Only the PBX's leader does
+        this (agi_app.cluster); returns how many it ended.
+
+        Two sweeps in a row without a channel, not one: a call another node
+        has just created has no channel until its Originate is under way."""
+        if not self.leading or not self.ami.connected:
+            self._orphans.clear()
+            return 0
+        now = self.clock.seconds()
+        channelless: dict[str, float] = {}
+        live = {event_call_id(c) for c in self.ami.channels.values()}
+        closed = 0
+        for row in await self.store.open_calls(pbx=self.pbx):
+            call_id = row["call_id"]
+            if call_id in self._calls or call_id in live:
+                continue
+            first = self._orphans.get(call_id)
+            channelless[call_id] = first if first is not None else now
+            if first is None or now - first < self.grace or not self.ami.connected:
+                continue
+            call = await self.find(call_id)
+            if call is None:  # ended meanwhile, or not resumable
+                continue
+            if call.final or call.placing or call.agi_sessions or self._live_channels(call_id):
+                continue
+            await self.settle(call, "no channel left on the PBX")
+            closed += call.final
+        self._orphans = channelless
+        return closed
 
 
 def _channel_prefix(dial: str) -> str:

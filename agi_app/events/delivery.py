@@ -190,6 +190,20 @@ class TreqSender:
         return self._pool.closeCachedConnections()
 
 
+class Claims(Protocol):
+    """Who delivers a subscription's events when several nodes share the
+    outbox: a worker runs only while it holds its subscription's claim (see
+    :mod:`agi_app.cluster`).  Without claims (one node) every worker runs."""
+
+    def claim(self, sub_id: int) -> defer.Deferred[object | None]:
+        """Take the subscription for this node; fires a token for
+        :meth:`release`, or None when another node holds it."""
+
+    def release(self, token: object) -> defer.Deferred[None]:
+        """Give back the claim of ``token`` (a claim lost meanwhile, with
+        the node's lock session, is not given back twice)."""
+
+
 class _Worker:
     __slots__ = ("running", "dirty", "sleep", "current")
 
@@ -209,6 +223,8 @@ class Deliverer:
         subscription is honoured at once
     :param send: the HTTP :class:`Sender`
     :param clock: an ``IReactorTime``
+    :param claims: with several nodes on one outbox, the claim a worker must
+        hold to deliver (None: this node delivers everything)
     """
 
     def __init__(
@@ -219,8 +235,10 @@ class Deliverer:
         send: Sender,
         clock: IReactorTime,
         settings: DeliverySettings | None = None,
+        claims: Claims | None = None,
     ):
         self._store = store
+        self.claims = claims
         self._subscription = subscription
         self._send = send
         self._clock = clock
@@ -260,6 +278,13 @@ class Deliverer:
             d = defer.ensureDeferred(self._run(sub_id, worker))
             d.addErrback(self._crashed, sub_id, worker)
 
+    def reset(self) -> None:
+        """Stop every worker but keep delivering: what they were doing is
+        picked up again from the outbox by the next :meth:`wake` (the claims
+        they held are gone: the lock session was lost)."""
+        for sub_id in list(self._workers):
+            self.forget(sub_id)
+
     def forget(self, sub_id: int) -> None:
         """The subscription was deleted: stop its worker."""
         worker = self._workers.pop(sub_id, None)
@@ -287,18 +312,41 @@ class Deliverer:
         self._clock.callLater(self.settings.max_retry_delay, self.wake, sub_id)
 
     async def _run(self, sub_id: int, worker: _Worker) -> None:
+        claims = self.claims
+        token = None
+        if claims is not None:
+            token = await claims.claim(sub_id)
+            if token is None:
+                # Another node delivers this subscription now; when it stops
+                # (or dies) the outbox is looked at again (agi_app.cluster).
+                self._idle(sub_id, worker)
+                return
+        try:
+            await self._drain(sub_id, worker)
+        finally:
+            if claims is not None:
+                # Only once every delivery taken is settled in the outbox:
+                # the next holder reads it from there.
+                claims.release(token)
+        self._idle(sub_id, worker)
+
+    def _idle(self, sub_id: int, worker: _Worker) -> None:
+        worker.running = False
+        if self._workers.get(sub_id) is worker:
+            del self._workers[sub_id]
+
+    async def _drain(self, sub_id: int, worker: _Worker) -> None:
         while self._alive(sub_id, worker):
             worker.dirty = False
+            if self._subscription(sub_id) is None:
+                return  # not (yet) known here: its rows wait for whoever knows it
             rows = await self._store.pending_deliveries(sub_id, self.settings.batch)
             for row in rows:
                 if not self._alive(sub_id, worker):
                     return
                 await self._deliver(sub_id, worker, dict(row))
             if not rows and not worker.dirty:
-                break
-        worker.running = False
-        if self._workers.get(sub_id) is worker:
-            del self._workers[sub_id]
+                return
 
     async def _deliver(self, sub_id: int, worker: _Worker, row: dict[str, Any]) -> None:
         settings = self.settings

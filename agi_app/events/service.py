@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from agi_app.errors import AppError, InvalidInput
-from agi_app.events.delivery import Deliverer, DeliverySettings, Sender
+from agi_app.events.delivery import Claims, Deliverer, DeliverySettings, Sender
 from agi_app.events.signing import new_secret
 from agi_app.events.store import EventStore
 from agi_app.netguard import TargetGuard
@@ -139,6 +139,8 @@ class EventService:
     :param clock: an ``IReactorTime``
     :param guard: where subscription URLs may point (default: public
         addresses only); the sender checks each connection with its own
+    :param claims: several nodes share the outbox: a subscription's events
+        are delivered by the node holding its claim (:mod:`agi_app.cluster`)
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class EventService:
         clock: IReactorTime,
         settings: DeliverySettings | None = None,
         guard: TargetGuard | None = None,
+        claims: Claims | None = None,
     ):
         self._store = store
         self._clock = clock
@@ -156,7 +159,8 @@ class EventService:
         self._subs: dict[int, dict[str, Any]] = {}
         self._index: dict[tuple[str, str], list[int]] = {}
         self.deliverer = Deliverer(
-            store, subscription=self._subs.get, send=send, clock=clock, settings=settings
+            store, subscription=self._subs.get, send=send, clock=clock, settings=settings,
+            claims=claims,
         )
         self._last_time_us = 0
 
@@ -176,6 +180,18 @@ class EventService:
     def stop(self) -> None:
         """Stop delivering (queued deliveries stay in the outbox)."""
         self.deliverer.stop()
+
+    async def reload(self) -> None:
+        """Read the subscriptions again: another node (on the same
+        PostgreSQL) added or deleted some.  The workers of deleted ones stop."""
+        subs = await self._store.subscriptions()
+        fresh = {s["id"] for s in subs}
+        for sub_id in set(self._subs) - fresh:
+            self.deliverer.forget(sub_id)
+        self._subs.clear()
+        self._index.clear()
+        for sub in subs:
+            self._remember(sub)
 
     def _remember(self, sub: dict[str, Any]) -> None:
         self._subs[sub["id"]] = sub

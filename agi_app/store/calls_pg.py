@@ -189,15 +189,22 @@ class CallsPostgresMixin(PostgresEngine):
         *,
         time: str | None = None,
         talk_seconds: float | None = None,
+        once: bool = False,
     ) -> Deferred[dict[str, Any] | None]:
+        """As :meth:`agi_app.store.base.Store.add_status`; ``once``: also
+        refuse (fire None) a status the call has already -- several nodes
+        following one call see the same moments (agi_app.cluster)."""
         if status not in STATUSES:
             raise ValueError(f"unknown call status {status!r}")
         when = check_time(time) if time is not None else self._now()
-        d = self._run(self._add_status, call_id, status, detail, when, talk_seconds)
+        d = self._run(self._add_status, call_id, status, detail, when, talk_seconds, once)
 
         def log_refused(result: tuple[dict[str, Any] | None, str | None]):
             entry, final = result
-            if entry is None:
+            if entry is None and final is None:
+                self._log.debug("call {call_id}: {status} written already",
+                                call_id=call_id, status=status)  # fmt: skip
+            elif entry is None:
                 self._log.warn(
                     "call {call_id}: {status} ignored, the call already ended with {final}",
                     call_id=call_id,
@@ -216,6 +223,7 @@ class CallsPostgresMixin(PostgresEngine):
         detail: str | None,
         when: str,
         talk_seconds: float | None,
+        once: bool = False,
     ) -> tuple[dict[str, Any] | None, str | None]:
         with conn.transaction():
             # The row lock: another writer of this call waits here until
@@ -230,6 +238,11 @@ class CallsPostgresMixin(PostgresEngine):
             order_id, final, pbx = found
             if final is not None:
                 return None, final
+            if once and conn.execute(
+                "SELECT 1 FROM call_status WHERE call_id = %s AND status = %s LIMIT 1",
+                (call_id, status),
+            ).fetchone():
+                return None, None
             entry = {
                 "call_id": call_id,
                 "order_id": order_id,

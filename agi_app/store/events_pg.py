@@ -17,10 +17,17 @@ from twisted.internet.defer import Deferred
 
 from agi_app.events.store import DELIVERY_OUTCOMES, EventStore
 from agi_app.store.base import iso_time
+from agi_app.store.cluster_pg import notify_sql
 from agi_app.store.events_sqlite import LOG_KEEP
 from agi_app.store.pg_engine import PostgresEngine
 
-__all__ = ["EventsPostgresMixin"]
+__all__ = ["OUTBOX_CHANNEL", "SUBSCRIPTIONS_CHANNEL", "EventsPostgresMixin"]
+
+#: NOTIFY channel waking the nodes when deliveries were queued (payload:
+#: the subscription ids, comma separated); only a wake-up, the outbox is the log
+OUTBOX_CHANNEL = "agi_app_outbox"
+#: NOTIFY channel telling the nodes that a subscription was added or deleted
+SUBSCRIPTIONS_CHANNEL = "agi_app_subscriptions"
 
 _SUB_COLUMNS = (
     "id, extension, url, method, event_type, secret, created_at, delivered, given_up, "
@@ -57,7 +64,9 @@ class EventsPostgresMixin(PostgresEngine, EventStore):
         }
 
         def insert(conn) -> dict[str, Any]:
-            sub_id = self._insert(conn, "event_subscriptions", row, "id")
+            with conn.transaction():
+                sub_id = self._insert(conn, "event_subscriptions", row, "id")
+                conn.execute(notify_sql(), (SUBSCRIPTIONS_CHANNEL, str(sub_id)))
             return self._subscription(conn, sub_id)
 
         return self._run(insert)
@@ -96,6 +105,8 @@ class EventsPostgresMixin(PostgresEngine, EventStore):
                     "DELETE FROM event_subscriptions WHERE id = %s", (sub_id,)
                 ).rowcount
                 self._forget_events(conn, events)
+                if gone:
+                    conn.execute(notify_sql(), (SUBSCRIPTIONS_CHANNEL, str(sub_id)))
             return gone > 0
 
         return self._run(delete)
@@ -147,6 +158,10 @@ class EventsPostgresMixin(PostgresEngine, EventStore):
                 ]
                 if not queued:
                     self._forget_events(conn, [event_id])
+                else:
+                    # delivered to the listening nodes at commit
+                    payload = ",".join(str(q) for q in sorted(queued))
+                    conn.execute(notify_sql(), (OUTBOX_CHANNEL, payload))
             return event_id, sorted(queued)
 
         return self._run(insert)
