@@ -149,6 +149,31 @@ def sandbox(request: pytest.FixtureRequest):
     pbx.stop()
 
 
+@pytest.fixture(scope="module")
+def hagi(sandbox):
+    """The session's sandbox restarted with SRV records of two FastAGI
+    targets (its own port, priority 10; the next port, priority 20) and
+    ``AGI_APP_URL=hagi://<zone>``, served by a dnsmasq of its own; back to
+    ``agi://`` afterwards."""
+    from agi_app.sandbox import dns
+
+    reason = dns.missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no DNS server for the sandbox: {reason}", pytrace=False)
+        pytest.skip(f"no DNS server for the sandbox: {reason}")
+    zone = dns.zone_for(sandbox.pbx.name, [sandbox.agi_port, sandbox.agi_port + 1])
+    sandbox.stop()
+    sandbox.pbx.srv = zone
+    try:
+        sandbox.start()
+        yield sandbox
+    finally:
+        sandbox.stop()
+        sandbox.pbx.srv = None
+        sandbox.start()
+
+
 @pytest.fixture
 def api():
     """A client of the HTTP API of the agi_app a test started (see callflow.py)."""

@@ -55,58 +55,51 @@ FAILOVER_BUDGET = 5.0
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]")
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def hagi(sandbox):
-    """The session's sandbox restarted with SRV records of two FastAGI
-    targets (its own port, priority 10; the next port, priority 20) and
-    ``AGI_APP_URL=hagi://<zone>``; back to ``agi://`` afterwards."""
-    reason = dns.missing()
-    if reason:
-        _unavailable(f"no DNS server for the sandbox: {reason}")
-    zone = dns.zone_for(sandbox.pbx.name, [sandbox.agi_port, sandbox.agi_port + 1])
-    sandbox.stop()
-    sandbox.pbx.srv = zone
-    try:
-        sandbox.start()
-        yield sandbox
-    finally:
-        sandbox.stop()
-        sandbox.pbx.srv = None
-        sandbox.start()
-
-
 class NodeA:
     """``agi-app serve`` on the sandbox's own FastAGI port (the priority-10
-    target) and the shared PostgreSQL store, as a child process."""
+    target) and the shared PostgreSQL store, as a child process.
 
-    def __init__(self, sandbox, folder: Path, store_url: str):
+    ``http_port`` (its WebSocket port is the next one), ``name``, ``env``
+    (``AGI_APP_*`` overrides) and ``sections`` (more INI sections, e.g.
+    ``ami:east``) let a test start several such nodes."""
+
+    def __init__(
+        self,
+        sandbox,
+        folder: Path,
+        store_url: str,
+        *,
+        name: str = "node-a",
+        http_port: int = NODE_A_HTTP,
+        env: dict[str, str] | None = None,
+        sections: dict[str, dict[str, str]] | None = None,
+    ):
         self.folder = folder
-        self.http = f"http://127.0.0.1:{NODE_A_HTTP}"
+        self.name = name
+        self.http = f"http://127.0.0.1:{http_port}"
         self.api = Api(self.http)
         config = configparser.ConfigParser(interpolation=None)
         config.read_string(sandbox.pbx.agi_app_ini())
         config["ami"].update(ping_interval="2", action_timeout="3", max_backoff="1")
         config["http"] = {
-            "listen": f"tcp:{NODE_A_HTTP}:interface=127.0.0.1",
+            "listen": f"tcp:{http_port}:interface=127.0.0.1",
             "public_url": self.http,
         }
-        config["websocket"] = {"listen": f"tcp:{NODE_A_HTTP + 1}:interface=127.0.0.1"}
+        config["websocket"] = {"listen": f"tcp:{http_port + 1}:interface=127.0.0.1"}
         config["store"] = {"url": store_url}
         config["metrics"] = {"open": "yes"}
-        self.config_path = folder / "node-a.ini"
+        for section, values in (sections or {}).items():
+            config[section] = values
+        self.config_path = folder / f"{name}.ini"
         with open(self.config_path, "w") as fh:
             config.write(fh)
-        self.log_path = folder / "node-a.log"
+        self.env = dict(env or {})
+        self.log_path = folder / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGI_APP_")}
+        env.update(self.env)
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [AGI_APP, "serve", "--config", str(self.config_path)],
@@ -126,7 +119,7 @@ class NodeA:
             if code == 200:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"node A not ready in {timeout} s:\n{self.logs()}")
+                raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.logs()}")
             await task.deferLater(reactor(), 0.1, lambda: None)
 
     async def fastagi_sessions(self) -> int:
@@ -262,13 +255,6 @@ async def test_calls_fail_over_to_the_second_srv_target_when_the_first_is_killed
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two nodes on one PBX: the node that placed the call logs OPERATOR_PICKUP, "
-    "CLIENT_CALLTO and CLIENT_PICKUP from the AMI events, the node whose FastAGI script "
-    "carries it logs them too (some or all, by timing); the repeat check is per process "
-    "(Lifecycle.log), not in the shared store",
-)
 @pytest_twisted.ensureDeferred
 async def test_a_call_placed_by_one_node_and_carried_by_the_other_is_logged_once(
     hagi, nodes, api

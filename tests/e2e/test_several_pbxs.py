@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agi_app.config import load
 from agi_app.events.testing import Receiver
+from agi_app.sandbox import dns
 from agi_app.sandbox.pbx import PBX, PBXError
 from agi_app.sandbox.pbx import test_profile as offset_profile
 from agi_app.sandbox.phones import Phones, answer, kill_phones
@@ -59,15 +60,17 @@ async def metric(api, name: str, **labels: str) -> float:
     raise AssertionError(f"no {name}{labels} in /metrics")
 
 
-@pytest.fixture(scope="module")
-def east(sandbox):
+def start_second_pbx(sandbox, srv_ports: list[int] | None = None) -> tuple[PBX, Phones]:
     """A second sandbox PBX (offset + 200) whose dialplan calls the first
-    one's FastAGI port, with its phones."""
+    one's FastAGI port (or, with ``srv_ports``, ``hagi://`` with an SRV
+    record per port, priorities 10, 20...), started, with its phones."""
     offset = int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "0") or 0) + 200
     profile = dataclasses.replace(
         offset_profile({"AGI_APP_SANDBOX_PORT_OFFSET": str(offset)}), agi_port=sandbox.agi_port
     )
     pbx = PBX(sandbox.pbx.root, profile)
+    if srv_ports:
+        pbx.srv = dns.zone_for(pbx.name, srv_ports, list(range(10, 10 * len(srv_ports) + 1, 10)))
     kill_phones(pbx)
     try:
         pbx.start(stop_at_exit=True)
@@ -75,6 +78,29 @@ def east(sandbox):
         pytest.fail(f"second sandbox PBX: {e}", pytrace=False)
     phones = Phones(pbx)
     phones.pstn.start()
+    return pbx, phones
+
+
+def ami_section(pbx: PBX) -> dict[str, str]:
+    """The ``[ami:NAME]`` settings of an agi_app following ``pbx``."""
+    return {
+        "host": "127.0.0.1",
+        "port": str(pbx.ami_port),
+        "username": pbx.ami_username,
+        "secret": pbx.ami_secret,
+        "ping_interval": "2",
+        "action_timeout": "3",
+        "max_backoff": "1",
+        "recordings_dir": str(pbx.recordings_dir),
+        "pbx_recordings_dir": str(pbx.pbx_recordings_dir),
+    }
+
+
+@pytest.fixture(scope="module")
+def east(sandbox):
+    """A second sandbox PBX (offset + 200) whose dialplan calls the first
+    one's FastAGI port, with its phones."""
+    pbx, phones = start_second_pbx(sandbox)
     yield pbx, phones
     phones.stop_all()
     pbx.stop()
@@ -93,16 +119,9 @@ def two_pbx_config(sandbox, east_pbx: PBX, tmp_path):
         "AGI_APP_AMI_MAX_BACKOFF": "1",
     })  # fmt: skip
     ini = tmp_path / "agi_app.conf"
+    east_section = "".join(f"{k} = {v}\n" for k, v in ami_section(east_pbx).items())
     ini.write_text(
-        "[ami:east]\n"
-        "host = 127.0.0.1\n"
-        f"port = {east_pbx.ami_port}\n"
-        f"username = {east_pbx.ami_username}\n"
-        f"secret = {east_pbx.ami_secret}\n"
-        "ping_interval = 2\naction_timeout = 3\nmax_backoff = 1\n"
-        f"recordings_dir = {east_pbx.recordings_dir}\n"
-        f"pbx_recordings_dir = {east_pbx.pbx_recordings_dir}\n"
-        f"[ivr]\npath = {tmp_path / 'ivr.conf'}\n",
+        f"[ami:east]\n{east_section}[ivr]\npath = {tmp_path / 'ivr.conf'}\n",
         encoding="utf-8",
     )
     (tmp_path / "ivr.conf").write_text(MENUS, encoding="utf-8")
