@@ -39,6 +39,15 @@ Usage::
     .venv/bin/python bench/call_load.py --rates 25,50 --ami-read all
     .venv/bin/python bench/call_load.py --mode ext2phone --rates 25
     .venv/bin/python bench/call_load.py --soak 180
+    .venv/bin/python bench/call_load.py --nodes 2 --rates 10,25
+
+``--nodes 2`` runs two agi_app nodes on one throwaway PostgreSQL cluster
+(:class:`agi_app.store.pg_testing.ThrowawayCluster`, its fast settings:
+no fsync): the calls are placed through the two nodes in turn, and the
+PBX's dialplan reaches FastAGI through ``hagi://`` with SRV records of both
+nodes at the same priority (dnsmasq, :mod:`agi_app.sandbox.dns`), so
+Asterisk spreads the sessions over both.  The CPU per call is printed per
+node (each node's CPU over the window divided by all the calls).
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agi_app.sandbox import dns  # noqa: E402
 from agi_app.sandbox import provision as prov  # noqa: E402
 from agi_app.sandbox.pbx import PBX, test_profile  # noqa: E402
 from agi_app.sandbox.pbx_config import AMI_READ, OPERATORS  # noqa: E402
@@ -138,6 +148,18 @@ class Stack:
     calls_placed: int = 0
     #: bench/ami_floor.py processes by mode (``--floor``)
     floors: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: ``--nodes 2``: the other nodes (process, HTTP port), the PostgreSQL
+    #: cluster and the store's URL
+    others: list[tuple[subprocess.Popen, int]] = field(default_factory=list)
+    cluster: Any = None
+    store_url: str = ""
+
+    @property
+    def nodes(self) -> list[tuple[subprocess.Popen, str]]:
+        """Every node: (process, API base URL), the first one first."""
+        return [(self.agi, self.base)] + [
+            (proc, f"http://127.0.0.1:{port}") for proc, port in self.others
+        ]
 
     @property
     def base(self) -> str:
@@ -151,13 +173,16 @@ class Stack:
                     floor.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     floor.kill()
-        if self.agi.poll() is None:
-            self.agi.send_signal(signal.SIGTERM)
-            try:
-                self.agi.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.agi.kill()
-                self.agi.wait()
+        for agi in [self.agi] + [proc for proc, _ in self.others]:
+            if agi.poll() is None:
+                agi.send_signal(signal.SIGTERM)
+                try:
+                    agi.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    agi.kill()
+                    agi.wait()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.phones.stop_all()
         self.pbx.stop()
 
@@ -170,6 +195,10 @@ def start_stack(args: argparse.Namespace) -> Stack:
     offset = str(args.offset)
     profile = test_profile({"AGI_APP_SANDBOX_PORT_OFFSET": offset})
     pbx = PBX(root, profile, ami_read=AMI_READ[args.ami_read], log=lambda line: None)
+    if args.nodes > 1:
+        # both nodes' FastAGI ports at one priority: Asterisk spreads the sessions
+        ports = [profile.agi_port + i for i in range(args.nodes)]
+        pbx.srv = dns.zone_for(pbx.name, ports, [10])
     kill_phones(pbx)
     pbx.start(stop_at_exit=True)
     phones = Phones(pbx, log=lambda line: None)
@@ -191,6 +220,14 @@ def start_stack(args: argparse.Namespace) -> Stack:
         "AGI_APP_WEBSOCKET_LISTEN": f"tcp:{ws_port}:interface=127.0.0.1",
         "AGI_APP_STORE_PATH": str(store_path),
     })  # fmt: skip
+    cluster = None
+    if args.nodes > 1:
+        from agi_app.store.pg_testing import ThrowawayCluster
+
+        cluster = ThrowawayCluster()
+        cluster.start()
+        settings["AGI_APP_STORE_URL"] = cluster.new_database("load")
+        settings["AGI_APP_NODE_NAME"] = "node-1"
     config = folder / "agi_app.conf"
     config.write_text(_ini(settings))
     log_path = folder / "agi_app.log"
@@ -206,7 +243,27 @@ def start_stack(args: argparse.Namespace) -> Stack:
         stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115 - child keeps it
     )  # fmt: skip
     stack = Stack(pbx, phones, agi, folder, store_path, http_port, ws_port, receiver_port,
-                  log_path)  # fmt: skip
+                  log_path, cluster=cluster,
+                  store_url=settings.get("AGI_APP_STORE_URL", ""))  # fmt: skip
+    for i in range(1, args.nodes):
+        # ports beside the first node's (the next offset's block of ten)
+        port = http_port + 3 + 2 * (i - 1)
+        other = dict(settings, AGI_APP_NODE_NAME=f"node-{i + 1}")
+        other.update({
+            "AGI_APP_HTTP_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+            "AGI_APP_HTTP_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "AGI_APP_WEBSOCKET_LISTEN": f"tcp:{port + 1}:interface=127.0.0.1",
+            "AGI_APP_AGI_LISTEN": f"tcp:{profile.agi_port + i}:interface=127.0.0.1",
+        })  # fmt: skip
+        path = folder / f"agi_app-{i + 1}.conf"
+        path.write_text(_ini(other))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agi_app", "serve", "--config", str(path)],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            stdout=open(folder / f"agi_app-{i + 1}.log", "wb"),  # noqa: SIM115 - child keeps it
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        stack.others.append((proc, port))
     if args.floor:
         for mode in ("receive", "parse"):
             stack.floors[mode] = subprocess.Popen(
@@ -229,21 +286,32 @@ def _ini(settings: dict[str, str]) -> str:
 
 
 class StoreReader:
-    def __init__(self, path: Path):
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
+    """The store's file read from this process (or, with ``url``, its
+    PostgreSQL database)."""
 
-    def conn(self) -> sqlite3.Connection:
+    def __init__(self, path: Path, url: str = ""):
+        self.path = path
+        self.url = url
+        #: the parameter mark of the driver
+        self.mark = "%s" if url else "?"
+        self._conn: Any = None
+
+    def conn(self) -> Any:
         if self._conn is None:
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
-                                         isolation_level=None)  # fmt: skip
+            if self.url:
+                import psycopg
+
+                self._conn = psycopg.connect(self.url, autocommit=True)
+            else:
+                self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                             isolation_level=None)  # fmt: skip
         return self._conn
 
     def finals(self, call_ids: list[str]) -> int:
         done = 0
         for i in range(0, len(call_ids), 500):
             part = call_ids[i : i + 500]
-            q = ",".join("?" * len(part))
+            q = ",".join([self.mark] * len(part))
             done += self.conn().execute(
                 f"SELECT count(*) FROM calls WHERE final_status IS NOT NULL AND call_id IN ({q})",
                 part,
@@ -255,7 +323,7 @@ class StoreReader:
         out: Counter = Counter()
         for i in range(0, len(call_ids), 500):
             part = call_ids[i : i + 500]
-            q = ",".join("?" * len(part))
+            q = ",".join([self.mark] * len(part))
             for status, detail in self.conn().execute(
                 f"SELECT s.status, s.detail FROM call_status s JOIN calls c "
                 f"ON c.call_id = s.call_id AND c.final_status = s.status "
@@ -268,7 +336,7 @@ class StoreReader:
         out: dict[str, list[str]] = {c: [] for c in call_ids}
         for i in range(0, len(call_ids), 500):
             part = call_ids[i : i + 500]
-            q = ",".join("?" * len(part))
+            q = ",".join([self.mark] * len(part))
             for call_id, status in self.conn().execute(
                 f"SELECT call_id, status FROM call_status WHERE call_id IN ({q}) ORDER BY id", part
             ):
@@ -279,6 +347,8 @@ class StoreReader:
         return self.conn().execute("SELECT count(*) FROM calls").fetchone()[0]
 
     def size(self) -> int:
+        if self.url:
+            return self.conn().execute("SELECT pg_database_size(current_database())").fetchone()[0]
         return sum(
             p.stat().st_size
             for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
@@ -313,6 +383,8 @@ class RateResult:
     profile: str = ""
     #: (final status, detail) of the calls that did not complete
     failures: Counter = field(default_factory=Counter)
+    #: ``--nodes``: each node's CPU over the window, the first node first
+    node_cpu: list[float] = field(default_factory=list)
 
     def per_call(self, cpu: float) -> float:
         return 1000.0 * cpu / self.accepted if self.accepted else float("nan")
@@ -335,18 +407,23 @@ class Crm:
         self.receiver_port: Any = None
         self.widgets: list[Any] = []
         self.seq = 0
-        self.store = StoreReader(stack.store_path)
+        self.store = StoreReader(stack.store_path, stack.store_url)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
+        waiting = list(self.stack.nodes)
         while time.monotonic() < deadline:
-            if self.stack.agi.poll() is not None:
-                raise SystemExit(f"agi_app exited; see {self.stack.log_path}")
+            proc, base = waiting[0]
+            if proc.poll() is not None:
+                raise SystemExit(f"agi_app exited; see the logs in {self.stack.folder}")
             try:
-                r = await self.treq.get(f"{self.stack.base}/health", pool=self.pool)
+                r = await self.treq.get(f"{base}/health", pool=self.pool)
                 await r.content()
                 if r.code == 200:
-                    return
+                    waiting.pop(0)
+                    if not waiting:
+                        return
+                    continue
             except Exception:  # noqa: BLE001 - not listening yet
                 pass
             await self.sleep(0.2)
@@ -388,11 +465,13 @@ class Crm:
         n = self.seq
         ext = OPERATORS[n % len(OPERATORS)]
         phone = f"38063{n % 10_000_000:07d}"
+        nodes = self.stack.nodes
+        base = nodes[n % len(nodes)][1]  # the nodes in turn
         started = time.monotonic()
         try:
             if self.args.mode == "makecall":
                 r = await self.treq.get(
-                    f"{self.stack.base}/api/makeCall.json", pool=self.pool,
+                    f"{base}/api/makeCall.json", pool=self.pool,
                     params={"sip": ext, "phone": phone, "order_id": f"o{n}",
                             "external_key": f"k{n}-{os.getpid()}"},
                 )  # fmt: skip
@@ -400,7 +479,7 @@ class Crm:
                 body = {"ext_number": ext, "phone_number": phone, "order_id": f"o{n}",
                         "external_key": f"k{n}-{os.getpid()}"}  # fmt: skip
                 r = await self.treq.post(
-                    f"{self.stack.base}/api/calls/extToPhone", data=json.dumps(body).encode(),
+                    f"{base}/api/calls/extToPhone", data=json.dumps(body).encode(),
                     headers={"Content-Type": "application/json"}, pool=self.pool,
                 )  # fmt: skip
             text = await r.content()
@@ -488,6 +567,7 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
     result.rss_before = rss_mib(pid)
     floors0 = {mode: cpu_seconds(f.pid) for mode, f in stack.floors.items()}
     sys0 = cpu_split(pid)[1]
+    nodes0 = [cpu_seconds(proc.pid) for proc, _ in stack.nodes]
     cpu0, pbx0, t0 = cpu_seconds(pid), cpu_seconds(pbx_pid), time.monotonic()
     ids = await crm.fire(rate, args.seconds, result, result.latency)
     result.accepted = len(ids)
@@ -496,6 +576,9 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
         await crm.wait_deliveries(hooks0 + WEBHOOKS_PER_CALL * len(ids),
                                   widget0 + WIDGET_PER_CALL * len(ids), timeout=30)  # fmt: skip
     result.agi_cpu = cpu_seconds(pid) - cpu0
+    result.node_cpu = [
+        cpu_seconds(proc.pid) - c0 for (proc, _), c0 in zip(stack.nodes, nodes0, strict=True)
+    ]
     result.agi_sys = cpu_split(pid)[1] - sys0
     result.pbx_cpu = cpu_seconds(pbx_pid) - pbx0
     result.window = time.monotonic() - t0
@@ -564,6 +647,13 @@ def print_results(results: list[RateResult], args: argparse.Namespace) -> None:
             parse = r.per_call(r.floor_cpu.get("parse", 0.0))
             print(f"| {r.rate:g} | {receive:.2f} | {parse:.2f} | {r.per_call(r.agi_cpu):.2f} "
                   f"| {0.1 * r.per_call(r.pbx_cpu):.2f} |")  # fmt: skip
+    for r in results:
+        if len(r.node_cpu) > 1:
+            per_node = ", ".join(
+                f"node {i + 1} {r.per_call(c):.2f}" for i, c in enumerate(r.node_cpu)
+            )
+            print(f"at {r.rate:g} calls/s: agi_app ms/call per node (its CPU / all calls): "
+                  f"{per_node}; together {r.per_call(sum(r.node_cpu)):.2f}")  # fmt: skip
     for r in results:
         print(f"at {r.rate:g} calls/s: agi_app {r.per_call(r.agi_cpu - r.agi_sys):.2f} ms/call "
               f"in Python and libraries (user), {r.per_call(r.agi_sys):.2f} in the kernel (system)")
@@ -768,11 +858,25 @@ async def main_async(reactor: Any, args: argparse.Namespace, stack: Stack) -> No
                   f"{result.per_call(result.agi_cpu):.2f} ms/call, Asterisk "
                   f"{result.per_call(result.pbx_cpu):.2f} ms/call", flush=True)  # fmt: skip
         print_results(results, args)
+    if len(stack.nodes) > 1:
+        await print_fastagi_spread(crm)
     for w in crm.widgets:
         w.dropConnection()
     if crm.receiver_port is not None:
         await crm.receiver_port.stopListening()
     await crm.pool.closeCachedConnections()
+
+
+async def print_fastagi_spread(crm: Crm) -> None:
+    """How many FastAGI sessions each node carried (its ``/metrics``)."""
+    counts = []
+    for _, base in crm.stack.nodes:
+        r = await crm.treq.get(f"{base}/metrics", pool=crm.pool)
+        text = (await r.content()).decode(errors="replace")
+        found = [line.split()[-1] for line in text.splitlines()
+                 if line.startswith("agi_app_fastagi_sessions_total ")]  # fmt: skip
+        counts.append(str(int(float(found[0]))) if found else f"? (HTTP {r.code})")
+    print("FastAGI sessions per node (hagi://, one SRV priority): " + ", ".join(counts))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -797,6 +901,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ami-dump", default="", metavar="FILE",
                    help="with --floor: record the AMI bytes of the run to FILE")
     p.add_argument("--log-level", default="info", help="agi_app's log level")
+    p.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                   help="agi_app nodes (2: on a throwaway PostgreSQL, FastAGI through hagi://)")
     p.add_argument("--offset", type=int,
                    default=int(os.environ.get("AGI_APP_SANDBOX_PORT_OFFSET", "2000") or 0),
                    help="sandbox port offset (AGI_APP_SANDBOX_PORT_OFFSET)")  # fmt: skip
