@@ -174,8 +174,11 @@ async def test_two_nodes_two_pbxs_hagi_and_one_node_killed_under_load(hagi, east
                 [(a.api, "1000"), (b.api, "1002"), (b.api, "1001"), (a.api, "1003")]
             )
         ]
-        for call_id in first:
-            assert words(await _final(b.api, call_id)) == HAPPY
+        for call_id, ext in zip(first, ["1000", "1002", "1001", "1003"], strict=True):
+            history = await _final(b.api, call_id)
+            assert words(history) == HAPPY, history
+            # logged as the operator's PBX's, by whichever node wrote each status
+            assert {e["pbx"] for e in history} == {OPERATORS[ext]}, history
         for call_id in first:
             assert await _history(a.api, call_id) == await _history(b.api, call_id)
 
@@ -245,6 +248,8 @@ async def test_two_nodes_two_pbxs_hagi_and_one_node_killed_under_load(hagi, east
         # its client answered within it, its FastAGI session on B
         after = [c for c, _, before in placed if not before]
         entries = {c: await _final(b.api, c) for c, _, _ in placed}
+        for call_id, ext, _ in placed:
+            assert {e["pbx"] for e in entries[call_id]} == {OPERATORS[ext]}, entries[call_id]
         for call_id in after:
             assert words(entries[call_id]) == HAPPY, entries[call_id]
         pickup = next(e for e in entries[after[0]] if e["status"] == "CLIENT_PICKUP")
