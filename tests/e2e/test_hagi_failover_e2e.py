@@ -255,6 +255,10 @@ async def test_calls_fail_over_to_the_second_srv_target_when_the_first_is_killed
     )
 
 
+# Two nodes on one PBX: the node that placed the call follows it from the
+# AMI events, the node whose FastAGI script carries it logs from the script;
+# the shared store refuses a status the call already has (several nodes:
+# Lifecycle.shared, add_status(once=...)), so each is logged once.
 @pytest_twisted.ensureDeferred
 async def test_a_call_placed_by_one_node_and_carried_by_the_other_is_logged_once(
     hagi, nodes, api
