@@ -475,8 +475,15 @@ class CallControl:
 
     async def _offhold(self, own: Leg, dst: None) -> None:
         peer = self._peer(own)
-        if peer.context != HOLD_CONTEXT or peer.bridge or own.context != HOLD_CONTEXT:
+        if peer.context != HOLD_CONTEXT or peer.bridge or own.bridge:
             raise ActionNotPossible("the call is not on hold", code="not_on_hold")
+        if own.context != HOLD_CONTEXT:
+            # The holder's Wait() sends no event of the classes agi_app reads, and
+            # the BridgeLeave of the redirect may still show the old context:
+            # ask the PBX where the extension's channel is now.
+            where = await self.ami.getvar(own.uniqueid, "CONTEXT")
+            if where != HOLD_CONTEXT:
+                raise ActionNotPossible("the call is not on hold", code="not_on_hold")
         await self.ami.action("Bridge", Channel1=own.uniqueid, Channel2=peer.uniqueid)
 
     async def _park(self, own: Leg, dst: None) -> dict[str, Any]:

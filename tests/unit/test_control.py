@@ -185,6 +185,33 @@ class ActionTests(ControlTestCase):
         self.act("1000", "trunk-1", "offhold")
         self.assertEqual(self.sent(), [("Bridge", {"Channel1": "pbx-1.3", "Channel2": "trunk-1"})])
 
+    def test_offhold_asks_the_pbx_when_the_holder_sent_no_event(self):
+        # Asterisk's BridgeLeave of the redirected extension may still show its
+        # old context, and its Wait() in agi-app-hold sends nothing more.
+        self.act("1000", "trunk-1", "hold")
+        sim = self.sim
+        sim.leave("br-1", "trunk-1")
+        sim.set("trunk-1", Context="agi-app-hold", Exten="s")
+        sim.event("MusicOnHoldStart", "trunk-1")
+        sim.leave("br-1", "pbx-1.3")
+        self.assertNotEqual(self.tracker.leg("pbx-1.3").context, "agi-app-hold")
+        where = {"pbx-1.3": "from-internal"}
+        self.server.handlers["getvar"] = lambda p, a: p.respond(
+            a, Variable=a["Variable"], Value=where[a["Channel"]])
+        self.server.handlers["bridge"] = lambda p, a: p.respond(a, Message="Channels bridged")
+        self.server.actions.clear()
+        e = self.failureResultOf(self._d(self.control.act("1000", "trunk-1", "offhold")),
+                                 ActionNotPossible).value
+        self.assertEqual(e.code, "not_on_hold")
+        self.assertEqual(self.sent(), [("Getvar", {"Channel": "pbx-1.3", "Variable": ["CONTEXT"]})])
+        where["pbx-1.3"] = "agi-app-hold"
+        self.server.actions.clear()
+        self.act("1000", "trunk-1", "offhold")
+        self.assertEqual(self.sent(), [
+            ("Getvar", {"Channel": "pbx-1.3", "Variable": ["CONTEXT"]}),
+            ("Bridge", {"Channel1": "pbx-1.3", "Channel2": "trunk-1"}),
+        ])
+
     def test_park_reports_the_space_and_releases_the_extension(self):
         def park(peer, action):
             peer.respond(action, Message="Park successful")
