@@ -109,6 +109,11 @@ class ClusterLink:
         self._channels: dict[str, list[Callable[[str], object]]] = {}
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
+        # open() waits for the listener's first LISTEN; if it gave up waiting,
+        # the listener reads the tables again once it does listen
+        self._listening = threading.Event()
+        self._open_lock = threading.Lock()
+        self._open_waiting = False
         self._ping: task.LoopingCall | None = None
         self._schema = ""
         self._shutdown_trigger: object | None = None
@@ -137,10 +142,20 @@ class ClusterLink:
         self._locks_thread = ThreadPool(1, 1, name="agi_app-cluster-locks")
         self._locks_thread.start()
         self._stopping.clear()
+        self._listening.clear()
+        self._open_waiting = True
         self._listener = threading.Thread(
             target=self._listen_loop, name="agi_app-cluster-listener", daemon=True
         )
         self._listener.start()
+        # A notification sent before the LISTEN would be lost for good (another
+        # node adding a subscription right after this one started): wait for it.
+        self._listening.wait(self._connect_timeout)
+        with self._open_lock:
+            self._open_waiting = False
+            if not self._listening.is_set():
+                log.warn("listener on {url} not connected yet; it will read the tables "
+                         "again when it is", url=redact_url(self.url))  # fmt: skip
         self._ping = task.LoopingCall(self._check)
         self._ping.clock = self._clock
         self._ping.start(self._ping_interval, now=False)
@@ -327,7 +342,10 @@ class ClusterLink:
                     failures = 0
                     for channel in list(self._channels):
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                    if not first:
+                    with self._open_lock:
+                        late = not self._open_waiting
+                        self._listening.set()
+                    if late or not first:
                         self._reactor.callFromThread(self._resynced)
                     first = False
                     while not self._stopping.is_set():

@@ -224,6 +224,29 @@ async def test_a_leader_that_stops_hands_over_at_once(pg_url):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_notification_sent_right_after_open_is_heard(pg_url):
+    # Another node may add a subscription the moment this one has started:
+    # once open() has returned, the listener must already be listening.
+    import psycopg
+
+    from agi_app.store.cluster_pg import notify_sql
+
+    reactor = _reactor()
+    for attempt in range(5):
+        heard: list[str] = []
+        link = ClusterLink(pg_url, reactor=reactor, name=f"listen-{attempt}")
+        link.listen("agi_app_probe", heard.append)
+        link.open()
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(notify_sql(), ("agi_app_probe", f"note {attempt}"))
+            await _until(lambda: heard, timeout=3.0)  # noqa: B023
+            assert heard == [f"note {attempt}"]
+        finally:
+            await link.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_locks_of_stores_in_other_schemas_are_apart(pg_cluster):
     reactor = _reactor()
     one = ClusterLink(pg_cluster.new_schema(), reactor=reactor)
