@@ -84,7 +84,7 @@ EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
 #: webhooks and widget messages one completed operator-first call gives the
 #: operator's extension: dial-out, answer, hangup; the widget's "finished"
 #: (an agi_app call of the user's own phone shows no incoming popup)
-WEBHOOKS_PER_CALL = 3
+COMPLETE_CALL_EVENTS = sorted(("dial-out", "answer", "hangup"))
 WIDGET_PER_CALL = 1
 MAX_RATE, MAX_SECONDS, MAX_CALLS, MAX_SOAK = 100.0, 60.0, 3000, 1800.0
 SOAK_RATE = 10.0
@@ -346,6 +346,22 @@ class StoreReader:
     def calls(self) -> int:
         return self.conn().execute("SELECT count(*) FROM calls").fetchone()[0]
 
+    def last_event_id(self) -> int:
+        """The newest webhook event id agi_app has given (0: none yet).  Read
+        from the id sequence: a delivered event's row is deleted."""
+        if self.url:
+            sql = "SELECT last_value FROM events_event_id_seq WHERE is_called"
+        else:
+            sql = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+        row = self.conn().execute(sql).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def event_ids_after(self, event_id: int) -> set[int]:
+        """The webhook events agi_app queued after ``event_id``: every id
+        since (ids are never reused; each event here goes to one subscription,
+        there being one per extension and event type)."""
+        return set(range(event_id + 1, self.last_event_id() + 1))
+
     def size(self) -> int:
         if self.url:
             return self.conn().execute("SELECT pg_database_size(current_database())").fetchone()[0]
@@ -374,6 +390,16 @@ class RateResult:
     latency: list[float] = field(default_factory=list)
     webhooks: int = 0
     widget: int = 0
+    #: ext2phone: webhook events agi_app queued over the window, those of
+    #: them never received, deliveries received more than once
+    events_queued: int = 0
+    events_missing: int = 0
+    events_repeated: int = 0
+    #: ext2phone: complete calls whose webhooks were exactly their dial-out,
+    #: answer and hangup
+    calls_all_events: int = 0
+    #: ext2phone: widget messages expected (one per call with a final status)
+    widget_expected: int = 0
     rss_before: float = 0.0
     rss_after: float = 0.0
     #: agi_app's CPU over the window spent in the kernel (stime)
@@ -524,16 +550,25 @@ class Crm:
             await self.sleep(0.25)
         return done
 
-    async def wait_deliveries(self, want_webhooks: int, want_widget: int,
+    async def wait_deliveries(self, since_event: int, hooks0: int, want_widget: int,
                               timeout: float) -> None:  # fmt: skip
+        """Until every webhook event queued after ``since_event`` has arrived
+        and the widgets have ``want_widget`` messages in all."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.webhooks() >= want_webhooks and self.widget_messages() >= want_widget:
+            queued = self.store.event_ids_after(since_event)
+            if queued <= set(self.event_ids(hooks0)) and self.widget_messages() >= want_widget:
                 return
             await self.sleep(0.25)
 
     def webhooks(self) -> int:
         return len(self.receiver.requests) if self.receiver is not None else 0
+
+    def event_ids(self, first: int = 0) -> list[int]:
+        """The ``X-Event-ID`` of each webhook received, from the ``first``-th on."""
+        if self.receiver is None:
+            return []
+        return [int(r.headers.get("x-event-id", "0")) for r in self.receiver.requests[first:]]
 
     def widget_messages(self) -> int:
         return sum(w.count for w in self.widgets)
@@ -553,6 +588,7 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
     assert pbx_pid is not None
     result = RateResult(rate)
     hooks0, widget0 = crm.webhooks(), crm.widget_messages()
+    event0 = crm.store.last_event_id() if args.mode == "ext2phone" else 0
     spy = None
     if args.py_spy:
         out = Path(args.py_spy) / f"agi_app-{args.mode}-{args.ami_read}-{rate:g}.txt"
@@ -573,8 +609,9 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
     result.accepted = len(ids)
     await crm.wait_finals(ids, timeout=args.talk + 90)
     if args.mode == "ext2phone":
-        await crm.wait_deliveries(hooks0 + WEBHOOKS_PER_CALL * len(ids),
-                                  widget0 + WIDGET_PER_CALL * len(ids), timeout=30)  # fmt: skip
+        result.widget_expected = WIDGET_PER_CALL * crm.store.finals(ids)
+        await crm.wait_deliveries(event0, hooks0, widget0 + result.widget_expected,
+                                  timeout=30)  # fmt: skip
     result.agi_cpu = cpu_seconds(pid) - cpu0
     result.node_cpu = [
         cpu_seconds(proc.pid) - c0 for (proc, _), c0 in zip(stack.nodes, nodes0, strict=True)
@@ -592,7 +629,8 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
             if spy.poll() is not None:
                 break
             await crm.sleep(0.1)
-    for chain in crm.store.chains(ids).values():
+    chains = crm.store.chains(ids)
+    for chain in chains.values():
         if chain == CHAIN:
             result.complete += 1
         final = next((s for s in chain if s in FINAL), None)
@@ -604,6 +642,21 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
     result.failures = crm.store.failures(failed)
     result.webhooks = crm.webhooks() - hooks0
     result.widget = crm.widget_messages() - widget0
+    if args.mode == "ext2phone":
+        queued = crm.store.event_ids_after(event0)
+        received = Counter(crm.event_ids(hooks0))
+        result.events_queued = len(queued)
+        result.events_missing = len(queued - set(received))
+        result.events_repeated = sum(n - 1 for n in received.values() if n > 1)
+        # each complete call: exactly its dial-out, answer and hangup
+        kinds: dict[str, list[str]] = {}
+        for request in crm.receiver.requests[hooks0:]:
+            fields = request.fields
+            kinds.setdefault(fields.get("CallID", ""), []).append(fields.get("EventType", ""))
+        result.calls_all_events = sum(
+            1 for c, chain in chains.items()
+            if chain == CHAIN and sorted(kinds.get(c, ())) == COMPLETE_CALL_EVENTS
+        )  # fmt: skip
     return result
 
 
@@ -625,8 +678,11 @@ def print_results(results: list[RateResult], args: argparse.Namespace) -> None:
             others += ", refused " + ", ".join(f"{k} {v}" for k, v in r.refused.items())
         agi, pbx = r.per_call(r.agi_cpu), r.per_call(r.pbx_cpu)
         if args.mode == "ext2phone":
-            hooks = f"{r.webhooks}/{WEBHOOKS_PER_CALL * r.accepted}"
-            widget = f"{r.widget}/{WIDGET_PER_CALL * r.accepted}"
+            hooks = f"{r.webhooks}/{r.events_queued}"
+            if r.events_missing or r.events_repeated:
+                hooks += f" (missing {r.events_missing}, repeated {r.events_repeated})"
+            hooks += f"; {r.calls_all_events}/{r.complete} complete calls with all"
+            widget = f"{r.widget}/{r.widget_expected}"
         else:
             hooks = widget = "-"
         print(
