@@ -12,6 +12,7 @@ is never ``internal``) or a close frame with a code and a reason.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -67,10 +68,16 @@ def factory():
 
 @pytest.fixture
 def failures():
-    """Every error (or worse) the service logs while the test runs."""
+    """Every error (or worse) the service logs while the test runs.  Only
+    what is logged on this thread: the widget runs on a MemoryReactorClock,
+    in the test's own thread, while a thread another test left behind (a
+    store's writer, say) may log at any time."""
     seen: list[dict] = []
+    here = threading.get_ident()
 
     def observe(event: dict) -> None:
+        if threading.get_ident() != here:
+            return
         if event.get("log_failure") is not None or event.get("log_level") in (
             LogLevel.error,
             LogLevel.critical,
