@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from agi_app.store.base import StoreError
-from agi_app.store.pg_engine import redact_url
+from agi_app.store.pg_engine import daemon_pool, redact_url
 
 __all__ = ["ClusterLink", "notify_sql"]
 
@@ -139,7 +139,7 @@ class ClusterLink:
             self._epoch = self._known_epoch = 1
         except psycopg.Error as e:
             raise StoreError(f"cannot use the database {redact_url(self.url)}: {e}") from e
-        self._locks_thread = ThreadPool(1, 1, name="agi_app-cluster-locks")
+        self._locks_thread = daemon_pool(1, 1, name="agi_app-cluster-locks")
         self._locks_thread.start()
         self._stopping.clear()
         self._listening.clear()

@@ -447,7 +447,10 @@ class WriterThread:
     def start(self) -> None:
         """Start the thread (once)."""
         if self._thread is None and not self.joined:
-            self._thread = threading.Thread(target=self._loop, name=self.name)
+            # A daemon: a store nobody closed (a crash, an interrupted test)
+            # must not keep the process from exiting.  What was acknowledged
+            # is committed; a transaction cut short is rolled back by SQLite.
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
 
     def stop(self) -> None:

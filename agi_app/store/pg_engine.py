@@ -28,7 +28,9 @@ transaction, and a write of several statements opens one explicitly
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,9 +42,18 @@ from twisted.python.threadpool import ThreadPool
 from agi_app.store.base import Page, StoreError, iso_time
 from agi_app.store.pg_schema import migrate
 
-__all__ = ["PostgresEngine", "json_object_sql", "newest_page_sql", "redact_url"]
+__all__ = ["PostgresEngine", "daemon_pool", "json_object_sql", "newest_page_sql", "redact_url"]
 
 _T = TypeVar("_T")
+
+
+def daemon_pool(minthreads: int, maxthreads: int, name: str) -> ThreadPool:
+    """A Twisted ThreadPool whose threads do not keep the process alive: a
+    store or link nobody closed (a crash, an interrupted test) must not hang
+    the exit.  PostgreSQL rolls back a transaction whose connection is cut."""
+    pool = ThreadPool(minthreads, maxthreads, name=name)
+    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[method-assign]
+    return pool
 
 
 def redact_url(url: str) -> str:
@@ -122,8 +133,8 @@ class PostgresEngine:
             pool.close()
             raise
         self._pool = pool
-        self._writer = ThreadPool(1, 1, name="agi_app-store-writer")
-        self._readers = ThreadPool(1, self._readers_size, name="agi_app-store-readers")
+        self._writer = daemon_pool(1, 1, name="agi_app-store-writer")
+        self._readers = daemon_pool(1, self._readers_size, name="agi_app-store-readers")
         self._writer.start()
         self._readers.start()
         # Threads left running would keep the process from exiting.
