@@ -1,0 +1,190 @@
+"""The floors of what agi_app does per call besides its AMI link, for
+``bench/call_load.py --floor``: its HTTP answer, its FastAGI session and
+its store writes, each a bare process of its own doing just that work
+(``bench/http_floor.py``, ``bench/fastagi_floor.py``, ``bench/store_floor.py``).
+
+:func:`start` starts the three processes beside agi_app; :func:`run`,
+right after the load window of a rate, gives them as many calls as agi_app
+took at the same rate, all three at once, and returns the CPU each used
+(utime + stime from ``/proc``, as for agi_app), with anything that did not
+answer as it should.  The FastAGI driver plays Asterisk; its CPU is not
+counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+#: the store's transactions per call of agi_app's writer at each rate
+#: (``call_load.py --rates R --breakdown``: store batches / calls placed),
+#: what :func:`run` gives ``store_floor.py`` for the rate nearest to the
+#: one measured
+BATCHES_PER_CALL = {25.0: 10.2, 50.0: 6.5}
+
+#: the parts, in the order they are printed
+PARTS = ("http", "fastagi", "store")
+
+
+def batches_for(rate: float, table: dict[float, float] = BATCHES_PER_CALL) -> float:
+    """The store transactions per call for ``rate``: the figure of the
+    nearest rate in ``table`` (the lower one on a tie)."""
+    return table[min(sorted(table), key=lambda r: abs(r - rate))]
+
+
+def makecall_params(n: int) -> dict[str, str]:
+    """The query of call ``n``'s makeCall, as ``call_load.py`` sends it to agi_app."""
+    from agi_app.sandbox.pbx_config import OPERATORS
+
+    return {"sip": OPERATORS[n % len(OPERATORS)], "phone": f"38063{n % 10_000_000:07d}",
+            "order_id": f"o{n}", "external_key": f"k{n}-{os.getpid()}"}  # fmt: skip
+
+
+def answer_ok(code: int, body: bytes) -> bool:
+    """Whether an answer is the floor's makeCall answer: 200, agi_app's size
+    and a ``call_id``."""
+    if code != 200 or len(body) != 37:
+        return False
+    try:
+        return bool(json.loads(body).get("call_id"))
+    except ValueError:
+        return False
+
+
+@dataclass
+class Parts:
+    """The three floor processes, started by :func:`start`."""
+
+    http: subprocess.Popen
+    http_port: int
+    fastagi: subprocess.Popen
+    fastagi_port: int
+    store: subprocess.Popen
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {"http": self.http.pid, "fastagi": self.fastagi.pid, "store": self.store.pid}
+
+    def stop(self) -> None:
+        if self.store.poll() is None:
+            try:
+                self.store.stdin.write("quit\n")  # type: ignore[union-attr]
+                self.store.stdin.flush()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        for proc in (self.http, self.fastagi, self.store):
+            if proc.poll() is None and proc is not self.store:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _first_line(proc: subprocess.Popen, what: str) -> str:
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    if not line:
+        raise SystemExit(f"floor: {what} did not start (exit {proc.wait()})")
+    return line.strip()
+
+
+def start(folder: Path, env: dict[str, str] | None = None) -> Parts:
+    """Start the HTTP and FastAGI floor servers (any free loopback port) and
+    the store floor (its file in ``folder``); returns once all are ready."""
+    common: dict[str, Any] = dict(cwd=HERE.parent, env=env, stdout=subprocess.PIPE, text=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        http = subprocess.Popen([sys.executable, str(HERE / "http_floor.py"), "--port", "0"],
+                                stdin=subprocess.DEVNULL, **common)  # fmt: skip
+        procs.append(http)
+        fastagi = subprocess.Popen(
+            [sys.executable, str(HERE / "fastagi_floor.py"), "serve", "--port", "0"],
+            stdin=subprocess.DEVNULL, **common,
+        )  # fmt: skip
+        procs.append(fastagi)
+        store = subprocess.Popen(
+            [sys.executable, str(HERE / "store_floor.py"), str(folder / "store_floor.sqlite3")],
+            stdin=subprocess.PIPE, **common,
+        )  # fmt: skip
+        procs.append(store)
+        http_port = int(_first_line(http, "http_floor.py").split()[-1])
+        fastagi_port = int(_first_line(fastagi, "fastagi_floor.py").split()[-1])
+        if _first_line(store, "store_floor.py") != "ready":
+            raise SystemExit("floor: store_floor.py did not start")
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
+    return Parts(http, http_port, fastagi, fastagi_port, store)
+
+
+async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
+              cpu: Callable[[int], float], get: Callable[..., Any], delays: float = 1.0,
+              ) -> tuple[dict[str, float], list[str]]:  # fmt: skip
+    """``calls`` calls' worth of work at ``rate`` for each part, at once:
+    makeCall requests ``first..`` through ``get`` (``treq.get`` with the
+    load's connection pool), FastAGI sessions from a driver process, the
+    store's writes.  Returns each part's CPU seconds over that window and
+    a line per problem (an answer that was not right, a session that did
+    not finish, rows that were not written).  ``delays`` scales the
+    FastAGI driver's waits before answering Playback and Dial (0: none)."""
+    from twisted.internet import defer, task, threads
+
+    problems: list[str] = []
+
+    async def http() -> None:
+        start_at = time.monotonic()
+        pending = []
+
+        async def one(n: int) -> bool:
+            try:
+                r = await get(f"http://127.0.0.1:{parts.http_port}/api/makeCall.json",
+                              params=makecall_params(n))  # fmt: skip
+                return answer_ok(r.code, await r.content())
+            except Exception:  # noqa: BLE001 - counted as a problem
+                return False
+
+        for i in range(calls):
+            delay = start_at + i / rate - time.monotonic()
+            if delay > 0:
+                await task.deferLater(reactor, delay, lambda: None)
+            pending.append(defer.ensureDeferred(one(first + i)))
+        good = sum(await defer.gatherResults(pending))
+        if good != calls:
+            problems.append(f"HTTP floor: {calls - good} of {calls} answers not right")
+
+    async def fastagi() -> None:
+        driver = subprocess.Popen(
+            [sys.executable, str(HERE / "fastagi_floor.py"), "drive", "--port",
+             str(parts.fastagi_port), "--calls", str(calls), "--rate", f"{rate:g}",
+             "--scale", f"{delays:g}"],
+            cwd=HERE.parent, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, _ = await threads.deferToThread(driver.communicate)
+        if driver.returncode != 0:
+            problems.append(f"FastAGI floor: {out.strip()} (of {calls})")
+
+    async def store() -> None:
+        stdin, stdout = parts.store.stdin, parts.store.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(f"run {calls} {rate:g} {batches_for(rate):g}\n")
+        stdin.flush()
+        line = await threads.deferToThread(stdout.readline)
+        if not line.startswith("done "):
+            problems.append(f"store floor: {line.strip() or 'no answer'}")
+
+    cpu0 = {name: cpu(pid) for name, pid in parts.pids.items()}
+    await defer.gatherResults([defer.ensureDeferred(f()) for f in (http, fastagi, store)])
+    used = {name: cpu(pid) - cpu0[name] for name, pid in parts.pids.items()}
+    return used, problems
