@@ -771,7 +771,9 @@ def print_floors(results: list[RateResult]) -> None:
         print(f"| {r.rate:g} | " + " | ".join(f"{v:.2f}" for v in ms) + f" | {ratio:.2f} |")
     for r in results:
         print(f"at {r.rate:g} calls/s: store floor with {floor_parts.batches_for(r.rate):g} "
-              f"transactions per call")  # fmt: skip
+              f"transactions per call; its writer thread (the column) "
+              f"{r.per_call(r.part_cpu.get('store', 0.0)):.2f} ms/call, the whole process "
+              f"with the thread feeding it {r.per_call(r.part_cpu.get('store process', 0.0)):.2f}")
         for problem in r.part_problems:
             print(f"at {r.rate:g} calls/s: {problem}")
 

@@ -69,6 +69,8 @@ class Parts:
     fastagi: subprocess.Popen
     fastagi_port: int
     store: subprocess.Popen
+    #: the store floor's writer thread (its CPU is the store's floor)
+    store_writer: int = 0
 
     @property
     def pids(self) -> dict[str, int]:
@@ -119,14 +121,15 @@ def start(folder: Path, env: dict[str, str] | None = None) -> Parts:
         procs.append(store)
         http_port = int(_first_line(http, "http_floor.py").split()[-1])
         fastagi_port = int(_first_line(fastagi, "fastagi_floor.py").split()[-1])
-        if _first_line(store, "store_floor.py") != "ready":
-            raise SystemExit("floor: store_floor.py did not start")
+        ready = _first_line(store, "store_floor.py").split()
+        if ready[:1] != ["ready"] or len(ready) != 2:
+            raise SystemExit(f"floor: store_floor.py did not start ({' '.join(ready)})")
     except BaseException:
         for proc in procs:
             proc.kill()
             proc.wait()
         raise
-    return Parts(http, http_port, fastagi, fastagi_port, store)
+    return Parts(http, http_port, fastagi, fastagi_port, store, int(ready[1]))
 
 
 async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
@@ -135,10 +138,12 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
     """``calls`` calls' worth of work at ``rate`` for each part, at once:
     makeCall requests ``first..`` through ``get`` (``treq.get`` with the
     load's connection pool), FastAGI sessions from a driver process, the
-    store's writes.  Returns each part's CPU seconds over that window and
-    a line per problem (an answer that was not right, a session that did
-    not finish, rows that were not written).  ``delays`` scales the
-    FastAGI driver's waits before answering Playback and Dial (0: none)."""
+    store's writes.  Returns each part's CPU seconds over that window
+    (``cpu(pid)`` of each process; for the store, its writer thread's, and
+    the whole process's as ``store process``) and a line per problem (an
+    answer that was not right, a session that did not finish, rows that
+    were not written).  ``delays`` scales the FastAGI driver's waits
+    before answering Playback and Dial (0: none)."""
     from twisted.internet import defer, task, threads
 
     problems: list[str] = []
@@ -184,7 +189,20 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
         if not line.startswith("done "):
             problems.append(f"store floor: {line.strip() or 'no answer'}")
 
-    cpu0 = {name: cpu(pid) for name, pid in parts.pids.items()}
+    def now() -> dict[str, float]:
+        out = {name: cpu(pid) for name, pid in parts.pids.items()}
+        out["store process"] = out["store"]
+        out["store"] = thread_cpu(parts.store.pid, parts.store_writer)
+        return out
+
+    cpu0 = now()
     await defer.gatherResults([defer.ensureDeferred(f()) for f in (http, fastagi, store)])
-    used = {name: cpu(pid) - cpu0[name] for name, pid in parts.pids.items()}
-    return used, problems
+    cpu1 = now()
+    return {name: cpu1[name] - cpu0[name] for name in cpu0}, problems
+
+
+def thread_cpu(pid: int, tid: int) -> float:
+    """utime + stime of one thread, from ``/proc/PID/task/TID/stat``."""
+    with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -23,8 +23,14 @@ dicts of the rows read.
 
 Control, one line each on stdin (normally from call_load.py)::
 
+    (at start: "ready TID", the writer thread's id)
     run CALLS RATE BATCHES    ->  "done calls=... transactions=... statements=... rows=..."
     quit
+
+The floor is the writer thread's CPU (``/proc/PID/task/TID/stat``): the
+main thread, which sleeps until each transaction's time and puts it on the
+queue, stands in for agi_app's reactor, which is awake anyway for the event
+that causes the write.
 
 Usage (a quick check by hand)::
 
@@ -243,7 +249,10 @@ def main() -> int:
     counts = [0, 0]
     thread = threading.Thread(target=writer, args=(conn, jobs, counts), name="store-floor")
     thread.start()
-    print("ready", flush=True)
+    while thread.native_id is None:  # set as the thread starts
+        time.sleep(0.001)
+    # the writer thread's id: call_load.py reads its CPU apart from the feeding
+    print(f"ready {thread.native_id}", flush=True)
     runs = 0
     try:
         for line in sys.stdin:
