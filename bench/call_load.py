@@ -1008,7 +1008,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--py-spy", default="", help="folder for py-spy profiles of each rate")
     p.add_argument("--floor", action="store_true",
                    help="also run bench/ami_floor.py (AMI receive only; receive + parse) "
-                        "and print its CPU per call over the same window")  # fmt: skip
+                        "in the window, then the HTTP, FastAGI and store floors "
+                        "(bench/floor_parts.py) over the same calls, and print each one's "
+                        "CPU per call against a tenth of Asterisk's")  # fmt: skip
     p.add_argument("--ami-dump", default="", metavar="FILE",
                    help="with --floor: record the AMI bytes of the run to FILE")
     p.add_argument("--log-level", default="info", help="agi_app's log level")

@@ -25,7 +25,12 @@ Control, one line each on stdin (normally from call_load.py)::
 
     (at start: "ready TID", the writer thread's id)
     run CALLS RATE BATCHES    ->  "done calls=... transactions=... statements=... rows=..."
+    hot CALLS BATCHES         ->  "hot calls=... transactions=... ms_per_call=..."
     quit
+
+``hot`` runs the same statements back to back on the main thread (no
+queue, no waiting, a warm cache): the SQL alone, below any floor at a
+rate.
 
 The floor is the writer thread's CPU (``/proc/PID/task/TID/stat``): the
 main thread, which sleeps until each transaction's time and puts it on the
@@ -241,6 +246,19 @@ def run(conn: sqlite3.Connection, jobs: queue.SimpleQueue, counts: list[int], ca
             + ",".join(f"{t}:{n}" for t, n in added.items()))  # fmt: skip
 
 
+def hot(conn: sqlite3.Connection, calls: int, per_call: float, tag: str) -> str:
+    """``calls`` calls' transactions back to back on this thread; its CPU per call."""
+    plan = schedule(calls, 1.0, per_call, tag, spacing=0.0)
+    started = time.thread_time()
+    for _, tx in plan:
+        conn.execute("BEGIN")
+        for sql, params in tx:
+            conn.execute(sql, params).fetchall()
+        conn.execute("COMMIT")
+    used = time.thread_time() - started
+    return f"hot calls={calls} transactions={len(plan)} ms_per_call={1000 * used / calls:.3f}"
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         sys.exit("usage: store_floor.py FILE  (commands on stdin: run CALLS RATE BATCHES | quit)")
@@ -259,10 +277,13 @@ def main() -> int:
             words = line.split()
             if not words or words[0] == "quit":
                 break
+            runs += 1
+            if words[0] == "hot" and len(words) == 3:
+                print(hot(conn, int(words[1]), float(words[2]), f"h{runs}-"), flush=True)
+                continue
             if words[0] != "run" or len(words) != 4:
                 print(f"error: unknown command {line.strip()!r}", flush=True)
                 continue
-            runs += 1
             calls, rate, per_call = int(words[1]), float(words[2]), float(words[3])
             print(run(conn, jobs, counts, calls, rate, per_call, f"r{runs}-"), flush=True)
     finally:

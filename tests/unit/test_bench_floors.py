@@ -204,6 +204,14 @@ def test_store_floor_writes_a_calls_rows_in_the_transactions_given(tmp_path: Pat
     assert check.execute("SELECT count(*) FROM recordings WHERE size = 44").fetchone()[0] == 6
 
 
+def test_store_floor_hot_runs_the_same_statements(tmp_path: Path) -> None:
+    conn = store_floor.open_store(str(tmp_path / "hot.sqlite3"))
+    jobs = len(store_floor.call_jobs(0))
+    line = store_floor.hot(conn, 3, jobs, "h-")
+    assert line.startswith(f"hot calls=3 transactions={3 * jobs} ms_per_call=")
+    assert store_floor.table_rows(conn) == {t: 3 * n for t, n in store_floor.ROWS_PER_CALL.items()}
+
+
 # -- the three together, as call_load.py runs them -----------------------------
 
 
