@@ -774,6 +774,12 @@ def print_floors(results: list[RateResult]) -> None:
               f"transactions per call; its writer thread (the column) "
               f"{r.per_call(r.part_cpu.get('store', 0.0)):.2f} ms/call, the whole process "
               f"with the thread feeding it {r.per_call(r.part_cpu.get('store process', 0.0)):.2f}")
+        if "http+fastagi shared" in r.part_cpu:
+            apart = r.part_cpu.get("http", 0.0) + r.part_cpu.get("fastagi", 0.0)
+            print(f"at {r.rate:g} calls/s: HTTP + FastAGI floors in one process "
+                  f"(bench/shared_floor.py, after) "
+                  f"{r.per_call(r.part_cpu['http+fastagi shared']):.2f} ms/call, "
+                  f"in two {r.per_call(apart):.2f}")  # fmt: skip
         for problem in r.part_problems:
             print(f"at {r.rate:g} calls/s: {problem}")
 

@@ -71,6 +71,9 @@ class Parts:
     store: subprocess.Popen
     #: the store floor's writer thread (its CPU is the store's floor)
     store_writer: int = 0
+    #: bench/shared_floor.py: the HTTP and FastAGI floors in one process
+    shared: subprocess.Popen | None = None
+    shared_ports: tuple[int, int] = (0, 0)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -83,7 +86,10 @@ class Parts:
                 self.store.stdin.flush()  # type: ignore[union-attr]
             except OSError:
                 pass
-        for proc in (self.http, self.fastagi, self.store):
+        procs = [self.http, self.fastagi, self.store]
+        if self.shared is not None:
+            procs.append(self.shared)
+        for proc in procs:
             if proc.poll() is None and proc is not self.store:
                 proc.terminate()
             try:
@@ -119,17 +125,22 @@ def start(folder: Path, env: dict[str, str] | None = None) -> Parts:
             stdin=subprocess.PIPE, **common,
         )  # fmt: skip
         procs.append(store)
+        shared = subprocess.Popen([sys.executable, str(HERE / "shared_floor.py")],
+                                  stdin=subprocess.DEVNULL, **common)  # fmt: skip
+        procs.append(shared)
         http_port = int(_first_line(http, "http_floor.py").split()[-1])
         fastagi_port = int(_first_line(fastagi, "fastagi_floor.py").split()[-1])
         ready = _first_line(store, "store_floor.py").split()
         if ready[:1] != ["ready"] or len(ready) != 2:
             raise SystemExit(f"floor: store_floor.py did not start ({' '.join(ready)})")
+        shared_ports = tuple(map(int, _first_line(shared, "shared_floor.py").split()[1:3]))
     except BaseException:
         for proc in procs:
             proc.kill()
             proc.wait()
         raise
-    return Parts(http, http_port, fastagi, fastagi_port, store, int(ready[1]))
+    return Parts(http, http_port, fastagi, fastagi_port, store, int(ready[1]), shared,
+                 shared_ports)  # type: ignore[arg-type]  # fmt: skip
 
 
 async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
@@ -140,7 +151,9 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
     load's connection pool), FastAGI sessions from a driver process, the
     store's writes.  Returns each part's CPU seconds over that window
     (``cpu(pid)`` of each process; for the store, its writer thread's, and
-    the whole process's as ``store process``) and a line per problem (an
+    the whole process's as ``store process``; then the same HTTP and
+    FastAGI work again for :mod:`shared_floor`, both in one process, as
+    ``http+fastagi shared``) and a line per problem (an
     answer that was not right, a session that did not finish, rows that
     were not written).  ``delays`` scales the FastAGI driver's waits
     before answering Playback and Dial (0: none)."""
@@ -148,13 +161,13 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
 
     problems: list[str] = []
 
-    async def http() -> None:
+    async def http(port: int, label: str = "HTTP floor") -> None:
         start_at = time.monotonic()
         pending = []
 
         async def one(n: int) -> bool:
             try:
-                r = await get(f"http://127.0.0.1:{parts.http_port}/api/makeCall.json",
+                r = await get(f"http://127.0.0.1:{port}/api/makeCall.json",
                               params=makecall_params(n))  # fmt: skip
                 return answer_ok(r.code, await r.content())
             except Exception:  # noqa: BLE001 - counted as a problem
@@ -167,18 +180,18 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
             pending.append(defer.ensureDeferred(one(first + i)))
         good = sum(await defer.gatherResults(pending))
         if good != calls:
-            problems.append(f"HTTP floor: {calls - good} of {calls} answers not right")
+            problems.append(f"{label}: {calls - good} of {calls} answers not right")
 
-    async def fastagi() -> None:
+    async def fastagi(port: int, label: str = "FastAGI floor") -> None:
         driver = subprocess.Popen(
             [sys.executable, str(HERE / "fastagi_floor.py"), "drive", "--port",
-             str(parts.fastagi_port), "--calls", str(calls), "--rate", f"{rate:g}",
+             str(port), "--calls", str(calls), "--rate", f"{rate:g}",
              "--scale", f"{delays:g}"],
             cwd=HERE.parent, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         out, _ = await threads.deferToThread(driver.communicate)
         if driver.returncode != 0:
-            problems.append(f"FastAGI floor: {out.strip()} (of {calls})")
+            problems.append(f"{label}: {out.strip()} (of {calls})")
 
     async def store() -> None:
         stdin, stdout = parts.store.stdin, parts.store.stdout
@@ -196,9 +209,20 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
         return out
 
     cpu0 = now()
-    await defer.gatherResults([defer.ensureDeferred(f()) for f in (http, fastagi, store)])
+    await defer.gatherResults([defer.ensureDeferred(http(parts.http_port)),
+                               defer.ensureDeferred(fastagi(parts.fastagi_port)),
+                               defer.ensureDeferred(store())])  # fmt: skip
     cpu1 = now()
-    return {name: cpu1[name] - cpu0[name] for name in cpu0}, problems
+    used = {name: cpu1[name] - cpu0[name] for name in cpu0}
+    if parts.shared is not None:
+        http_port, fastagi_port = parts.shared_ports
+        shared0 = cpu(parts.shared.pid)
+        await defer.gatherResults([
+            defer.ensureDeferred(http(http_port, "shared floor, HTTP")),
+            defer.ensureDeferred(fastagi(fastagi_port, "shared floor, FastAGI")),
+        ])  # fmt: skip
+        used["http+fastagi shared"] = cpu(parts.shared.pid) - shared0
+    return used, problems
 
 
 def thread_cpu(pid: int, tid: int) -> float:

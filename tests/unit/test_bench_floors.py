@@ -237,16 +237,17 @@ async def test_parts_run_does_each_parts_work(tmp_path: Path) -> None:
             lambda url, params: treq.get(url, params=params, pool=pool), delays=0,
         )  # fmt: skip
         assert problems == []
-        assert set(used) == {*floor_parts.PARTS, "store process"}
+        assert set(used) == {*floor_parts.PARTS, "store process", "http+fastagi shared"}
         # a FastAGI server that is not there: reported, not counted as done
         with socket.socket() as free:
             free.bind(("127.0.0.1", 0))
             parts.fastagi_port = free.getsockname()[1]
+        parts.shared_ports = (parts.shared_ports[0], parts.fastagi_port)
         _, problems = await floor_parts.run(
             reactor, parts, 100.0, 2, 1, lambda pid: 0.0,
             lambda url, params: treq.get(url, params=params, pool=pool), delays=0,
         )  # fmt: skip
-        assert [p.split(":")[0] for p in problems] == ["FastAGI floor"]
+        assert [p.split(":")[0] for p in problems] == ["FastAGI floor", "shared floor, FastAGI"]
     finally:
         await pool.closeCachedConnections()
         parts.stop()
