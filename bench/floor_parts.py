@@ -157,7 +157,7 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
     answer that was not right, a session that did not finish, rows that
     were not written).  ``delays`` scales the FastAGI driver's waits
     before answering Playback and Dial (0: none)."""
-    from twisted.internet import defer, task, threads
+    from twisted.internet import defer, task
 
     problems: list[str] = []
 
@@ -189,7 +189,7 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
              "--scale", f"{delays:g}"],
             cwd=HERE.parent, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        out, _ = await threads.deferToThread(driver.communicate)
+        out, _ = await _in_thread(reactor, driver.communicate)
         if driver.returncode != 0:
             problems.append(f"{label}: {out.strip()} (of {calls})")
 
@@ -198,7 +198,7 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
         assert stdin is not None and stdout is not None
         stdin.write(f"run {calls} {rate:g} {batches_for(rate):g}\n")
         stdin.flush()
-        line = await threads.deferToThread(stdout.readline)
+        line = await _in_thread(reactor, stdout.readline)
         if not line.startswith("done "):
             problems.append(f"store floor: {line.strip() or 'no answer'}")
 
@@ -223,6 +223,28 @@ async def run(reactor: Any, parts: Parts, rate: float, calls: int, first: int,
         ])  # fmt: skip
         used["http+fastagi shared"] = cpu(parts.shared.pid) - shared0
     return used, problems
+
+
+def _in_thread(reactor: Any, fn: Callable[[], Any]) -> Any:
+    """A Deferred of ``fn()`` run on a daemon thread of its own (a blocking
+    read of a child's pipe; the reactor's thread pool would keep a process
+    whose reactor never shuts down, such as a test run's, from exiting)."""
+    import threading
+
+    from twisted.internet.defer import Deferred
+
+    d: Deferred = Deferred()
+
+    def work() -> None:
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the Deferred
+            reactor.callFromThread(d.errback, e)
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    threading.Thread(target=work, name="floor-parts-read", daemon=True).start()
+    return d
 
 
 def thread_cpu(pid: int, tid: int) -> float:
