@@ -75,6 +75,9 @@ from agi_app.sandbox.pbx import PBX, test_profile  # noqa: E402
 from agi_app.sandbox.pbx_config import AMI_READ, OPERATORS  # noqa: E402
 from agi_app.sandbox.phones import Phones, answer, kill_phones  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import floor_parts  # noqa: E402
+
 CHAIN = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO", "CLIENT_PICKUP", "FINISH"]
 FINAL = {
     "FINISH", "ERROR", "OPERATOR_BUSY", "OPERATOR_NOANSWER", "OPERATOR_OFFLINE",
@@ -148,6 +151,8 @@ class Stack:
     calls_placed: int = 0
     #: bench/ami_floor.py processes by mode (``--floor``)
     floors: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: the HTTP, FastAGI and store floors (``--floor``; bench/floor_parts.py)
+    parts: Any = None
     #: ``--nodes 2``: the other nodes (process, HTTP port), the PostgreSQL
     #: cluster and the store's URL
     others: list[tuple[subprocess.Popen, int]] = field(default_factory=list)
@@ -166,6 +171,8 @@ class Stack:
         return f"http://127.0.0.1:{self.http_port}"
 
     def stop(self) -> None:
+        if self.parts is not None:
+            self.parts.stop()
         for floor in self.floors.values():
             if floor.poll() is None:
                 floor.send_signal(signal.SIGTERM)
@@ -273,6 +280,7 @@ def start_stack(args: argparse.Namespace) -> Stack:
                  *(["--dump", args.ami_dump] if args.ami_dump and mode == "receive" else [])],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
             )  # fmt: skip
+        stack.parts = floor_parts.start(folder, env)
     return stack
 
 
@@ -406,6 +414,11 @@ class RateResult:
     agi_sys: float = 0.0
     #: CPU of the floor processes (bench/ami_floor.py) over the same window
     floor_cpu: dict[str, float] = field(default_factory=dict)
+    #: CPU of the HTTP, FastAGI and store floors (bench/floor_parts.py) over
+    #: the same calls at the same rate, right after the window
+    part_cpu: dict[str, float] = field(default_factory=dict)
+    #: what the floors of the parts did not do right
+    part_problems: list[str] = field(default_factory=list)
     profile: str = ""
     #: (final status, detail) of the calls that did not complete
     failures: Counter = field(default_factory=Counter)
@@ -657,6 +670,12 @@ async def run_rate(crm: Crm, rate: float, args: argparse.Namespace) -> RateResul
             1 for c, chain in chains.items()
             if chain == CHAIN and sorted(kinds.get(c, ())) == COMPLETE_CALL_EVENTS
         )  # fmt: skip
+    if stack.parts is not None and result.accepted:
+        # the other parts' floors: as many calls, at the same rate, right after
+        result.part_cpu, result.part_problems = await floor_parts.run(
+            crm.reactor, stack.parts, rate, result.accepted, crm.seq - result.requested + 1,
+            cpu_seconds, lambda url, params: crm.treq.get(url, params=params, pool=crm.pool),
+        )  # fmt: skip
     return result
 
 
@@ -703,6 +722,8 @@ def print_results(results: list[RateResult], args: argparse.Namespace) -> None:
             parse = r.per_call(r.floor_cpu.get("parse", 0.0))
             print(f"| {r.rate:g} | {receive:.2f} | {parse:.2f} | {r.per_call(r.agi_cpu):.2f} "
                   f"| {0.1 * r.per_call(r.pbx_cpu):.2f} |")  # fmt: skip
+    if any(r.part_cpu for r in results):
+        print_floors(results)
     for r in results:
         if len(r.node_cpu) > 1:
             per_node = ", ".join(
@@ -721,6 +742,46 @@ def print_results(results: list[RateResult], args: argparse.Namespace) -> None:
             print()
             print(f"py-spy profile of agi_app at {r.rate:g} calls/s ({r.profile}):")
             print(summarise_profile(r.profile))
+
+
+def floor_row(r: RateResult) -> list[float]:
+    """Asterisk, the budget, each floor, their sum, agi_app (ms per call) and
+    the sum over the budget: one row of :func:`print_floors`.  The sum takes
+    the AMI floor with agi_app's parser (it includes receiving)."""
+    pbx = r.per_call(r.pbx_cpu)
+    budget = 0.1 * pbx
+    ami = [r.per_call(r.floor_cpu.get(mode, 0.0)) for mode in ("receive", "parse")]
+    parts = [r.per_call(r.part_cpu.get(name, 0.0)) for name in floor_parts.PARTS]
+    total = ami[1] + sum(parts)
+    return [pbx, budget, *ami, *parts, total, r.per_call(r.agi_cpu),
+            total / budget if budget else float("nan")]  # fmt: skip
+
+
+def print_floors(results: list[RateResult]) -> None:
+    """Each part's floor per call against the budget of the 0.10 target."""
+    print()
+    print("floors per call (each a bare process doing just that part's work: AMI in the "
+          "window; HTTP, FastAGI, store over the same calls at the same rate right after):")
+    print("| calls/s | Asterisk ms/call | budget (0.10 x Asterisk) | AMI receive | AMI receive "
+          "+ parse | HTTP | FastAGI | store | sum of floors | agi_app ms/call "
+          "| sum / budget |")  # fmt: skip
+    print("|---|" + "---:|" * 10)
+    for r in results:
+        *ms, ratio = floor_row(r)
+        print(f"| {r.rate:g} | " + " | ".join(f"{v:.2f}" for v in ms) + f" | {ratio:.2f} |")
+    for r in results:
+        print(f"at {r.rate:g} calls/s: store floor with {floor_parts.batches_for(r.rate):g} "
+              f"transactions per call; its writer thread (the column) "
+              f"{r.per_call(r.part_cpu.get('store', 0.0)):.2f} ms/call, the whole process "
+              f"with the thread feeding it {r.per_call(r.part_cpu.get('store process', 0.0)):.2f}")
+        if "http+fastagi shared" in r.part_cpu:
+            apart = r.part_cpu.get("http", 0.0) + r.part_cpu.get("fastagi", 0.0)
+            print(f"at {r.rate:g} calls/s: HTTP + FastAGI floors in one process "
+                  f"(bench/shared_floor.py, after) "
+                  f"{r.per_call(r.part_cpu['http+fastagi shared']):.2f} ms/call, "
+                  f"in two {r.per_call(apart):.2f}")  # fmt: skip
+        for problem in r.part_problems:
+            print(f"at {r.rate:g} calls/s: {problem}")
 
 
 # -- profiles -------------------------------------------------------------------
@@ -953,7 +1014,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--py-spy", default="", help="folder for py-spy profiles of each rate")
     p.add_argument("--floor", action="store_true",
                    help="also run bench/ami_floor.py (AMI receive only; receive + parse) "
-                        "and print its CPU per call over the same window")  # fmt: skip
+                        "in the window, then the HTTP, FastAGI and store floors "
+                        "(bench/floor_parts.py) over the same calls, and print each one's "
+                        "CPU per call against a tenth of Asterisk's")  # fmt: skip
     p.add_argument("--ami-dump", default="", metavar="FILE",
                    help="with --floor: record the AMI bytes of the run to FILE")
     p.add_argument("--log-level", default="info", help="agi_app's log level")
