@@ -398,8 +398,7 @@ class CallService:
             gone = reply.result_int < 0
         if gone or agi.hungup:
             await lifecycle.log(call, st.CLIENT_CANCEL, "hung up before the client was dialled")
-            await agi.set_variable(RESULT_VARIABLE, "OK")
-            return
+            return  # the FastAGI server reports OK when the script returns
         call.recording = await lifecycle.recorder.start(agi, call.call_id, req.order_id)
         # What the client sees: the operator's extension, or the first number.
         await agi.set_variable("CALLERID(all)", f'"" <{req.first}>')
@@ -422,7 +421,6 @@ class CallService:
             if dialstatus == "ANSWER":
                 await lifecycle.log(call, st.CLIENT_PICKUP)
             log.info("{call_id}: handed over ({how})", call_id=call.call_id, how=handoff)
-            await agi.set_variable(RESULT_VARIABLE, "OK")
             return
         if dialstatus == "ANSWER":
             if not call.reached(st.CLIENT_PICKUP):
@@ -436,7 +434,6 @@ class CallService:
         else:
             status, detail = st.client_status_for_dialstatus(dialstatus)
             await lifecycle.log(call, status, detail)
-        await agi.set_variable(RESULT_VARIABLE, "OK")
 
 
 async def _report(agi, outcome: str) -> None:
