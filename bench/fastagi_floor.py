@@ -11,7 +11,7 @@ writes), and a reply to every command.  Only the server's CPU is read
 
 The server is what any Twisted FastAGI server needs and nothing more: a
 :class:`~twisted.protocols.basic.LineReceiver` on the epoll reactor that
-reads the environment into a dict, then sends the nine commands agi_app
+reads the environment into a dict, then sends the eight commands agi_app
 sends for a makeCall's operator leg (:func:`script`: captured on the
 sandbox), each after the reply to the one before, and closes the
 connection after the last reply.  No Deferreds, timeouts, reply parsing
@@ -74,7 +74,6 @@ def script(env: dict[str, str]) -> list[bytes]:
         f'EXEC Dial "PJSIP/{phone}@pstn,40,g"\n'.encode(),
         b'GET VARIABLE "DIALSTATUS"\n',
         b'GET VARIABLE "AGI_APP_HANDOFF"\n',
-        b'SET VARIABLE "AGI_APP_RESULT" "OK"\n',
         b'SET VARIABLE "AGI_APP_RESULT" "OK"\n',
     ]
 

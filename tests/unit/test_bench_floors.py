@@ -108,7 +108,7 @@ def test_fastagi_floor_runs_the_makecall_script_then_closes(fastagi_port: int) -
         if line
     )
     expected = fastagi_floor.script(env)
-    assert len(expected) == fastagi_floor.COMMANDS == 9
+    assert len(expected) == fastagi_floor.COMMANDS == 8
     assert expected[4] == b'EXEC Dial "PJSIP/380630000012@pstn,40,g"\n'
     with socket.create_connection(("127.0.0.1", fastagi_port), timeout=5) as sock:
         for part in env_parts:
