@@ -138,7 +138,7 @@ def test_fastagi_driver_counts_complete_sessions(fastagi_port: int) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["sessions=5", "commands=45", "failed=0"]
+    assert run.stdout.split() == ["sessions=5", "commands=40", "failed=0"]
 
 
 # -- store --------------------------------------------------------------------
