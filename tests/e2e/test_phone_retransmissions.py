@@ -39,12 +39,16 @@ NUMBER = "380441234567"
 PHONE_AUDIO = 26000
 
 
-def _free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def _free_udp_port(block: int = 1) -> int:
+    """A UDP port on 127.0.0.1 nobody holds now, with the ``block - 1``
+    ports after it free too (SIPp's media sockets take four from ``-mp``)."""
+    while True:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+        s.close()
+        if not any(_util.port_in_use(port + i, socket.SOCK_DGRAM) for i in range(1, block)):
+            return port
 
 
 @dataclass
@@ -85,27 +89,36 @@ def start_uas(tmp_path: Path) -> Iterator:
     def start(xml: str) -> Uas:
         scenario = tmp_path / "uas.xml"
         scenario.write_text(xml)
-        port, media_port = _free_udp_port(), _free_udp_port()
         log, errors = tmp_path / "uas.log", tmp_path / "uas.errors"
         log.touch()
-        argv = sc.uas_argv(scenario, port, media_port, log, errors)
-        with open(tmp_path / "uas.stderr", "wb") as stderr:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                start_new_session=True, cwd=tmp_path,
-            )  # fmt: skip
-        started.append(proc)
-        _util.poll_blocking(
-            lambda: proc.poll() is not None or _util.port_in_use(port, socket.SOCK_DGRAM),
-            WAIT,
-            describe=lambda: f"SIPp listening on {HOST}:{port}",
-        )
-        assert proc.poll() is None, (tmp_path / "uas.stderr").read_text()
+        # the ports are free when picked but may be taken before SIPp binds
+        # them (other test runs on the machine): then pick others
+        for _ in range(5):
+            port, media_port = _free_udp_port(), _free_udp_port(block=4)
+            argv = sc.uas_argv(scenario, port, media_port, log, errors)
+            with open(tmp_path / "uas.stderr", "wb") as stderr:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                    start_new_session=True, cwd=tmp_path,
+                )  # fmt: skip
+            started.append(proc)
+            _util.poll_blocking(
+                lambda p=proc, n=port: (
+                    p.poll() is not None or _util.port_in_use(n, socket.SOCK_DGRAM)
+                ),
+                WAIT,
+                describe=lambda n=port: f"SIPp listening on {HOST}:{n}",
+            )
+            why = (tmp_path / "uas.stderr").read_text()
+            if proc.poll() is None or "errno = 98" not in why:
+                break
+        assert proc.poll() is None, why
         return Uas(proc, port, log, errors)
 
     yield start
     for proc in started:
-        _util.terminate(proc.pid, timeout=1.0)
+        if proc.poll() is None:
+            _util.terminate(proc.pid, timeout=1.0)
         proc.wait(timeout=5)
 
 
