@@ -128,8 +128,9 @@ def test_answer_at_once_and_talk_until_the_other_side_hangs_up(captures):
     s = render(answer(), captures)
     assert s.responses() == [180, 200, 200]  # ringing, the answer, the BYE's 200
     assert s.sdp_port() == AUDIO_PORT
-    # no pause before answering: nothing waits for a CANCEL
-    assert s.received() == [("INVITE", None), ("ACK", None), ("BYE", None)]
+    # no pause before answering: nothing waits for a CANCEL; the second
+    # INVITE is the caller's retransmission, taken while waiting for the ACK
+    assert s.received() == [("INVITE", None), ("INVITE", None), ("ACK", None), ("BYE", None)]
     assert [m.split("|")[0] for m in s.logs()] == ["INVITE", "RINGING", "ANSWERED", "BYE_RECEIVED"]
     assert s.played() == [str(captures.speech)]
 
@@ -144,6 +145,48 @@ def test_answer_after_a_pause_then_hang_up(captures):
     assert [m.split("|")[0] for m in s.logs()] == [
         "INVITE", "RINGING", "CANCEL", "ANSWERED", "BYE_SENT", "BYE_RECEIVED",
     ]  # fmt: skip
+
+
+def _shape(step: ET.Element) -> tuple:
+    has_action = step.find("action") is not None
+    return (step.tag, step.get("request"), step.get("optional"), step.get("next"), has_action)
+
+
+def answers_and_what_follows(s: Scenario) -> list[list[tuple]]:
+    """For every answer (200 with SDP) of the scenario, the two steps after
+    it: (tag, request, optional, next, has an action)."""
+    found = []
+    for i, step in enumerate(s.steps):
+        text = (step.text or "").strip()
+        if step.tag == "send" and text.startswith("SIP/2.0 200 OK") and "application/sdp" in text:
+            assert step.get("retrans")  # SIPp repeats it until the ACK
+            found.append([_shape(x) for x in s.steps[i + 1 : i + 3]])
+    return found
+
+
+#: right after the 200: the caller's INVITE sent again (its 1xx/200 came
+#: late) is taken without a jump and without a log line, then the ACK
+TAKES_THE_INVITE_AGAIN = [
+    ("recv", "INVITE", "true", None, False),
+    ("recv", "ACK", None, None, False),
+]
+
+
+@pytest.mark.parametrize(
+    "behaviour", [b for b in BEHAVIOURS if b.kind == "answer"], ids=Behaviour.describe
+)
+def test_the_invite_sent_again_before_the_ack_is_taken_as_the_same_call(behaviour, captures):
+    # SIPp drops a call on an unexpected message, and sends nothing new
+    # while the 200's retransmissions run (they are what answers the INVITE)
+    assert answers_and_what_follows(render(behaviour, captures)) == [TAKES_THE_INVITE_AGAIN]
+
+
+def test_every_answering_branch_of_the_pstn_takes_the_invite_sent_again(captures):
+    xml = sc.pstn_scenario(
+        answer(), {"5551001": answer(after=1), "5551002": dtmf("1"), "5551003": busy()},
+        AUDIO_PORT, captures=captures,
+    )  # fmt: skip
+    assert answers_and_what_follows(Scenario(xml)) == [TAKES_THE_INVITE_AGAIN] * 3
 
 
 def test_a_zero_pause_is_one_millisecond_not_no_timeout(captures):
