@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,11 @@ def test_status_names_the_hagi_url_of_an_instance_another_process_started(tmp_pa
         start_new_session=True,
     )
     try:
+        # until the child has exec'd, /proc shows the forking test's own command line
+        cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while b"--conf-file=" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         (folder / "dnsmasq.pid").write_text(f"{sleeper.pid}\n")
         info = pbx.PBX(tree, profile, name="t1", log=lambda _: None).status()
         assert info["fastagi_target"] == "hagi://fastagi.t1.test"
