@@ -50,8 +50,7 @@ class FakeControl:
         return {}
 
 
-@pytest.fixture
-def server():
+def _serve(hello_timeout: float):
     reactor = _reactor()
     calls = FakeCalls()
     hub = WidgetHub(
@@ -62,8 +61,9 @@ def server():
         call_time_to_ext=20,
     )
     port = reactor.listenTCP(
-        0, WidgetFactory(hub, reactor=reactor, hello_timeout=0.3), interface="127.0.0.1"
-    )
+        0, WidgetFactory(hub, reactor=reactor, hello_timeout=hello_timeout),
+        interface="127.0.0.1",
+    )  # fmt: skip
     clients = []
 
     async def connect():
@@ -76,6 +76,19 @@ def server():
         if c.state != c.STATE_CLOSED:
             c.dropConnection(abort=True)
     pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+
+
+@pytest.fixture
+def server():
+    """A widget server on loopback, with time enough for a hello on a busy
+    machine (the real reactor: a test's hello may come a second late)."""
+    yield from _serve(hello_timeout=10.0)
+
+
+@pytest.fixture
+def impatient_server():
+    """The same, closing a connection without a hello after 0.3 s."""
+    yield from _serve(hello_timeout=0.3)
 
 
 async def until(predicate, timeout=5.0):
@@ -124,8 +137,8 @@ async def test_wrong_client_id_is_refused_with_a_clear_reason(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_hello_must_come_first_and_in_time(server):
-    hub, calls, connect = server
+async def test_hello_must_come_first_and_in_time(impatient_server):
+    hub, calls, connect = impatient_server
     client = await connect()
     client.send_json({"type": "call", "phone": "123"})
     assert (await client.closed) == (CLOSE_NO_HELLO, "hello expected")
