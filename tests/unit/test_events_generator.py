@@ -223,7 +223,7 @@ class GeneratorTests(TrackerTestCase):
         """The generator remembers the calls the tracker reported a leg of
         only until their final status (the one moment it asks): N calls
         placed and ended one after the other leave none of them behind, where
-        it used to keep the last 10,000 (soak: about 170 bytes a call)."""
+        it used to keep the last 10,000 (soak: about 150 bytes a call)."""
         self.subscribe("1000")
         sim = self.sim
         happy = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO",
