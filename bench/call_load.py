@@ -855,6 +855,9 @@ async def soak(crm: Crm, seconds: float) -> None:
     if heap is not None:
         await crm.wait_idle()
         await crm.sleep(10.0)  # the grace timers of the last calls
+        # the last dump also hands glibc's free pages back (malloc_trim): the
+        # resident memory after it tells how much of it was free memory
+        (heap.folder / "trim").touch()
         await heap.dump(minute, len(all_ids), label="end, idle")
         heap.report()
 
@@ -866,6 +869,8 @@ class Heap:
     def __init__(self, crm: Crm, folder: Path):
         self.crm = crm
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trim").unlink(missing_ok=True)  # a previous run's
         #: (label, minute, calls so far, the dump's summary)
         self.dumps: list[tuple[str, int, int, dict]] = []
 
@@ -901,6 +906,17 @@ class Heap:
                   f"| {d.get('malloc_in_use', 0) / mib:.1f} | {d.get('malloc_free', 0) / mib:.1f} "
                   f"| {d.get('malloc_mmapped', 0) / mib:.1f} | {pym} "
                   f"| {d.get('sqlite_used', 0) / mib:.2f} | {d.get('gc_unreachable', '-')} |")
+        for label, _minute, _calls, d in self.dumps:
+            if "rss_kib_after_trim" in d:
+                print(f"\n{label}: RSS {d['rss_kib'] / 1024:.1f} MiB, after malloc_trim(0) "
+                      f"{d['rss_kib_after_trim'] / 1024:.1f} MiB")
+        if any(d.get("arenas") for *_, d in self.dumps):
+            print("\nglibc's arenas at each dump: size MiB (free in its bins), the main "
+                  "arena first, then those of the threads that allocated:")
+            for label, _minute, _calls, d in self.dumps:
+                arenas = ", ".join(f"{a['size'] / mib:.1f} ({a['free'] / mib:.1f})"
+                                   for a in d.get("arenas", []))  # fmt: skip
+                print(f"- {label}: {arenas}")
         if not any(d["traced"] for *_, d in self.dumps):
             return
         print("\nheap dumps (tracemalloc's traced size against resident memory; "

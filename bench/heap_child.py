@@ -16,11 +16,14 @@ named by ``CALL_LOAD_HEAP``:
   in mmap'd blocks), SQLite's own ``sqlite3_memory_used()`` (its page
   caches, statements and schema), CPython's small-object allocator (the
   size of its arenas and of the blocks in use in them, from
-  ``sys._debugmallocstats``), the garbage
+  ``sys._debugmallocstats``), glibc's arenas one by one (size and free
+  bytes; the whole ``malloc_info()`` is in ``heap-<n>-malloc.xml``), the garbage
   collector's counts of live objects by type, then (after the snapshot) a
   full collection: how many unreachable objects it found and the traced
   size after it, and the seconds the dump took (the reactor is blocked
-  meanwhile).
+  meanwhile).  When the file ``trim`` exists in the folder (the bench
+  creates it before its last dump), the dump ends with ``malloc_trim(0)``
+  and the resident memory after it.
 
 Nothing of this is in agi_app itself: the product code has no debugging
 hook.  The handler runs on the main (reactor) thread between two bytecodes,
@@ -77,6 +80,35 @@ def malloc_info() -> dict[str, int]:
     }
 
 
+def malloc_arenas(path: Path) -> list[dict[str, int]]:
+    """glibc's ``malloc_info()`` written to ``path`` (XML), and per arena
+    (the main one first, then one per thread that allocated): its size, and
+    the bytes free in it (fast and ordinary bins)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return []
+    fp = libc.fopen(str(path).encode(), b"w")
+    if not fp:
+        return []
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    import xml.etree.ElementTree as ET
+
+    arenas = []
+    for heap in ET.parse(path).getroot().findall("heap"):
+        free = sum(int(t.get("size", 0)) for t in heap.findall("total")
+                   if t.get("type") in ("fast", "rest"))  # fmt: skip
+        system = next((int(s.get("size", 0)) for s in heap.findall("system")
+                       if s.get("type") == "current"), 0)  # fmt: skip
+        arenas.append({"size": system, "free": free})
+    return arenas
+
+
 def sqlite_memory() -> dict[str, int]:
     """SQLite's own allocations (the library _sqlite3 is linked with)."""
     import _sqlite3
@@ -122,7 +154,8 @@ def dump(folder: Path, n: int) -> None:
     """Write snapshot ``n`` (with tracemalloc) and its summary to ``folder``."""
     started = time.monotonic()
     rss = rss_kib()
-    figures = {**malloc_info(), **sqlite_memory(), **pymalloc()}
+    figures = {**malloc_info(), **sqlite_memory(), **pymalloc(),
+               "arenas": malloc_arenas(folder / f"heap-{n}-malloc.xml")}  # fmt: skip
     traced = peak = overhead = 0
     if tracemalloc.is_tracing():
         traced, peak = tracemalloc.get_traced_memory()
@@ -148,6 +181,14 @@ def dump(folder: Path, n: int) -> None:
         "types": dict(counts.most_common(200)),
         "dump_seconds": round(time.monotonic() - started, 3),
     }
+    if (folder / "trim").exists():
+        # asked for by the last dump: how much of the resident memory is
+        # free memory glibc keeps in its arenas (malloc_trim hands the free
+        # pages of every arena back)
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim(0)
+        summary["rss_kib_after_trim"] = rss_kib()
     (folder / f"heap-{n}.json").write_text(json.dumps(summary))
 
 
