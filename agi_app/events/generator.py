@@ -368,7 +368,12 @@ class EventGenerator:
         """The tracker's callback: the leg's event, if any, is queued after
         the ones before it."""
         leg = self._tracker.leg(event.uniqueid) if hasattr(self._tracker, "leg") else None
-        if event.call_id:
+        if event.call_id and event.kind != "hungup":
+            # Every leg the tracker reports has an event before its hangup
+            # (it says "ringing" first).  The hangup itself often comes after
+            # the call's final status (the FastAGI script logs FINISH when its
+            # Dial returns, then the operator's channel hangs up): remembered
+            # then, the call would stay in memory after status_logged let go.
             self._seen_calls.remember(event.call_id, True)
         found = crm_event(event, leg)
         if found is None:
