@@ -460,7 +460,7 @@ class EventGenerator:
         if logged.entry.get("status") not in st.FINAL:
             return
         # The one moment the memory of the call is asked for: let go of it
-        # (kept until the last 10,000 calls pushed it out, it held about 1.5
+        # (kept until the last 10,000 calls pushed it out, it held about 1.4
         # MiB of ended calls, filling for the first 10,000 calls).
         seen = self._seen_calls.forget(call.call_id) is not None
         if (
