@@ -24,8 +24,15 @@ after.
 
 ``--ami-read readme|all`` renders the sandbox's manager.conf with the read
 classes the README gives, or with ``read = all``.  ``--soak SECONDS``
-places 10 calls/s for that long and prints, per minute, agi_app's resident
-memory, open file descriptors, store size per call and makeCall p99.
+places ``--soak-rate`` calls/s (10 unless told) for that long and prints,
+per minute, agi_app's resident memory, open file descriptors, store size per
+call and makeCall p99.  With ``--heap DIR`` agi_app runs under tracemalloc
+(``bench/heap_child.py``): its heap is dumped to DIR before the soak (the
+warm-up's calls ended), at minute 2, every ``--heap-every`` minutes after,
+and once every call has ended; the soak ends with the growth between the
+two dumps with no call in flight (by line, by the innermost agi_app frame,
+by traceback, and live objects by type), and the traced size beside the
+resident memory at each dump.
 ``--py-spy DIR`` records a sampling profile of agi_app during each rate
 and prints where its time went.
 
@@ -39,6 +46,7 @@ Usage::
     .venv/bin/python bench/call_load.py --rates 25,50 --ami-read all
     .venv/bin/python bench/call_load.py --mode ext2phone --rates 25
     .venv/bin/python bench/call_load.py --soak 180
+    .venv/bin/python bench/call_load.py --soak 720 --soak-rate 25 --heap /tmp/heap
     .venv/bin/python bench/call_load.py --nodes 2 --rates 10,25
 
 ``--nodes 2`` runs two agi_app nodes on one throwaway PostgreSQL cluster
@@ -90,7 +98,7 @@ EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
 COMPLETE_CALL_EVENTS = sorted(("dial-out", "answer", "hangup"))
 WIDGET_PER_CALL = 1
 MAX_RATE, MAX_SECONDS, MAX_CALLS, MAX_SOAK = 100.0, 60.0, 3000, 1800.0
-SOAK_RATE = 10.0
+SOAK_RATE, MAX_SOAK_RATE = 10.0, 50.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -241,6 +249,10 @@ def start_stack(args: argparse.Namespace) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGI_APP_")}
     env["AGI_APP_LOG_LEVEL"] = args.log_level
     entry = ["-m", "agi_app"]
+    if args.heap:
+        entry = [str(ROOT / "bench" / "heap_child.py")]
+        env["CALL_LOAD_HEAP"] = str(Path(args.heap).resolve())
+        env["CALL_LOAD_HEAP_FRAMES"] = str(args.heap_frames)
     if args.breakdown:
         entry = [str(ROOT / "bench" / "cpu_breakdown.py")]
         env["CALL_LOAD_BREAKDOWN"] = str(folder / "breakdown.txt")
@@ -907,10 +919,14 @@ async def soak(crm: Crm, seconds: float) -> None:
     from twisted.internet import defer
 
     pid = crm.stack.agi.pid
-    print(f"\nsoak: {SOAK_RATE:g} calls/s for {seconds:g} s; per minute:")
+    rate = crm.args.soak_rate
+    heap = Heap(crm, Path(crm.args.heap)) if crm.args.heap else None
+    print(f"\nsoak: {rate:g} calls/s for {seconds:g} s; per minute:")
     print("| minute | calls so far | complete so far | RSS MiB | open fds | store bytes/call "
           "| makeCall p99 ms |")
     print("|---|---|---|---|---|---|---|")
+    if heap is not None:
+        await heap.dump(0, 0, label="start, idle")
     print(f"| 0 | 0 | 0 | {rss_mib(pid):.1f} | {open_fds(pid)} | - | - |", flush=True)
     all_ids: list[str] = []
     minute = 0
@@ -924,7 +940,7 @@ async def soak(crm: Crm, seconds: float) -> None:
         fired = 0.0
         while fired < span:
             step = min(piece, span - fired)
-            chunk.append(defer.ensureDeferred(crm.fire(SOAK_RATE, step, None, latencies)))
+            chunk.append(defer.ensureDeferred(crm.fire(rate, step, None, latencies)))
             await defer.gatherResults(chunk[-1:])
             fired += step
         for d in chunk:
@@ -932,6 +948,13 @@ async def soak(crm: Crm, seconds: float) -> None:
         minute += 1
         left -= span
         finals_wait = 0 if left > 0 else crm.args.talk + 60
+        # the heap in traffic: at minute 2, every --heap-every minutes, and
+        # at the last minute (each at the same point of a minute)
+        if heap is not None and (
+            minute == 2 or left <= 0
+            or (minute > 2 and (minute - 2) % crm.args.heap_every < 1e-9)
+        ):  # fmt: skip
+            await heap.dump(minute, len(all_ids))
         if finals_wait:
             await crm.wait_finals(all_ids, finals_wait)
         chains = crm.store.chains(all_ids)
@@ -946,6 +969,151 @@ async def soak(crm: Crm, seconds: float) -> None:
         next((s for s in c if s in FINAL), "open") for c in crm.store.chains(all_ids).values()
     )
     print(f"soak: {len(all_ids)} calls accepted; final statuses: {dict(finals)}")
+    if heap is not None:
+        await crm.wait_idle()
+        await crm.sleep(10.0)  # the grace timers of the last calls
+        # the last dump also hands glibc's free pages back (malloc_trim): the
+        # resident memory after it tells how much of it was free memory
+        (heap.folder / "trim").touch()
+        await heap.dump(minute, len(all_ids), label="end, idle")
+        heap.report()
+
+
+class Heap:
+    """agi_app's heap dumps (``bench/heap_child.py``) during a soak, and
+    what grew between them."""
+
+    def __init__(self, crm: Crm, folder: Path):
+        self.crm = crm
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trim").unlink(missing_ok=True)  # a previous run's
+        #: (label, minute, calls so far, the dump's summary)
+        self.dumps: list[tuple[str, int, int, dict]] = []
+
+    async def dump(self, minute: int, calls: int, label: str = "") -> None:
+        """Ask agi_app for a dump (SIGUSR2) and wait until it is written."""
+        n = len(self.dumps) + 1
+        path = self.folder / f"heap-{n}.json"
+        self.crm.stack.agi.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 300
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"agi_app wrote no heap dump {path}")
+            await self.crm.sleep(0.2)
+        self.dumps.append((label or f"minute {minute}", minute, calls,
+                           json.loads(path.read_text())))  # fmt: skip
+
+    def report(self, top: int = 25) -> None:
+        import tracemalloc
+
+        mib = 2**20
+        print("\nresident memory by allocator at each dump (MiB; malloc: glibc's arenas, "
+              "in use + free inside them, and its own mappings; pymalloc: CPython's "
+              "small-object arenas and what is in use in them, not shown under "
+              "tracemalloc; SQLite: its page caches, statements, schema):")
+        print("| dump | calls so far | RSS | malloc in use | malloc free | malloc mmapped "
+              "| pymalloc arenas | pymalloc in use | SQLite | full gc: unreachable |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for label, _minute, calls, d in self.dumps:
+            pym = (f"{d.get('pymalloc_arenas', 0) / mib:.1f} | "
+                   f"{d.get('pymalloc_in_use', 0) / mib:.1f}"
+                   if d.get("pymalloc_arenas") else "- | -")  # fmt: skip
+            print(f"| {label} | {calls} | {d['rss_kib'] / 1024:.1f} "
+                  f"| {d.get('malloc_in_use', 0) / mib:.1f} | {d.get('malloc_free', 0) / mib:.1f} "
+                  f"| {d.get('malloc_mmapped', 0) / mib:.1f} | {pym} "
+                  f"| {d.get('sqlite_used', 0) / mib:.2f} | {d.get('gc_unreachable', '-')} |")
+        for label, _minute, _calls, d in self.dumps:
+            if "rss_kib_after_trim" in d:
+                print(f"\n{label}: RSS {d['rss_kib'] / 1024:.1f} MiB, after malloc_trim(0) "
+                      f"{d['rss_kib_after_trim'] / 1024:.1f} MiB")
+        if any(d.get("arenas") for *_, d in self.dumps):
+            print("\nglibc's arenas at each dump: size MiB (free in its bins), the main "
+                  "arena first, then those of the threads that allocated:")
+            for label, _minute, _calls, d in self.dumps:
+                arenas = ", ".join(f"{a['size'] / mib:.1f} ({a['free'] / mib:.1f})"
+                                   for a in d.get("arenas", []))  # fmt: skip
+                print(f"- {label}: {arenas}")
+        if not any(d["traced"] for *_, d in self.dumps):
+            return
+        print("\nheap dumps (tracemalloc's traced size against resident memory; "
+              "tracemalloc's own tables are in the RSS, not in the traced size):")
+        print("| dump | calls so far | RSS MiB | traced MiB | tracemalloc tables MiB "
+              "| RSS - traced - tables MiB | gc objects | full gc: unreachable "
+              "| traced after it MiB | dump s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for label, _minute, calls, d in self.dumps:
+            rss, traced, tables = d["rss_kib"] / 1024, d["traced"] / 2**20, (
+                d["tracemalloc_overhead"] / 2**20)  # fmt: skip
+            print(f"| {label} | {calls} | {rss:.1f} | {traced:.2f} | {tables:.1f} "
+                  f"| {rss - traced - tables:.1f} | {d['gc_objects']} "
+                  f"| {d.get('gc_unreachable', '-')} "
+                  f"| {d.get('traced_after_gc', 0) / 2**20:.2f} | {d['dump_seconds']} |")
+        if len(self.dumps) < 2:
+            return
+        # the two dumps with no call in flight: what the calls left behind
+        (first, _, calls0, d0), (last, _, calls1, d1) = self.dumps[0], self.dumps[-1]
+        calls = max(calls1 - calls0, 1)
+        s0 = tracemalloc.Snapshot.load(str(self.folder / "heap-1.pickle"))
+        s1 = tracemalloc.Snapshot.load(str(self.folder / f"heap-{len(self.dumps)}.pickle"))
+        ignore = [tracemalloc.Filter(False, tracemalloc.__file__),
+                  tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]  # fmt: skip
+        s0, s1 = s0.filter_traces(ignore), s1.filter_traces(ignore)
+        print(f"\nheap growth {first} -> {last} ({calls} calls), by line:")
+        print("| growth KiB | bytes per call | blocks growth | where |")
+        print("|---:|---:|---:|---|")
+        for st in s1.compare_to(s0, "lineno")[:top]:
+            frame = st.traceback[0]
+            print(f"| {st.size_diff / 1024:.1f} | {st.size_diff / calls:.1f} | {st.count_diff} "
+                  f"| {_short(frame.filename)}:{frame.lineno} |")
+        print(f"\nheap growth {first} -> {last}, by the innermost agi_app frame of each "
+              "allocation (who asked for it):")
+        print("| growth KiB | bytes per call | blocks growth | agi_app frame |")
+        print("|---:|---:|---:|---|")
+        before, after = _by_caller(s0), _by_caller(s1)
+        rows = sorted(((after[k][0] - before[k][0], after[k][1] - before[k][1], k)
+                       for k in set(before) | set(after)), reverse=True)  # fmt: skip
+        for size, count, where in rows[:15]:
+            print(f"| {size / 1024:.1f} | {size / calls:.1f} | {count} | {where} |")
+        print(f"\nheap growth {first} -> {last}, the 8 largest by traceback "
+              "(innermost frame first):")
+        for st in s1.compare_to(s0, "traceback")[:8]:
+            print(f"- {st.size_diff / 1024:.1f} KiB, {st.count_diff} blocks:")
+            for frame in list(reversed(st.traceback))[:10]:
+                print(f"    {_short(frame.filename)}:{frame.lineno}")
+        t0, t1 = d0["types"], d1["types"]
+        growth = sorted(((t1.get(k, 0) - t0.get(k, 0), k) for k in set(t0) | set(t1)),
+                        reverse=True)  # fmt: skip
+        print(f"\nlive objects by type (gc; objects frozen at start-up and containers "
+              f"of atoms only are not counted), growth {first} -> {last}:")
+        print(f"| type | {first} | {last} | growth |")
+        print("|---|---:|---:|---:|")
+        for diff, k in growth[:15]:
+            print(f"| {k} | {t0.get(k, 0)} | {t1.get(k, 0)} | {diff:+d} |")
+        sys.stdout.flush()
+
+
+def _by_caller(snapshot: Any) -> dict[str, list[int]]:
+    """Size and count of a snapshot's blocks by the innermost agi_app frame
+    of their traceback (or the innermost frame, when none is agi_app's)."""
+    from collections import defaultdict
+
+    found: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for trace in snapshot.traces:
+        frames = list(reversed(trace.traceback))
+        frame = next((f for f in frames if "/agi_app/" in f.filename), frames[0])
+        where = found[f"{_short(frame.filename)}:{frame.lineno}"]
+        where[0] += trace.size
+        where[1] += 1
+    return found
+
+
+def _short(filename: str) -> str:
+    """A file name from the package or library root on."""
+    for mark in ("/agi_app/", "/site-packages/", "/lib/python3"):
+        if mark in filename:
+            return filename[filename.index(mark) + 1:]
+    return filename
 
 
 # -- main -------------------------------------------------------------------------
@@ -1007,7 +1175,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client-answer-after", type=float, default=0.5)
     p.add_argument("--audio", action="store_true", help="phones send recorded speech")
     p.add_argument("--warmup", type=float, default=10, help="calls placed before measuring")
-    p.add_argument("--soak", type=float, default=0.0, help="seconds at 10 calls/s")
+    p.add_argument("--soak", type=float, default=0.0, help="seconds of soak")
+    p.add_argument("--soak-rate", type=float, default=SOAK_RATE, help="soak calls per second")
+    p.add_argument("--heap", default="", metavar="DIR",
+                   help="with --soak: run agi_app under tracemalloc, dump its heap to DIR")
+    p.add_argument("--heap-every", type=float, default=2.0, metavar="MINUTES",
+                   help="with --heap: minutes between heap dumps (the first at minute 2)")
+    p.add_argument("--heap-frames", type=int, default=15, metavar="N",
+                   help="with --heap: frames per traced allocation (0: no tracemalloc, "
+                   "only the allocators' figures at each dump)")
     p.add_argument("--count-events", default="", metavar="MASK",
                    help="only count the AMI events of a few calls, for a session logged in "
                    "with Events: MASK (on, or classes such as call,system)")
@@ -1038,6 +1214,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
     if not 0 <= args.soak <= MAX_SOAK:
         p.error(f"--soak is at most {MAX_SOAK:g} s")
+    if not 0 < args.soak_rate <= MAX_SOAK_RATE:
+        p.error(f"--soak-rate must be in (0, {MAX_SOAK_RATE:g}]")
+    if args.heap and not args.soak:
+        p.error("--heap needs --soak")
+    if not 0 <= args.heap_frames <= 100:
+        p.error("--heap-frames must be 0-100")
+    if not 1 <= args.heap_every <= 30:
+        p.error("--heap-every must be 1-30 minutes")
     if not 0 <= args.talk <= 30:
         p.error("--talk must be 0-30 s")
     return args

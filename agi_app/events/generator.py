@@ -303,6 +303,9 @@ class LegMemory:
         """What is kept for the leg (None), keeping it."""
         return self._seen.get(uniqueid)
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
 
 class EventGenerator:
     """Publishes the CRM events of every call the tracker reports, and the
@@ -338,7 +341,9 @@ class EventGenerator:
         # call id -> {extension: the party fields of its answer}, for the
         # record event that comes once the call (and its recording) is over
         self._answered = LegMemory(keep=2048)
-        # agi_app call ids the tracker reported a leg of (see status_logged)
+        # agi_app call ids the tracker reported a leg of, until the call's
+        # final status (see status_logged); the cap bounds the calls that
+        # never reach one here (another node's, or closed while away)
         self._seen_calls = LegMemory(keep=10_000)
         #: events handed to the service (for tests and the benchmark)
         self.published = 0
@@ -363,7 +368,12 @@ class EventGenerator:
         """The tracker's callback: the leg's event, if any, is queued after
         the ones before it."""
         leg = self._tracker.leg(event.uniqueid) if hasattr(self._tracker, "leg") else None
-        if event.call_id:
+        if event.call_id and event.kind != "hungup":
+            # Every leg the tracker reports has an event before its hangup
+            # (it says "ringing" first).  The hangup itself often comes after
+            # the call's final status (the FastAGI script logs FINISH when its
+            # Dial returns, then the operator's channel hangs up): remembered
+            # then, the call would stay in memory after status_logged let go.
             self._seen_calls.remember(event.call_id, True)
         found = crm_event(event, leg)
         if found is None:
@@ -447,11 +457,16 @@ class EventGenerator:
         (CallStatus ANSWER, Duration the talk time when known, else 0); its
         ``dial-out`` and ``answer`` are not made up."""
         call = logged.call
+        if logged.entry.get("status") not in st.FINAL:
+            return
+        # The one moment the memory of the call is asked for: let go of it
+        # (kept until the last 10,000 calls pushed it out, it held about 1.4
+        # MiB of ended calls, filling for the first 10,000 calls).
+        seen = self._seen_calls.forget(call.call_id) is not None
         if (
-            logged.entry.get("status") not in st.FINAL
+            seen
             or call.kind not in st.OPERATOR_FIRST_KINDS
             or not call.reached(st.OPERATOR_PICKUP)
-            or self._seen_calls.get(call.call_id) is not None
             or self._tracker.call(call.call_id) is not None
         ):
             return

@@ -219,6 +219,46 @@ class GeneratorTests(TrackerTestCase):
         self.assertEqual(len(self.delivered("1000")), seen)
         self.assertEqual([t for t, _ in self.delivered("1000")].count("hangup"), 1)
 
+    def test_ended_calls_leave_nothing_behind_in_the_memory_of_seen_calls(self):
+        """The generator remembers the calls the tracker reported a leg of
+        only until their final status (the one moment it asks): N calls
+        placed and ended one after the other leave none of them behind, where
+        it used to keep the last 10,000 (soak: about 150 bytes a call)."""
+        self.subscribe("1000")
+        sim = self.sim
+        happy = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO",
+                 "CLIENT_PICKUP", "FINISH"]  # fmt: skip
+        calls = 300
+        for n in range(calls):
+            call_id = f"c-{n}"
+            self._placed(call_id)
+            op, cl = f"op-{n}", f"cl-{n}"
+            sim.new(f"PJSIP/1000-{n:08x}", op, context="sandbox-operators", num="1000",
+                    cname="1000", var=call_id)  # fmt: skip
+            sim.dial(None, op, "1000")
+            sim.state(op, "Up")
+            sim.new(f"PJSIP/pstn-{n:08x}", cl, linkedid=op, num="380639920002", var=call_id)
+            sim.dial(op, cl, "380639920002@pstn")
+            sim.state(cl, "Up")
+            sim.bridge(f"br-{n}", op, cl)
+            self.reactor.advance(2)
+            sim.hangup(cl)
+            if n % 2:
+                # as on the PBX: the FastAGI script logs FINISH once its Dial
+                # returns, before the operator's channel hangs up
+                self._closed(call_id, happy, talk=2.0)
+                sim.hangup(op)
+            else:
+                # the lifecycle closed the call after its last hangup
+                sim.hangup(op)
+                self.assertEqual(len(self.generator._seen_calls), 1, "the call is remembered")
+                self._closed(call_id, happy, talk=2.0)
+            self.assertEqual(len(self.generator._seen_calls), 0, f"call {n} left behind")
+        # every call's three events and no made-up hangup: the memory still
+        # told the final status that the tracker had seen each call
+        kinds = [t for t, _ in self.delivered("1000")]
+        self.assertEqual(kinds, ["dial-out", "answer", "hangup"] * calls)
+
     def test_click_to_call_first_seen_ringing_in_is_still_the_operators_dial_out(self):
         # Asterisk may report the originated channel ringing before the
         # DialBegin that shows it was originated: the store knows better.
