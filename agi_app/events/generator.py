@@ -345,6 +345,11 @@ class EventGenerator:
         # final status (see status_logged); the cap bounds the calls that
         # never reach one here (another node's, or closed while away)
         self._seen_calls = LegMemory(keep=10_000)
+        # the calls whose final status came lately: a leg's hangup after it
+        # (the operator's channel hangs up once the script logged FINISH)
+        # must not bring the call back into _seen_calls, where nothing would
+        # ever let go of it again
+        self._finished = LegMemory(keep=2048)
         #: events handed to the service (for tests and the benchmark)
         self.published = 0
 
@@ -368,12 +373,10 @@ class EventGenerator:
         """The tracker's callback: the leg's event, if any, is queued after
         the ones before it."""
         leg = self._tracker.leg(event.uniqueid) if hasattr(self._tracker, "leg") else None
-        if event.call_id and event.kind != "hungup":
-            # Every leg the tracker reports has an event before its hangup
-            # (it says "ringing" first).  The hangup itself often comes after
-            # the call's final status (the FastAGI script logs FINISH when its
-            # Dial returns, then the operator's channel hangs up): remembered
-            # then, the call would stay in memory after status_logged let go.
+        if event.call_id and (event.kind != "hungup" or self._finished.get(event.call_id) is None):
+            # (a leg first seen at its hangup, before the call's final status
+            # -- agi_app restarted meanwhile -- counts as seen: its hangup
+            # event was sent, status_logged must not send another)
             self._seen_calls.remember(event.call_id, True)
         found = crm_event(event, leg)
         if found is None:
@@ -463,6 +466,7 @@ class EventGenerator:
         # (kept until the last 10,000 calls pushed it out, it held about 1.4
         # MiB of ended calls, filling for the first 10,000 calls).
         seen = self._seen_calls.forget(call.call_id) is not None
+        self._finished.remember(call.call_id, True)
         if (
             seen
             or call.kind not in st.OPERATOR_FIRST_KINDS

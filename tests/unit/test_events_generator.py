@@ -259,6 +259,33 @@ class GeneratorTests(TrackerTestCase):
         kinds = [t for t, _ in self.delivered("1000")]
         self.assertEqual(kinds, ["dial-out", "answer", "hangup"] * calls)
 
+    def test_a_call_first_seen_at_its_hangup_gets_one_hangup(self):
+        """agi_app restarted mid-call: the tracker learnt the call's channels
+        without an event for them, then reports the operator's hangup; the
+        lifecycle logs the final status after.  That hangup was the
+        operator's event: no second one made up at the final status."""
+        self._placed("c-90")
+        self.subscribe("1000")
+        sim = self.sim
+        self.generator.stop()  # the channels came up while no agi_app watched
+        sim.new("PJSIP/1000-00000090", "op-90", context="sandbox-operators", num="1000",
+                cname="1000", var="c-90")  # fmt: skip
+        sim.state("op-90", "Up")
+        sim.new("PJSIP/pstn-00000091", "cl-90", linkedid="op-90", num="380639920002",
+                var="c-90")  # fmt: skip
+        sim.dial("op-90", "cl-90", "380639920002@pstn")
+        sim.state("cl-90", "Up")
+        sim.bridge("br-90", "op-90", "cl-90")
+        self.generator.start()
+        self.reactor.advance(2)
+        sim.hangup("cl-90")
+        sim.hangup("op-90")
+        happy = ["CALL", "OPERATOR_CALLTO", "OPERATOR_PICKUP", "CLIENT_CALLTO",
+                 "CLIENT_PICKUP", "FINISH"]  # fmt: skip
+        self._closed("c-90", happy, talk=2.0)
+        self.assertEqual([t for t, _ in self.delivered("1000")], ["hangup"])
+        self.assertEqual(len(self.generator._seen_calls), 0)
+
     def test_click_to_call_first_seen_ringing_in_is_still_the_operators_dial_out(self):
         # Asterisk may report the originated channel ringing before the
         # DialBegin that shows it was originated: the store knows better.
