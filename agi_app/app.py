@@ -36,6 +36,7 @@ from agi_app.inbound import CRMLookup
 from agi_app.links import RecordLinks, link_secret
 from agi_app.live.control import handed_over
 from agi_app.logs import service_log_observer
+from agi_app.memory import HeapTrimmer
 from agi_app.metrics import Metrics, WebhookBacklog
 from agi_app.netguard import TargetGuard
 from agi_app.pbxs import (
@@ -255,6 +256,8 @@ class Application:
             pbx.ami.subscribe(self.events.hub.dashboard_changed, "DeviceStateChange")
         # Old history and recordings go; a subject's data goes on request.
         run_blocking = _in_threads(reactor)
+        #: the C heap's free pages handed back to the system every minute
+        self.heap = HeapTrimmer(reactor)
         retention = config.retention
         self.retention = Retention(
             self.store, clock=reactor, run_blocking=run_blocking,
@@ -432,6 +435,7 @@ class Application:
         log.info("signed recording links: key {source}, valid {ttl} s",
                  source=self.link_secret_source, ttl=self.links.ttl)  # fmt: skip
         self.retention.start()
+        self.heap.start()
         for pbx in self.pbxs:
             pbx.start()
         # (after the parts started: a node that does not lead a PBX stops
@@ -457,6 +461,7 @@ class Application:
             await defer.maybeDeferred(port.stopListening)
         self._ports.clear()
         self.retention.stop()
+        self.heap.stop()
         if self.node is not None:
             await self.node.stop()
         await self.events.stop()
