@@ -154,6 +154,9 @@ class Call:
     #: the statuses in the store, oldest first, and the clock time of each
     logged: list[str] = field(default_factory=list)
     logged_at: dict[str, float] = field(default_factory=dict)
+    #: the time text each status has in the store (a status logged late is
+    #: dated no earlier than the one it follows, to the store's millisecond)
+    logged_times: dict[str, str] = field(default_factory=dict)
     final: bool = False
     #: FastAGI sessions of the call running now
     agi_sessions: int = 0
@@ -429,6 +432,7 @@ class Lifecycle:
             at = parse_time(entry["time"])
             if at is not None:
                 call.logged_at.setdefault(entry["status"], at)
+                call.logged_times.setdefault(entry["status"], entry["time"])
         self._calls[call_id] = call
         try:
             await self._restore_recording(call, row.get("order_id"))
@@ -494,7 +498,11 @@ class Lifecycle:
             if at is not None:
                 floor = call.logged_at.get(need or "", at) if need else at
                 at = min(now, max(at, floor))
-                extra["time"] = iso_time(at)
+                text = iso_time(at)
+                # The store dated the status it follows a moment after the
+                # clock reading kept in logged_at: not before that text.
+                after = call.logged_times.get(need or "") if need else None
+                extra["time"] = after if after is not None and after > text else text
             if self.shared and status not in st.REPEATABLE:
                 extra["once"] = True  # another node may have written it
             entry = await self.store.add_status(call.call_id, status, detail, **extra)
@@ -506,6 +514,7 @@ class Lifecycle:
                 return None
             call.logged.append(status)
             call.logged_at.setdefault(status, at if at is not None else now)
+            call.logged_times.setdefault(status, entry["time"])
             self._observed(StatusLogged(call, entry, self.clock.seconds() - now,
                                         extra.get("talk_seconds")))  # fmt: skip
             recorded = RECORDED.get(call.kind)
@@ -725,6 +734,7 @@ class Lifecycle:
                 at = parse_time(entry["time"])
                 if at is not None:
                     call.logged_at.setdefault(entry["status"], at)
+                    call.logged_times.setdefault(entry["status"], entry["time"])
         if status is not None and status not in call.logged:
             call.logged.append(status)
         self._wake(call)
